@@ -1,0 +1,2 @@
+//! Placeholder until the macro example lands.
+fn main() {}

@@ -1,0 +1,343 @@
+//! Opening calls: unary, one-way, and the three stream kinds.
+//!
+//! Each method allocates an id, registers the call in the table, encodes the
+//! call-open frame into the write queue and hands back something to await.
+//! Dropping what it handed back before the call ends cancels the call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::flow::{RecvWindow, SendCredit};
+use super::stream::{CallGuard, Inbound, Outbound, Reply};
+use super::table::{Entry, Failure, InboundTx};
+use super::{Connection, Shared};
+use crate::error::CallError;
+use crate::wire::frame::{encode_call_open, CallOpenHead};
+
+/// Per-call options: a deadline and metadata.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = plexus::CallOptions::new()
+///     .timeout(Duration::from_secs(2))
+///     .metadata("trace-id", "abc123");
+/// assert_eq!(opts.get_timeout(), Some(Duration::from_secs(2)));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    timeout: Option<Duration>,
+    metadata: Vec<(String, Bytes)>,
+}
+
+impl CallOptions {
+    /// No deadline beyond the connection's default, no metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The call fails with [`CallError::Timeout`] if it has not ended within
+    /// `timeout`. The deadline travels with the call as a relative duration,
+    /// and the handler is stopped when it passes.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Adds a metadata pair the handler can read with
+    /// [`CallContext::metadata`](crate::CallContext::metadata).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.metadata.push((key.into(), value.into()));
+        self
+    }
+
+    /// The timeout set on these options, if any.
+    pub fn get_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+}
+
+/// What the caller needs to turn a failure into a `CallError`.
+pub(crate) struct CallName {
+    pub(crate) op: Arc<str>,
+    pub(crate) peer: Arc<str>,
+}
+
+impl CallName {
+    pub(crate) fn error(&self, f: Failure, timeout: Option<Duration>) -> CallError {
+        f.into_call_error(&self.op, &self.peer, timeout)
+    }
+}
+
+impl Shared {
+    fn refuse_if_closing(&self, op: &str) -> Result<(), CallError> {
+        if self.closed.is_cancelled() {
+            return Err(CallError::ConnectionLost {
+                op: op.into(),
+                peer: self.peer.label.clone(),
+                reason: match self.lost() {
+                    Failure::Lost(r) => r,
+                    _ => "closed".into(),
+                },
+            });
+        }
+        if !self.accepting_calls() {
+            return Err(CallError::Closing {
+                op: op.into(),
+                peer: self.peer.label.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_size(&self, op: &str, head: &CallOpenHead<'_>, body: &[u8]) -> Result<(), CallError> {
+        let size = head.encoded_len() + body.len();
+        let limit = self.peer_max_frame as usize;
+        if size > limit {
+            return Err(CallError::MessageTooLarge {
+                op: op.into(),
+                peer: self.peer.label.clone(),
+                size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Encodes a call-open frame, interning `op` on first use. Waits while the
+    /// write queue is over its high-water mark.
+    async fn open(
+        &self,
+        id: u32,
+        op: &str,
+        opts: &CallOptions,
+        timeout: Option<Duration>,
+        end: bool,
+        oneway: bool,
+        body: &[u8],
+    ) -> Result<(), CallError> {
+        let probe = CallOpenHead {
+            id,
+            op_index: 0,
+            op_name: Some(op),
+            deadline: timeout,
+            metadata: &opts.metadata,
+            end,
+            oneway,
+        };
+        self.check_size(op, &probe, body)?;
+        self.out
+            .push_bounded(|o| {
+                let (index, name) = match o.ops.get(op) {
+                    Some(&i) => (i, None),
+                    None => {
+                        let i = o.ops.len() as u32;
+                        o.ops.insert(op.into(), i);
+                        (i, Some(op))
+                    }
+                };
+                let head = CallOpenHead {
+                    op_index: index,
+                    op_name: name,
+                    ..probe
+                };
+                encode_call_open(&mut o.buf, &head, body);
+            })
+            .await
+            .map_err(|_| CallError::ConnectionLost {
+                op: op.into(),
+                peer: self.peer.label.clone(),
+                reason: match self.lost() {
+                    Failure::Lost(r) => r,
+                    _ => "closed".into(),
+                },
+            })
+    }
+
+    fn register(&self, id: u32, entry: Entry) {
+        self.table().insert(id, entry);
+    }
+
+    fn new_inbound(
+        &self,
+    ) -> (
+        InboundTx,
+        mpsc::UnboundedReceiver<super::table::InItem>,
+        Arc<RecvWindow>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let window = Arc::new(RecvWindow::new(self.config.window, self.config.max_frame));
+        (
+            InboundTx {
+                tx,
+                window: window.clone(),
+            },
+            rx,
+            window,
+        )
+    }
+}
+
+impl Connection {
+    fn name(&self, op: &str) -> CallName {
+        CallName {
+            op: op.into(),
+            peer: self.shared.peer.label.clone(),
+        }
+    }
+
+    /// Calls `op` with `body` and waits for the handler's answer: `Ok(reply)`
+    /// if it acked, [`CallError::Rejected`] if it refused, or another
+    /// [`CallError`] saying what went wrong.
+    pub async fn call(&self, op: &str, body: Bytes, opts: CallOptions) -> Result<Bytes, CallError> {
+        let s = &self.shared;
+        s.refuse_if_closing(op)?;
+        let timeout = opts.timeout.or(s.config.default_timeout);
+        let id = s.next_call_id();
+        let (tx, rx) = oneshot::channel();
+        s.register(
+            id,
+            Entry {
+                reply: Some(tx),
+                ..Entry::default()
+            },
+        );
+        let mut guard = CallGuard::new(s.clone(), id);
+        s.open(id, op, &opts, timeout, true, false, &body).await?;
+        let outcome = match timeout {
+            Some(t) => match tokio::time::timeout(t, rx).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // The guard cancels the call on the peer as it drops.
+                    return Err(CallError::Timeout {
+                        op: op.into(),
+                        peer: s.peer.label.clone(),
+                        after: t,
+                    });
+                }
+            },
+            None => rx.await,
+        };
+        guard.disarm();
+        match outcome {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(f)) => Err(self.name(op).error(f, timeout)),
+            Err(_) => Err(self.name(op).error(s.lost(), timeout)),
+        }
+    }
+
+    /// Sends `body` to `op` without waiting for, or getting, any answer. Returns
+    /// once the message is queued for the socket.
+    pub async fn oneway(&self, op: &str, body: Bytes, opts: CallOptions) -> Result<(), CallError> {
+        let s = &self.shared;
+        s.refuse_if_closing(op)?;
+        s.open(0, op, &opts, opts.timeout, true, true, &body).await
+    }
+
+    /// Calls `op` with one request and receives a stream of replies, ended by
+    /// the handler's ack or broken by its reject.
+    pub async fn server_stream(
+        &self,
+        op: &str,
+        body: Bytes,
+        opts: CallOptions,
+    ) -> Result<Inbound, CallError> {
+        let s = &self.shared;
+        s.refuse_if_closing(op)?;
+        let id = s.next_call_id();
+        let (inbound_tx, rx, window) = s.new_inbound();
+        s.register(
+            id,
+            Entry {
+                inbound: Some(inbound_tx),
+                ..Entry::default()
+            },
+        );
+        let guard = Arc::new(CallGuard::new(s.clone(), id));
+        s.open(id, op, &opts, opts.timeout, true, false, &body)
+            .await?;
+        let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
+        Ok(Inbound::new(
+            self.name(op),
+            rx,
+            window,
+            guard,
+            deadline,
+            opts.timeout,
+        ))
+    }
+
+    /// Opens a stream of requests to `op`; the handler answers once, at the
+    /// end, through the returned [`Reply`]. Call [`Outbound::finish`] after the
+    /// last message.
+    pub async fn client_stream(
+        &self,
+        op: &str,
+        opts: CallOptions,
+    ) -> Result<(Outbound, Reply), CallError> {
+        let s = &self.shared;
+        s.refuse_if_closing(op)?;
+        let id = s.next_call_id();
+        let (tx, rx) = oneshot::channel();
+        let credit = Arc::new(SendCredit::new(s.peer_window));
+        s.register(
+            id,
+            Entry {
+                reply: Some(tx),
+                credit: Some(credit.clone()),
+                ..Entry::default()
+            },
+        );
+        let guard = Arc::new(CallGuard::new(s.clone(), id));
+        s.open(id, op, &opts, opts.timeout, false, false, &[])
+            .await?;
+        let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
+        let out = Outbound::opener(
+            self.name(op),
+            s.clone(),
+            id,
+            credit,
+            guard.clone(),
+            deadline,
+        );
+        let reply = Reply::new(self.name(op), rx, guard, deadline, opts.timeout);
+        Ok((out, reply))
+    }
+
+    /// Opens a stream in both directions with `op`.
+    pub async fn bidi(
+        &self,
+        op: &str,
+        opts: CallOptions,
+    ) -> Result<(Outbound, Inbound), CallError> {
+        let s = &self.shared;
+        s.refuse_if_closing(op)?;
+        let id = s.next_call_id();
+        let credit = Arc::new(SendCredit::new(s.peer_window));
+        let (inbound_tx, rx, window) = s.new_inbound();
+        s.register(
+            id,
+            Entry {
+                inbound: Some(inbound_tx),
+                credit: Some(credit.clone()),
+                ..Entry::default()
+            },
+        );
+        let guard = Arc::new(CallGuard::new(s.clone(), id));
+        s.open(id, op, &opts, opts.timeout, false, false, &[])
+            .await?;
+        let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
+        let out = Outbound::opener(
+            self.name(op),
+            s.clone(),
+            id,
+            credit,
+            guard.clone(),
+            deadline,
+        );
+        let inbound = Inbound::new(self.name(op), rx, window, guard, deadline, opts.timeout);
+        Ok((out, inbound))
+    }
+}

@@ -1,0 +1,519 @@
+//! Connections: one transport stream carrying many calls in both directions.
+//!
+//! A connection runs three tasks: a reader that decodes frames and routes
+//! them, a writer that drains the shared write queue (see `writer`), and a
+//! keepalive that pings an idle peer and declares it lost when it stays
+//! silent too long. Calls in flight live in one call table (see `table`).
+//!
+//! [`Connection`] is the cheap, cloneable handle to all of it. It never
+//! touches the socket itself.
+
+mod calls;
+mod flow;
+mod reader;
+mod served;
+mod stream;
+mod table;
+mod writer;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+pub use self::calls::CallOptions;
+pub use self::stream::{Inbound, Outbound, Reply};
+use self::table::{CallTable, Failure};
+use self::writer::WriteQueue;
+use crate::router::Router;
+use crate::transport::{ReadHalf, WriteHalf};
+use crate::wire;
+
+/// A node's identity on the wire: 128 random bits, fixed for an endpoint's life.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u128);
+
+impl NodeId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        NodeId(rand::random())
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The first eight hex digits are enough to tell nodes apart in logs.
+        write!(f, "NodeId({:08x})", (self.0 >> 96) as u32)
+    }
+}
+
+/// Tuning of a connection. Both sides announce their own receive limits in
+/// the handshake; each side enforces its own.
+#[derive(Clone, Debug)]
+pub struct ConnectionConfig {
+    pub(crate) max_frame: u32,
+    pub(crate) window: u32,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) keepalive_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) default_timeout: Option<Duration>,
+    pub(crate) write_high_water: usize,
+    pub(crate) drain_timeout: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            window: 256 * 1024,
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            default_timeout: Some(Duration::from_secs(30)),
+            write_high_water: 1024 * 1024,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnectionConfig {
+    /// The defaults: 16 MiB frames, 256 KiB stream windows, ping after 5 s of
+    /// silence, lost after 15 s, 30 s default timeout for unary calls.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Largest frame (and so largest single message) this side accepts.
+    /// Larger frames from the peer close the connection with a protocol error.
+    pub fn max_frame(mut self, bytes: u32) -> Self {
+        self.max_frame = bytes.max(wire::handshake::MIN_FRAME);
+        self
+    }
+
+    /// Bytes of stream data this side buffers per stream before the sender must
+    /// wait for credit.
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.window = bytes.max(1024);
+        self
+    }
+
+    /// Ping the peer after `interval` without traffic; declare it lost (and
+    /// fail every pending call with `ConnectionLost`) after `timeout` without
+    /// traffic. A dead peer is detected within `timeout + interval`.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keepalive_interval = interval.max(Duration::from_millis(1));
+        self.keepalive_timeout = timeout.max(self.keepalive_interval);
+        self
+    }
+
+    /// How long the handshake may take.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Timeout applied to unary calls that set none (`None`: wait forever,
+    /// bounded only by keepalive).
+    pub fn default_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// Encoded bytes queued for the socket above which senders wait.
+    pub fn write_high_water(mut self, bytes: usize) -> Self {
+        self.write_high_water = bytes.max(1);
+        self
+    }
+
+    /// How long a graceful close waits for in-flight calls.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+}
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    node: NodeId,
+    remote: String,
+    data: Bytes,
+    label: Arc<str>,
+}
+
+impl PeerInfo {
+    pub(crate) fn new(node: NodeId, remote: String, data: Bytes) -> Self {
+        let label: Arc<str> = format!("node {:08x} at {remote}", (node.0 >> 96) as u32).into();
+        PeerInfo {
+            node,
+            remote,
+            data,
+            label,
+        }
+    }
+
+    /// The peer's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// The peer's address as the transport sees it.
+    pub fn remote(&self) -> &str {
+        &self.remote
+    }
+
+    /// The application data the peer sent in the handshake (its hello data if
+    /// it dialed us, its accept hook's reply if we dialed it).
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// `node xxxxxxxx at url`, as used in error messages.
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+}
+
+/// Why a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// This side closed it gracefully.
+    Local,
+    /// The peer closed it gracefully (goaway, then end of stream).
+    Remote,
+    /// The peer's stream ended without a goaway.
+    PeerGone,
+    /// Nothing was heard from the peer for this long.
+    KeepaliveTimeout(Duration),
+    /// The peer broke the protocol.
+    Protocol(String),
+    /// The transport failed.
+    Io(String),
+    /// This side aborted it.
+    Aborted,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Local => f.write_str("closed by this side"),
+            CloseReason::Remote => f.write_str("closed by the peer"),
+            CloseReason::PeerGone => f.write_str("the peer went away without closing"),
+            CloseReason::KeepaliveTimeout(d) => write!(f, "nothing heard from the peer for {d:?}"),
+            CloseReason::Protocol(m) => write!(f, "protocol error: {m}"),
+            CloseReason::Io(m) => write!(f, "transport error: {m}"),
+            CloseReason::Aborted => f.write_str("aborted by this side"),
+        }
+    }
+}
+
+/// Counters a connection exposes, for tests, metrics and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// Encoded bytes waiting for the socket right now.
+    pub queued_bytes: usize,
+    /// Bytes handed to the transport so far.
+    pub bytes_written: u64,
+    /// Calls open on this connection right now, both directions.
+    pub calls_in_flight: usize,
+    /// Frames received so far.
+    pub frames_received: u64,
+}
+
+const OPEN: u8 = 0;
+const DRAINING: u8 = 1;
+const CLOSED: u8 = 2;
+
+/// State shared by a connection's handle, its tasks and its calls.
+pub(crate) struct Shared {
+    pub(crate) peer: PeerInfo,
+    pub(crate) local: NodeId,
+    dialer: bool,
+    next_id: AtomicU32,
+    pub(crate) table: Mutex<CallTable>,
+    pub(crate) out: WriteQueue,
+    pub(crate) router: Router,
+    pub(crate) config: ConnectionConfig,
+    /// Largest frame the peer accepts.
+    pub(crate) peer_max_frame: u32,
+    /// The peer's per-stream window: our send credit.
+    pub(crate) peer_window: u32,
+    state: AtomicU8,
+    peer_draining: std::sync::atomic::AtomicBool,
+    reason: OnceLock<CloseReason>,
+    pub(crate) closed: CancellationToken,
+    epoch: Instant,
+    last_heard_ms: AtomicU64,
+    pub(crate) frames_received: AtomicU64,
+}
+
+impl Shared {
+    fn table(&self) -> std::sync::MutexGuard<'_, CallTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Allocates the next id for a call this side opens.
+    pub(crate) fn next_call_id(&self) -> u32 {
+        // Wrapping is a concern only after two billion calls on one
+        // connection; skip 0, which means "one-way".
+        loop {
+            let id = self.next_id.fetch_add(2, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// Whether `id` was opened by this side.
+    pub(crate) fn is_local_id(&self, id: u32) -> bool {
+        (id % 2 == 1) == self.dialer
+    }
+
+    pub(crate) fn note_heard(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Whether new calls may be opened.
+    pub(crate) fn accepting_calls(&self) -> bool {
+        self.state.load(Ordering::Acquire) == OPEN && !self.peer_draining.load(Ordering::Acquire)
+    }
+
+    /// Whether this side still takes new calls from the peer.
+    pub(crate) fn serving_new_calls(&self) -> bool {
+        self.state.load(Ordering::Acquire) == OPEN
+    }
+
+    pub(crate) fn peer_draining(&self) -> bool {
+        self.peer_draining.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_peer_draining(&self) {
+        self.peer_draining.store(true, Ordering::Release);
+    }
+
+    /// The failure every pending call sees once the connection is closed.
+    pub(crate) fn lost(&self) -> Failure {
+        let reason = self.reason.get().cloned().unwrap_or(CloseReason::PeerGone);
+        Failure::Lost(reason.to_string().into())
+    }
+
+    /// Ends the connection: records why (first reason wins), stops the tasks
+    /// and fails every call still open.
+    pub(crate) fn shut(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.state.store(CLOSED, Ordering::Release);
+        self.out.close();
+        self.closed.cancel();
+        let failure = self.lost();
+        let entries: Vec<_> = self.table().drain().map(|(_, e)| e).collect();
+        for e in entries {
+            e.fail(failure.clone());
+        }
+    }
+}
+
+/// A handle to one multiplexed connection. Clone it freely; every clone
+/// refers to the same connection.
+///
+/// Either side can call the other: a connection made by
+/// [`Connection::connect`] or [`Endpoint::connect`](crate::Endpoint::connect)
+/// serves the dialing endpoint's router to the peer, and a handler can reach
+/// the caller through [`CallContext::connection`](crate::CallContext::connection).
+#[derive(Clone)]
+pub struct Connection {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.shared.peer.label)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// What the handshake settled, handed to [`Connection::start`].
+pub(crate) struct Established {
+    pub(crate) peer: PeerInfo,
+    pub(crate) local: NodeId,
+    pub(crate) dialer: bool,
+    pub(crate) peer_max_frame: u32,
+    pub(crate) peer_window: u32,
+    /// Bytes read past the handshake (the first frames, if the peer was quick).
+    pub(crate) leftover: bytes::BytesMut,
+}
+
+impl Connection {
+    /// Starts the reader, writer and keepalive tasks over an established stream.
+    pub(crate) fn start(
+        (rd, wr): (ReadHalf, WriteHalf),
+        est: Established,
+        router: Router,
+        config: ConnectionConfig,
+    ) -> Connection {
+        let shared = Arc::new(Shared {
+            peer: est.peer,
+            local: est.local,
+            dialer: est.dialer,
+            next_id: AtomicU32::new(if est.dialer { 1 } else { 2 }),
+            table: Mutex::new(CallTable::default()),
+            out: WriteQueue::new(config.write_high_water),
+            router,
+            peer_max_frame: est.peer_max_frame,
+            peer_window: est.peer_window,
+            state: AtomicU8::new(OPEN),
+            peer_draining: std::sync::atomic::AtomicBool::new(false),
+            reason: OnceLock::new(),
+            closed: CancellationToken::new(),
+            epoch: Instant::now(),
+            last_heard_ms: AtomicU64::new(0),
+            frames_received: AtomicU64::new(0),
+            config,
+        });
+        let w = shared.clone();
+        tokio::spawn(async move {
+            match w.out.run(wr).await {
+                Ok(()) => {}
+                Err(e) => w.shut(CloseReason::Io(e.to_string())),
+            }
+        });
+        let r = shared.clone();
+        tokio::spawn(reader::run(r, rd, est.leftover));
+        let k = shared.clone();
+        tokio::spawn(keepalive(k));
+        Connection { shared }
+    }
+
+    /// Dials `url` from a fresh endpoint (a random node id, no services of its
+    /// own, default configuration) and completes the handshake.
+    ///
+    /// For TLS, handshake data, services the peer may call back, or tuning,
+    /// build an [`Endpoint`](crate::Endpoint) instead.
+    pub async fn connect(url: &str) -> Result<Connection, crate::ConnectError> {
+        crate::Endpoint::builder().build().connect(url).await
+    }
+
+    /// Who is on the other end.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.shared.peer
+    }
+
+    /// This side's node id.
+    pub fn local_node(&self) -> NodeId {
+        self.shared.local
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        if self.is_closed() {
+            self.shared.reason.get().cloned()
+        } else {
+            None
+        }
+    }
+
+    /// Waits until the connection ends and says why.
+    pub async fn closed(&self) -> CloseReason {
+        self.shared.closed.cancelled().await;
+        self.shared
+            .reason
+            .get()
+            .cloned()
+            .unwrap_or(CloseReason::PeerGone)
+    }
+
+    /// Counters for this connection.
+    pub fn stats(&self) -> ConnectionStats {
+        ConnectionStats {
+            queued_bytes: self.shared.out.queued(),
+            bytes_written: self.shared.out.written(),
+            calls_in_flight: self.shared.table().len(),
+            frames_received: self.shared.frames_received.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes gracefully: tells the peer (goaway) that no new calls will be
+    /// taken, refuses new calls on this side with [`CallError::Closing`](crate::CallError::Closing),
+    /// lets calls in flight in both directions finish (up to the configured
+    /// drain timeout), then closes the stream.
+    pub async fn close(&self) {
+        let s = &self.shared;
+        if s.state
+            .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let _ = s
+                .out
+                .push(|o| wire::frame::encode_goaway(&mut o.buf, 0, 0, "closing"));
+        }
+        let deadline = tokio::time::Instant::now() + s.config.drain_timeout;
+        loop {
+            if s.table().is_empty() || s.closed.is_cancelled() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        s.shut(CloseReason::Local);
+    }
+
+    /// Ends the connection at once: every call in flight fails with
+    /// `ConnectionLost`, the peer sees the stream end.
+    pub fn abort(&self) {
+        self.shared.shut(CloseReason::Aborted);
+    }
+}
+
+/// Pings an idle peer and declares it lost after the keepalive timeout.
+async fn keepalive(s: Arc<Shared>) {
+    let interval = s.config.keepalive_interval;
+    let timeout = s.config.keepalive_timeout;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = s.closed.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let silent = s.silent_for();
+        if silent >= timeout {
+            s.shut(CloseReason::KeepaliveTimeout(silent));
+            return;
+        }
+        if silent >= interval {
+            seq += 1;
+            let _ = s
+                .out
+                .push(|o| wire::frame::encode_ping(&mut o.buf, wire::Kind::Ping, seq));
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Serving calls the peer opens: find the handler, run it on its own task
+//! under the call's deadline and cancellation, catch its panics, and send
+//! exactly one ack or reject when it ends (nothing for one-way calls, and
+//! nothing when the caller cancelled).
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::calls::CallName;
+use super::flow::{RecvWindow, SendCredit};
+use super::stream::{Inbound, Outbound};
+use super::table::{Entry, InboundTx};
+use super::{Connection, Shared};
+use crate::error::Reject;
+use crate::router::{CallContext, Route};
+use crate::wire::frame::{encode_body, encode_reject};
+use crate::wire::{CallOpen, Kind, SystemCode};
+
+/// A violation the reader closes the connection for.
+pub(crate) struct Violation(pub(crate) String);
+
+enum Outcome {
+    Done(Result<Bytes, Reject>),
+    Panicked(String),
+    TimedOut,
+    Cancelled,
+}
+
+fn panic_message(p: Box<dyn Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("handler panicked: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("handler panicked: {s}")
+    } else {
+        "handler panicked".to_string()
+    }
+}
+
+impl Shared {
+    fn reject_now(&self, id: u32, code: SystemCode, message: &str) {
+        let _ = self
+            .out
+            .push(|o| encode_reject(&mut o.buf, id, true, code as u32, message, &[]));
+    }
+
+    /// Starts serving a call the peer opened.
+    pub(crate) fn serve(
+        self: &Arc<Self>,
+        open: CallOpen,
+        op: Arc<str>,
+        route: Option<Route>,
+    ) -> Result<(), Violation> {
+        let id = open.id;
+        if open.oneway {
+            if id != 0 {
+                return Err(Violation(format!(
+                    "one-way call to `{op}` carries call id {id}, not 0"
+                )));
+            }
+            match route {
+                Some(Route::OneWay(f)) => {
+                    let ctx = self.context(op.clone(), &open, CancellationToken::new());
+                    let fut = f(ctx, open.body);
+                    tokio::spawn(async move {
+                        if let Err(p) = AssertUnwindSafe(fut).catch_unwind().await {
+                            tracing::warn!(op = %op, "{}", panic_message(p));
+                        }
+                    });
+                }
+                Some(other) => tracing::warn!(
+                    op = %op,
+                    "one-way message dropped: the operation is {}, not one-way",
+                    other.kind_name()
+                ),
+                None => tracing::warn!(op = %op, "one-way message dropped: no such operation"),
+            }
+            return Ok(());
+        }
+        if id == 0 || self.is_local_id(id) {
+            return Err(Violation(format!(
+                "call to `{op}` uses id {id}, which belongs to this side"
+            )));
+        }
+        if !self.serving_new_calls() {
+            self.reject_now(
+                id,
+                SystemCode::GoingAway,
+                "connection is closing; no new calls",
+            );
+            return Ok(());
+        }
+        let Some(route) = route else {
+            self.reject_now(
+                id,
+                SystemCode::NoSuchOperation,
+                &format!("no handler for `{op}`"),
+            );
+            return Ok(());
+        };
+        if route.single_request() != open.end {
+            let message = format!(
+                "`{op}` is a {} operation but was called as {}",
+                route.kind_name(),
+                if open.end {
+                    "a single request"
+                } else {
+                    "a request stream"
+                }
+            );
+            self.reject_now(id, SystemCode::Protocol, &message);
+            return Ok(());
+        }
+
+        let token = CancellationToken::new();
+        let mut entry = Entry {
+            cancel: Some(token.clone()),
+            ..Entry::default()
+        };
+        let ctx = self.context(op.clone(), &open, token.clone());
+        let name = || CallName {
+            op: op.clone(),
+            peer: self.peer.label.clone(),
+        };
+        let credit = || Arc::new(SendCredit::new(self.peer_window));
+        let inbound = |entry: &mut Entry| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let window = Arc::new(RecvWindow::new(self.config.window, self.config.max_frame));
+            entry.inbound = Some(InboundTx {
+                tx,
+                window: window.clone(),
+            });
+            Inbound::served(name(), self.clone(), id, rx, window)
+        };
+        let fut: BoxFuture<'static, Result<Bytes, Reject>> = match route {
+            Route::Unary(f) => f(ctx, open.body),
+            Route::OneWay(f) => {
+                let fut = f(ctx, open.body);
+                Box::pin(async move {
+                    fut.await;
+                    Ok(Bytes::new())
+                })
+            }
+            Route::ServerStream(f) => {
+                let c = credit();
+                entry.credit = Some(c.clone());
+                let fut = f(
+                    ctx,
+                    open.body,
+                    Outbound::served(name(), self.clone(), id, c),
+                );
+                Box::pin(async move { fut.await.map(|()| Bytes::new()) })
+            }
+            Route::ClientStream(f) => {
+                let i = inbound(&mut entry);
+                f(ctx, i)
+            }
+            Route::Bidi(f) => {
+                let i = inbound(&mut entry);
+                let c = credit();
+                entry.credit = Some(c.clone());
+                let fut = f(ctx, i, Outbound::served(name(), self.clone(), id, c));
+                Box::pin(async move { fut.await.map(|()| Bytes::new()) })
+            }
+        };
+        {
+            let mut table = self.table();
+            if table.contains_key(&id) {
+                return Err(Violation(format!("call id {id} opened twice")));
+            }
+            table.insert(id, entry);
+        }
+        tokio::spawn(run(self.clone(), id, token, open.deadline, fut));
+        Ok(())
+    }
+
+    fn context(
+        self: &Arc<Self>,
+        op: Arc<str>,
+        open: &CallOpen,
+        token: CancellationToken,
+    ) -> CallContext {
+        CallContext {
+            op,
+            conn: Connection {
+                shared: self.clone(),
+            },
+            deadline: open.deadline.map(|d| tokio::time::Instant::now() + d),
+            metadata: open.metadata.clone().into(),
+            token,
+        }
+    }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    id: u32,
+    token: CancellationToken,
+    deadline: Option<Duration>,
+    fut: BoxFuture<'static, Result<Bytes, Reject>>,
+) {
+    let guarded = async {
+        let caught = AssertUnwindSafe(fut).catch_unwind();
+        let result = match deadline {
+            Some(d) => match tokio::time::timeout(d, caught).await {
+                Ok(r) => r,
+                Err(_) => return Outcome::TimedOut,
+            },
+            None => caught.await,
+        };
+        match result {
+            Ok(r) => Outcome::Done(r),
+            Err(p) => Outcome::Panicked(panic_message(p)),
+        }
+    };
+    let outcome = tokio::select! {
+        biased;
+        _ = token.cancelled() => Outcome::Cancelled,
+        o = guarded => o,
+    };
+    // Whoever removes the entry answers the call; if the caller cancelled or
+    // the connection closed, it is already gone and nothing is sent.
+    let Some(entry) = shared.table().remove(&id) else {
+        return;
+    };
+    if let Some(c) = &entry.credit {
+        c.close();
+    }
+    token.cancel();
+    let (code, message, details, system) = match outcome {
+        Outcome::Cancelled => return,
+        Outcome::Done(Ok(reply)) if reply.len() <= shared.peer_max_frame as usize => {
+            let _ = shared
+                .out
+                .push_bounded(|o| encode_body(&mut o.buf, Kind::Ack, id, &reply))
+                .await;
+            return;
+        }
+        Outcome::Done(Ok(reply)) => (
+            SystemCode::TooLarge as u32,
+            format!(
+                "reply of {} bytes exceeds the caller's frame limit of {} bytes",
+                reply.len(),
+                shared.peer_max_frame
+            ),
+            Bytes::new(),
+            true,
+        ),
+        Outcome::Done(Err(r)) if r.is_invalid_payload() => (
+            SystemCode::InvalidPayload as u32,
+            r.message().to_owned(),
+            Bytes::new(),
+            true,
+        ),
+        Outcome::Done(Err(r)) => (r.code(), r.message().to_owned(), r.details().clone(), false),
+        Outcome::Panicked(m) => (SystemCode::HandlerFailed as u32, m, Bytes::new(), true),
+        Outcome::TimedOut => (
+            SystemCode::DeadlineExceeded as u32,
+            "deadline passed; handler stopped".to_owned(),
+            Bytes::new(),
+            true,
+        ),
+    };
+    // Keep a reject well inside any frame limit the peer may have announced.
+    let mut message = message;
+    let mut details = details;
+    let room = (shared.peer_max_frame as usize).saturating_sub(64) / 2;
+    if message.len() > room {
+        let mut end = room;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    if details.len() > room {
+        details = Bytes::new();
+    }
+    let _ = shared
+        .out
+        .push_bounded(|o| encode_reject(&mut o.buf, id, system, code, &message, &details))
+        .await;
+}

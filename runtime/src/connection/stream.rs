@@ -1,0 +1,457 @@
+//! The handles a stream call hands out: [`Inbound`] to receive messages,
+//! [`Outbound`] to send them, [`Reply`] to await a client stream's answer.
+//!
+//! The same two stream types serve both ends of a call: a caller receives
+//! replies through an `Inbound` and a handler receives requests through one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
+
+use super::calls::CallName;
+use super::flow::{RecvWindow, SendCredit};
+use super::table::{Failure, InItem};
+use super::Shared;
+use crate::error::CallError;
+use crate::wire::frame::{encode_body, encode_credit, encode_empty};
+use crate::wire::{Kind, SystemCode, HEADER_LEN};
+
+impl Shared {
+    /// Ends a call this side gave up on: removes it, tells the peer, and fails
+    /// whatever still waits on it.
+    pub(crate) fn cancel_call(&self, id: u32, failure: Failure) {
+        let entry = self.table().remove(&id);
+        if let Some(e) = entry {
+            let _ = self
+                .out
+                .push(|o| encode_empty(&mut o.buf, Kind::Cancel, id));
+            e.fail(failure);
+        }
+    }
+
+    fn ended(&self, name: &CallName) -> CallError {
+        if self.closed.is_cancelled() {
+            name.error(self.lost(), None)
+        } else {
+            CallError::Cancelled {
+                op: name.op.clone(),
+                peer: name.peer.clone(),
+            }
+        }
+    }
+}
+
+fn cancelled() -> Failure {
+    Failure::System {
+        code: SystemCode::Cancelled,
+        message: "cancelled by the caller".into(),
+    }
+}
+
+/// Cancels the call when the last handle of a call this side opened is
+/// dropped before the call ended.
+pub(crate) struct CallGuard {
+    shared: Arc<Shared>,
+    id: u32,
+    armed: bool,
+}
+
+impl CallGuard {
+    pub(crate) fn new(shared: Arc<Shared>, id: u32) -> Self {
+        CallGuard {
+            shared,
+            id,
+            armed: true,
+        }
+    }
+
+    /// The call ended normally; dropping the guard does nothing.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.cancel_call(self.id, cancelled());
+        }
+    }
+}
+
+/// The receiving side of a stream: a caller's replies or a handler's requests.
+///
+/// Yields each message as `Ok(bytes)`, a failure as one `Err` (after which
+/// the stream ends), and `None` when the other side finished cleanly. Reading
+/// returns flow-control credit to the sender, so a slow reader slows the
+/// sender instead of growing memory.
+pub struct Inbound {
+    name: CallName,
+    shared: Arc<Shared>,
+    id: u32,
+    rx: mpsc::UnboundedReceiver<InItem>,
+    window: Arc<RecvWindow>,
+    unreported: u32,
+    guard: Option<Arc<CallGuard>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    timeout: Option<Duration>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("op", &self.name.op)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Inbound {
+    pub(crate) fn new(
+        name: CallName,
+        rx: mpsc::UnboundedReceiver<InItem>,
+        window: Arc<RecvWindow>,
+        guard: Arc<CallGuard>,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let shared = guard.shared.clone();
+        let id = guard.id;
+        Inbound {
+            name,
+            shared,
+            id,
+            rx,
+            window,
+            unreported: 0,
+            guard: Some(guard),
+            sleep: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            timeout,
+            done: false,
+        }
+    }
+
+    /// The handler's side of a stream opened by the peer.
+    pub(crate) fn served(
+        name: CallName,
+        shared: Arc<Shared>,
+        id: u32,
+        rx: mpsc::UnboundedReceiver<InItem>,
+        window: Arc<RecvWindow>,
+    ) -> Self {
+        Inbound {
+            name,
+            shared,
+            id,
+            rx,
+            window,
+            unreported: 0,
+            guard: None,
+            sleep: None,
+            timeout: None,
+            done: false,
+        }
+    }
+
+    /// Receives the next message; `None` once the stream has ended.
+    pub async fn recv(&mut self) -> Option<Result<Bytes, CallError>> {
+        std::future::poll_fn(|cx| self.poll_item(cx)).await
+    }
+
+    /// Bytes received on this stream and not yet returned to the sender as credit.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.window.outstanding()
+    }
+
+    fn consumed(&mut self, n: usize) {
+        self.unreported = self.unreported.saturating_add(n as u32);
+        if self.unreported >= self.shared.config.window / 2 {
+            let grant = std::mem::take(&mut self.unreported);
+            self.window.release(grant);
+            let id = self.id;
+            let _ = self
+                .shared
+                .out
+                .push(|o| encode_credit(&mut o.buf, id, grant));
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(g) = self.guard.take() {
+            if let Ok(mut g) = Arc::try_unwrap(g) {
+                g.disarm();
+            }
+        }
+    }
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, CallError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = self.rx.poll_recv(cx) {
+            return Poll::Ready(match item {
+                Some(InItem::Data(b)) => {
+                    self.consumed(b.len());
+                    Some(Ok(b))
+                }
+                Some(InItem::End) => {
+                    self.finish();
+                    None
+                }
+                Some(InItem::Failed(f)) => {
+                    self.finish();
+                    Some(Err(self.name.error(f, self.timeout)))
+                }
+                None => {
+                    self.finish();
+                    if self.shared.closed.is_cancelled() {
+                        Some(Err(self.name.error(self.shared.lost(), None)))
+                    } else {
+                        None
+                    }
+                }
+            });
+        }
+        if let Some(sleep) = self.sleep.as_mut() {
+            ready!(sleep.as_mut().poll(cx));
+            self.done = true;
+            let after = self.timeout.unwrap_or_default();
+            self.shared.cancel_call(
+                self.id,
+                Failure::System {
+                    code: SystemCode::DeadlineExceeded,
+                    message: String::new(),
+                },
+            );
+            return Poll::Ready(Some(Err(CallError::Timeout {
+                op: self.name.op.clone(),
+                peer: self.name.peer.clone(),
+                after,
+            })));
+        }
+        Poll::Pending
+    }
+}
+
+impl futures_core::Stream for Inbound {
+    type Item = Result<Bytes, CallError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_item(cx)
+    }
+}
+
+/// The sending side of a stream: a caller's requests or a handler's replies.
+///
+/// [`send`](Outbound::send) waits for flow-control credit, so it blocks while
+/// the receiver is behind. A caller ends its requests with
+/// [`finish`](Outbound::finish); dropping a caller's `Outbound` before then
+/// (and before the reply) cancels the call. A handler's stream ends when the
+/// handler returns.
+pub struct Outbound {
+    name: CallName,
+    shared: Arc<Shared>,
+    id: u32,
+    credit: Arc<SendCredit>,
+    guard: Option<Arc<CallGuard>>,
+    deadline: Option<Instant>,
+    opener: bool,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("op", &self.name.op)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Outbound {
+    pub(crate) fn opener(
+        name: CallName,
+        shared: Arc<Shared>,
+        id: u32,
+        credit: Arc<SendCredit>,
+        guard: Arc<CallGuard>,
+        deadline: Option<Instant>,
+    ) -> Self {
+        Outbound {
+            name,
+            shared,
+            id,
+            credit,
+            guard: Some(guard),
+            deadline,
+            opener: true,
+        }
+    }
+
+    pub(crate) fn served(
+        name: CallName,
+        shared: Arc<Shared>,
+        id: u32,
+        credit: Arc<SendCredit>,
+    ) -> Self {
+        Outbound {
+            name,
+            shared,
+            id,
+            credit,
+            guard: None,
+            deadline: None,
+            opener: false,
+        }
+    }
+
+    /// Sends one message, waiting for credit while the receiver is behind.
+    pub async fn send(&mut self, msg: Bytes) -> Result<(), CallError> {
+        let limit = self.shared.peer_max_frame as usize;
+        if msg.len() > limit {
+            return Err(CallError::MessageTooLarge {
+                op: self.name.op.clone(),
+                peer: self.name.peer.clone(),
+                size: msg.len() + HEADER_LEN,
+                limit,
+            });
+        }
+        let take = self.credit.take(msg.len());
+        let taken = match self.deadline {
+            Some(d) => match tokio::time::timeout_at(d, take).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.shared.cancel_call(
+                        self.id,
+                        Failure::System {
+                            code: SystemCode::DeadlineExceeded,
+                            message: String::new(),
+                        },
+                    );
+                    return Err(CallError::Timeout {
+                        op: self.name.op.clone(),
+                        peer: self.name.peer.clone(),
+                        after: Duration::ZERO,
+                    });
+                }
+            },
+            None => take.await,
+        };
+        if taken.is_err() {
+            return Err(self.shared.ended(&self.name));
+        }
+        let id = self.id;
+        self.shared
+            .out
+            .push_bounded(|o| encode_body(&mut o.buf, Kind::Data, id, &msg))
+            .await
+            .map_err(|_| self.shared.ended(&self.name))
+    }
+
+    /// Bytes this side may still send before it has to wait for the receiver.
+    pub fn credit(&self) -> i64 {
+        self.credit.available()
+    }
+
+    /// Ends this side of the stream cleanly. For a caller this tells the
+    /// handler no more requests follow; for a handler it is optional (the
+    /// stream ends when the handler returns).
+    pub async fn finish(mut self) -> Result<(), CallError> {
+        if self.opener {
+            let id = self.id;
+            self.shared
+                .out
+                .push_bounded(|o| encode_empty(&mut o.buf, Kind::End, id))
+                .await
+                .map_err(|_| self.shared.ended(&self.name))?;
+        }
+        // A finished request side no longer cancels the call on drop; the
+        // reply or inbound handle still does.
+        self.guard.take();
+        Ok(())
+    }
+}
+
+/// The answer to a client-stream call: resolves once the handler acks or rejects.
+pub struct Reply {
+    name: CallName,
+    rx: oneshot::Receiver<Result<Bytes, Failure>>,
+    guard: Option<Arc<CallGuard>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply").field("op", &self.name.op).finish()
+    }
+}
+
+impl Reply {
+    pub(crate) fn new(
+        name: CallName,
+        rx: oneshot::Receiver<Result<Bytes, Failure>>,
+        guard: Arc<CallGuard>,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> Self {
+        Reply {
+            name,
+            rx,
+            guard: Some(guard),
+            sleep: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            timeout,
+        }
+    }
+
+    fn settle(&mut self) {
+        if let Some(g) = self.guard.take() {
+            if let Ok(mut g) = Arc::try_unwrap(g) {
+                g.disarm();
+            }
+        }
+    }
+}
+
+impl Future for Reply {
+    type Output = Result<Bytes, CallError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(r) = Pin::new(&mut this.rx).poll(cx) {
+            this.settle();
+            let shared_lost = || Failure::Lost("connection closed".into());
+            return Poll::Ready(match r {
+                Ok(Ok(b)) => Ok(b),
+                Ok(Err(f)) => Err(this.name.error(f, this.timeout)),
+                Err(_) => Err(this.name.error(shared_lost(), this.timeout)),
+            });
+        }
+        if let Some(sleep) = this.sleep.as_mut() {
+            ready!(sleep.as_mut().poll(cx));
+            let after = this.timeout.unwrap_or_default();
+            if let Some(g) = this.guard.take() {
+                g.shared.cancel_call(
+                    g.id,
+                    Failure::System {
+                        code: SystemCode::DeadlineExceeded,
+                        message: String::new(),
+                    },
+                );
+            }
+            return Poll::Ready(Err(CallError::Timeout {
+                op: this.name.op.clone(),
+                peer: this.name.peer.clone(),
+                after,
+            }));
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,112 @@
+//! The call table: every call open on a connection, in either direction, in
+//! one place, keyed by call id.
+//!
+//! Ids are chosen by the side that opens a call — odd for the dialer, even for
+//! the listener — so the two directions never collide. An entry lives from
+//! the call's open until its end (ack, reject, cancel, or the connection's
+//! close); whoever removes it owns delivering the outcome.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::flow::{RecvWindow, SendCredit};
+use crate::error::{CallError, Reject};
+use crate::wire::SystemCode;
+
+/// How a call ended, before the caller dresses it with op and peer names.
+#[derive(Clone, Debug)]
+pub(crate) enum Failure {
+    /// The handler rejected the call.
+    Rejected(Reject),
+    /// The peer's runtime refused or ended the call.
+    System { code: SystemCode, message: String },
+    /// The connection ended.
+    Lost(Arc<str>),
+}
+
+impl Failure {
+    pub(crate) fn into_call_error(
+        self,
+        op: &Arc<str>,
+        peer: &Arc<str>,
+        timeout: Option<std::time::Duration>,
+    ) -> CallError {
+        let op = op.clone();
+        let peer = peer.clone();
+        match self {
+            Failure::Rejected(r) => CallError::Rejected(r),
+            Failure::Lost(reason) => CallError::ConnectionLost { op, peer, reason },
+            Failure::System { code, message } => match code {
+                SystemCode::NoSuchOperation => CallError::NoSuchOperation { op, peer },
+                SystemCode::DeadlineExceeded => CallError::Timeout {
+                    op,
+                    peer,
+                    after: timeout.unwrap_or_default(),
+                },
+                SystemCode::Cancelled => CallError::Cancelled { op, peer },
+                SystemCode::InvalidPayload => CallError::Decode { op, peer, message },
+                SystemCode::GoingAway => CallError::Closing { op, peer },
+                SystemCode::Protocol | SystemCode::TooLarge => {
+                    CallError::Protocol { op, peer, message }
+                }
+                SystemCode::HandlerFailed | SystemCode::Unknown => {
+                    CallError::HandlerFailed { op, peer, message }
+                }
+            },
+        }
+    }
+}
+
+/// One item delivered to a stream's receiving side.
+#[derive(Debug)]
+pub(crate) enum InItem {
+    Data(Bytes),
+    End,
+    Failed(Failure),
+}
+
+/// The receiving half of a stream, as the reader sees it.
+#[derive(Debug)]
+pub(crate) struct InboundTx {
+    pub(crate) tx: mpsc::UnboundedSender<InItem>,
+    pub(crate) window: Arc<RecvWindow>,
+}
+
+/// One open call.
+#[derive(Debug, Default)]
+pub(crate) struct Entry {
+    /// Calls we opened: where the terminal ack or reject goes (unary, client stream).
+    pub(crate) reply: Option<oneshot::Sender<Result<Bytes, Failure>>>,
+    /// Where the peer's stream messages go (server stream and bidi replies;
+    /// client stream and bidi requests of calls we serve).
+    pub(crate) inbound: Option<InboundTx>,
+    /// Credit for the messages we send on this call.
+    pub(crate) credit: Option<Arc<SendCredit>>,
+    /// Calls we serve: stops the handler.
+    pub(crate) cancel: Option<CancellationToken>,
+}
+
+impl Entry {
+    /// Delivers a terminal failure to whoever waits on this call.
+    pub(crate) fn fail(self, failure: Failure) {
+        if let Some(c) = &self.credit {
+            c.close();
+        }
+        if let Some(t) = &self.cancel {
+            t.cancel();
+        }
+        if let Some(i) = self.inbound {
+            let _ = i.tx.send(InItem::Failed(failure.clone()));
+        }
+        if let Some(r) = self.reply {
+            let _ = r.send(Err(failure));
+        }
+    }
+}
+
+/// The table itself.
+pub(crate) type CallTable = HashMap<u32, Entry>;

@@ -1,0 +1,675 @@
+//! Endpoints and servers: one node identity, one set of services, any number
+//! of listeners and connections.
+//!
+//! An [`Endpoint`] dials and listens under one [`NodeId`], runs the handshake
+//! (refusing version mismatches and connections to itself), and serves its
+//! [`Router`] on every connection, whichever side opened it. A [`Server`] is
+//! an endpoint with one listener, for the common case.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::{Connection, ConnectionConfig, Established, NodeId, PeerInfo};
+use crate::error::ConnectError;
+use crate::router::{IntoRouter, Router};
+use crate::transport::{self, ReadHalf, TlsConfig, TransportConfig, Url, UrlError, WriteHalf};
+use crate::wire::handshake::{self, Answer, Hello, Refusal, RefusalCode, Welcome};
+use crate::wire::WireError;
+
+/// Something that names a transport address: `&str`, `String` or [`Url`].
+pub trait ToUrl {
+    /// Parses or clones into a [`Url`].
+    fn to_url(&self) -> Result<Url, UrlError>;
+}
+
+impl ToUrl for str {
+    fn to_url(&self) -> Result<Url, UrlError> {
+        Url::parse(self)
+    }
+}
+
+impl ToUrl for String {
+    fn to_url(&self) -> Result<Url, UrlError> {
+        Url::parse(self)
+    }
+}
+
+impl ToUrl for Url {
+    fn to_url(&self) -> Result<Url, UrlError> {
+        Ok(self.clone())
+    }
+}
+
+impl<T: ToUrl + ?Sized> ToUrl for &T {
+    fn to_url(&self) -> Result<Url, UrlError> {
+        (**self).to_url()
+    }
+}
+
+/// A dialer's request to connect, as the listener's accept hook sees it.
+#[derive(Clone, Debug)]
+pub struct ConnectRequest {
+    node: NodeId,
+    remote: String,
+    data: Bytes,
+}
+
+impl ConnectRequest {
+    /// The dialer's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// The dialer's address as the transport sees it.
+    pub fn remote(&self) -> &str {
+        &self.remote
+    }
+
+    /// The application data the dialer sent with its hello.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+}
+
+type AcceptHook = Arc<dyn Fn(&ConnectRequest) -> Result<Bytes, String> + Send + Sync>;
+
+struct Inner {
+    node: NodeId,
+    router: Router,
+    config: ConnectionConfig,
+    transport: TransportConfig,
+    hello_data: Bytes,
+    accept: Option<AcceptHook>,
+    conns: Mutex<HashMap<u64, Connection>>,
+    next_conn: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+/// One node identity with its services, dialing and listening.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), plexus::ConnectError> {
+/// use plexus::{Bytes, Endpoint, Reject, Router};
+/// let endpoint = Endpoint::builder()
+///     .serve(Router::new().unary("demo.Echo/echo", |_ctx, b: Bytes| async move { Ok::<_, Reject>(b) }))
+///     .build();
+/// let listening = endpoint.listen("tcp://127.0.0.1:0").await?;
+/// let conn = Endpoint::builder().build().connect(listening.local_url()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("node", &self.inner.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures an [`Endpoint`].
+#[must_use]
+pub struct EndpointBuilder {
+    node: Option<NodeId>,
+    router: Router,
+    config: ConnectionConfig,
+    transport: TransportConfig,
+    hello_data: Bytes,
+    accept: Option<AcceptHook>,
+}
+
+impl fmt::Debug for EndpointBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointBuilder")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointBuilder {
+    /// Uses a fixed node id instead of a random one.
+    pub fn node_id(mut self, id: NodeId) -> Self {
+        self.node = Some(id);
+        self
+    }
+
+    /// Serves these operations on every connection of the endpoint. Call it
+    /// again to add more services.
+    pub fn serve(mut self, service: impl IntoRouter) -> Self {
+        self.router = std::mem::take(&mut self.router).add(service);
+        self
+    }
+
+    /// Connection tuning (limits, keepalive, timeouts).
+    pub fn config(mut self, config: ConnectionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// TLS settings for `tls://` URLs.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.transport.tls = Some(tls);
+        self
+    }
+
+    /// Application data sent in the hello of every connection this endpoint dials.
+    pub fn hello_data(mut self, data: impl Into<Bytes>) -> Self {
+        self.hello_data = data.into();
+        self
+    }
+
+    /// Decides on each incoming connection: `Ok(data)` accepts and returns
+    /// `data` to the dialer, `Err(reason)` refuses with that reason.
+    pub fn accept<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&ConnectRequest) -> Result<Bytes, String> + Send + Sync + 'static,
+    {
+        self.accept = Some(Arc::new(hook));
+        self
+    }
+
+    /// Builds the endpoint. It listens nowhere until [`Endpoint::listen`].
+    pub fn build(self) -> Endpoint {
+        Endpoint {
+            inner: Arc::new(Inner {
+                node: self.node.unwrap_or_else(NodeId::random),
+                router: self.router,
+                config: self.config,
+                transport: self.transport,
+                hello_data: self.hello_data,
+                accept: self.accept,
+                conns: Mutex::new(HashMap::new()),
+                next_conn: AtomicU64::new(0),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+}
+
+/// A listener an endpoint runs; accepting stops on [`Listening::close`] or
+/// when the endpoint shuts down.
+#[derive(Debug)]
+pub struct Listening {
+    local: Url,
+    stop: CancellationToken,
+}
+
+impl Listening {
+    /// Where the listener is reachable (with the real port for `:0`).
+    pub fn local_url(&self) -> &Url {
+        &self.local
+    }
+
+    /// Stops accepting; established connections are unaffected.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Endpoint {
+    /// Starts configuring an endpoint.
+    pub fn builder() -> EndpointBuilder {
+        EndpointBuilder {
+            node: None,
+            router: Router::new(),
+            config: ConnectionConfig::default(),
+            transport: TransportConfig::new(),
+            hello_data: Bytes::new(),
+            accept: None,
+        }
+    }
+
+    /// This endpoint's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node
+    }
+
+    /// The connections open right now, both accepted and dialed.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.inner
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Binds `url` and accepts connections on it in the background.
+    pub async fn listen(&self, url: impl ToUrl) -> Result<Listening, ConnectError> {
+        let url = url.to_url().map_err(transport::TransportError::from)?;
+        let mut listener = transport::listen(&url, &self.inner.transport).await?;
+        let local = listener.local_url().clone();
+        let stop = self.inner.shutdown.child_token();
+        let inner = self.inner.clone();
+        let stop2 = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                match accepted {
+                    Ok(c) => {
+                        let inner = inner.clone();
+                        tokio::spawn(async move {
+                            let remote = c.remote.clone();
+                            if let Err(e) = accept_one(&inner, c).await {
+                                tracing::debug!(remote = %remote, "incoming connection failed: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!("accept failed: {e}");
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        });
+        Ok(Listening { local, stop })
+    }
+
+    /// Dials `url`, completes the handshake and returns the connection.
+    pub async fn connect(&self, url: impl ToUrl) -> Result<Connection, ConnectError> {
+        self.connect_with(url, self.inner.hello_data.clone()).await
+    }
+
+    /// Dials `url` sending `data` in the hello (instead of the endpoint's
+    /// default hello data). The listener's answer is in
+    /// [`PeerInfo::data`] of the returned connection.
+    pub async fn connect_with(
+        &self,
+        url: impl ToUrl,
+        data: impl Into<Bytes>,
+    ) -> Result<Connection, ConnectError> {
+        let url = url.to_url().map_err(transport::TransportError::from)?;
+        let connected = transport::dial(&url, &self.inner.transport).await?;
+        let (mut rd, mut wr) = connected.stream.split();
+        let label = url.to_string();
+        let limit = self.inner.config.handshake_timeout;
+        let hello = Hello {
+            version: handshake::VERSION,
+            node_id: self.inner.node.0,
+            max_frame: self.inner.config.max_frame,
+            window: self.inner.config.window,
+            data: data.into(),
+        };
+        let (welcome, leftover) = tokio::time::timeout(limit, async {
+            let mut out = BytesMut::new();
+            hello.encode(&mut out);
+            wr.write_all(&out).await.map_err(|e| closed(&label, e))?;
+            wr.flush().await.map_err(|e| closed(&label, e))?;
+            let mut buf = BytesMut::with_capacity(256);
+            let answer = loop {
+                match Answer::decode(&mut buf) {
+                    Ok(Some(a)) => break a,
+                    Ok(None) => {}
+                    Err(source) => {
+                        return Err(ConnectError::Handshake {
+                            url: label.clone(),
+                            source,
+                        })
+                    }
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) => {
+                        return Err(ConnectError::Closed {
+                            url: label.clone(),
+                            reason: "the peer closed the stream before answering".into(),
+                        })
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(closed(&label, e)),
+                }
+            };
+            match answer {
+                Answer::Welcome(w) => {
+                    if w.version != handshake::VERSION {
+                        return Err(ConnectError::VersionMismatch {
+                            url: label.clone(),
+                            ours: handshake::VERSION,
+                            theirs: w.version,
+                        });
+                    }
+                    if w.node_id == self.inner.node.0 {
+                        return Err(ConnectError::SelfConnect {
+                            url: label.clone(),
+                            node: self.inner.node.to_string(),
+                        });
+                    }
+                    Ok((w, buf))
+                }
+                Answer::Refusal(r) => Err(refused(&label, self.inner.node, r)),
+            }
+        })
+        .await
+        .map_err(|_| ConnectError::HandshakeTimeout {
+            url: label.clone(),
+            after: limit,
+        })??;
+        let est = Established {
+            peer: PeerInfo::new(NodeId(welcome.node_id), label, welcome.data),
+            local: self.inner.node,
+            dialer: true,
+            peer_max_frame: welcome.max_frame,
+            peer_window: welcome.window,
+            leftover,
+        };
+        Ok(self.register(Connection::start(
+            (rd, wr),
+            est,
+            self.inner.router.clone(),
+            self.inner.config.clone(),
+        )))
+    }
+
+    fn register(&self, conn: Connection) -> Connection {
+        register(&self.inner, conn)
+    }
+
+    /// Stops every listener and closes every connection gracefully.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let conns = self.connections();
+        let closing = conns.iter().map(|c| c.close());
+        futures_util::future::join_all(closing).await;
+    }
+}
+
+fn register(inner: &Arc<Inner>, conn: Connection) -> Connection {
+    let key = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+    inner
+        .conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, conn.clone());
+    let weak = Arc::downgrade(inner);
+    let watched = conn.clone();
+    tokio::spawn(async move {
+        watched.closed().await;
+        if let Some(inner) = weak.upgrade() {
+            inner
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        }
+    });
+    conn
+}
+
+fn closed(url: &str, e: std::io::Error) -> ConnectError {
+    ConnectError::Closed {
+        url: url.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn refused(url: &str, node: NodeId, r: Refusal) -> ConnectError {
+    match r.code {
+        RefusalCode::VersionMismatch => ConnectError::VersionMismatch {
+            url: url.to_string(),
+            ours: handshake::VERSION,
+            theirs: r.version,
+        },
+        RefusalCode::SelfConnect => ConnectError::SelfConnect {
+            url: url.to_string(),
+            node: node.to_string(),
+        },
+        code => ConnectError::Refused {
+            url: url.to_string(),
+            code,
+            reason: r.reason,
+        },
+    }
+}
+
+async fn refuse(wr: &mut WriteHalf, code: RefusalCode, reason: String) {
+    let mut out = BytesMut::new();
+    Answer::Refusal(Refusal {
+        version: handshake::VERSION,
+        code,
+        reason,
+    })
+    .encode(&mut out);
+    let _ = wr.write_all(&out).await;
+    let _ = wr.flush().await;
+    let _ = wr.shutdown().await;
+}
+
+/// Runs the listener's side of the handshake on one accepted stream.
+async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), ConnectError> {
+    let remote = c.remote;
+    let (mut rd, mut wr): (ReadHalf, WriteHalf) = c.stream.split();
+    let limit = inner.config.handshake_timeout;
+    let outcome = tokio::time::timeout(limit, async {
+        let mut buf = BytesMut::with_capacity(256);
+        loop {
+            match handshake::peek_version(&buf) {
+                Ok(Some(v)) if v != handshake::VERSION => {
+                    let reason = format!(
+                        "this node speaks Plexus protocol v{}, the dialer v{v}",
+                        handshake::VERSION
+                    );
+                    refuse(&mut wr, RefusalCode::VersionMismatch, reason).await;
+                    return Err(ConnectError::VersionMismatch {
+                        url: remote.clone(),
+                        ours: handshake::VERSION,
+                        theirs: v,
+                    });
+                }
+                Ok(_) => {}
+                Err(source) => return Err(malformed(&mut wr, &remote, source).await),
+            }
+            match Hello::decode(&mut buf) {
+                Ok(Some(h)) => return Ok((h, buf)),
+                Ok(None) => {}
+                Err(source) => return Err(malformed(&mut wr, &remote, source).await),
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) => {
+                    return Err(ConnectError::Closed {
+                        url: remote.clone(),
+                        reason: "the dialer closed the stream during the hello".into(),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => return Err(closed(&remote, e)),
+            }
+        }
+    })
+    .await;
+    let (hello, leftover) = match outcome {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ConnectError::HandshakeTimeout {
+                url: remote,
+                after: limit,
+            })
+        }
+    };
+    if hello.node_id == inner.node.0 {
+        let reason = "the dialer is this node itself".to_string();
+        refuse(&mut wr, RefusalCode::SelfConnect, reason).await;
+        return Err(ConnectError::SelfConnect {
+            url: remote,
+            node: inner.node.to_string(),
+        });
+    }
+    if inner.shutdown.is_cancelled() {
+        refuse(
+            &mut wr,
+            RefusalCode::ShuttingDown,
+            "the node is shutting down".into(),
+        )
+        .await;
+        return Err(ConnectError::Closed {
+            url: remote,
+            reason: "shutting down".into(),
+        });
+    }
+    let request = ConnectRequest {
+        node: NodeId(hello.node_id),
+        remote: remote.clone(),
+        data: hello.data,
+    };
+    let reply = match &inner.accept {
+        Some(hook) => match hook(&request) {
+            Ok(d) => d,
+            Err(reason) => {
+                refuse(&mut wr, RefusalCode::Rejected, reason.clone()).await;
+                return Err(ConnectError::Refused {
+                    url: remote,
+                    code: RefusalCode::Rejected,
+                    reason,
+                });
+            }
+        },
+        None => Bytes::new(),
+    };
+    let welcome = Welcome {
+        version: handshake::VERSION,
+        node_id: inner.node.0,
+        max_frame: inner.config.max_frame,
+        window: inner.config.window,
+        data: reply,
+    };
+    let mut out = BytesMut::new();
+    Answer::Welcome(welcome).encode(&mut out);
+    wr.write_all(&out).await.map_err(|e| closed(&remote, e))?;
+    wr.flush().await.map_err(|e| closed(&remote, e))?;
+    let est = Established {
+        peer: PeerInfo::new(request.node, remote, request.data),
+        local: inner.node,
+        dialer: false,
+        peer_max_frame: hello.max_frame,
+        peer_window: hello.window,
+        leftover,
+    };
+    let conn = Connection::start((rd, wr), est, inner.router.clone(), inner.config.clone());
+    register(inner, conn);
+    Ok(())
+}
+
+async fn malformed(wr: &mut WriteHalf, remote: &str, source: WireError) -> ConnectError {
+    refuse(wr, RefusalCode::Malformed, source.to_string()).await;
+    ConnectError::Handshake {
+        url: remote.to_string(),
+        source,
+    }
+}
+
+/// An endpoint with one listener: the quickest way to serve.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), plexus::ConnectError> {
+/// use plexus::{Bytes, Reject, Router, Server};
+/// let server = Server::bind("tcp://127.0.0.1:0")
+///     .serve(Router::new().unary("demo.Echo/echo", |_ctx, b: Bytes| async move { Ok::<_, Reject>(b) }))
+///     .start()
+///     .await?;
+/// println!("listening on {}", server.local_url());
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    endpoint: Endpoint,
+    listening: Listening,
+}
+
+/// Configures a [`Server`].
+#[must_use]
+#[derive(Debug)]
+pub struct ServerBuilder {
+    url: String,
+    endpoint: EndpointBuilder,
+}
+
+impl Server {
+    /// Starts configuring a server that will listen on `url`.
+    pub fn bind(url: impl Into<String>) -> ServerBuilder {
+        ServerBuilder {
+            url: url.into(),
+            endpoint: Endpoint::builder(),
+        }
+    }
+
+    /// Where the server is reachable (with the real port for `:0`).
+    pub fn local_url(&self) -> &Url {
+        self.listening.local_url()
+    }
+
+    /// The endpoint behind the server: its node id, its connections (to push
+    /// to connected clients), and further listeners.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The client connections open right now.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.endpoint.connections()
+    }
+
+    /// Stops accepting and closes every connection gracefully.
+    pub async fn shutdown(&self) {
+        self.listening.close();
+        self.endpoint.shutdown().await;
+    }
+}
+
+impl ServerBuilder {
+    /// Serves these operations (call again to add more services).
+    pub fn serve(mut self, service: impl IntoRouter) -> Self {
+        self.endpoint = self.endpoint.serve(service);
+        self
+    }
+
+    /// Connection tuning.
+    pub fn config(mut self, config: ConnectionConfig) -> Self {
+        self.endpoint = self.endpoint.config(config);
+        self
+    }
+
+    /// TLS settings (required for `tls://`).
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.endpoint = self.endpoint.tls(tls);
+        self
+    }
+
+    /// A fixed node id.
+    pub fn node_id(mut self, id: NodeId) -> Self {
+        self.endpoint = self.endpoint.node_id(id);
+        self
+    }
+
+    /// Decides on each incoming connection; see [`EndpointBuilder::accept`].
+    pub fn accept<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&ConnectRequest) -> Result<Bytes, String> + Send + Sync + 'static,
+    {
+        self.endpoint = self.endpoint.accept(hook);
+        self
+    }
+
+    /// Binds and starts accepting.
+    pub async fn start(self) -> Result<Server, ConnectError> {
+        let endpoint = self.endpoint.build();
+        let listening = endpoint.listen(self.url.as_str()).await?;
+        Ok(Server {
+            endpoint,
+            listening,
+        })
+    }
+}

@@ -1,0 +1,297 @@
+//! The errors a caller sees: [`Reject`] (a handler's explicit "no"),
+//! [`CallError`] (every way a call can end other than success) and
+//! [`ConnectError`] (every way connecting or listening can fail).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::transport::TransportError;
+use crate::wire::{RefusalCode, WireError};
+
+/// A handler's explicit refusal of a call: an application code, a
+/// human-readable message and optional opaque details.
+///
+/// Handlers return `Err(Reject)`; callers receive it as
+/// [`CallError::Rejected`] with the same code, message and details.
+///
+/// ```
+/// let r = plexus::Reject::new(404, "no such user").with_details("alice");
+/// assert_eq!(r.code(), 404);
+/// assert_eq!(r.message(), "no such user");
+/// assert_eq!(&r.details()[..], b"alice");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Reject {
+    code: u32,
+    message: String,
+    details: Bytes,
+    /// Set by [`Reject::invalid_payload`]: the runtime, not the application,
+    /// refused the call, and the caller sees [`CallError::Decode`].
+    invalid_payload: bool,
+}
+
+impl Reject {
+    /// A rejection with an application-defined `code` and a message for humans.
+    pub fn new(code: u32, message: impl Into<String>) -> Self {
+        Reject {
+            code,
+            message: message.into(),
+            details: Bytes::new(),
+            invalid_payload: false,
+        }
+    }
+
+    /// Attaches opaque details (e.g. an encoded error structure).
+    pub fn with_details(mut self, details: impl Into<Bytes>) -> Self {
+        self.details = details.into();
+        self
+    }
+
+    /// The refusal a handler adapter returns when the request bytes cannot be
+    /// decoded. The caller receives [`CallError::Decode`], not `Rejected`.
+    pub fn invalid_payload(message: impl Into<String>) -> Self {
+        Reject {
+            code: crate::wire::SystemCode::InvalidPayload as u32,
+            message: message.into(),
+            details: Bytes::new(),
+            invalid_payload: true,
+        }
+    }
+
+    /// The application code.
+    pub fn code(&self) -> u32 {
+        self.code
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The details (empty if none were attached).
+    pub fn details(&self) -> &Bytes {
+        &self.details
+    }
+
+    pub(crate) fn is_invalid_payload(&self) -> bool {
+        self.invalid_payload
+    }
+}
+
+impl fmt::Debug for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Reject");
+        d.field("code", &self.code).field("message", &self.message);
+        if !self.details.is_empty() {
+            d.field("details", &self.details);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rejected with code {}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Reject {}
+
+/// Every way a call can end other than success.
+///
+/// Messages name the operation and the peer, and where there is one, the
+/// remedy. Match on the variant to decide what to do; the fields are there
+/// for logs.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The handler refused the call; code, message and details are its own.
+    #[error("{0}")]
+    Rejected(Reject),
+    /// The deadline passed before a reply arrived; the handler was told to stop.
+    #[error("{op} on {peer}: no reply within {after:?} (raise the call's timeout if the operation is slow)")]
+    Timeout {
+        /// Operation id.
+        op: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The call was cancelled, by this side or the peer.
+    #[error("{op} on {peer}: cancelled")]
+    Cancelled {
+        /// Operation id.
+        op: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+    },
+    /// The peer has no handler for the operation.
+    #[error("{op} on {peer}: no such operation (is the service registered on that peer?)")]
+    NoSuchOperation {
+        /// Operation id.
+        op: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+    },
+    /// The handler panicked or failed without rejecting.
+    #[error("{op} on {peer}: handler failed: {message}")]
+    HandlerFailed {
+        /// Operation id.
+        op: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+        /// What the peer reported.
+        message: String,
+    },
+    /// The connection died before the call ended.
+    #[error("{op} on {peer}: connection lost: {reason}")]
+    ConnectionLost {
+        /// Operation id.
+        op: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+        /// Why the connection ended.
+        reason: Arc<str>,
+    },
+    /// The peer broke the protocol; the connection was closed.
+    #[error("{op} on {peer}: protocol error: {message}")]
+    Protocol {
+        /// Operation id.
+        op: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+        /// What was wrong.
+        message: String,
+    },
+    /// A request or reply could not be decoded.
+    #[error("{op} on {peer}: payload could not be decoded: {message}")]
+    Decode {
+        /// Operation id.
+        op: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+        /// The codec's complaint.
+        message: String,
+    },
+    /// The connection is shutting down and takes no new calls; the call was not
+    /// processed and is safe to retry on another connection.
+    #[error("{op} on {peer}: connection is closing and takes no new calls (reconnect and retry)")]
+    Closing {
+        /// Operation id.
+        op: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+    },
+    /// A message is larger than the peer accepts.
+    #[error("{op} on {peer}: message of {size} bytes exceeds the peer's limit of {limit} bytes")]
+    MessageTooLarge {
+        /// Operation id.
+        op: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+        /// The message size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl CallError {
+    /// A reply or stream item that the caller's codec could not decode.
+    pub fn decode(
+        op: impl Into<Arc<str>>,
+        peer: impl Into<Arc<str>>,
+        message: impl fmt::Display,
+    ) -> Self {
+        CallError::Decode {
+            op: op.into(),
+            peer: peer.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The rejection, if the handler refused the call.
+    pub fn as_reject(&self) -> Option<&Reject> {
+        match self {
+            CallError::Rejected(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying the same call (on this or another connection) may succeed
+    /// without risk of running it twice: the peer never started it.
+    pub fn is_safe_to_retry(&self) -> bool {
+        matches!(
+            self,
+            CallError::Closing { .. } | CallError::NoSuchOperation { .. }
+        )
+    }
+}
+
+/// Every way connecting, listening or the handshake can fail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The transport failed (bad URL, unreachable, TLS handshake, ...).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The listener refused the connection.
+    #[error("{url} refused the connection ({code:?}): {reason}")]
+    Refused {
+        /// Where we dialed.
+        url: String,
+        /// Why, as a code.
+        code: RefusalCode,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The peer speaks another protocol version.
+    #[error(
+        "{url} speaks Plexus protocol v{theirs}, this side speaks v{ours}; upgrade the older side"
+    )]
+    VersionMismatch {
+        /// The peer.
+        url: String,
+        /// Our version.
+        ours: u16,
+        /// Theirs.
+        theirs: u16,
+    },
+    /// The dialed address is this endpoint's own listener.
+    #[error("{url} is this endpoint itself (node {node}); a node does not connect to itself")]
+    SelfConnect {
+        /// Where we dialed.
+        url: String,
+        /// Our node id.
+        node: String,
+    },
+    /// The far side is not a Plexus peer or sent a malformed handshake.
+    #[error("{url}: handshake failed: {source}")]
+    Handshake {
+        /// The peer.
+        url: String,
+        /// What was wrong.
+        #[source]
+        source: WireError,
+    },
+    /// The handshake did not complete in time.
+    #[error("{url}: handshake did not complete within {after:?}")]
+    HandshakeTimeout {
+        /// The peer.
+        url: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The connection closed during the handshake.
+    #[error("{url}: connection closed during the handshake: {reason}")]
+    Closed {
+        /// The peer.
+        url: String,
+        /// What happened.
+        reason: String,
+    },
+}

@@ -1,0 +1,53 @@
+//! Plexus: typed remote calls between services that find each other.
+//!
+//! Layers, bottom up, each talking only to the one below:
+//!
+//! | layer | here |
+//! |---|---|
+//! | transport | [`transport`]: byte streams by URL — `tcp://`, `tls://`, `unix://`, `inproc://` |
+//! | wire | [`wire`]: the pure frame codec and handshake (spec in `docs/PROTOCOL.md`) |
+//! | connection | [`Connection`]: many calls in both directions over one stream, flow control, keepalive |
+//! | call | [`Connection::call`] and friends, [`CallOptions`], [`CallError`], [`Reject`] |
+//! | service | [`Router`], [`CallContext`], and the generated clients and handlers |
+//! | endpoint | [`Endpoint`], [`Server`]: identity, handshake, listeners |
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use plexus::{Bytes, CallOptions, Connection, Reject, Router, Server};
+//!
+//! let server = Server::bind("tcp://127.0.0.1:0")
+//!     .serve(Router::new().unary("demo.Echo/echo", |_ctx, body: Bytes| async move {
+//!         Ok::<_, Reject>(body)
+//!     }))
+//!     .start()
+//!     .await?;
+//! let conn = Connection::connect(&server.local_url().to_string()).await?;
+//! let reply = conn.call("demo.Echo/echo", Bytes::from("hi"), CallOptions::new()).await?;
+//! assert_eq!(&reply[..], b"hi");
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod connection;
+mod endpoint;
+mod error;
+mod router;
+pub mod transport;
+pub mod wire;
+
+pub use bytes::Bytes;
+
+pub use crate::connection::{
+    CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats, Inbound, NodeId,
+    Outbound, PeerInfo, Reply,
+};
+pub use crate::endpoint::{
+    ConnectRequest, Endpoint, EndpointBuilder, Listening, Server, ServerBuilder, ToUrl,
+};
+pub use crate::error::{CallError, ConnectError, Reject};
+pub use crate::router::{CallContext, IntoRouter, Router};
+pub use crate::transport::{TlsConfig, Url};
+
+// -- service-contract layer (descriptor, codecs, typed wrappers) --
+// -- end service-contract layer --

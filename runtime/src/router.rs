@@ -1,0 +1,283 @@
+//! Handlers by operation id: what a connection runs when the peer calls.
+//!
+//! A [`Router`] maps operation ids (`package.Service/method`) to handlers of
+//! one of five kinds. Generated handler adapters build routers; hand-written
+//! byte-level handlers use the same methods. Routers merge, so several
+//! services share one connection.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::{Connection, Inbound, Outbound, PeerInfo};
+use crate::error::Reject;
+
+/// What a handler knows about the call it is serving.
+#[derive(Clone)]
+pub struct CallContext {
+    pub(crate) op: Arc<str>,
+    pub(crate) conn: Connection,
+    pub(crate) deadline: Option<tokio::time::Instant>,
+    pub(crate) metadata: Arc<[(String, Bytes)]>,
+    pub(crate) token: CancellationToken,
+}
+
+impl std::fmt::Debug for CallContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallContext")
+            .field("op", &self.op)
+            .field("peer", self.conn.peer().label())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallContext {
+    /// The operation id being served.
+    pub fn op(&self) -> &str {
+        &self.op
+    }
+
+    /// The caller.
+    pub fn peer(&self) -> &PeerInfo {
+        self.conn.peer()
+    }
+
+    /// The connection the call came in on: call the caller back through it.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Time left before the caller's deadline, if it set one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+    }
+
+    /// The metadata value for `key`, if the caller sent one.
+    pub fn metadata(&self, key: &str) -> Option<&Bytes> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Every metadata pair the caller sent, in order.
+    pub fn all_metadata(&self) -> &[(String, Bytes)] {
+        &self.metadata
+    }
+
+    /// Resolves when the caller cancels, the deadline passes or the connection
+    /// ends. The handler's future is dropped at that moment; work it spawned
+    /// can watch this to stop too.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await
+    }
+
+    /// Whether the call has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// A token that fires on cancellation, for work the handler spawns.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+}
+
+type UnaryFn =
+    dyn Fn(CallContext, Bytes) -> BoxFuture<'static, Result<Bytes, Reject>> + Send + Sync;
+type OneWayFn = dyn Fn(CallContext, Bytes) -> BoxFuture<'static, ()> + Send + Sync;
+type ServerStreamFn =
+    dyn Fn(CallContext, Bytes, Outbound) -> BoxFuture<'static, Result<(), Reject>> + Send + Sync;
+type ClientStreamFn =
+    dyn Fn(CallContext, Inbound) -> BoxFuture<'static, Result<Bytes, Reject>> + Send + Sync;
+type BidiFn =
+    dyn Fn(CallContext, Inbound, Outbound) -> BoxFuture<'static, Result<(), Reject>> + Send + Sync;
+
+/// A registered handler.
+#[derive(Clone)]
+pub(crate) enum Route {
+    Unary(Arc<UnaryFn>),
+    OneWay(Arc<OneWayFn>),
+    ServerStream(Arc<ServerStreamFn>),
+    ClientStream(Arc<ClientStreamFn>),
+    Bidi(Arc<BidiFn>),
+}
+
+impl Route {
+    /// Whether the request side is a single message carried by the call-open frame.
+    pub(crate) fn single_request(&self) -> bool {
+        matches!(
+            self,
+            Route::Unary(_) | Route::OneWay(_) | Route::ServerStream(_)
+        )
+    }
+
+    pub(crate) fn kind_name(&self) -> &'static str {
+        match self {
+            Route::Unary(_) => "unary",
+            Route::OneWay(_) => "one-way",
+            Route::ServerStream(_) => "server-stream",
+            Route::ClientStream(_) => "client-stream",
+            Route::Bidi(_) => "bidi-stream",
+        }
+    }
+}
+
+/// Handlers by operation id.
+///
+/// ```
+/// use plexus::{Bytes, Reject, Router};
+/// let router = Router::new()
+///     .unary("demo.Echo/echo", |_ctx, body: Bytes| async move { Ok::<_, Reject>(body) })
+///     .unary("demo.Echo/fail", |_ctx, _body| async move {
+///         Err::<Bytes, _>(Reject::new(400, "always fails"))
+///     });
+/// assert!(router.contains("demo.Echo/echo"));
+/// ```
+#[derive(Clone, Default)]
+pub struct Router {
+    routes: Arc<HashMap<Box<str>, Route>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut ops: Vec<_> = self.routes.keys().collect();
+        ops.sort();
+        f.debug_struct("Router").field("operations", &ops).finish()
+    }
+}
+
+/// Anything that can become a [`Router`]: a router, or a generated handler adapter.
+pub trait IntoRouter {
+    /// Converts into a router.
+    fn into_router(self) -> Router;
+}
+
+impl IntoRouter for Router {
+    fn into_router(self) -> Router {
+        self
+    }
+}
+
+impl Router {
+    /// An empty router: every call gets `NoSuchOperation`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn insert(mut self, op: String, route: Route) -> Self {
+        let routes = Arc::make_mut(&mut self.routes);
+        if routes.contains_key(op.as_str()) {
+            panic!("operation `{op}` is registered twice on one router; each operation id must be unique");
+        }
+        routes.insert(op.into_boxed_str(), route);
+        self
+    }
+
+    /// Whether a handler is registered for `op`.
+    pub fn contains(&self, op: &str) -> bool {
+        self.routes.contains_key(op)
+    }
+
+    /// The registered operation ids, sorted.
+    pub fn operations(&self) -> Vec<&str> {
+        let mut ops: Vec<&str> = self.routes.keys().map(|k| &**k).collect();
+        ops.sort_unstable();
+        ops
+    }
+
+    pub(crate) fn route(&self, op: &str) -> Option<Route> {
+        self.routes.get(op).cloned()
+    }
+
+    /// Registers an acked call: one request, one reply or a rejection.
+    ///
+    /// # Panics
+    /// If `op` is already registered.
+    pub fn unary<F, Fut>(self, op: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(CallContext, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, Reject>> + Send + 'static,
+    {
+        self.insert(
+            op.into(),
+            Route::Unary(Arc::new(move |c, b| Box::pin(f(c, b)))),
+        )
+    }
+
+    /// Registers a fire-and-forget operation: nothing is sent back.
+    ///
+    /// # Panics
+    /// If `op` is already registered.
+    pub fn oneway<F, Fut>(self, op: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(CallContext, Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.insert(
+            op.into(),
+            Route::OneWay(Arc::new(move |c, b| Box::pin(f(c, b)))),
+        )
+    }
+
+    /// Registers a server stream: one request, a stream of replies sent through
+    /// the [`Outbound`], ended by returning.
+    ///
+    /// # Panics
+    /// If `op` is already registered.
+    pub fn server_stream<F, Fut>(self, op: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(CallContext, Bytes, Outbound) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Reject>> + Send + 'static,
+    {
+        self.insert(
+            op.into(),
+            Route::ServerStream(Arc::new(move |c, b, o| Box::pin(f(c, b, o)))),
+        )
+    }
+
+    /// Registers a client stream: a stream of requests, one reply.
+    ///
+    /// # Panics
+    /// If `op` is already registered.
+    pub fn client_stream<F, Fut>(self, op: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(CallContext, Inbound) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, Reject>> + Send + 'static,
+    {
+        self.insert(
+            op.into(),
+            Route::ClientStream(Arc::new(move |c, i| Box::pin(f(c, i)))),
+        )
+    }
+
+    /// Registers a bidirectional stream.
+    ///
+    /// # Panics
+    /// If `op` is already registered.
+    pub fn bidi<F, Fut>(self, op: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(CallContext, Inbound, Outbound) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Reject>> + Send + 'static,
+    {
+        self.insert(
+            op.into(),
+            Route::Bidi(Arc::new(move |c, i, o| Box::pin(f(c, i, o)))),
+        )
+    }
+
+    /// Adds every operation of `other` (another service) to this router.
+    ///
+    /// # Panics
+    /// If both register the same operation id.
+    pub fn add(mut self, other: impl IntoRouter) -> Self {
+        let other = other.into_router();
+        for (op, route) in other.routes.iter() {
+            self = self.insert(op.to_string(), route.clone());
+        }
+        self
+    }
+}

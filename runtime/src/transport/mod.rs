@@ -1,0 +1,257 @@
+//! Transports: URL-addressed listeners and dialers that yield byte streams.
+//!
+//! This layer owns sockets and nothing above them: it knows no frames, calls or
+//! handshakes. Each scheme lives in its own module and is reached through
+//! [`Url`]; adding a transport means adding one module and one arm in
+//! [`dial`] and [`listen`].
+//!
+//! | scheme | address form | module |
+//! |---|---|---|
+//! | `tcp` | `tcp://127.0.0.1:4000`, `tcp://[::1]:0`, `tcp://localhost:4000` | `tcp` |
+//! | `tls` | `tls://127.0.0.1:4443` (TCP + rustls; see [`TlsConfig`]) | `tls` |
+//! | `unix` | `unix:///run/app.sock` | `unix` |
+//! | `inproc` | `inproc://name` (same process, no socket) | `inproc` |
+
+mod explain;
+mod inproc;
+mod tcp;
+mod tls;
+#[cfg(unix)]
+mod unix;
+mod url;
+
+use std::fmt;
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use self::tls::{TlsConfig, TlsConfigError};
+pub use self::url::{Host, Scheme, Url, UrlError};
+
+/// The read half of a transport stream.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a transport stream.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A connected byte stream from any transport, ready to be split into halves
+/// that a reader task and a writer task own independently.
+pub trait Stream: Send + 'static {
+    /// Splits the stream into independently owned halves. Transports that can
+    /// split without a lock (TCP, Unix) do so.
+    fn split(self: Box<Self>) -> (ReadHalf, WriteHalf);
+}
+
+/// A byte stream accepted or dialed by a transport, with a printable
+/// description of the far end (for error messages and logs).
+pub struct Connected {
+    /// The stream itself.
+    pub stream: Box<dyn Stream>,
+    /// The far end's address as the transport sees it, e.g. `tcp://127.0.0.1:51234`.
+    pub remote: String,
+}
+
+impl fmt::Debug for Connected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connected")
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors raised while binding or dialing a transport.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The URL could not be parsed or names an unknown scheme.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// `tls://` was used without the TLS configuration it needs.
+    #[error(
+        "{url}: tls:// needs {what} — pass a TlsConfig that has it \
+         (TransportConfig::with_tls, or the endpoint builder)"
+    )]
+    TlsNotConfigured {
+        /// The URL being bound or dialed.
+        url: String,
+        /// What is missing, naming the [`TlsConfig`] constructor that provides it.
+        what: &'static str,
+    },
+    /// An inproc name is already bound in this process.
+    #[error("{url}: an inproc listener with this name already exists in this process")]
+    InprocNameTaken {
+        /// The URL being bound.
+        url: String,
+    },
+    /// Nothing listens on an inproc name.
+    #[error("{url}: no inproc listener with this name in this process")]
+    InprocNotFound {
+        /// The URL being dialed.
+        url: String,
+    },
+    /// The TLS handshake failed (untrusted certificate, missing client
+    /// certificate, timeout, ...). On a listener this concerns one peer only.
+    #[error(
+        "{url}: TLS handshake failed: {source} — check that each side trusts the other's CA, \
+         that the server certificate names the dialed host (or set TlsConfig::server_name), \
+         and that a client certificate is given where one is required"
+    )]
+    Tls {
+        /// The URL being dialed or the remote address being accepted.
+        url: String,
+        /// The underlying failure.
+        #[source]
+        source: io::Error,
+    },
+    /// The scheme is known but not available on this platform (e.g. `unix://`
+    /// on Windows).
+    #[error(
+        "{url}: {scheme}:// is not available on this platform — use tcp:// or inproc:// instead"
+    )]
+    Unsupported {
+        /// The URL being bound or dialed.
+        url: String,
+        /// The unavailable scheme.
+        scheme: Scheme,
+    },
+    /// Binding, dialing or resolving failed at the operating-system level.
+    #[error("{url}: {source}")]
+    Io {
+        /// The URL being bound or dialed.
+        url: String,
+        /// The underlying failure.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Options a transport may need beyond the URL.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// TLS settings for `tls://`; `None` makes `tls://` an error.
+    pub tls: Option<TlsConfig>,
+    /// Sets `TCP_NODELAY` on TCP and TLS sockets (default true via [`TransportConfig::new`]).
+    pub nodelay: bool,
+}
+
+impl TransportConfig {
+    /// Defaults: no TLS, `TCP_NODELAY` on.
+    pub fn new() -> Self {
+        Self {
+            tls: None,
+            nodelay: true,
+        }
+    }
+
+    /// Uses `tls` for `tls://` URLs.
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+impl Default for TransportConfig {
+    /// The same as [`TransportConfig::new`]: no TLS, `TCP_NODELAY` on.
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A bound listener of any transport.
+pub struct Listener {
+    inner: ListenerKind,
+    local: Url,
+}
+
+enum ListenerKind {
+    Tcp(tcp::TcpListener),
+    Tls(tls::TlsListener),
+    #[cfg(unix)]
+    Unix(unix::UnixListener),
+    Inproc(inproc::InprocListener),
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// The URL this listener is reachable at; for `tcp://host:0` it carries the
+    /// port the operating system chose.
+    pub fn local_url(&self) -> &Url {
+        &self.local
+    }
+
+    /// Waits for the next connection.
+    ///
+    /// An error concerns one connection attempt, never the listener: log it
+    /// and call `accept` again. For TLS, handshakes run concurrently in tasks
+    /// the listener owns (each bounded by [`TlsConfig::handshake_timeout`]),
+    /// so a silent peer cannot hold up others; a peer that fails or times out
+    /// yields [`TransportError::Tls`] naming it.
+    ///
+    /// Cancel-safe: dropping the future loses no accepted connection.
+    pub async fn accept(&mut self) -> Result<Connected, TransportError> {
+        match &mut self.inner {
+            ListenerKind::Tcp(l) => l.accept().await,
+            ListenerKind::Tls(l) => l.accept().await,
+            #[cfg(unix)]
+            ListenerKind::Unix(l) => l.accept().await,
+            ListenerKind::Inproc(l) => l.accept().await,
+        }
+    }
+}
+
+/// Binds a listener for `url`.
+pub async fn listen(url: &Url, config: &TransportConfig) -> Result<Listener, TransportError> {
+    let (inner, local) = match url.scheme() {
+        Scheme::Tcp => {
+            let l = tcp::TcpListener::bind(url, config).await?;
+            let local = l.local_url();
+            (ListenerKind::Tcp(l), local)
+        }
+        Scheme::Tls => {
+            let l = tls::TlsListener::bind(url, config).await?;
+            let local = l.local_url();
+            (ListenerKind::Tls(l), local)
+        }
+        #[cfg(unix)]
+        Scheme::Unix => {
+            let l = unix::UnixListener::bind(url).await?;
+            let local = l.local_url();
+            (ListenerKind::Unix(l), local)
+        }
+        #[cfg(not(unix))]
+        Scheme::Unix => return Err(unsupported(url)),
+        Scheme::Inproc => {
+            let l = inproc::InprocListener::bind(url)?;
+            let local = l.local_url();
+            (ListenerKind::Inproc(l), local)
+        }
+    };
+    Ok(Listener { inner, local })
+}
+
+/// Dials `url` and returns the connected stream.
+pub async fn dial(url: &Url, config: &TransportConfig) -> Result<Connected, TransportError> {
+    match url.scheme() {
+        Scheme::Tcp => tcp::dial(url, config).await,
+        Scheme::Tls => tls::dial(url, config).await,
+        #[cfg(unix)]
+        Scheme::Unix => unix::dial(url).await,
+        #[cfg(not(unix))]
+        Scheme::Unix => Err(unsupported(url)),
+        Scheme::Inproc => inproc::dial(url).await,
+    }
+}
+
+#[cfg(not(unix))]
+fn unsupported(url: &Url) -> TransportError {
+    TransportError::Unsupported {
+        url: url.to_string(),
+        scheme: url.scheme(),
+    }
+}

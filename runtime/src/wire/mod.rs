@@ -1,0 +1,130 @@
+//! The wire protocol: frame encoding and decoding and the handshake.
+//!
+//! Pure functions over byte buffers — this module never touches a socket, a
+//! task or a clock, which is what makes it fuzzable and property-testable.
+//! The byte layout is specified in `docs/PROTOCOL.md`; this module is the
+//! reference implementation of that document.
+
+pub mod frame;
+pub mod handshake;
+pub mod varint;
+
+pub use self::frame::{decode, CallOpen, Frame, Kind, OpRef, HEADER_LEN};
+pub use self::handshake::{Answer, Hello, Refusal, RefusalCode, Welcome};
+
+/// Default largest frame payload a side accepts (announced in the handshake).
+pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
+
+/// Codes for runtime-generated rejects (frames with the `SYSTEM` flag) and goaways.
+/// The numeric values are part of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SystemCode {
+    /// No handler is registered for the operation.
+    NoSuchOperation = 1,
+    /// The handler panicked or failed without rejecting.
+    HandlerFailed = 2,
+    /// The deadline passed before the handler finished.
+    DeadlineExceeded = 3,
+    /// The call was cancelled.
+    Cancelled = 4,
+    /// The request could not be decoded by the handler's codec.
+    InvalidPayload = 5,
+    /// The receiver is shutting down and takes no new calls.
+    GoingAway = 6,
+    /// The peer broke the protocol.
+    Protocol = 7,
+    /// A message exceeded a size limit.
+    TooLarge = 8,
+    /// A code this implementation does not know.
+    Unknown = 0xffff,
+}
+
+impl SystemCode {
+    /// Maps a wire value to a code; unknown values become [`SystemCode::Unknown`].
+    pub fn from_u32(v: u32) -> SystemCode {
+        match v {
+            1 => SystemCode::NoSuchOperation,
+            2 => SystemCode::HandlerFailed,
+            3 => SystemCode::DeadlineExceeded,
+            4 => SystemCode::Cancelled,
+            5 => SystemCode::InvalidPayload,
+            6 => SystemCode::GoingAway,
+            7 => SystemCode::Protocol,
+            8 => SystemCode::TooLarge,
+            _ => SystemCode::Unknown,
+        }
+    }
+}
+
+/// A violation of the wire protocol found while decoding.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The stream does not start with `PLXS`.
+    #[error("not a Plexus peer: expected magic \"PLXS\", got {0:02x?}")]
+    BadMagic([u8; 4]),
+    /// A frame's announced payload is larger than this side accepts.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// Announced payload length.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// An unknown frame kind.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// A field ends before its announced length.
+    #[error("truncated {field}")]
+    Truncated {
+        /// Which field.
+        field: &'static str,
+    },
+    /// A varint longer than its type allows.
+    #[error("{field} does not fit its integer type")]
+    VarintOverflow {
+        /// Which field.
+        field: &'static str,
+    },
+    /// A text field is not UTF-8.
+    #[error("{field} is not valid UTF-8")]
+    InvalidUtf8 {
+        /// Which field.
+        field: &'static str,
+    },
+    /// A frame kind that carries no payload carried one.
+    #[error("{kind:?} frame carries unexpected payload bytes")]
+    TrailingBytes {
+        /// The frame kind.
+        kind: Kind,
+    },
+    /// Too many metadata pairs on one call.
+    #[error(
+        "{count} metadata pairs exceed the limit of {}",
+        frame::MAX_METADATA_PAIRS
+    )]
+    TooManyMetadata {
+        /// Announced count.
+        count: u64,
+    },
+    /// Handshake application data above [`handshake::MAX_HANDSHAKE_DATA`].
+    #[error("handshake data of {len} bytes exceeds the limit of {max} bytes")]
+    HandshakeDataTooLarge {
+        /// Announced length.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// A peer announced a max-frame size below [`handshake::MIN_FRAME`].
+    #[error("announced max frame size {max_frame} is below the minimum {min}")]
+    MaxFrameTooSmall {
+        /// Announced size.
+        max_frame: u32,
+        /// The minimum.
+        min: u32,
+    },
+    /// The answer's status byte is neither welcome nor refusal.
+    #[error("handshake answer has unknown status {0}")]
+    BadAnswerStatus(u8),
+}
