@@ -273,6 +273,8 @@ impl Router {
     ///
     /// # Panics
     /// If both register the same operation id.
+    // Named like a builder step, not arithmetic: routers are not summed.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(mut self, other: impl IntoRouter) -> Self {
         let other = other.into_router();
         for (op, route) in other.routes.iter() {

@@ -59,6 +59,17 @@ impl CallOptions {
     }
 }
 
+/// How a call's request side travels.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// One request in the call-open frame, an answer expected.
+    Single,
+    /// One request in the call-open frame, nothing back.
+    OneWay,
+    /// Requests follow as data frames.
+    Stream,
+}
+
 /// What the caller needs to turn a failure into a `CallError`.
 pub(crate) struct CallName {
     pub(crate) op: Arc<str>,
@@ -114,8 +125,7 @@ impl Shared {
         op: &str,
         opts: &CallOptions,
         timeout: Option<Duration>,
-        end: bool,
-        oneway: bool,
+        shape: Shape,
         body: &[u8],
     ) -> Result<(), CallError> {
         let probe = CallOpenHead {
@@ -124,8 +134,8 @@ impl Shared {
             op_name: Some(op),
             deadline: timeout,
             metadata: &opts.metadata,
-            end,
-            oneway,
+            end: shape != Shape::Stream,
+            oneway: shape == Shape::OneWay,
         };
         self.check_size(op, &probe, body)?;
         self.out
@@ -205,7 +215,7 @@ impl Connection {
             },
         );
         let mut guard = CallGuard::new(s.clone(), id);
-        s.open(id, op, &opts, timeout, true, false, &body).await?;
+        s.open(id, op, &opts, timeout, Shape::Single, &body).await?;
         let outcome = match timeout {
             Some(t) => match tokio::time::timeout(t, rx).await {
                 Ok(r) => r,
@@ -233,7 +243,7 @@ impl Connection {
     pub async fn oneway(&self, op: &str, body: Bytes, opts: CallOptions) -> Result<(), CallError> {
         let s = &self.shared;
         s.refuse_if_closing(op)?;
-        s.open(0, op, &opts, opts.timeout, true, true, &body).await
+        s.open(0, op, &opts, opts.timeout, Shape::OneWay, &body).await
     }
 
     /// Calls `op` with one request and receives a stream of replies, ended by
@@ -256,7 +266,7 @@ impl Connection {
             },
         );
         let guard = Arc::new(CallGuard::new(s.clone(), id));
-        s.open(id, op, &opts, opts.timeout, true, false, &body)
+        s.open(id, op, &opts, opts.timeout, Shape::Single, &body)
             .await?;
         let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
         Ok(Inbound::new(
@@ -291,7 +301,7 @@ impl Connection {
             },
         );
         let guard = Arc::new(CallGuard::new(s.clone(), id));
-        s.open(id, op, &opts, opts.timeout, false, false, &[])
+        s.open(id, op, &opts, opts.timeout, Shape::Stream, &[])
             .await?;
         let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
         let out = Outbound::opener(
@@ -326,7 +336,7 @@ impl Connection {
             },
         );
         let guard = Arc::new(CallGuard::new(s.clone(), id));
-        s.open(id, op, &opts, opts.timeout, false, false, &[])
+        s.open(id, op, &opts, opts.timeout, Shape::Stream, &[])
             .await?;
         let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
         let out = Outbound::opener(
