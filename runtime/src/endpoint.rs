@@ -16,8 +16,13 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{Connection, ConnectionConfig, Established, NodeId, PeerInfo};
+use crate::connection::{
+    builtin_routes, Backoff, Connection, ConnectionConfig, Established, NodeId, PeerInfo, Redial,
+    SessionHook, SessionRequest,
+};
 use crate::error::ConnectError;
+use crate::error::Reject;
+use crate::events::{Event, Events};
 use crate::router::{IntoRouter, Router};
 use crate::transport::{self, ReadHalf, TlsConfig, TransportConfig, Url, UrlError, WriteHalf};
 use crate::wire::handshake::{self, Answer, Hello, Refusal, RefusalCode, Welcome};
@@ -87,6 +92,7 @@ struct Inner {
     transport: TransportConfig,
     hello_data: Bytes,
     accept: Option<AcceptHook>,
+    events: tokio::sync::broadcast::Sender<Event>,
     conns: Mutex<HashMap<u64, Connection>>,
     next_conn: AtomicU64,
     shutdown: CancellationToken,
@@ -126,6 +132,7 @@ pub struct EndpointBuilder {
     transport: TransportConfig,
     hello_data: Bytes,
     accept: Option<AcceptHook>,
+    sessions: Option<SessionHook>,
 }
 
 impl fmt::Debug for EndpointBuilder {
@@ -178,12 +185,28 @@ impl EndpointBuilder {
         self
     }
 
+    /// Decides on each session a peer opens on any of this endpoint's
+    /// connections: return `Ok(data)` to accept (the opener receives `data`),
+    /// `Err(reject)` to refuse. A hook that does neither before the opener's
+    /// settle timeout leaves the opener with `CallError::SessionTimeout`.
+    /// Without a hook, every session is refused.
+    pub fn on_session<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(SessionRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Bytes, Reject>> + Send + 'static,
+    {
+        self.sessions = Some(Arc::new(move |req| Box::pin(hook(req))));
+        self
+    }
+
     /// Builds the endpoint. It listens nowhere until [`Endpoint::listen`].
     pub fn build(self) -> Endpoint {
+        let (events, _) = tokio::sync::broadcast::channel(crate::events::CAPACITY);
         Endpoint {
             inner: Arc::new(Inner {
                 node: self.node.unwrap_or_else(NodeId::random),
-                router: self.router,
+                router: self.router.add(builtin_routes(self.sessions)),
+                events,
                 config: self.config,
                 transport: self.transport,
                 hello_data: self.hello_data,
@@ -226,7 +249,34 @@ impl Endpoint {
             transport: TransportConfig::new(),
             hello_data: Bytes::new(),
             accept: None,
+            sessions: None,
         }
+    }
+
+    /// Subscribes to this endpoint's connection and session events.
+    pub fn events(&self) -> Events {
+        Events::new(self.inner.events.subscribe())
+    }
+
+    pub(crate) fn config(&self) -> &ConnectionConfig {
+        &self.inner.config
+    }
+
+    /// A connection to `url` that keeps itself up: it dials in the
+    /// background, redials with `backoff` whenever the link drops, and makes
+    /// calls wait for a link up to their deadline. Returns at once; only a
+    /// malformed URL is an error here.
+    pub fn reconnecting(
+        &self,
+        url: impl ToUrl,
+        backoff: Backoff,
+    ) -> Result<Connection, ConnectError> {
+        let url = url.to_url().map_err(transport::TransportError::from)?;
+        Ok(Connection::redial(Redial::start(
+            self.clone(),
+            url,
+            backoff,
+        )))
     }
 
     /// This endpoint's node id.
@@ -372,6 +422,7 @@ impl Endpoint {
             est,
             self.inner.router.clone(),
             self.inner.config.clone(),
+            Some(self.inner.events.clone()),
         )))
     }
 
@@ -558,7 +609,13 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
         peer_window: hello.window,
         leftover,
     };
-    let conn = Connection::start((rd, wr), est, inner.router.clone(), inner.config.clone());
+    let conn = Connection::start(
+        (rd, wr),
+        est,
+        inner.router.clone(),
+        inner.config.clone(),
+        Some(inner.events.clone()),
+    );
     register(inner, conn);
     Ok(())
 }

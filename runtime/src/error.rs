@@ -186,6 +186,26 @@ pub enum CallError {
         /// The peer.
         peer: Arc<str>,
     },
+    /// The peer neither accepted nor rejected a session within the settle timeout.
+    #[error("session `{session}` with {peer}: neither accepted nor rejected within {after:?}")]
+    SessionTimeout {
+        /// The session's name.
+        session: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+        /// The settle timeout.
+        after: Duration,
+    },
+    /// The call was made in, or cut short by, a session that is closed.
+    #[error("{op} on {peer}: session `{session}` is closed")]
+    SessionClosed {
+        /// Operation id.
+        op: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+        /// The session's name (or id, when the peer reported it).
+        session: Arc<str>,
+    },
     /// A message is larger than the peer accepts.
     #[error("{op} on {peer}: message of {size} bytes exceeds the peer's limit of {limit} bytes")]
     MessageTooLarge {

@@ -32,6 +32,7 @@
 mod connection;
 mod endpoint;
 mod error;
+mod events;
 mod router;
 pub mod transport;
 pub mod wire;
@@ -39,9 +40,10 @@ pub mod wire;
 pub use bytes::Bytes;
 
 pub use crate::connection::{
-    CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats, Inbound, NodeId,
-    Outbound, PeerInfo, Reply,
+    Backoff, CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats, Inbound,
+    NodeId, Outbound, PeerInfo, Reply, Session, SessionRequest, TrySendError, NO_SESSIONS,
 };
+pub use crate::events::{Event, Events};
 pub use crate::endpoint::{
     ConnectRequest, Endpoint, EndpointBuilder, Listening, Server, ServerBuilder, ToUrl,
 };

@@ -14,14 +14,16 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{Connection, Inbound, Outbound, PeerInfo};
+use crate::connection::{Connection, Inbound, Outbound, PeerInfo, Session, Shared};
 use crate::error::Reject;
 
 /// What a handler knows about the call it is serving.
 #[derive(Clone)]
 pub struct CallContext {
     pub(crate) op: Arc<str>,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) conn: Connection,
+    pub(crate) session: Option<Session>,
     pub(crate) deadline: Option<tokio::time::Instant>,
     pub(crate) metadata: Arc<[(String, Bytes)]>,
     pub(crate) token: CancellationToken,
@@ -31,7 +33,7 @@ impl std::fmt::Debug for CallContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallContext")
             .field("op", &self.op)
-            .field("peer", self.conn.peer().label())
+            .field("peer", self.shared.peer.label())
             .finish_non_exhaustive()
     }
 }
@@ -44,7 +46,13 @@ impl CallContext {
 
     /// The caller.
     pub fn peer(&self) -> &PeerInfo {
-        self.conn.peer()
+        &self.shared.peer
+    }
+
+    /// The session the call runs inside, if the caller made it through a
+    /// [`Session`]. Calls back through it stay inside the session.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
     }
 
     /// The connection the call came in on: call the caller back through it.

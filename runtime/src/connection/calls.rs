@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::flow::{RecvWindow, SendCredit};
 use super::stream::{CallGuard, Inbound, Outbound, Reply};
 use super::table::{Entry, Failure, InboundTx};
-use super::{Connection, Shared};
+use super::Shared;
 use crate::error::CallError;
 use crate::wire::frame::{encode_call_open, CallOpenHead};
 
@@ -28,8 +28,10 @@ use crate::wire::frame::{encode_call_open, CallOpenHead};
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct CallOptions {
-    timeout: Option<Duration>,
-    metadata: Vec<(String, Bytes)>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) metadata: Vec<(String, Bytes)>,
+    pub(crate) idempotent: bool,
+    pub(crate) session: Option<u32>,
 }
 
 impl CallOptions {
@@ -51,6 +53,20 @@ impl CallOptions {
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
         self.metadata.push((key.into(), value.into()));
         self
+    }
+
+    /// Marks the call safe to run more than once. On a reconnecting
+    /// connection such a call is retried on the next link when the connection
+    /// drops under it; any other call fails with `ConnectionLost` instead.
+    /// Generated clients set this for operations marked idempotent.
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+
+    /// Whether the call is marked idempotent.
+    pub fn is_idempotent(&self) -> bool {
+        self.idempotent
     }
 
     /// The timeout set on these options, if any.
@@ -134,6 +150,7 @@ impl Shared {
             op_name: Some(op),
             deadline: timeout,
             metadata: &opts.metadata,
+            session: opts.session,
             end: shape != Shape::Stream,
             oneway: shape == Shape::OneWay,
         };
@@ -190,19 +207,24 @@ impl Shared {
     }
 }
 
-impl Connection {
-    fn name(&self, op: &str) -> CallName {
+impl Shared {
+    pub(crate) fn name(&self, op: &str) -> CallName {
         CallName {
             op: op.into(),
-            peer: self.shared.peer.label.clone(),
+            peer: self.peer.label.clone(),
         }
     }
 
     /// Calls `op` with `body` and waits for the handler's answer: `Ok(reply)`
     /// if it acked, [`CallError::Rejected`] if it refused, or another
     /// [`CallError`] saying what went wrong.
-    pub async fn call(&self, op: &str, body: Bytes, opts: CallOptions) -> Result<Bytes, CallError> {
-        let s = &self.shared;
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        op: &str,
+        body: Bytes,
+        opts: CallOptions,
+    ) -> Result<Bytes, CallError> {
+        let s = self;
         s.refuse_if_closing(op)?;
         let timeout = opts.timeout.or(s.config.default_timeout);
         let id = s.next_call_id();
@@ -233,28 +255,34 @@ impl Connection {
         guard.disarm();
         match outcome {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(f)) => Err(self.name(op).error(f, timeout)),
-            Err(_) => Err(self.name(op).error(s.lost(), timeout)),
+            Ok(Err(f)) => Err(s.name(op).error(f, timeout)),
+            Err(_) => Err(s.name(op).error(s.lost(), timeout)),
         }
     }
 
     /// Sends `body` to `op` without waiting for, or getting, any answer. Returns
     /// once the message is queued for the socket.
-    pub async fn oneway(&self, op: &str, body: Bytes, opts: CallOptions) -> Result<(), CallError> {
-        let s = &self.shared;
+    pub(crate) async fn oneway(
+        self: &Arc<Self>,
+        op: &str,
+        body: Bytes,
+        opts: CallOptions,
+    ) -> Result<(), CallError> {
+        let s = self;
         s.refuse_if_closing(op)?;
-        s.open(0, op, &opts, opts.timeout, Shape::OneWay, &body).await
+        s.open(0, op, &opts, opts.timeout, Shape::OneWay, &body)
+            .await
     }
 
     /// Calls `op` with one request and receives a stream of replies, ended by
     /// the handler's ack or broken by its reject.
-    pub async fn server_stream(
-        &self,
+    pub(crate) async fn server_stream(
+        self: &Arc<Self>,
         op: &str,
         body: Bytes,
         opts: CallOptions,
     ) -> Result<Inbound, CallError> {
-        let s = &self.shared;
+        let s = self;
         s.refuse_if_closing(op)?;
         let id = s.next_call_id();
         let (inbound_tx, rx, window) = s.new_inbound();
@@ -270,7 +298,7 @@ impl Connection {
             .await?;
         let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
         Ok(Inbound::new(
-            self.name(op),
+            s.name(op),
             rx,
             window,
             guard,
@@ -282,12 +310,12 @@ impl Connection {
     /// Opens a stream of requests to `op`; the handler answers once, at the
     /// end, through the returned [`Reply`]. Call [`Outbound::finish`] after the
     /// last message.
-    pub async fn client_stream(
-        &self,
+    pub(crate) async fn client_stream(
+        self: &Arc<Self>,
         op: &str,
         opts: CallOptions,
     ) -> Result<(Outbound, Reply), CallError> {
-        let s = &self.shared;
+        let s = self;
         s.refuse_if_closing(op)?;
         let id = s.next_call_id();
         let (tx, rx) = oneshot::channel();
@@ -304,25 +332,18 @@ impl Connection {
         s.open(id, op, &opts, opts.timeout, Shape::Stream, &[])
             .await?;
         let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
-        let out = Outbound::opener(
-            self.name(op),
-            s.clone(),
-            id,
-            credit,
-            guard.clone(),
-            deadline,
-        );
-        let reply = Reply::new(self.name(op), rx, guard, deadline, opts.timeout);
+        let out = Outbound::opener(s.name(op), s.clone(), id, credit, guard.clone(), deadline);
+        let reply = Reply::new(s.name(op), rx, guard, deadline, opts.timeout);
         Ok((out, reply))
     }
 
     /// Opens a stream in both directions with `op`.
-    pub async fn bidi(
-        &self,
+    pub(crate) async fn bidi(
+        self: &Arc<Self>,
         op: &str,
         opts: CallOptions,
     ) -> Result<(Outbound, Inbound), CallError> {
-        let s = &self.shared;
+        let s = self;
         s.refuse_if_closing(op)?;
         let id = s.next_call_id();
         let credit = Arc::new(SendCredit::new(s.peer_window));
@@ -339,15 +360,8 @@ impl Connection {
         s.open(id, op, &opts, opts.timeout, Shape::Stream, &[])
             .await?;
         let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
-        let out = Outbound::opener(
-            self.name(op),
-            s.clone(),
-            id,
-            credit,
-            guard.clone(),
-            deadline,
-        );
-        let inbound = Inbound::new(self.name(op), rx, window, guard, deadline, opts.timeout);
+        let out = Outbound::opener(s.name(op), s.clone(), id, credit, guard.clone(), deadline);
+        let inbound = Inbound::new(s.name(op), rx, window, guard, deadline, opts.timeout);
         Ok((out, inbound))
     }
 }

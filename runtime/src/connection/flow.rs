@@ -23,6 +23,8 @@ pub(crate) struct SendCredit {
 struct SendState {
     available: i64,
     closed: bool,
+    /// How the call ended, when it ended with a failure the sender should see.
+    failure: Option<super::table::Failure>,
 }
 
 /// Why a sender could not acquire credit.
@@ -35,6 +37,7 @@ impl SendCredit {
             state: Mutex::new(SendState {
                 available: i64::from(window),
                 closed: false,
+                failure: None,
             }),
             notify: Notify::new(),
             window,
@@ -82,6 +85,24 @@ impl SendCredit {
     pub(crate) fn close(&self) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
         self.notify.notify_waiters();
+    }
+
+    /// Like [`close`](Self::close), remembering why for the sender.
+    pub(crate) fn fail(&self, failure: super::table::Failure) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.closed = true;
+        st.failure.get_or_insert(failure);
+        drop(st);
+        self.notify.notify_waiters();
+    }
+
+    /// Why the stream ended, if it ended with a failure.
+    pub(crate) fn failure(&self) -> Option<super::table::Failure> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failure
+            .clone()
     }
 
     /// Bytes the sender may still send without waiting.

@@ -11,7 +11,9 @@
 mod calls;
 mod flow;
 mod reader;
+mod redial;
 mod served;
+mod session;
 mod stream;
 mod table;
 mod writer;
@@ -22,12 +24,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use self::calls::CallOptions;
-pub use self::stream::{Inbound, Outbound, Reply};
+pub use self::redial::Backoff;
+pub(crate) use self::redial::Redial;
+use self::session::SessionTable;
+pub(crate) use self::session::{builtin_routes, SessionHook};
+pub use self::session::{Session, SessionRequest, NO_SESSIONS};
+pub use self::stream::{Inbound, Outbound, Reply, TrySendError};
 use self::table::{CallTable, Failure};
 use self::writer::WriteQueue;
+use crate::events::Event;
 use crate::router::Router;
 use crate::transport::{ReadHalf, WriteHalf};
 use crate::wire;
@@ -241,7 +250,10 @@ pub(crate) struct Shared {
     pub(crate) local: NodeId,
     dialer: bool,
     next_id: AtomicU32,
+    next_session: AtomicU32,
     pub(crate) table: Mutex<CallTable>,
+    pub(crate) sessions: SessionTable,
+    pub(crate) events: Option<broadcast::Sender<Event>>,
     pub(crate) out: WriteQueue,
     pub(crate) router: Router,
     pub(crate) config: ConnectionConfig,
@@ -326,6 +338,7 @@ impl Shared {
         for e in entries {
             e.fail(failure.clone());
         }
+        self.end_all_sessions("the connection ended");
     }
 }
 
@@ -336,15 +349,29 @@ impl Shared {
 /// [`Connection::connect`] or [`Endpoint::connect`](crate::Endpoint::connect)
 /// serves the dialing endpoint's router to the peer, and a handler can reach
 /// the caller through [`CallContext::connection`](crate::CallContext::connection).
+///
+/// A connection made by [`Endpoint::reconnecting`](crate::Endpoint::reconnecting)
+/// is the same type: it redials when its link drops, and its calls wait for
+/// the next link (see [`Backoff`]).
 #[derive(Clone)]
 pub struct Connection {
-    pub(crate) shared: Arc<Shared>,
+    link: Link,
+}
+
+#[derive(Clone)]
+enum Link {
+    Direct(Arc<Shared>),
+    Redial(Arc<Redial>),
 }
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let peer = match &self.link {
+            Link::Direct(s) => s.peer.label.clone(),
+            Link::Redial(r) => r.label.clone(),
+        };
         f.debug_struct("Connection")
-            .field("peer", &self.shared.peer.label)
+            .field("peer", &peer)
             .field("closed", &self.is_closed())
             .finish()
     }
@@ -361,20 +388,52 @@ pub(crate) struct Established {
     pub(crate) leftover: bytes::BytesMut,
 }
 
+macro_rules! dispatch {
+    ($self:ident, $method:ident ( $($arg:expr),* )) => {
+        match &$self.link {
+            Link::Direct(s) => s.$method($($arg),*).await,
+            Link::Redial(r) => r.$method($($arg),*).await,
+        }
+    };
+}
+
 impl Connection {
+    pub(crate) fn direct(shared: Arc<Shared>) -> Connection {
+        Connection {
+            link: Link::Direct(shared),
+        }
+    }
+
+    pub(crate) fn redial(redial: Redial) -> Connection {
+        Connection {
+            link: Link::Redial(Arc::new(redial)),
+        }
+    }
+
+    /// The live link's state, if there is one.
+    pub(crate) fn direct_shared(&self) -> Option<Arc<Shared>> {
+        match &self.link {
+            Link::Direct(s) => Some(s.clone()),
+            Link::Redial(r) => r.current(),
+        }
+    }
+
     /// Starts the reader, writer and keepalive tasks over an established stream.
     pub(crate) fn start(
         (rd, wr): (ReadHalf, WriteHalf),
         est: Established,
         router: Router,
         config: ConnectionConfig,
+        events: Option<broadcast::Sender<Event>>,
     ) -> Connection {
         let shared = Arc::new(Shared {
             peer: est.peer,
             local: est.local,
             dialer: est.dialer,
             next_id: AtomicU32::new(if est.dialer { 1 } else { 2 }),
+            next_session: AtomicU32::new(if est.dialer { 1 } else { 2 }),
             table: Mutex::new(CallTable::default()),
+            sessions: SessionTable::default(),
             out: WriteQueue::new(config.write_high_water),
             router,
             peer_max_frame: est.peer_max_frame,
@@ -386,6 +445,7 @@ impl Connection {
             epoch: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
             frames_received: AtomicU64::new(0),
+            events,
             config,
         });
         let w = shared.clone();
@@ -399,7 +459,7 @@ impl Connection {
         tokio::spawn(reader::run(r, rd, est.leftover));
         let k = shared.clone();
         tokio::spawn(keepalive(k));
-        Connection { shared }
+        Connection::direct(shared)
     }
 
     /// Dials `url` from a fresh endpoint (a random node id, no services of its
@@ -407,71 +467,231 @@ impl Connection {
     ///
     /// For TLS, handshake data, services the peer may call back, or tuning,
     /// build an [`Endpoint`](crate::Endpoint) instead.
-    pub async fn connect(url: &str) -> Result<Connection, crate::ConnectError> {
+    pub async fn connect(url: impl crate::ToUrl) -> Result<Connection, crate::ConnectError> {
         crate::Endpoint::builder().build().connect(url).await
     }
 
-    /// Who is on the other end.
-    pub fn peer(&self) -> &PeerInfo {
-        &self.shared.peer
+    /// Who is on the other end. For a reconnecting connection: the peer of the
+    /// current link, or, while no link is up, the dialed URL with a zero node id.
+    pub fn peer(&self) -> PeerInfo {
+        match &self.link {
+            Link::Direct(s) => s.peer.clone(),
+            Link::Redial(r) => match r.current() {
+                Some(s) => s.peer.clone(),
+                None => PeerInfo::new(NodeId(0), r.url.to_string(), Bytes::new()),
+            },
+        }
     }
 
     /// This side's node id.
     pub fn local_node(&self) -> NodeId {
-        self.shared.local
+        match &self.link {
+            Link::Direct(s) => s.local,
+            Link::Redial(r) => r.local,
+        }
     }
 
-    /// Whether the connection has ended.
+    /// Whether the connection has ended (for a reconnecting connection: whether
+    /// it has stopped redialing).
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled()
+        match &self.link {
+            Link::Direct(s) => s.closed.is_cancelled(),
+            Link::Redial(r) => matches!(&*r.state.borrow(), redial::LinkState::Stopped(_)),
+        }
     }
 
     /// Why the connection ended, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        if self.is_closed() {
-            self.shared.reason.get().cloned()
-        } else {
-            None
+        match &self.link {
+            Link::Direct(s) if s.closed.is_cancelled() => s.reason.get().cloned(),
+            Link::Direct(_) => None,
+            Link::Redial(_) if self.is_closed() => Some(CloseReason::Local),
+            Link::Redial(_) => None,
         }
     }
 
-    /// Waits until the connection ends and says why.
+    /// Waits until the connection ends and says why. A reconnecting
+    /// connection ends only when it is closed or gives up redialing.
     pub async fn closed(&self) -> CloseReason {
-        self.shared.closed.cancelled().await;
-        self.shared
-            .reason
-            .get()
-            .cloned()
-            .unwrap_or(CloseReason::PeerGone)
+        match &self.link {
+            Link::Direct(s) => {
+                s.closed.cancelled().await;
+                s.reason.get().cloned().unwrap_or(CloseReason::PeerGone)
+            }
+            Link::Redial(r) => {
+                let mut rx = r.state.clone();
+                loop {
+                    if let redial::LinkState::Stopped(reason) = &*rx.borrow_and_update() {
+                        return CloseReason::Io(reason.to_string());
+                    }
+                    if rx.changed().await.is_err() {
+                        return CloseReason::Local;
+                    }
+                }
+            }
+        }
     }
 
-    /// Counters for this connection.
+    /// Counters for this connection (for a reconnecting one: its current link).
     pub fn stats(&self) -> ConnectionStats {
+        let Some(s) = self.direct_shared() else {
+            return ConnectionStats::default();
+        };
         ConnectionStats {
-            queued_bytes: self.shared.out.queued(),
-            bytes_written: self.shared.out.written(),
-            calls_in_flight: self.shared.table().len(),
-            frames_received: self.shared.frames_received.load(Ordering::Relaxed),
+            queued_bytes: s.out.queued(),
+            bytes_written: s.out.written(),
+            calls_in_flight: s.calls_in_flight(),
+            frames_received: s.frames_received.load(Ordering::Relaxed),
         }
     }
 
     /// Closes gracefully: tells the peer (goaway) that no new calls will be
     /// taken, refuses new calls on this side with [`CallError::Closing`](crate::CallError::Closing),
     /// lets calls in flight in both directions finish (up to the configured
-    /// drain timeout), then closes the stream.
+    /// drain timeout), then closes the stream. A reconnecting connection
+    /// also stops redialing.
     pub async fn close(&self) {
-        let s = &self.shared;
-        if s.state
+        match &self.link {
+            Link::Direct(s) => s.close().await,
+            Link::Redial(r) => {
+                r.stop.cancel();
+                if let Some(s) = r.current() {
+                    s.close().await;
+                }
+            }
+        }
+    }
+
+    /// Ends the connection at once: every call in flight fails with
+    /// `ConnectionLost`, the peer sees the stream end.
+    pub fn abort(&self) {
+        match &self.link {
+            Link::Direct(s) => s.shut(CloseReason::Aborted),
+            Link::Redial(r) => {
+                r.stop.cancel();
+                if let Some(s) = r.current() {
+                    s.shut(CloseReason::Aborted);
+                }
+            }
+        }
+    }
+
+    /// Calls `op` with `body` and waits for the handler's answer: `Ok(reply)`
+    /// if it acked, [`CallError::Rejected`](crate::CallError::Rejected) if it
+    /// refused, or another [`CallError`](crate::CallError) saying what went wrong.
+    pub async fn call(
+        &self,
+        op: &str,
+        body: Bytes,
+        opts: CallOptions,
+    ) -> Result<Bytes, crate::CallError> {
+        dispatch!(self, call(op, body, opts))
+    }
+
+    /// Sends `body` to `op` without waiting for, or getting, any answer. Returns
+    /// once the message is queued for the socket.
+    pub async fn oneway(
+        &self,
+        op: &str,
+        body: Bytes,
+        opts: CallOptions,
+    ) -> Result<(), crate::CallError> {
+        dispatch!(self, oneway(op, body, opts))
+    }
+
+    /// Calls `op` with one request and receives a stream of replies, ended by
+    /// the handler's ack or broken by its reject.
+    pub async fn server_stream(
+        &self,
+        op: &str,
+        body: Bytes,
+        opts: CallOptions,
+    ) -> Result<Inbound, crate::CallError> {
+        dispatch!(self, server_stream(op, body, opts))
+    }
+
+    /// Opens a stream of requests to `op`; the handler answers once, at the
+    /// end, through the returned [`Reply`]. Call [`Outbound::finish`] after the
+    /// last message.
+    pub async fn client_stream(
+        &self,
+        op: &str,
+        opts: CallOptions,
+    ) -> Result<(Outbound, Reply), crate::CallError> {
+        dispatch!(self, client_stream(op, opts))
+    }
+
+    /// Opens a stream in both directions with `op`.
+    pub async fn bidi(
+        &self,
+        op: &str,
+        opts: CallOptions,
+    ) -> Result<(Outbound, Inbound), crate::CallError> {
+        dispatch!(self, bidi(op, opts))
+    }
+
+    /// Opens a named session with `data`. The peer's session hook
+    /// ([`EndpointBuilder::on_session`](crate::EndpointBuilder::on_session))
+    /// accepts — the returned [`Session`] carries its reply in
+    /// [`Session::peer_data`] — or rejects, giving
+    /// [`CallError::Rejected`](crate::CallError::Rejected). If it does neither
+    /// within `settle`, the result is [`CallError::SessionTimeout`](crate::CallError::SessionTimeout).
+    pub async fn open_session(
+        &self,
+        name: &str,
+        data: impl Into<Bytes>,
+        settle: Duration,
+    ) -> Result<Session, crate::CallError> {
+        let shared = match &self.link {
+            Link::Direct(s) => s.clone(),
+            Link::Redial(r) => {
+                r.link(
+                    session::OPEN_OP,
+                    Some(tokio::time::Instant::now() + settle),
+                    settle,
+                )
+                .await?
+            }
+        };
+        shared.open_session(name, data.into(), settle).await
+    }
+
+    /// The sessions open on this connection right now.
+    pub fn sessions(&self) -> Vec<Session> {
+        let Some(s) = self.direct_shared() else {
+            return Vec::new();
+        };
+        let states: Vec<_> = s
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        states
+            .into_iter()
+            .map(|state| Session {
+                state,
+                shared: s.clone(),
+            })
+            .collect()
+    }
+}
+
+impl Shared {
+    async fn close(&self) {
+        if self
+            .state
             .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            let _ = s
+            let _ = self
                 .out
                 .push(|o| wire::frame::encode_goaway(&mut o.buf, 0, 0, "closing"));
         }
-        let deadline = tokio::time::Instant::now() + s.config.drain_timeout;
+        let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
         loop {
-            if s.table().is_empty() || s.closed.is_cancelled() {
+            if self.table().is_empty() || self.closed.is_cancelled() {
                 break;
             }
             if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))
@@ -481,13 +701,16 @@ impl Connection {
                 break;
             }
         }
-        s.shut(CloseReason::Local);
+        self.shut(CloseReason::Local);
     }
 
-    /// Ends the connection at once: every call in flight fails with
-    /// `ConnectionLost`, the peer sees the stream end.
-    pub fn abort(&self) {
-        self.shared.shut(CloseReason::Aborted);
+    fn calls_in_flight(&self) -> usize {
+        self.table().len()
+    }
+
+    /// `node xxxxxxxx`, this side, for messages.
+    pub(crate) fn local_label(&self) -> String {
+        format!("node {:08x}", (self.local.0 >> 96) as u32)
     }
 }
 

@@ -18,7 +18,7 @@ use super::calls::CallName;
 use super::flow::{RecvWindow, SendCredit};
 use super::stream::{Inbound, Outbound};
 use super::table::{Entry, InboundTx};
-use super::{Connection, Shared};
+use super::{Connection, Session, Shared};
 use crate::error::Reject;
 use crate::router::{CallContext, Route};
 use crate::wire::frame::{encode_body, encode_reject};
@@ -67,7 +67,18 @@ impl Shared {
             }
             match route {
                 Some(Route::OneWay(f)) => {
-                    let ctx = self.context(op.clone(), &open, CancellationToken::new());
+                    let mut ctx = self.context(op.clone(), &open, CancellationToken::new());
+                    if let Some(sid) = open.session {
+                        let Some(state) = self.session(sid) else {
+                            tracing::debug!(op = %op, "one-way message dropped: session {sid} is closed");
+                            return Ok(());
+                        };
+                        ctx.token = state.token.child_token();
+                        ctx.session = Some(Session {
+                            state,
+                            shared: self.clone(),
+                        });
+                    }
                     let fut = f(ctx, open.body);
                     tokio::spawn(async move {
                         if let Err(p) = AssertUnwindSafe(fut).catch_unwind().await {
@@ -119,12 +130,31 @@ impl Shared {
             return Ok(());
         }
 
-        let token = CancellationToken::new();
+        let (token, session) = match open.session {
+            None => (CancellationToken::new(), None),
+            Some(sid) => match self.session(sid) {
+                Some(state) => {
+                    let token = state.token.child_token();
+                    (
+                        token,
+                        Some(Session {
+                            state,
+                            shared: self.clone(),
+                        }),
+                    )
+                }
+                None => {
+                    self.reject_now(id, SystemCode::SessionClosed, &format!("session {sid}"));
+                    return Ok(());
+                }
+            },
+        };
         let mut entry = Entry {
             cancel: Some(token.clone()),
             ..Entry::default()
         };
-        let ctx = self.context(op.clone(), &open, token.clone());
+        let mut ctx = self.context(op.clone(), &open, token.clone());
+        ctx.session = session;
         let name = || CallName {
             op: op.clone(),
             peer: self.peer.label.clone(),
@@ -189,9 +219,9 @@ impl Shared {
     ) -> CallContext {
         CallContext {
             op,
-            conn: Connection {
-                shared: self.clone(),
-            },
+            shared: self.clone(),
+            conn: Connection::direct(self.clone()),
+            session: None,
             deadline: open.deadline.map(|d| tokio::time::Instant::now() + d),
             metadata: open.metadata.clone().into(),
             token,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::calls::CallName;
 use super::flow::{RecvWindow, SendCredit};
@@ -35,8 +36,10 @@ impl Shared {
         }
     }
 
-    fn ended(&self, name: &CallName) -> CallError {
-        if self.closed.is_cancelled() {
+    fn ended(&self, name: &CallName, credit: &SendCredit) -> CallError {
+        if let Some(f) = credit.failure() {
+            name.error(f, None)
+        } else if self.closed.is_cancelled() {
             name.error(self.lost(), None)
         } else {
             CallError::Cancelled {
@@ -44,6 +47,13 @@ impl Shared {
                 peer: name.peer.clone(),
             }
         }
+    }
+}
+
+fn session_closed(session: &str) -> Failure {
+    Failure::System {
+        code: SystemCode::SessionClosed,
+        message: session.to_owned(),
     }
 }
 
@@ -101,7 +111,23 @@ pub struct Inbound {
     guard: Option<Arc<CallGuard>>,
     sleep: Option<Pin<Box<Sleep>>>,
     timeout: Option<Duration>,
+    scope: Option<Scope>,
     done: bool,
+}
+
+/// The session a stream belongs to: when it closes, the stream is cancelled.
+struct Scope {
+    name: Arc<str>,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Scope {
+    fn new(token: CancellationToken, name: Arc<str>) -> Self {
+        Scope {
+            name,
+            closed: Box::pin(token.cancelled_owned()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Inbound {
@@ -134,8 +160,15 @@ impl Inbound {
             guard: Some(guard),
             sleep: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             timeout,
+            scope: None,
             done: false,
         }
+    }
+
+    /// Ties the stream to a session: closing the session cancels it.
+    pub(crate) fn scoped(mut self, token: CancellationToken, session: Arc<str>) -> Self {
+        self.scope = Some(Scope::new(token, session));
+        self
     }
 
     /// The handler's side of a stream opened by the peer.
@@ -156,6 +189,7 @@ impl Inbound {
             guard: None,
             sleep: None,
             timeout: None,
+            scope: None,
             done: false,
         }
     }
@@ -220,6 +254,18 @@ impl Inbound {
                 }
             });
         }
+        if let Some(scope) = self.scope.as_mut() {
+            if scope.closed.as_mut().poll(cx).is_ready() {
+                self.done = true;
+                let session = scope.name.clone();
+                self.shared.cancel_call(self.id, session_closed(&session));
+                return Poll::Ready(Some(Err(CallError::SessionClosed {
+                    op: self.name.op.clone(),
+                    peer: self.name.peer.clone(),
+                    session,
+                })));
+            }
+        }
         if let Some(sleep) = self.sleep.as_mut() {
             ready!(sleep.as_mut().poll(cx));
             self.done = true;
@@ -264,7 +310,33 @@ pub struct Outbound {
     guard: Option<Arc<CallGuard>>,
     deadline: Option<Instant>,
     opener: bool,
+    dropped: u64,
 }
+
+/// Why [`Outbound::try_send`] did not send.
+#[derive(Debug)]
+pub enum TrySendError {
+    /// The receiver is behind (no credit) or the connection's queue is full;
+    /// the message was dropped and counted in [`Outbound::dropped`].
+    Full(Bytes),
+    /// The call or connection ended.
+    Closed(CallError),
+}
+
+impl std::fmt::Display for TrySendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrySendError::Full(b) => write!(
+                f,
+                "receiver is behind; dropped a message of {} bytes",
+                b.len()
+            ),
+            TrySendError::Closed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for TrySendError {}
 
 impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -292,6 +364,7 @@ impl Outbound {
             guard: Some(guard),
             deadline,
             opener: true,
+            dropped: 0,
         }
     }
 
@@ -309,6 +382,7 @@ impl Outbound {
             guard: None,
             deadline: None,
             opener: false,
+            dropped: 0,
         }
     }
 
@@ -345,14 +419,63 @@ impl Outbound {
             None => take.await,
         };
         if taken.is_err() {
-            return Err(self.shared.ended(&self.name));
+            return Err(self.shared.ended(&self.name, &self.credit));
         }
         let id = self.id;
         self.shared
             .out
             .push_bounded(|o| encode_body(&mut o.buf, Kind::Data, id, &msg))
             .await
-            .map_err(|_| self.shared.ended(&self.name))
+            .map_err(|_| self.shared.ended(&self.name, &self.credit))
+    }
+
+    /// Best-effort send: sends `msg` if the receiver has credit and the
+    /// connection has room right now, otherwise drops it — counting it in
+    /// [`dropped`](Self::dropped) — and returns [`TrySendError::Full`]. Never waits.
+    pub fn try_send(&mut self, msg: Bytes) -> Result<(), TrySendError> {
+        let limit = self.shared.peer_max_frame as usize;
+        if msg.len() > limit {
+            return Err(TrySendError::Closed(CallError::MessageTooLarge {
+                op: self.name.op.clone(),
+                peer: self.name.peer.clone(),
+                size: msg.len() + HEADER_LEN,
+                limit,
+            }));
+        }
+        match self.credit.try_take(msg.len()) {
+            Err(_) => {
+                return Err(TrySendError::Closed(
+                    self.shared.ended(&self.name, &self.credit),
+                ))
+            }
+            Ok(false) => {
+                self.dropped += 1;
+                return Err(TrySendError::Full(msg));
+            }
+            Ok(true) => {}
+        }
+        let id = self.id;
+        match self
+            .shared
+            .out
+            .try_push_bounded(|o| encode_body(&mut o.buf, Kind::Data, id, &msg))
+        {
+            Ok(Some(())) => Ok(()),
+            Ok(None) => {
+                // The credit was taken but nothing was sent: give it back.
+                self.credit.grant(msg.len() as u32);
+                self.dropped += 1;
+                Err(TrySendError::Full(msg))
+            }
+            Err(_) => Err(TrySendError::Closed(
+                self.shared.ended(&self.name, &self.credit),
+            )),
+        }
+    }
+
+    /// Messages [`try_send`](Self::try_send) dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// Bytes this side may still send before it has to wait for the receiver.
@@ -370,7 +493,7 @@ impl Outbound {
                 .out
                 .push_bounded(|o| encode_empty(&mut o.buf, Kind::End, id))
                 .await
-                .map_err(|_| self.shared.ended(&self.name))?;
+                .map_err(|_| self.shared.ended(&self.name, &self.credit))?;
         }
         // A finished request side no longer cancels the call on drop; the
         // reply or inbound handle still does.
@@ -386,6 +509,7 @@ pub struct Reply {
     guard: Option<Arc<CallGuard>>,
     sleep: Option<Pin<Box<Sleep>>>,
     timeout: Option<Duration>,
+    scope: Option<Scope>,
 }
 
 impl std::fmt::Debug for Reply {
@@ -408,7 +532,14 @@ impl Reply {
             guard: Some(guard),
             sleep: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             timeout,
+            scope: None,
         }
+    }
+
+    /// Ties the reply to a session: closing the session cancels the call.
+    pub(crate) fn scoped(mut self, token: CancellationToken, session: Arc<str>) -> Self {
+        self.scope = Some(Scope::new(token, session));
+        self
     }
 
     fn settle(&mut self) {
@@ -433,6 +564,19 @@ impl Future for Reply {
                 Ok(Err(f)) => Err(this.name.error(f, this.timeout)),
                 Err(_) => Err(this.name.error(shared_lost(), this.timeout)),
             });
+        }
+        if let Some(scope) = this.scope.as_mut() {
+            if scope.closed.as_mut().poll(cx).is_ready() {
+                let session = scope.name.clone();
+                if let Some(g) = this.guard.take() {
+                    g.shared.cancel_call(g.id, session_closed(&session));
+                }
+                return Poll::Ready(Err(CallError::SessionClosed {
+                    op: this.name.op.clone(),
+                    peer: this.name.peer.clone(),
+                    session,
+                }));
+            }
         }
         if let Some(sleep) = this.sleep.as_mut() {
             ready!(sleep.as_mut().poll(cx));

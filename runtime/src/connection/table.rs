@@ -50,6 +50,11 @@ impl Failure {
                 SystemCode::Cancelled => CallError::Cancelled { op, peer },
                 SystemCode::InvalidPayload => CallError::Decode { op, peer, message },
                 SystemCode::GoingAway => CallError::Closing { op, peer },
+                SystemCode::SessionClosed => CallError::SessionClosed {
+                    op,
+                    peer,
+                    session: message.into(),
+                },
                 SystemCode::Protocol | SystemCode::TooLarge => {
                     CallError::Protocol { op, peer, message }
                 }
@@ -94,7 +99,7 @@ impl Entry {
     /// Delivers a terminal failure to whoever waits on this call.
     pub(crate) fn fail(self, failure: Failure) {
         if let Some(c) = &self.credit {
-            c.close();
+            c.fail(failure.clone());
         }
         if let Some(t) = &self.cancel {
             t.cancel();

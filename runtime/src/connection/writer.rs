@@ -114,6 +114,28 @@ impl WriteQueue {
         }
     }
 
+    /// Encodes a frame if the queue is below its high-water mark right now;
+    /// `Ok(None)` if it is not (nothing was encoded).
+    pub(crate) fn try_push_bounded<R>(
+        &self,
+        encode: impl FnOnce(&mut Outgoing) -> R,
+    ) -> Result<Option<R>, QueueClosed> {
+        let mut out = self.lock();
+        if out.closed {
+            return Err(QueueClosed);
+        }
+        if out.buf.len() >= self.high_water {
+            return Ok(None);
+        }
+        let was_empty = out.buf.is_empty();
+        let r = encode(&mut out);
+        drop(out);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(Some(r))
+    }
+
     /// Marks the queue closed: what is queued is still written, nothing new is taken.
     pub(crate) fn close(&self) {
         self.lock().closed = true;

@@ -77,6 +77,8 @@ pub mod flags {
     pub const DEADLINE: u8 = 0x08;
     /// CallOpen: metadata pairs follow the deadline.
     pub const METADATA: u8 = 0x10;
+    /// CallOpen: the call runs inside a session; its id follows the metadata.
+    pub const SESSION: u8 = 0x20;
     /// Reject: the code is a Plexus system code, not an application code.
     pub const SYSTEM: u8 = 0x01;
 }
@@ -101,6 +103,8 @@ pub struct CallOpen {
     pub deadline: Option<Duration>,
     /// Application metadata (key, value) pairs.
     pub metadata: Vec<(String, Bytes)>,
+    /// The session the call runs inside, if any.
+    pub session: Option<u32>,
     /// The request side is complete with this frame.
     pub end: bool,
     /// No reply is expected.
@@ -207,6 +211,7 @@ impl Frame {
                     op_name: c.op.name.as_deref(),
                     deadline: c.deadline,
                     metadata: &c.metadata,
+                    session: c.session,
                     end: c.end,
                     oneway: c.oneway,
                 },
@@ -258,6 +263,8 @@ pub struct CallOpenHead<'a> {
     pub deadline: Option<Duration>,
     /// Metadata pairs.
     pub metadata: &'a [(String, Bytes)],
+    /// The session the call runs inside.
+    pub session: Option<u32>,
     /// Request side complete.
     pub end: bool,
     /// No reply expected.
@@ -279,6 +286,9 @@ impl CallOpenHead<'_> {
             for (k, v) in self.metadata {
                 n += varint::len(k.len() as u64) + k.len() + varint::len(v.len() as u64) + v.len();
             }
+        }
+        if let Some(id) = self.session {
+            n += varint::len(u64::from(id));
         }
         n
     }
@@ -306,6 +316,9 @@ pub fn encode_call_open(dst: &mut BytesMut, head: &CallOpenHead<'_>, body: &[u8]
     if !head.metadata.is_empty() {
         fl |= flags::METADATA;
     }
+    if head.session.is_some() {
+        fl |= flags::SESSION;
+    }
     let len = head.encoded_len() + body.len();
     dst.reserve(HEADER_LEN + len);
     put_header(dst, len, Kind::CallOpen, fl, head.id);
@@ -325,6 +338,9 @@ pub fn encode_call_open(dst: &mut BytesMut, head: &CallOpenHead<'_>, body: &[u8]
             varint::put(dst, v.len() as u64);
             dst.put_slice(v);
         }
+    }
+    if let Some(id) = head.session {
+        varint::put(dst, u64::from(id));
     }
     dst.put_slice(body);
 }
@@ -480,11 +496,17 @@ fn parse_payload(kind: Kind, fl: u8, id: u32, mut p: Bytes) -> Result<Frame, Wir
                     metadata.push((k, v));
                 }
             }
+            let session = if fl & flags::SESSION != 0 {
+                Some(varint::get_u32(&mut p, "session id")?)
+            } else {
+                None
+            };
             Frame::CallOpen(CallOpen {
                 id,
                 op: OpRef { index, name },
                 deadline,
                 metadata,
+                session,
                 end: fl & flags::END != 0,
                 oneway: fl & flags::ONEWAY != 0,
                 body: p,

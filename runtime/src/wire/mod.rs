@@ -36,6 +36,8 @@ pub enum SystemCode {
     Protocol = 7,
     /// A message exceeded a size limit.
     TooLarge = 8,
+    /// The call names a session that is not open (closed, never opened, or rejected).
+    SessionClosed = 9,
     /// A code this implementation does not know.
     Unknown = 0xffff,
 }
@@ -52,6 +54,7 @@ impl SystemCode {
             6 => SystemCode::GoingAway,
             7 => SystemCode::Protocol,
             8 => SystemCode::TooLarge,
+            9 => SystemCode::SessionClosed,
             _ => SystemCode::Unknown,
         }
     }

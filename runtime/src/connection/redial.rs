@@ -1,0 +1,318 @@
+//! Reconnecting connections: a [`Connection`](super::Connection) made from an
+//! address that redials with jittered exponential backoff whenever its link
+//! drops.
+//!
+//! Calls made while no link is up wait for the next one, up to their
+//! deadline. A call cut off by a dropped link is retried on the next link only
+//! when it is marked idempotent; any other call fails with `ConnectionLost`,
+//! because it may already have run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{CallOptions, Inbound, Outbound, Reply, Shared};
+use crate::endpoint::Endpoint;
+use crate::error::CallError;
+use crate::transport::Url;
+
+/// How a reconnecting connection waits between attempts.
+///
+/// The n-th wait is `initial * multiplier^n`, capped at `max`, then jittered
+/// to a random point in its upper half so that many clients of one restarted
+/// server do not redial in lockstep.
+///
+/// ```
+/// use std::time::Duration;
+/// let b = plexus::Backoff::new().initial(Duration::from_millis(10)).max(Duration::from_secs(1));
+/// let d = b.delay(3);
+/// assert!(d >= Duration::from_millis(40) && d <= Duration::from_millis(80));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    multiplier: u32,
+    max_attempts: Option<u32>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+            multiplier: 2,
+            max_attempts: None,
+        }
+    }
+}
+
+impl Backoff {
+    /// 50 ms doubling up to 5 s, retrying forever.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The first wait.
+    pub fn initial(mut self, d: Duration) -> Self {
+        self.initial = d.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The longest wait.
+    pub fn max(mut self, d: Duration) -> Self {
+        self.max = d.max(self.initial);
+        self
+    }
+
+    /// Growth factor per failed attempt (at least 1).
+    pub fn multiplier(mut self, m: u32) -> Self {
+        self.multiplier = m.max(1);
+        self
+    }
+
+    /// Gives up after this many consecutive failed attempts; calls then fail
+    /// with `ConnectionLost`.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n.max(1));
+        self
+    }
+
+    /// The wait after `attempt` consecutive failures (0-based), with jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = self
+            .multiplier
+            .checked_pow(attempt.min(32))
+            .unwrap_or(u32::MAX);
+        let base = self
+            .initial
+            .checked_mul(factor)
+            .unwrap_or(self.max)
+            .min(self.max);
+        let half = base / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// What the redial task publishes.
+#[derive(Clone)]
+pub(crate) enum LinkState {
+    Connecting,
+    Up(Arc<Shared>),
+    Stopped(Arc<str>),
+}
+
+/// The caller-side half of a reconnecting connection.
+pub(crate) struct Redial {
+    pub(crate) url: Url,
+    pub(crate) label: Arc<str>,
+    pub(crate) state: watch::Receiver<LinkState>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) default_timeout: Option<Duration>,
+    pub(crate) local: crate::NodeId,
+}
+
+impl Drop for Redial {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Redial {
+    /// Starts the redial task and returns the handle calls go through.
+    pub(crate) fn start(endpoint: Endpoint, url: Url, backoff: Backoff) -> Redial {
+        let (tx, rx) = watch::channel(LinkState::Connecting);
+        let stop = CancellationToken::new();
+        let task_stop = stop.clone();
+        let task_url = url.clone();
+        let default_timeout = endpoint.config().default_timeout;
+        let local = endpoint.node_id();
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                let attempt = tokio::select! {
+                    _ = task_stop.cancelled() => break,
+                    a = endpoint.connect(&task_url) => a,
+                };
+                match attempt {
+                    Ok(conn) => {
+                        failures = 0;
+                        let Some(shared) = conn.direct_shared() else {
+                            break;
+                        };
+                        let _ = tx.send(LinkState::Up(shared.clone()));
+                        tokio::select! {
+                            _ = task_stop.cancelled() => {
+                                conn.close().await;
+                                break;
+                            }
+                            reason = conn.closed() => {
+                                tracing::debug!(url = %task_url, "link lost ({reason}); redialing");
+                                let _ = tx.send(LinkState::Connecting);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if backoff.max_attempts.is_some_and(|m| failures >= m) {
+                            let reason = format!("gave up after {failures} attempts: {e}");
+                            let _ = tx.send(LinkState::Stopped(reason.into()));
+                            return;
+                        }
+                        tracing::debug!(url = %task_url, "dial failed ({e}); retrying");
+                        tokio::select! {
+                            _ = task_stop.cancelled() => break,
+                            _ = tokio::time::sleep(backoff.delay(failures - 1)) => {}
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(LinkState::Stopped("closed by this side".into()));
+        });
+        let label: Arc<str> = format!("{url} (reconnecting)").into();
+        Redial {
+            url,
+            label,
+            state: rx,
+            stop,
+            default_timeout,
+            local,
+        }
+    }
+
+    /// The current live link, waiting for one up to `deadline`.
+    pub(crate) async fn link(
+        &self,
+        op: &str,
+        deadline: Option<Instant>,
+        after: Duration,
+    ) -> Result<Arc<Shared>, CallError> {
+        let mut rx = self.state.clone();
+        loop {
+            match &*rx.borrow_and_update() {
+                LinkState::Up(s) if !s.closed.is_cancelled() => return Ok(s.clone()),
+                LinkState::Stopped(reason) => {
+                    return Err(CallError::ConnectionLost {
+                        op: op.into(),
+                        peer: self.label.clone(),
+                        reason: reason.clone(),
+                    })
+                }
+                _ => {}
+            }
+            let changed = rx.changed();
+            let outcome = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, changed).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(CallError::Timeout {
+                            op: op.into(),
+                            peer: self.label.clone(),
+                            after,
+                        })
+                    }
+                },
+                None => changed.await,
+            };
+            if outcome.is_err() {
+                return Err(CallError::ConnectionLost {
+                    op: op.into(),
+                    peer: self.label.clone(),
+                    reason: "the connection was closed".into(),
+                });
+            }
+        }
+    }
+
+    fn deadline(&self, opts: &CallOptions, unary: bool) -> (Option<Instant>, Duration) {
+        let t = if unary {
+            opts.timeout.or(self.default_timeout)
+        } else {
+            opts.timeout
+        };
+        (t.map(|t| Instant::now() + t), t.unwrap_or_default())
+    }
+
+    pub(crate) async fn call(
+        &self,
+        op: &str,
+        body: Bytes,
+        opts: CallOptions,
+    ) -> Result<Bytes, CallError> {
+        let (deadline, after) = self.deadline(&opts, true);
+        loop {
+            let link = self.link(op, deadline, after).await?;
+            let mut attempt = opts.clone();
+            if let Some(d) = deadline {
+                attempt.timeout = Some(d.saturating_duration_since(Instant::now()));
+            }
+            match link.call(op, body.clone(), attempt).await {
+                Err(CallError::ConnectionLost { .. } | CallError::Closing { .. })
+                    if opts.idempotent =>
+                {
+                    tracing::debug!(op, "link dropped under an idempotent call; retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(crate) async fn oneway(
+        &self,
+        op: &str,
+        body: Bytes,
+        opts: CallOptions,
+    ) -> Result<(), CallError> {
+        let (deadline, after) = self.deadline(&opts, true);
+        self.link(op, deadline, after)
+            .await?
+            .oneway(op, body, opts)
+            .await
+    }
+
+    pub(crate) async fn server_stream(
+        &self,
+        op: &str,
+        body: Bytes,
+        opts: CallOptions,
+    ) -> Result<Inbound, CallError> {
+        let (deadline, after) = self.deadline(&opts, false);
+        self.link(op, deadline, after)
+            .await?
+            .server_stream(op, body, opts)
+            .await
+    }
+
+    pub(crate) async fn client_stream(
+        &self,
+        op: &str,
+        opts: CallOptions,
+    ) -> Result<(Outbound, Reply), CallError> {
+        let (deadline, after) = self.deadline(&opts, false);
+        self.link(op, deadline, after)
+            .await?
+            .client_stream(op, opts)
+            .await
+    }
+
+    pub(crate) async fn bidi(
+        &self,
+        op: &str,
+        opts: CallOptions,
+    ) -> Result<(Outbound, Inbound), CallError> {
+        let (deadline, after) = self.deadline(&opts, false);
+        self.link(op, deadline, after).await?.bidi(op, opts).await
+    }
+
+    /// The live link right now, if any.
+    pub(crate) fn current(&self) -> Option<Arc<Shared>> {
+        match &*self.state.borrow() {
+            LinkState::Up(s) if !s.closed.is_cancelled() => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
