@@ -345,6 +345,16 @@ impl Endpoint {
         data: impl Into<Bytes>,
     ) -> Result<Connection, ConnectError> {
         let url = url.to_url().map_err(transport::TransportError::from)?;
+        let data = data.into();
+        if data.len() > handshake::MAX_HANDSHAKE_DATA as usize {
+            return Err(ConnectError::Handshake {
+                url: url.to_string(),
+                source: WireError::HandshakeDataTooLarge {
+                    len: u32::try_from(data.len()).unwrap_or(u32::MAX),
+                    max: handshake::MAX_HANDSHAKE_DATA,
+                },
+            });
+        }
         let connected = transport::dial(&url, &self.inner.transport).await?;
         let (mut rd, mut wr) = connected.stream.split();
         let label = url.to_string();
@@ -354,7 +364,7 @@ impl Endpoint {
             node_id: self.inner.node.0,
             max_frame: self.inner.config.max_frame,
             window: self.inner.config.window,
-            data: data.into(),
+            data,
         };
         let (welcome, leftover) = tokio::time::timeout(limit, async {
             let mut out = BytesMut::new();
@@ -446,16 +456,19 @@ fn register(inner: &Arc<Inner>, conn: Connection) -> Connection {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key, conn.clone());
+    let peer = conn.peer();
+    let _ = inner.events.send(Event::Connected { peer: peer.clone() });
     let weak = Arc::downgrade(inner);
     let watched = conn.clone();
     tokio::spawn(async move {
-        watched.closed().await;
+        let reason = watched.closed().await;
         if let Some(inner) = weak.upgrade() {
             inner
                 .conns
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&key);
+            let _ = inner.events.send(Event::Disconnected { peer, reason });
         }
     });
     conn
@@ -578,6 +591,20 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
     };
     let reply = match &inner.accept {
         Some(hook) => match hook(&request) {
+            Ok(d) if d.len() > handshake::MAX_HANDSHAKE_DATA as usize => {
+                let reason = format!(
+                    "the accept hook's reply of {} bytes exceeds the handshake limit of {} bytes",
+                    d.len(),
+                    handshake::MAX_HANDSHAKE_DATA
+                );
+                tracing::warn!(remote = %remote, "{reason}");
+                refuse(&mut wr, RefusalCode::Rejected, reason.clone()).await;
+                return Err(ConnectError::Refused {
+                    url: remote,
+                    code: RefusalCode::Rejected,
+                    reason,
+                });
+            }
             Ok(d) => d,
             Err(reason) => {
                 refuse(&mut wr, RefusalCode::Rejected, reason.clone()).await;

@@ -28,9 +28,10 @@ pub struct Reject {
     code: u32,
     message: String,
     details: Bytes,
-    /// Set by [`Reject::invalid_payload`]: the runtime, not the application,
-    /// refused the call, and the caller sees [`CallError::Decode`].
-    invalid_payload: bool,
+    /// Set by [`Reject::invalid_payload`] and [`Reject::handler_failed`]: the
+    /// runtime, not the application, refused the call, and the caller sees
+    /// the matching [`CallError`] variant instead of `Rejected`.
+    system: Option<crate::wire::SystemCode>,
 }
 
 impl Reject {
@@ -40,7 +41,7 @@ impl Reject {
             code,
             message: message.into(),
             details: Bytes::new(),
-            invalid_payload: false,
+            system: None,
         }
     }
 
@@ -53,11 +54,22 @@ impl Reject {
     /// The refusal a handler adapter returns when the request bytes cannot be
     /// decoded. The caller receives [`CallError::Decode`], not `Rejected`.
     pub fn invalid_payload(message: impl Into<String>) -> Self {
+        Self::system(crate::wire::SystemCode::InvalidPayload, message)
+    }
+
+    /// The refusal a handler adapter returns when the handler could not
+    /// produce its reply (e.g. the reply failed to encode). The caller
+    /// receives [`CallError::HandlerFailed`].
+    pub fn handler_failed(message: impl Into<String>) -> Self {
+        Self::system(crate::wire::SystemCode::HandlerFailed, message)
+    }
+
+    fn system(code: crate::wire::SystemCode, message: impl Into<String>) -> Self {
         Reject {
-            code: crate::wire::SystemCode::InvalidPayload as u32,
+            code: code as u32,
             message: message.into(),
             details: Bytes::new(),
-            invalid_payload: true,
+            system: Some(code),
         }
     }
 
@@ -76,8 +88,9 @@ impl Reject {
         &self.details
     }
 
-    pub(crate) fn is_invalid_payload(&self) -> bool {
-        self.invalid_payload
+    /// The system code, when the runtime (not the application) refused.
+    pub(crate) fn system_code(&self) -> Option<crate::wire::SystemCode> {
+        self.system
     }
 }
 
@@ -177,6 +190,16 @@ pub enum CallError {
         /// The codec's complaint.
         message: String,
     },
+    /// This side could not encode a request or stream item.
+    #[error("{op} on {peer}: request could not be encoded: {message}")]
+    Encode {
+        /// Operation id.
+        op: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+        /// The codec's complaint.
+        message: String,
+    },
     /// The connection is shutting down and takes no new calls; the call was not
     /// processed and is safe to retry on another connection.
     #[error("{op} on {peer}: connection is closing and takes no new calls (reconnect and retry)")]
@@ -228,6 +251,19 @@ impl CallError {
         message: impl fmt::Display,
     ) -> Self {
         CallError::Decode {
+            op: op.into(),
+            peer: peer.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// A request or stream item that the caller's codec could not encode.
+    pub fn encode(
+        op: impl Into<Arc<str>>,
+        peer: impl Into<Arc<str>>,
+        message: impl fmt::Display,
+    ) -> Self {
+        CallError::Encode {
             op: op.into(),
             peer: peer.into(),
             message: message.to_string(),

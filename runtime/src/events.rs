@@ -50,15 +50,13 @@ pub(crate) const CAPACITY: usize = 1024;
 pub struct Events {
     rx: broadcast::Receiver<Event>,
     missed: u64,
-    pending: Option<
-        Pin<
-            Box<
-                dyn std::future::Future<Output = (Option<Event>, u64, broadcast::Receiver<Event>)>
-                    + Send,
-            >,
-        >,
-    >,
+    pending: Option<Pending>,
 }
+
+/// What one wait for the next event gives back: the event, how many were
+/// skipped on the way, and the receiver to keep using.
+type Next = (Option<Event>, u64, broadcast::Receiver<Event>);
+type Pending = Pin<Box<dyn std::future::Future<Output = Next> + Send>>;
 
 impl std::fmt::Debug for Events {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,9 +66,7 @@ impl std::fmt::Debug for Events {
     }
 }
 
-async fn next(
-    mut rx: broadcast::Receiver<Event>,
-) -> (Option<Event>, u64, broadcast::Receiver<Event>) {
+async fn next(mut rx: broadcast::Receiver<Event>) -> Next {
     let mut missed = 0;
     loop {
         match rx.recv().await {

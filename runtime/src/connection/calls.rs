@@ -99,18 +99,10 @@ impl CallName {
 }
 
 impl Shared {
+    /// Refuses a call before anything is sent: the connection is closing or
+    /// closed. The call never ran, so the caller may safely try elsewhere.
     fn refuse_if_closing(&self, op: &str) -> Result<(), CallError> {
-        if self.closed.is_cancelled() {
-            return Err(CallError::ConnectionLost {
-                op: op.into(),
-                peer: self.peer.label.clone(),
-                reason: match self.lost() {
-                    Failure::Lost(r) => r,
-                    _ => "closed".into(),
-                },
-            });
-        }
-        if !self.accepting_calls() {
+        if !self.accepting_calls() || self.closed.is_cancelled() {
             return Err(CallError::Closing {
                 op: op.into(),
                 peer: self.peer.label.clone(),

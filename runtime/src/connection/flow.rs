@@ -44,15 +44,19 @@ impl SendCredit {
         }
     }
 
-    /// Takes `n` bytes of credit, or the whole window when a single message is
-    /// larger than the window (so it still goes, alone).
+    /// Takes `n` bytes of credit; a message larger than the credit left goes
+    /// once half the window is free, taking the credit below zero.
     pub(crate) fn try_take(&self, n: usize) -> Result<bool, CreditClosed> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.closed {
             return Err(CreditClosed);
         }
         let n = n as i64;
-        if st.available >= n || st.available >= i64::from(self.window) {
+        // A message larger than what is left may still go once at least half
+        // the window is free: the receiver returns credit only in half-window
+        // steps, so waiting for more could wait forever. The receiver's limit
+        // (window plus one frame) still holds.
+        if st.available >= n || st.available >= i64::from(self.window / 2) {
             st.available -= n;
             Ok(true)
         } else {
@@ -170,6 +174,17 @@ mod tests {
         assert_eq!(c.try_take(1), Ok(false));
         c.grant(500);
         assert_eq!(c.try_take(1), Ok(true));
+    }
+
+    #[test]
+    fn large_message_after_small_ones_does_not_stall() {
+        // The receiver holds back credit below half a window; a message
+        // bigger than what is left must still be able to go.
+        let c = SendCredit::new(100);
+        assert_eq!(c.try_take(10), Ok(true));
+        assert_eq!(c.try_take(95), Ok(true));
+        assert!(c.available() < 0);
+        assert_eq!(c.try_take(1), Ok(false));
     }
 
     #[test]

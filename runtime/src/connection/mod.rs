@@ -263,6 +263,13 @@ pub(crate) struct Shared {
     pub(crate) peer_window: u32,
     state: AtomicU8,
     peer_draining: std::sync::atomic::AtomicBool,
+    /// Highest call id the peer opened that this side took on.
+    pub(crate) highest_peer_id: AtomicU32,
+    /// The reason in a goaway the peer sent because of an error.
+    pub(crate) peer_goaway_error: OnceLock<String>,
+    /// From the peer's goaway: calls this side opened above it were not
+    /// processed (`u32::MAX` until a goaway arrives).
+    peer_last_id: AtomicU32,
     reason: OnceLock<CloseReason>,
     pub(crate) closed: CancellationToken,
     epoch: Instant,
@@ -316,6 +323,12 @@ impl Shared {
         self.peer_draining.load(Ordering::Acquire)
     }
 
+    /// The peer's goaway: no new calls, and those above `last_id` were not run.
+    pub(crate) fn peer_going_away(&self, last_id: u32) {
+        self.peer_last_id.fetch_min(last_id, Ordering::AcqRel);
+        self.set_peer_draining();
+    }
+
     pub(crate) fn set_peer_draining(&self) {
         self.peer_draining.store(true, Ordering::Release);
     }
@@ -334,9 +347,20 @@ impl Shared {
         self.out.close();
         self.closed.cancel();
         let failure = self.lost();
-        let entries: Vec<_> = self.table().drain().map(|(_, e)| e).collect();
-        for e in entries {
-            e.fail(failure.clone());
+        let unprocessed = Failure::System {
+            code: wire::SystemCode::GoingAway,
+            message: "the peer closed before taking this call".into(),
+        };
+        let last = self.peer_last_id.load(Ordering::Acquire);
+        let entries: Vec<_> = self.table().drain().collect();
+        for (id, e) in entries {
+            // Calls the peer's goaway says it never took are safe to send
+            // again elsewhere; say so (Closing) rather than "lost".
+            if self.is_local_id(id) && id > last {
+                e.fail(unprocessed.clone());
+            } else {
+                e.fail(failure.clone());
+            }
         }
         self.end_all_sessions("the connection ended");
     }
@@ -440,6 +464,9 @@ impl Connection {
             peer_window: est.peer_window,
             state: AtomicU8::new(OPEN),
             peer_draining: std::sync::atomic::AtomicBool::new(false),
+            highest_peer_id: AtomicU32::new(0),
+            peer_goaway_error: OnceLock::new(),
+            peer_last_id: AtomicU32::new(u32::MAX),
             reason: OnceLock::new(),
             closed: CancellationToken::new(),
             epoch: Instant::now(),
@@ -680,14 +707,19 @@ impl Connection {
 
 impl Shared {
     async fn close(&self) {
-        if self
-            .state
-            .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        let draining = {
+            let _table = self.table();
+            self.state
+                .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        };
+        if draining {
+            // Taking the table lock above orders the switch against `serve`:
+            // every call with an id above `last` will be refused.
+            let last = self.highest_peer_id.load(Ordering::Acquire);
             let _ = self
                 .out
-                .push(|o| wire::frame::encode_goaway(&mut o.buf, 0, 0, "closing"));
+                .push(|o| wire::frame::encode_goaway(&mut o.buf, last, 0, "closing"));
         }
         let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
         loop {

@@ -47,6 +47,13 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
                 }
             }
         }
+        // Answers the reader queues itself (pongs, refusals) skip the
+        // high-water wait; a peer that keeps sending without ever reading
+        // would grow them without end. Past this cap it is cut off.
+        if shared.out.queued() > queue_cap(&shared) {
+            protocol_close(&shared, "the peer keeps sending but does not read".into());
+            return;
+        }
         if buf.capacity() - buf.len() < READ_RESERVE / 2 {
             buf.reserve(READ_RESERVE);
         }
@@ -57,7 +64,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
         };
         match read {
             Ok(0) => {
-                let reason = if shared.serving_new_calls() && !shared.peer_draining() {
+                let reason = if let Some(r) = shared.peer_goaway_error.get() {
+                    CloseReason::Protocol(format!("reported by the peer: {r}"))
+                } else if shared.serving_new_calls() && !shared.peer_draining() {
                     CloseReason::PeerGone
                 } else {
                     CloseReason::Remote
@@ -74,12 +83,20 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
     }
 }
 
+/// Most bytes the write queue may hold before the peer is deemed not to read:
+/// what bounded senders may queue (the high-water mark plus one message),
+/// and as much again for control answers.
+fn queue_cap(shared: &Shared) -> usize {
+    2 * shared.config.write_high_water + shared.peer_max_frame as usize + 1024 * 1024
+}
+
 /// Tells the peer why (best effort) and closes the connection.
 fn protocol_close(shared: &Shared, message: String) {
     tracing::warn!(peer = %shared.peer.label(), "closing connection: protocol error: {message}");
+    let last = shared.highest_peer_id.load(Ordering::Acquire);
     let _ = shared
         .out
-        .push(|o| encode_goaway(&mut o.buf, 0, SystemCode::Protocol as u32, &message));
+        .push(|o| encode_goaway(&mut o.buf, last, SystemCode::Protocol as u32, &message));
     shared.shut(CloseReason::Protocol(message));
 }
 
@@ -203,11 +220,16 @@ fn dispatch(shared: &Arc<Shared>, ops: &mut OpTable, frame: Frame) -> Result<(),
             Ok(())
         }
         Frame::Pong { .. } => Ok(()),
-        Frame::GoAway { code, reason, .. } => {
+        Frame::GoAway {
+            last_id,
+            code,
+            reason,
+        } => {
             if code != 0 {
                 tracing::warn!(peer = %shared.peer.label(), code, "peer is going away: {reason}");
+                let _ = shared.peer_goaway_error.set(reason);
             }
-            shared.set_peer_draining();
+            shared.peer_going_away(last_id);
             Ok(())
         }
     }

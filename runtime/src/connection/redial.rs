@@ -194,7 +194,7 @@ impl Redial {
         let mut rx = self.state.clone();
         loop {
             match &*rx.borrow_and_update() {
-                LinkState::Up(s) if !s.closed.is_cancelled() => return Ok(s.clone()),
+                LinkState::Up(s) if s.accepting_calls() => return Ok(s.clone()),
                 LinkState::Stopped(reason) => {
                     return Err(CallError::ConnectionLost {
                         op: op.into(),
@@ -251,9 +251,9 @@ impl Redial {
                 attempt.timeout = Some(d.saturating_duration_since(Instant::now()));
             }
             match link.call(op, body.clone(), attempt).await {
-                Err(CallError::ConnectionLost { .. } | CallError::Closing { .. })
-                    if opts.idempotent =>
-                {
+                // Refused before it ran: sending it on the next link is not a retry.
+                Err(CallError::Closing { .. }) => {}
+                Err(CallError::ConnectionLost { .. }) if opts.idempotent => {
                     tracing::debug!(op, "link dropped under an idempotent call; retrying");
                 }
                 other => return other,

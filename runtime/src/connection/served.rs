@@ -65,6 +65,10 @@ impl Shared {
                     "one-way call to `{op}` carries call id {id}, not 0"
                 )));
             }
+            if !self.serving_new_calls() {
+                tracing::debug!(op = %op, "one-way message dropped: connection is closing");
+                return Ok(());
+            }
             match route {
                 Some(Route::OneWay(f)) => {
                     let mut ctx = self.context(op.clone(), &open, CancellationToken::new());
@@ -79,9 +83,20 @@ impl Shared {
                             shared: self.clone(),
                         });
                     }
-                    let fut = f(ctx, open.body);
+                    let deadline = open.deadline;
+                    let fut = AssertUnwindSafe(f(ctx, open.body)).catch_unwind();
                     tokio::spawn(async move {
-                        if let Err(p) = AssertUnwindSafe(fut).catch_unwind().await {
+                        let outcome = match deadline {
+                            Some(d) => match tokio::time::timeout(d, fut).await {
+                                Ok(r) => r,
+                                Err(_) => {
+                                    tracing::debug!(op = %op, "one-way handler stopped at its deadline");
+                                    return;
+                                }
+                            },
+                            None => fut.await,
+                        };
+                        if let Err(p) = outcome {
                             tracing::warn!(op = %op, "{}", panic_message(p));
                         }
                     });
@@ -99,6 +114,11 @@ impl Shared {
             return Err(Violation(format!(
                 "call to `{op}` uses id {id}, which belongs to this side"
             )));
+        }
+        // Refusals below answer on the call's id, so the id must not belong
+        // to a call already running.
+        if self.table().contains_key(&id) {
+            return Err(Violation(format!("call id {id} opened twice")));
         }
         if !self.serving_new_calls() {
             self.reject_now(
@@ -160,9 +180,15 @@ impl Shared {
             peer: self.peer.label.clone(),
         };
         let credit = || Arc::new(SendCredit::new(self.peer_window));
+        let first = open.body.clone();
         let inbound = |entry: &mut Entry| {
             let (tx, rx) = mpsc::unbounded_channel();
             let window = Arc::new(RecvWindow::new(self.config.window, self.config.max_frame));
+            // A body on the opening frame of a request stream is its first message.
+            if !first.is_empty() {
+                window.receive(first.len());
+                let _ = tx.send(super::table::InItem::Data(first.clone()));
+            }
             entry.inbound = Some(InboundTx {
                 tx,
                 window: window.clone(),
@@ -205,6 +231,20 @@ impl Shared {
             if table.contains_key(&id) {
                 return Err(Violation(format!("call id {id} opened twice")));
             }
+            // Checked under the table lock, which `close` also takes to send
+            // its goaway: a call is either counted in the goaway's last id
+            // and served, or refused here — never both, never neither.
+            if !self.serving_new_calls() {
+                drop(table);
+                self.reject_now(
+                    id,
+                    SystemCode::GoingAway,
+                    "connection is closing; no new calls",
+                );
+                return Ok(());
+            }
+            self.highest_peer_id
+                .fetch_max(id, std::sync::atomic::Ordering::Relaxed);
             table.insert(id, entry);
         }
         tokio::spawn(run(self.clone(), id, token, open.deadline, fut));
@@ -283,12 +323,9 @@ async fn run(
             Bytes::new(),
             true,
         ),
-        Outcome::Done(Err(r)) if r.is_invalid_payload() => (
-            SystemCode::InvalidPayload as u32,
-            r.message().to_owned(),
-            Bytes::new(),
-            true,
-        ),
+        Outcome::Done(Err(r)) if r.system_code().is_some() => {
+            (r.code(), r.message().to_owned(), Bytes::new(), true)
+        }
         Outcome::Done(Err(r)) => (r.code(), r.message().to_owned(), r.details().clone(), false),
         Outcome::Panicked(m) => (SystemCode::HandlerFailed as u32, m, Bytes::new(), true),
         Outcome::TimedOut => (

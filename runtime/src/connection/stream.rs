@@ -21,7 +21,7 @@ use super::table::{Failure, InItem};
 use super::Shared;
 use crate::error::CallError;
 use crate::wire::frame::{encode_body, encode_credit, encode_empty};
-use crate::wire::{Kind, SystemCode, HEADER_LEN};
+use crate::wire::{Kind, SystemCode};
 
 impl Shared {
     /// Ends a call this side gave up on: removes it, tells the peer, and fails
@@ -192,6 +192,16 @@ impl Inbound {
             scope: None,
             done: false,
         }
+    }
+
+    /// The operation this stream belongs to.
+    pub fn op(&self) -> &str {
+        &self.name.op
+    }
+
+    /// The peer at the other end, as named in errors.
+    pub fn peer(&self) -> &str {
+        &self.name.peer
     }
 
     /// Receives the next message; `None` once the stream has ended.
@@ -393,7 +403,7 @@ impl Outbound {
             return Err(CallError::MessageTooLarge {
                 op: self.name.op.clone(),
                 peer: self.name.peer.clone(),
-                size: msg.len() + HEADER_LEN,
+                size: msg.len(),
                 limit,
             });
         }
@@ -429,6 +439,16 @@ impl Outbound {
             .map_err(|_| self.shared.ended(&self.name, &self.credit))
     }
 
+    /// The operation this stream belongs to.
+    pub fn op(&self) -> &str {
+        &self.name.op
+    }
+
+    /// The peer at the other end, as named in errors.
+    pub fn peer(&self) -> &str {
+        &self.name.peer
+    }
+
     /// Best-effort send: sends `msg` if the receiver has credit and the
     /// connection has room right now, otherwise drops it — counting it in
     /// [`dropped`](Self::dropped) — and returns [`TrySendError::Full`]. Never waits.
@@ -438,7 +458,7 @@ impl Outbound {
             return Err(TrySendError::Closed(CallError::MessageTooLarge {
                 op: self.name.op.clone(),
                 peer: self.name.peer.clone(),
-                size: msg.len() + HEADER_LEN,
+                size: msg.len(),
                 limit,
             }));
         }
@@ -534,6 +554,16 @@ impl Reply {
             timeout,
             scope: None,
         }
+    }
+
+    /// The operation this reply belongs to.
+    pub fn op(&self) -> &str {
+        &self.name.op
+    }
+
+    /// The peer at the other end, as named in errors.
+    pub fn peer(&self) -> &str {
+        &self.name.peer
     }
 
     /// Ties the reply to a session: closing the session cancels the call.
