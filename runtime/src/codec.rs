@@ -65,11 +65,17 @@ pub enum CodecError {
 
 impl CodecError {
     fn encode(format: &'static str, error: impl std::fmt::Display) -> Self {
-        CodecError::Encode { format, message: error.to_string() }
+        CodecError::Encode {
+            format,
+            message: error.to_string(),
+        }
     }
 
     fn decode(format: &'static str, error: impl std::fmt::Display) -> Self {
-        CodecError::Decode { format, message: error.to_string() }
+        CodecError::Decode {
+            format,
+            message: error.to_string(),
+        }
     }
 }
 

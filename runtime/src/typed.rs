@@ -47,8 +47,18 @@ pub struct Streaming<T> {
 
 impl<T> Streaming<T> {
     /// Decodes `inbound` with codec `C`; `op` and `peer` name the call in errors.
-    pub fn new<C: Codec<T>>(inbound: Inbound, op: impl Into<Arc<str>>, peer: impl Into<Arc<str>>) -> Self {
-        Streaming { inbound, decode: C::decode, op: op.into(), peer: peer.into(), done: false }
+    pub fn new<C: Codec<T>>(
+        inbound: Inbound,
+        op: impl Into<Arc<str>>,
+        peer: impl Into<Arc<str>>,
+    ) -> Self {
+        Streaming {
+            inbound,
+            decode: C::decode,
+            op: op.into(),
+            peer: peer.into(),
+            done: false,
+        }
     }
 
     /// Receives the next item; `None` once the stream has ended.
@@ -82,7 +92,11 @@ impl<T> Streaming<T> {
                 Ok(item) => Some(Ok(item)),
                 Err(e) => {
                     self.done = true;
-                    Some(Err(CallError::decode(self.op.clone(), self.peer.clone(), e)))
+                    Some(Err(CallError::decode(
+                        self.op.clone(),
+                        self.peer.clone(),
+                        e,
+                    )))
                 }
             },
         })
@@ -99,7 +113,10 @@ impl<T> Stream for Streaming<T> {
 
 impl<T> std::fmt::Debug for Streaming<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Streaming").field("op", &self.op).field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("Streaming")
+            .field("op", &self.op)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -116,13 +133,23 @@ pub struct StreamSender<T> {
 
 impl<T> StreamSender<T> {
     /// Encodes into `outbound` with codec `C`; `op` and `peer` name the call in errors.
-    pub fn new<C: Codec<T>>(outbound: Outbound, op: impl Into<Arc<str>>, peer: impl Into<Arc<str>>) -> Self {
-        StreamSender { outbound, encode: C::encode, op: op.into(), peer: peer.into() }
+    pub fn new<C: Codec<T>>(
+        outbound: Outbound,
+        op: impl Into<Arc<str>>,
+        peer: impl Into<Arc<str>>,
+    ) -> Self {
+        StreamSender {
+            outbound,
+            encode: C::encode,
+            op: op.into(),
+            peer: peer.into(),
+        }
     }
 
     /// Sends one item, waiting while the receiver is behind.
     pub async fn send(&mut self, item: T) -> Result<(), CallError> {
-        let bytes = (self.encode)(&item).map_err(|e| CallError::decode(self.op.clone(), self.peer.clone(), e))?;
+        let bytes = (self.encode)(&item)
+            .map_err(|e| CallError::decode(self.op.clone(), self.peer.clone(), e))?;
         self.outbound.send(bytes).await
     }
 
@@ -139,7 +166,10 @@ impl<T> StreamSender<T> {
 
 impl<T> std::fmt::Debug for StreamSender<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamSender").field("op", &self.op).field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("StreamSender")
+            .field("op", &self.op)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -155,8 +185,17 @@ pub struct ReplyFuture<T> {
 
 impl<T> ReplyFuture<T> {
     /// Decodes `reply` with codec `C`; `op` and `peer` name the call in errors.
-    pub fn new<C: Codec<T>>(reply: Reply, op: impl Into<Arc<str>>, peer: impl Into<Arc<str>>) -> Self {
-        ReplyFuture { reply, decode: C::decode, op: op.into(), peer: peer.into() }
+    pub fn new<C: Codec<T>>(
+        reply: Reply,
+        op: impl Into<Arc<str>>,
+        peer: impl Into<Arc<str>>,
+    ) -> Self {
+        ReplyFuture {
+            reply,
+            decode: C::decode,
+            op: op.into(),
+            peer: peer.into(),
+        }
     }
 }
 
@@ -169,7 +208,8 @@ impl<T> Future for ReplyFuture<T> {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Ready(Ok(bytes)) => Poll::Ready(
-                (this.decode)(bytes).map_err(|e| CallError::decode(this.op.clone(), this.peer.clone(), e)),
+                (this.decode)(bytes)
+                    .map_err(|e| CallError::decode(this.op.clone(), this.peer.clone(), e)),
             ),
         }
     }
@@ -177,7 +217,10 @@ impl<T> Future for ReplyFuture<T> {
 
 impl<T> std::fmt::Debug for ReplyFuture<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplyFuture").field("op", &self.op).field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("ReplyFuture")
+            .field("op", &self.op)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -186,7 +229,10 @@ impl<T> std::fmt::Debug for ReplyFuture<T> {
 /// Used by generated handlers for server and bidi streams. Stops early, with
 /// a rejection the runtime relays if the caller is still there, when an item
 /// cannot be encoded or the caller stopped listening.
-pub async fn forward<C: Codec<T>, T>(mut replies: BoxStream<T>, mut outbound: Outbound) -> Result<(), Reject> {
+pub async fn forward<C: Codec<T>, T>(
+    mut replies: BoxStream<T>,
+    mut outbound: Outbound,
+) -> Result<(), Reject> {
     while let Some(item) = replies.next().await {
         send_encoded::<C, T>(&mut outbound, &item).await?;
     }
@@ -206,7 +252,8 @@ pub async fn forward_fallible<C: Codec<T>, T>(
 }
 
 async fn send_encoded<C: Codec<T>, T>(outbound: &mut Outbound, item: &T) -> Result<(), Reject> {
-    let bytes = C::encode(item).map_err(|e| Reject::new(SystemCode::HandlerFailed as u32, e.to_string()))?;
+    let bytes = C::encode(item)
+        .map_err(|e| Reject::new(SystemCode::HandlerFailed as u32, e.to_string()))?;
     outbound
         .send(bytes)
         .await
@@ -216,5 +263,9 @@ async fn send_encoded<C: Codec<T>, T>(outbound: &mut Outbound, item: &T) -> Resu
 /// Reports a one-way request that could not be decoded. One-way calls have
 /// no reply to carry the error, so it is logged (at `warn`) and dropped.
 pub fn undecodable_oneway(op: &str, reject: &Reject) {
-    tracing::warn!(op, reason = reject.message(), "dropped an undecodable one-way request");
+    tracing::warn!(
+        op,
+        reason = reject.message(),
+        "dropped an undecodable one-way request"
+    );
 }

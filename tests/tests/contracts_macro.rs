@@ -376,3 +376,57 @@ fn fingerprint_is_stable_and_changes_with_the_contract() {
     assert_ne!(fp, 0);
     assert_ne!(fp, changed::ChatClient::DESCRIPTOR.fingerprint);
 }
+
+/// A service choosing its codec.
+#[plexus::service(package = "calc", codec = plexus::codec::Json)]
+pub trait Calc {
+    /// Halves a number; odd numbers are rejected.
+    async fn half(&self, n: i64) -> Result<i64, Reject>;
+}
+
+struct Halver;
+
+impl Calc for Halver {
+    async fn half(&self, n: i64) -> Result<i64, Reject> {
+        if n % 2 == 0 {
+            Ok(n / 2)
+        } else {
+            Err(Reject::new(1, "odd"))
+        }
+    }
+}
+
+#[tokio::test]
+async fn codec_is_chosen_per_service_and_several_services_share_a_connection() {
+    let server = bounded(
+        "start",
+        Server::bind("tcp://127.0.0.1:0")
+            .serve(
+                Router::new()
+                    .add(ChatHandler::new(Room::default()))
+                    .add(CalcHandler::new(Halver)),
+            )
+            .start(),
+    )
+    .await
+    .expect("server starts");
+    let calc = bounded("connect", CalcClient::connect(server.local_url()))
+        .await
+        .expect("connects");
+    assert_eq!(CalcClient::DESCRIPTOR.codec, "json");
+    assert_eq!(bounded("half", calc.half(42)).await.expect("halved"), 21);
+    // JSON on the wire: a hand-written request works.
+    let raw = bounded(
+        "raw",
+        calc.connection().call(
+            "calc.Calc/half",
+            Bytes::from_static(b"10"),
+            CallOptions::new(),
+        ),
+    )
+    .await
+    .expect("raw JSON call");
+    assert_eq!(&raw[..], b"5");
+    let chat = ChatClient::new(calc.connection().clone());
+    assert_eq!(bounded("add", chat.add(2, 3)).await.expect("added"), 5);
+}

@@ -1,0 +1,580 @@
+//! The one emitter: a [`ServiceDef`] in, the Rust code of its contract out.
+//!
+//! For a service `Chat` it generates
+//! - the server trait `Chat` users implement (one `fn` per operation,
+//!   returning a `Send` future so handlers can run on any worker),
+//! - the typed client `ChatClient`,
+//! - the handler adapter `ChatHandler<T>`, which turns an implementation
+//!   into a `plexus::Router`,
+//! - the `DESCRIPTOR` both of them expose.
+//!
+//! Generated code names the runtime only as `::plexus::...` and uses only its
+//! public API. Local variables are created with `Span::mixed_site()` so they
+//! can never shadow, or be shadowed by, the user's parameter names.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
+
+use crate::fingerprint::fingerprint;
+use crate::model::{CallKind, MethodDef, SchemaSource, ServiceDef};
+
+/// Generates the server trait, client, handler adapter and descriptor of `service`.
+pub fn emit_service(service: &ServiceDef) -> TokenStream {
+    let names = Names::new(service);
+    let server_trait = emit_trait(service, &names);
+    let client = emit_client(service, &names);
+    let handler = emit_handler(service, &names);
+    quote! {
+        #server_trait
+        #client
+        #handler
+    }
+}
+
+/// Identifiers of the generated items and the hygienic locals they share.
+struct Names {
+    service: syn::Ident,
+    client: syn::Ident,
+    handler: syn::Ident,
+}
+
+impl Names {
+    fn new(service: &ServiceDef) -> Self {
+        Names {
+            service: syn::Ident::new(&service.name, service.span),
+            client: format_ident!("{}Client", service.name, span = service.span),
+            handler: format_ident!("{}Handler", service.name, span = service.span),
+        }
+    }
+}
+
+/// A local variable name that user code cannot see or shadow.
+fn local(name: &str) -> syn::Ident {
+    syn::Ident::new(name, Span::mixed_site())
+}
+
+/// `#[doc]` attributes, one per line, each led by the space `///` would give.
+fn doc_attrs(lines: &[String]) -> TokenStream {
+    let lines = lines.iter().map(|line| {
+        if line.is_empty() {
+            String::new()
+        } else {
+            format!(" {line}")
+        }
+    });
+    quote! { #(#[doc = #lines])* }
+}
+
+/// The request parameter type as it appears in the server trait.
+fn trait_param_type(method: &MethodDef, ty: &syn::Type) -> TokenStream {
+    if method.kind.streams_requests() {
+        quote_spanned!(ty_span(ty)=> ::plexus::Streaming<#ty>)
+    } else {
+        ty.to_token_stream()
+    }
+}
+
+fn ty_span(ty: &syn::Type) -> Span {
+    ty.to_token_stream()
+        .into_iter()
+        .next()
+        .map_or_else(Span::call_site, |t| t.span())
+}
+
+/// The `Output` of the server trait method's future.
+fn trait_output(method: &MethodDef) -> TokenStream {
+    let reply = &method.reply;
+    match method.kind {
+        CallKind::OneWay => quote!(()),
+        CallKind::Unary | CallKind::ClientStream => {
+            quote!(::core::result::Result<#reply, ::plexus::Reject>)
+        }
+        CallKind::ServerStream | CallKind::Bidi => {
+            let item = if method.fallible_items {
+                quote!(::core::result::Result<#reply, ::plexus::Reject>)
+            } else {
+                reply.to_token_stream()
+            };
+            quote!(::core::result::Result<::plexus::BoxStream<#item>, ::plexus::Reject>)
+        }
+    }
+}
+
+fn emit_trait(service: &ServiceDef, names: &Names) -> TokenStream {
+    let vis = &service.vis;
+    let attrs = &service.attrs;
+    let ident = &names.service;
+    let client = &names.client;
+    let handler = &names.handler;
+    let docs = doc_attrs(&service.docs);
+    let see_also =
+        format!(" Serve an implementation with [`{handler}`]; call it remotely with [`{client}`].");
+    let methods = service.methods.iter().map(|method| {
+        let name = &method.name;
+        let docs = doc_attrs(&method.docs);
+        let attrs = &method.attrs;
+        let (context, params, output) = match &method.declared {
+            Some(declared) => {
+                let context = declared
+                    .context
+                    .as_ref()
+                    .map(|(ident, ty)| quote!(#ident: #ty,));
+                let params: Vec<TokenStream> = method
+                    .params
+                    .iter()
+                    .zip(&declared.params)
+                    .map(|(p, ty)| {
+                        let pname = &p.name;
+                        quote!(#pname: #ty)
+                    })
+                    .collect();
+                let output = match &declared.output {
+                    Some(ty) => ty.to_token_stream(),
+                    None => quote!(()),
+                };
+                (context, params, output)
+            }
+            None => {
+                let context = method
+                    .takes_context
+                    .then(|| quote!(ctx: ::plexus::CallContext,));
+                let params: Vec<TokenStream> = method
+                    .params
+                    .iter()
+                    .map(|p| {
+                        let pname = &p.name;
+                        let ty = trait_param_type(method, &p.ty);
+                        quote!(#pname: #ty)
+                    })
+                    .collect();
+                (context, params, trait_output(method))
+            }
+        };
+        quote! {
+            #docs
+            #(#attrs)*
+            fn #name(&self, #context #(#params),*)
+                -> impl ::core::future::Future<Output = #output> + ::core::marker::Send;
+        }
+    });
+    quote! {
+        #docs
+        #[doc = ""]
+        #[doc = #see_also]
+        #(#attrs)*
+        #vis trait #ident {
+            #(#methods)*
+        }
+    }
+}
+
+/// The `&'static ServiceDescriptor` expression of `service`.
+fn emit_descriptor(service: &ServiceDef) -> TokenStream {
+    let package = &service.package;
+    let name = &service.name;
+    let full_name = service.full_name();
+    let version = service.version;
+    let docs = service.docs.join("\n");
+    let roles = &service.roles;
+    let codec = &service.codec;
+    let fingerprint = fingerprint(service);
+    let file_descriptor_set = match &service.source {
+        SchemaSource::RustTrait => quote!(::core::option::Option::None),
+        SchemaSource::Proto { descriptor_set } => {
+            quote!(::core::option::Option::Some(#descriptor_set))
+        }
+    };
+    let methods = service.methods.iter().map(|method| {
+        let name = &method.schema_name;
+        let op = service.op_id(method);
+        let kind = method.kind.runtime_path();
+        let role = match &method.role {
+            Some(role) => quote!(::core::option::Option::Some(#role)),
+            None => quote!(::core::option::Option::None),
+        };
+        let idempotent = method.idempotent;
+        let request = crate::fingerprint::squeeze(&method.request_schema);
+        let reply = crate::fingerprint::squeeze(&method.reply_schema);
+        let docs = method.docs.join("\n");
+        quote! {
+            ::plexus::MethodDescriptor {
+                name: #name,
+                op: #op,
+                kind: #kind,
+                role: #role,
+                idempotent: #idempotent,
+                request: #request,
+                reply: #reply,
+                docs: #docs,
+            }
+        }
+    });
+    quote! {
+        &::plexus::ServiceDescriptor {
+            package: #package,
+            name: #name,
+            full_name: #full_name,
+            version: #version,
+            docs: #docs,
+            roles: &[#(#roles),*],
+            methods: &[#(#methods),*],
+            codec: <#codec as ::plexus::codec::Format>::NAME,
+            fingerprint: #fingerprint,
+            file_descriptor_set: #file_descriptor_set,
+        }
+    }
+}
+
+fn emit_client(service: &ServiceDef, names: &Names) -> TokenStream {
+    let vis = &service.vis;
+    let client = &names.client;
+    let descriptor = emit_descriptor(service);
+    let docs = doc_attrs(&service.docs);
+    let summary = format!(
+        " Typed client of the `{}` service: one async method per operation.",
+        service.full_name()
+    );
+    let methods = service
+        .methods
+        .iter()
+        .map(|method| emit_client_method(service, method));
+    quote! {
+        #[doc = #summary]
+        #[doc = ""]
+        #docs
+        #[derive(Clone, Debug)]
+        #vis struct #client {
+            connection: ::plexus::Connection,
+            options: ::plexus::CallOptions,
+        }
+
+        // Generated code offers every operation; a program that uses only
+        // some of them should not be warned about the rest.
+        #[allow(dead_code)]
+        impl #client {
+            /// The contract this client speaks.
+            pub const DESCRIPTOR: &'static ::plexus::ServiceDescriptor = #descriptor;
+
+            /// A client calling over an established connection.
+            pub fn new(connection: ::plexus::Connection) -> Self {
+                Self { connection, options: ::plexus::CallOptions::new() }
+            }
+
+            /// Connects to `url` (e.g. `tcp://127.0.0.1:4000`) and returns a client over the new connection.
+            pub async fn connect(url: impl ::plexus::ToUrl) -> ::core::result::Result<Self, ::plexus::ConnectError> {
+                ::plexus::Endpoint::builder().build().connect(url).await.map(Self::new)
+            }
+
+            /// The same client with `options` (deadline, metadata) applied to every call it makes.
+            #[must_use]
+            pub fn with_options(mut self, options: ::plexus::CallOptions) -> Self {
+                self.options = options;
+                self
+            }
+
+            /// The connection the calls travel over.
+            pub fn connection(&self) -> &::plexus::Connection {
+                &self.connection
+            }
+
+            #(#methods)*
+        }
+
+        impl ::plexus::Contract for #client {
+            const DESCRIPTOR: &'static ::plexus::ServiceDescriptor = #client::DESCRIPTOR;
+        }
+    }
+}
+
+fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
+    let name = &method.name;
+    let op = service.op_id(method);
+    let codec = &service.codec;
+    let attrs = &method.attrs;
+    let mut docs = method.docs.clone();
+    if !docs.is_empty() {
+        docs.push(String::new());
+    }
+    docs.push(format!("Calls `{op}` ({}).", method.kind.as_str()));
+    let docs = doc_attrs(&docs);
+    let reply = &method.reply;
+    let request_ty = method.request_type();
+    let body = local("body");
+    let request = local("request");
+    let peer = quote!(self.connection.peer().label());
+
+    let params: Vec<TokenStream> = if method.kind.streams_requests() {
+        Vec::new()
+    } else {
+        method
+            .params
+            .iter()
+            .map(|p| {
+                let (pname, ty) = (&p.name, &p.ty);
+                quote!(#pname: #ty)
+            })
+            .collect()
+    };
+    // A single argument is encoded as it is; several travel as a tuple.
+    let (pack, packed) = {
+        let names: Vec<&syn::Ident> = method.params.iter().map(|p| &p.name).collect();
+        match names.as_slice() {
+            [] => (quote!(), quote!(&())),
+            [one] => (quote!(), quote!(&#one)),
+            many => (quote!(let #request = (#(#many,)*);), quote!(&#request)),
+        }
+    };
+    let encode = quote! {
+        #pack
+        let #body = ::plexus::codec::encode_request::<#codec, #request_ty>(#op, #peer, #packed)?;
+    };
+    let options = quote!(::core::clone::Clone::clone(&self.options));
+
+    let (output, call) = match method.kind {
+        CallKind::Unary => (
+            quote!(#reply),
+            quote! {
+                #encode
+                let #body = self.connection.call(#op, #body, #options).await?;
+                ::plexus::codec::decode_reply::<#codec, #reply>(#op, #peer, #body)
+            },
+        ),
+        CallKind::OneWay => (
+            quote!(()),
+            quote! {
+                #encode
+                self.connection.oneway(#op, #body, #options).await
+            },
+        ),
+        CallKind::ServerStream => (
+            quote!(::plexus::Streaming<#reply>),
+            quote! {
+                #encode
+                let inbound = self.connection.server_stream(#op, #body, #options).await?;
+                ::core::result::Result::Ok(::plexus::Streaming::new::<#codec>(inbound, #op, ::core::clone::Clone::clone(#peer)))
+            },
+        ),
+        CallKind::ClientStream => (
+            quote!((::plexus::StreamSender<#request_ty>, ::plexus::ReplyFuture<#reply>)),
+            quote! {
+                let (outbound, reply) = self.connection.client_stream(#op, #options).await?;
+                ::core::result::Result::Ok((
+                    ::plexus::StreamSender::new::<#codec>(outbound, #op, ::core::clone::Clone::clone(#peer)),
+                    ::plexus::ReplyFuture::new::<#codec>(reply, #op, ::core::clone::Clone::clone(#peer)),
+                ))
+            },
+        ),
+        CallKind::Bidi => (
+            quote!((::plexus::StreamSender<#request_ty>, ::plexus::Streaming<#reply>)),
+            quote! {
+                let (outbound, inbound) = self.connection.bidi(#op, #options).await?;
+                ::core::result::Result::Ok((
+                    ::plexus::StreamSender::new::<#codec>(outbound, #op, ::core::clone::Clone::clone(#peer)),
+                    ::plexus::Streaming::new::<#codec>(inbound, #op, ::core::clone::Clone::clone(#peer)),
+                ))
+            },
+        ),
+    };
+    quote! {
+        #docs
+        #(#attrs)*
+        pub async fn #name(&self, #(#params),*) -> ::core::result::Result<#output, ::plexus::CallError> {
+            #call
+        }
+    }
+}
+
+fn emit_handler(service: &ServiceDef, names: &Names) -> TokenStream {
+    let vis = &service.vis;
+    let ident = &names.service;
+    let client = &names.client;
+    let handler = &names.handler;
+    let summary = format!(
+        " Serves an implementation of [`{ident}`] as the `{}` service: decodes each request, calls the trait method, encodes the reply.",
+        service.full_name()
+    );
+    let router = local("router");
+    let routes = service
+        .methods
+        .iter()
+        .map(|method| emit_route(service, method, &names.service, &router));
+    quote! {
+        #[doc = #summary]
+        #[doc = ""]
+        #[doc = " Pass it to `Server::serve`, or merge several services with `Router::add`."]
+        #vis struct #handler<T> {
+            service: ::std::sync::Arc<T>,
+        }
+
+        #[allow(dead_code)]
+        impl<T> #handler<T> {
+            /// The contract this handler serves.
+            pub const DESCRIPTOR: &'static ::plexus::ServiceDescriptor = #client::DESCRIPTOR;
+
+            /// Serves `service`.
+            pub fn new(service: T) -> Self {
+                Self::from_arc(::std::sync::Arc::new(service))
+            }
+
+            /// Serves a shared `service` (e.g. one also used by other handlers).
+            pub fn from_arc(service: ::std::sync::Arc<T>) -> Self {
+                Self { service }
+            }
+        }
+
+        impl<T> ::core::clone::Clone for #handler<T> {
+            fn clone(&self) -> Self {
+                Self { service: ::std::sync::Arc::clone(&self.service) }
+            }
+        }
+
+        impl<T> ::core::fmt::Debug for #handler<T> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#handler)).finish_non_exhaustive()
+            }
+        }
+
+        impl<T> ::plexus::Contract for #handler<T> {
+            const DESCRIPTOR: &'static ::plexus::ServiceDescriptor = #client::DESCRIPTOR;
+        }
+
+        impl<T> ::plexus::IntoRouter for #handler<T>
+        where
+            T: #ident + ::core::marker::Send + ::core::marker::Sync + 'static,
+        {
+            fn into_router(self) -> ::plexus::Router {
+                let #router = ::plexus::Router::new();
+                #(#routes)*
+                #router
+            }
+        }
+    }
+}
+
+/// One `router.<kind>(op, handler)` registration.
+fn emit_route(
+    service: &ServiceDef,
+    method: &MethodDef,
+    trait_ident: &syn::Ident,
+    router: &syn::Ident,
+) -> TokenStream {
+    let name = &method.name;
+    let op = service.op_id(method);
+    let codec = &service.codec;
+    let reply = &method.reply;
+    let request_ty = method.request_type();
+    let shared = local("shared");
+    let svc = local("svc");
+    let ctx = local("ctx");
+    let body = local("body");
+    let inbound = local("inbound");
+    let outbound = local("outbound");
+    let request = local("request");
+    let result = local("result");
+
+    // The arguments the trait method receives, in order.
+    let context_arg = method.takes_context.then(|| quote!(#ctx,));
+    let unpack_names: Vec<syn::Ident> = (0..method.params.len())
+        .map(|i| local(&format!("arg{i}")))
+        .collect();
+    let unpack = match unpack_names.as_slice() {
+        [] => quote!(),
+        [one] => quote!(let #one = #request;),
+        many => quote!(let (#(#many,)*) = #request;),
+    };
+    let decode = match unpack_names.as_slice() {
+        // No arguments: the (empty) request is still decoded, to refuse garbage.
+        [] => quote! {
+            ::plexus::codec::decode_request::<#codec, #request_ty>(#body)?;
+        },
+        [one] => quote! {
+            let #one = ::plexus::codec::decode_request::<#codec, #request_ty>(#body)?;
+        },
+        _ => quote! {
+            let #request = ::plexus::codec::decode_request::<#codec, #request_ty>(#body)?;
+            #unpack
+        },
+    };
+    let invoke = quote!(<T as #trait_ident>::#name(&*#svc, #context_arg #(#unpack_names),*).await);
+    let ctx_param = if method.takes_context || method.kind.streams_requests() {
+        quote!(#ctx)
+    } else {
+        quote!(_)
+    };
+    let forward = if method.fallible_items {
+        quote!(::plexus::typed::forward_fallible::<#codec, #reply>)
+    } else {
+        quote!(::plexus::typed::forward::<#codec, #reply>)
+    };
+
+    let (register, params, body_code) = match method.kind {
+        CallKind::Unary => (
+            quote!(unary),
+            quote!(#ctx_param, #body),
+            quote! {
+                #decode
+                let #result = #invoke?;
+                ::plexus::codec::encode_reply::<#codec, #reply>(&#result)
+            },
+        ),
+        CallKind::OneWay => (
+            quote!(oneway),
+            quote!(#ctx_param, #body),
+            quote! {
+                match ::plexus::codec::decode_request::<#codec, #request_ty>(#body) {
+                    ::core::result::Result::Ok(#request) => {
+                        #unpack
+                        #invoke
+                    }
+                    ::core::result::Result::Err(reject) => ::plexus::typed::undecodable_oneway(#op, &reject),
+                }
+            },
+        ),
+        CallKind::ServerStream => (
+            quote!(server_stream),
+            quote!(#ctx_param, #body, #outbound),
+            quote! {
+                #decode
+                let #result = #invoke?;
+                #forward(#result, #outbound).await
+            },
+        ),
+        CallKind::ClientStream => (
+            quote!(client_stream),
+            quote!(#ctx_param, #inbound),
+            quote! {
+                let #request = ::plexus::Streaming::<#request_ty>::new::<#codec>(
+                    #inbound,
+                    #ctx.op(),
+                    ::core::clone::Clone::clone(#ctx.peer().label()),
+                );
+                #unpack
+                let #result = #invoke?;
+                ::plexus::codec::encode_reply::<#codec, #reply>(&#result)
+            },
+        ),
+        CallKind::Bidi => (
+            quote!(bidi),
+            quote!(#ctx_param, #inbound, #outbound),
+            quote! {
+                let #request = ::plexus::Streaming::<#request_ty>::new::<#codec>(
+                    #inbound,
+                    #ctx.op(),
+                    ::core::clone::Clone::clone(#ctx.peer().label()),
+                );
+                #unpack
+                let #result = #invoke?;
+                #forward(#result, #outbound).await
+            },
+        ),
+    };
+    quote! {
+        let #router = {
+            let #shared = ::std::sync::Arc::clone(&self.service);
+            #router.#register(#op, move |#params| {
+                let #svc = ::std::sync::Arc::clone(&#shared);
+                async move { #body_code }
+            })
+        };
+    }
+}

@@ -1,0 +1,27 @@
+//! Code generation for Plexus service contracts.
+//!
+//! One model, two front ends, one emitter:
+//! - [`model`]: [`ServiceDef`] / [`MethodDef`], what a contract is, independent of how it was written;
+//! - [`emit_service`]: the only code generator, turning a model into the server trait,
+//!   typed client, handler adapter and descriptor;
+//! - front ends: the `#[plexus::service]` macro (crate `plexus-macros`) and
+//!   [`compile_protos`] for `.proto` files in `build.rs` (feature `proto`, on by default).
+//!
+//! ```no_run
+//! // build.rs
+//! fn main() -> std::io::Result<()> {
+//!     plexus_codegen::compile_protos(&["schemas/chat.proto"], &["schemas"])
+//! }
+//! ```
+
+mod emit;
+mod fingerprint;
+pub mod model;
+#[cfg(feature = "proto")]
+mod proto;
+
+pub use emit::emit_service;
+pub use fingerprint::{canonical_text, fingerprint};
+pub use model::{CallKind, DeclaredSignature, MethodDef, Param, SchemaSource, ServiceDef};
+#[cfg(feature = "proto")]
+pub use proto::{compile_protos, Builder};

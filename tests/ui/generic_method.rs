@@ -1,0 +1,8 @@
+use plexus::Reject;
+
+#[plexus::service]
+pub trait Store {
+    async fn put<T: serde::Serialize>(&self, value: T) -> Result<(), Reject>;
+}
+
+fn main() {}

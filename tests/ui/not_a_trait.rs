@@ -1,0 +1,4 @@
+#[plexus::service]
+pub struct Chat;
+
+fn main() {}
