@@ -1,0 +1,256 @@
+//! The beacon datagram: an announcement in an envelope, optionally
+//! authenticated with a session key.
+//!
+//! Owns the envelope layout and the HMAC check. Pure functions over bytes —
+//! no sockets here — so every way a datagram can be wrong is a
+//! [`DatagramError`], and the check runs before the announcement is parsed.
+
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::announcement::{Announcement, DecodeError, EncodeError, MAX_ANNOUNCEMENT_LEN};
+
+/// First four bytes of every beacon datagram.
+pub const BEACON_MAGIC: [u8; 4] = *b"PLXB";
+
+/// Length of the HMAC-SHA256 tag that ends an authenticated datagram.
+pub const TAG_LEN: usize = 32;
+
+/// Magic plus the flags byte.
+const HEADER_LEN: usize = BEACON_MAGIC.len() + 1;
+
+/// The longest valid datagram; receivers treat anything longer as malformed.
+pub const MAX_DATAGRAM_LEN: usize = HEADER_LEN + MAX_ANNOUNCEMENT_LEN + TAG_LEN;
+
+const FLAG_TAGGED: u8 = 0b0000_0001;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// A secret shared by the nodes of one group: their announcements carry an
+/// HMAC-SHA256 tag under this key, and they ignore announcements without a
+/// valid one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey(Bytes);
+
+impl SessionKey {
+    /// A key from raw bytes (any length; 32 random bytes is a good choice).
+    pub fn new(key: impl AsRef<[u8]>) -> Self {
+        SessionKey(Bytes::copy_from_slice(key.as_ref()))
+    }
+
+    /// The key's length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for a zero-length key (which the beacon refuses).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        <HmacSha256 as Mac>::new_from_slice(&self.0)
+            .expect("HMAC-SHA256 accepts keys of any length")
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret.
+        write!(f, "SessionKey({} bytes)", self.0.len())
+    }
+}
+
+/// Why a datagram was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatagramError {
+    /// Too short to hold the envelope.
+    #[error("datagram of {0} bytes is too short for a beacon envelope")]
+    TooShort(usize),
+    /// Longer than any valid beacon datagram.
+    #[error("datagram of {len} bytes exceeds the beacon limit of {max}")]
+    TooLarge {
+        /// Datagram length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not a Plexus beacon (another program on the same group and port).
+    #[error("not a Plexus beacon: magic {0:02x?}")]
+    BadMagic([u8; 4]),
+    /// Envelope flag bits this version does not define.
+    #[error("beacon envelope has unknown flag bits {0:#04x}")]
+    UnknownFlags(u8),
+    /// The envelope is fine but the announcement inside is not.
+    #[error("malformed announcement: {0}")]
+    Announcement(#[from] DecodeError),
+    /// This node has a session key and the datagram carries no tag.
+    #[error("unauthenticated beacon: no tag, and this node requires its session key")]
+    MissingTag,
+    /// The tag does not match this node's session key.
+    #[error("beacon tag does not verify under this node's session key")]
+    BadTag,
+    /// The datagram is tagged but this node has no key to check it with.
+    #[error("beacon is tagged but this node has no session key to verify it")]
+    UnexpectedTag,
+}
+
+impl DatagramError {
+    /// True when the datagram was well-formed but failed authentication
+    /// (counted apart from malformed ones).
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(
+            self,
+            DatagramError::MissingTag | DatagramError::BadTag | DatagramError::UnexpectedTag
+        )
+    }
+}
+
+/// Wraps `announcement` in a beacon datagram, tagged when `key` is given.
+pub fn seal(announcement: &Announcement, key: Option<&SessionKey>) -> Result<Bytes, EncodeError> {
+    let tag_len = if key.is_some() { TAG_LEN } else { 0 };
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + announcement.encoded_len() + tag_len);
+    buf.put_slice(&BEACON_MAGIC);
+    buf.put_u8(if key.is_some() { FLAG_TAGGED } else { 0 });
+    announcement.encode_into(&mut buf)?;
+    if let Some(key) = key {
+        let mut mac = key.mac();
+        mac.update(&buf);
+        buf.put_slice(&mac.finalize().into_bytes());
+    }
+    Ok(buf.freeze())
+}
+
+/// Checks and opens a beacon datagram.
+///
+/// With a `key`, only datagrams tagged under that key are accepted; without
+/// one, only untagged datagrams are (a tagged datagram cannot be verified, so
+/// it is treated as belonging to another group). The tag is verified in
+/// constant time before the announcement is parsed.
+pub fn open(datagram: &[u8], key: Option<&SessionKey>) -> Result<Announcement, DatagramError> {
+    if datagram.len() > MAX_DATAGRAM_LEN {
+        return Err(DatagramError::TooLarge {
+            len: datagram.len(),
+            max: MAX_DATAGRAM_LEN,
+        });
+    }
+    if datagram.len() < HEADER_LEN {
+        return Err(DatagramError::TooShort(datagram.len()));
+    }
+    let mut magic = [0u8; 4];
+    magic.copy_from_slice(&datagram[..BEACON_MAGIC.len()]);
+    if magic != BEACON_MAGIC {
+        return Err(DatagramError::BadMagic(magic));
+    }
+    let flags = datagram[BEACON_MAGIC.len()];
+    if flags & !FLAG_TAGGED != 0 {
+        return Err(DatagramError::UnknownFlags(flags));
+    }
+    let tagged = flags & FLAG_TAGGED != 0;
+    let body = match (tagged, key) {
+        (false, Some(_)) => return Err(DatagramError::MissingTag),
+        (true, None) => return Err(DatagramError::UnexpectedTag),
+        (false, None) => &datagram[HEADER_LEN..],
+        (true, Some(key)) => {
+            if datagram.len() < HEADER_LEN + TAG_LEN {
+                return Err(DatagramError::TooShort(datagram.len()));
+            }
+            let (signed, tag) = datagram.split_at(datagram.len() - TAG_LEN);
+            let mut mac = key.mac();
+            mac.update(signed);
+            mac.verify_slice(tag).map_err(|_| DatagramError::BadTag)?;
+            &signed[HEADER_LEN..]
+        }
+    };
+    Ok(Announcement::decode(body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeId;
+    use proptest::prelude::*;
+
+    fn ann() -> Announcement {
+        Announcement::new(NodeId(9), "bob")
+            .session("s")
+            .endpoint("tcp://127.0.0.1:9")
+    }
+
+    #[test]
+    fn untagged_round_trip() {
+        let d = seal(&ann(), None).expect("seals");
+        assert_eq!(open(&d, None), Ok(ann()));
+    }
+
+    #[test]
+    fn tagged_round_trip_under_the_same_key() {
+        let key = SessionKey::new(b"secret");
+        let d = seal(&ann(), Some(&key)).expect("seals");
+        assert_eq!(open(&d, Some(&key)), Ok(ann()));
+    }
+
+    #[test]
+    fn keyed_receiver_refuses_untagged_wrong_key_and_flipped_bits() {
+        let key = SessionKey::new(b"secret");
+        let plain = seal(&ann(), None).expect("seals");
+        assert_eq!(open(&plain, Some(&key)), Err(DatagramError::MissingTag));
+        let other = seal(&ann(), Some(&SessionKey::new(b"other"))).expect("seals");
+        assert_eq!(open(&other, Some(&key)), Err(DatagramError::BadTag));
+        let mut flipped = seal(&ann(), Some(&key)).expect("seals").to_vec();
+        flipped[HEADER_LEN + 3] ^= 1;
+        assert_eq!(open(&flipped, Some(&key)), Err(DatagramError::BadTag));
+        assert!(DatagramError::BadTag.is_unauthenticated());
+    }
+
+    #[test]
+    fn unkeyed_receiver_refuses_tagged() {
+        let d = seal(&ann(), Some(&SessionKey::new(b"k"))).expect("seals");
+        assert_eq!(open(&d, None), Err(DatagramError::UnexpectedTag));
+    }
+
+    #[test]
+    fn foreign_and_short_datagrams_are_malformed() {
+        assert_eq!(open(b"", None), Err(DatagramError::TooShort(0)));
+        assert!(matches!(
+            open(b"HTTP/1.1 200 OK", None),
+            Err(DatagramError::BadMagic(_))
+        ));
+        assert_eq!(
+            open(b"PLXB\x80", None),
+            Err(DatagramError::UnknownFlags(0x80))
+        );
+        let huge = vec![0u8; MAX_DATAGRAM_LEN + 1];
+        assert!(matches!(
+            open(&huge, None),
+            Err(DatagramError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn key_debug_does_not_leak() {
+        assert_eq!(
+            format!("{:?}", SessionKey::new(b"hunter2")),
+            "SessionKey(7 bytes)"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_datagrams_never_panic(
+            tail in proptest::collection::vec(any::<u8>(), 0..200),
+            tagged in any::<bool>(),
+        ) {
+            let mut d = BEACON_MAGIC.to_vec();
+            d.push(u8::from(tagged));
+            d.extend_from_slice(&tail);
+            let key = SessionKey::new(b"k");
+            let _ = open(&d, None);
+            let _ = open(&d, Some(&key));
+        }
+    }
+}
