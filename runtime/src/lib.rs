@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 mod connection;
+pub mod discovery;
 mod endpoint;
 mod error;
 mod events;
@@ -43,13 +44,20 @@ pub use crate::connection::{
     Backoff, CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats, Inbound,
     NodeId, Outbound, PeerInfo, Reply, Session, SessionRequest, TrySendError, NO_SESSIONS,
 };
-pub use crate::events::{Event, Events};
 pub use crate::endpoint::{
     ConnectRequest, Endpoint, EndpointBuilder, Listening, Server, ServerBuilder, ToUrl,
 };
 pub use crate::error::{CallError, ConnectError, Reject};
+pub use crate::events::{Event, Events};
 pub use crate::router::{CallContext, IntoRouter, Router};
 pub use crate::transport::{TlsConfig, Url};
 
 // -- service-contract layer (descriptor, codecs, typed wrappers) --
+pub mod codec;
+mod descriptor;
+pub mod typed;
+
+pub use crate::descriptor::{CallKind, Contract, MethodDescriptor, ServiceDescriptor};
+pub use crate::typed::{BoxStream, ReplyFuture, StreamSender, Streaming};
+pub use plexus_macros::service;
 // -- end service-contract layer --
