@@ -386,6 +386,8 @@ pub struct Connection {
 enum Link {
     Direct(Arc<Shared>),
     Redial(Arc<Redial>),
+    /// Calls go through a session (see [`Session::as_connection`]).
+    Scoped(Session),
 }
 
 impl fmt::Debug for Connection {
@@ -393,6 +395,7 @@ impl fmt::Debug for Connection {
         let peer = match &self.link {
             Link::Direct(s) => s.peer.label.clone(),
             Link::Redial(r) => r.label.clone(),
+            Link::Scoped(s) => s.shared.peer.label.clone(),
         };
         f.debug_struct("Connection")
             .field("peer", &peer)
@@ -417,6 +420,7 @@ macro_rules! dispatch {
         match &$self.link {
             Link::Direct(s) => s.$method($($arg),*).await,
             Link::Redial(r) => r.$method($($arg),*).await,
+            Link::Scoped(s) => s.$method($($arg),*).await,
         }
     };
 }
@@ -434,11 +438,18 @@ impl Connection {
         }
     }
 
+    pub(crate) fn scoped(session: Session) -> Connection {
+        Connection {
+            link: Link::Scoped(session),
+        }
+    }
+
     /// The live link's state, if there is one.
     pub(crate) fn direct_shared(&self) -> Option<Arc<Shared>> {
         match &self.link {
             Link::Direct(s) => Some(s.clone()),
             Link::Redial(r) => r.current(),
+            Link::Scoped(s) => Some(s.shared.clone()),
         }
     }
 
@@ -503,6 +514,7 @@ impl Connection {
     pub fn peer(&self) -> PeerInfo {
         match &self.link {
             Link::Direct(s) => s.peer.clone(),
+            Link::Scoped(s) => s.shared.peer.clone(),
             Link::Redial(r) => match r.current() {
                 Some(s) => s.peer.clone(),
                 None => PeerInfo::new(NodeId(0), r.url.to_string(), Bytes::new()),
@@ -515,6 +527,7 @@ impl Connection {
         match &self.link {
             Link::Direct(s) => s.local,
             Link::Redial(r) => r.local,
+            Link::Scoped(s) => s.shared.local,
         }
     }
 
@@ -524,6 +537,7 @@ impl Connection {
         match &self.link {
             Link::Direct(s) => s.closed.is_cancelled(),
             Link::Redial(r) => matches!(&*r.state.borrow(), redial::LinkState::Stopped(_)),
+            Link::Scoped(s) => s.is_closed(),
         }
     }
 
@@ -534,6 +548,7 @@ impl Connection {
             Link::Direct(_) => None,
             Link::Redial(_) if self.is_closed() => Some(CloseReason::Local),
             Link::Redial(_) => None,
+            Link::Scoped(s) => s.is_closed().then_some(CloseReason::Local),
         }
     }
 
@@ -541,6 +556,10 @@ impl Connection {
     /// connection ends only when it is closed or gives up redialing.
     pub async fn closed(&self) -> CloseReason {
         match &self.link {
+            Link::Scoped(s) => {
+                s.closed().await;
+                CloseReason::Local
+            }
             Link::Direct(s) => {
                 s.closed.cancelled().await;
                 s.reason.get().cloned().unwrap_or(CloseReason::PeerGone)
@@ -580,6 +599,7 @@ impl Connection {
     pub async fn close(&self) {
         match &self.link {
             Link::Direct(s) => s.close().await,
+            Link::Scoped(s) => s.close("closed by this side").await,
             Link::Redial(r) => {
                 r.stop.cancel();
                 if let Some(s) = r.current() {
@@ -594,6 +614,7 @@ impl Connection {
     pub fn abort(&self) {
         match &self.link {
             Link::Direct(s) => s.shut(CloseReason::Aborted),
+            Link::Scoped(s) => s.abort(),
             Link::Redial(r) => {
                 r.stop.cancel();
                 if let Some(s) = r.current() {
@@ -671,6 +692,7 @@ impl Connection {
     ) -> Result<Session, crate::CallError> {
         let shared = match &self.link {
             Link::Direct(s) => s.clone(),
+            Link::Scoped(s) => s.shared.clone(),
             Link::Redial(r) => {
                 r.link(
                     session::OPEN_OP,

@@ -151,7 +151,7 @@ impl Shared {
     }
 
     /// Ends a session on this side: cancels its calls and reports it.
-    fn end_session(&self, id: u32, reason: &str) -> Option<Arc<SessionState>> {
+    pub(crate) fn end_session(&self, id: u32, reason: &str) -> Option<Arc<SessionState>> {
         let state = self.sessions().remove(&id)?;
         let _ = state.reason.set(reason.to_owned());
         state.token.cancel();
@@ -315,6 +315,31 @@ impl Session {
     /// Resolves when the session closes.
     pub async fn closed(&self) {
         self.state.token.cancelled().await
+    }
+
+    /// A [`Connection`] whose calls all run inside this session — hand it to
+    /// a generated client (`ChatClient::new(session.as_connection())`) for
+    /// typed calls scoped to the session. Closing it closes the session.
+    pub fn as_connection(&self) -> Connection {
+        Connection::scoped(self.clone())
+    }
+
+    /// Ends the session on this side at once, cancelling its calls; the peer
+    /// is told in the background.
+    pub(crate) fn abort(&self) {
+        if self.shared.end_session(self.state.id, "aborted").is_some() {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _ = this
+                    .shared
+                    .oneway(
+                        CLOSE_OP,
+                        encode_close(this.state.id, "aborted"),
+                        CallOptions::new(),
+                    )
+                    .await;
+            });
+        }
     }
 
     /// Closes the session: its calls on both sides are cancelled and the peer is told.
