@@ -92,6 +92,7 @@ struct Inner {
     transport: TransportConfig,
     hello_data: Bytes,
     accept: Option<AcceptHook>,
+    max_connections: Option<usize>,
     events: tokio::sync::broadcast::Sender<Event>,
     conns: Mutex<HashMap<u64, Connection>>,
     next_conn: AtomicU64,
@@ -133,6 +134,7 @@ pub struct EndpointBuilder {
     hello_data: Bytes,
     accept: Option<AcceptHook>,
     sessions: Option<SessionHook>,
+    max_connections: Option<usize>,
 }
 
 impl fmt::Debug for EndpointBuilder {
@@ -199,6 +201,14 @@ impl EndpointBuilder {
         self
     }
 
+    /// Refuses incoming connections (with `RefusalCode::TooManyConnections`)
+    /// while `max` connections are open on this endpoint, counting both
+    /// directions.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = Some(max);
+        self
+    }
+
     /// Builds the endpoint. It listens nowhere until [`Endpoint::listen`].
     pub fn build(self) -> Endpoint {
         let (events, _) = tokio::sync::broadcast::channel(crate::events::CAPACITY);
@@ -211,6 +221,7 @@ impl EndpointBuilder {
                 transport: self.transport,
                 hello_data: self.hello_data,
                 accept: self.accept,
+                max_connections: self.max_connections,
                 conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(0),
                 shutdown: CancellationToken::new(),
@@ -250,6 +261,7 @@ impl Endpoint {
             hello_data: Bytes::new(),
             accept: None,
             sessions: None,
+            max_connections: None,
         }
     }
 
@@ -572,6 +584,16 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
             node: inner.node.to_string(),
         });
     }
+    let open = inner.conns.lock().unwrap_or_else(|e| e.into_inner()).len();
+    if inner.max_connections.is_some_and(|max| open >= max) {
+        let reason = format!("at its limit of {open} connections; try again later or elsewhere");
+        refuse(&mut wr, RefusalCode::TooManyConnections, reason.clone()).await;
+        return Err(ConnectError::Refused {
+            url: remote,
+            code: RefusalCode::TooManyConnections,
+            reason,
+        });
+    }
     if inner.shutdown.is_cancelled() {
         refuse(
             &mut wr,
@@ -735,6 +757,12 @@ impl ServerBuilder {
     /// A fixed node id.
     pub fn node_id(mut self, id: NodeId) -> Self {
         self.endpoint = self.endpoint.node_id(id);
+        self
+    }
+
+    /// Refuses connections beyond `max`; see [`EndpointBuilder::max_connections`].
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.endpoint = self.endpoint.max_connections(max);
         self
     }
 

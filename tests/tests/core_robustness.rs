@@ -477,3 +477,51 @@ async fn mutual_tls_without_a_client_certificate_is_refused() {
     .await;
     assert_eq!(reply.expect("echo"), Bytes::from("mtls"));
 }
+
+#[tokio::test]
+async fn connection_limit_refuses_the_one_too_many_with_a_clear_error() {
+    let server = Server::bind("tcp://127.0.0.1:0")
+        .serve(echo())
+        .max_connections(3)
+        .start()
+        .await
+        .expect("server");
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        kept.push(
+            bounded("connect", plexus::Connection::connect(server.local_url()))
+                .await
+                .expect("within the limit"),
+        );
+    }
+    bounded("server registers them", async {
+        while server.connections().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let err = bounded("connect", plexus::Connection::connect(server.local_url()))
+        .await
+        .expect_err("over the limit");
+    match &err {
+        ConnectError::Refused { code, reason, .. } => {
+            assert_eq!(*code, RefusalCode::TooManyConnections);
+            assert!(reason.contains("limit of 3"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    // Closing one makes room again.
+    kept.pop().expect("one").close().await;
+    bounded("room again", async {
+        loop {
+            if plexus::Connection::connect(server.local_url())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
