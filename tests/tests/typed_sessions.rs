@@ -31,7 +31,10 @@ struct RelayImpl;
 impl Relay for RelayImpl {
     async fn ask_back(&self, ctx: CallContext, text: String) -> Result<String, Reject> {
         let caller = EchoClient::new(ctx.connection().clone());
-        caller.echo(text).await.map_err(|e| Reject::new(502, e.to_string()))
+        caller
+            .echo(text)
+            .await
+            .map_err(|e| Reject::new(502, e.to_string()))
     }
 
     async fn sum(&self, mut numbers: Streaming<u64>) -> Result<u64, Reject> {
@@ -47,7 +50,10 @@ impl Relay for RelayImpl {
     }
 
     async fn session_name(&self, ctx: CallContext) -> Result<String, Reject> {
-        Ok(ctx.session().map(|s| s.name().to_owned()).unwrap_or_default())
+        Ok(ctx
+            .session()
+            .map(|s| s.name().to_owned())
+            .unwrap_or_default())
     }
 }
 
@@ -72,7 +78,9 @@ async fn setup() -> (Endpoint, plexus::Connection) {
         .build();
     let listening = server.listen("tcp://127.0.0.1:0").await.expect("listen");
     let client = Endpoint::builder().serve(EchoHandler::new(Upper)).build();
-    let conn = bounded("connect", client.connect(listening.local_url())).await.expect("connect");
+    let conn = bounded("connect", client.connect(listening.local_url()))
+        .await
+        .expect("connect");
     (server, conn)
 }
 
@@ -87,11 +95,16 @@ async fn handler_calls_the_caller_back_through_a_typed_client() {
 #[tokio::test]
 async fn typed_calls_scoped_to_a_session_stop_when_it_closes() {
     let (_server, conn) = setup().await;
-    let session = bounded("open", conn.open_session("room-1", "ok", Duration::from_secs(5)))
-        .await
-        .expect("accepted");
+    let session = bounded(
+        "open",
+        conn.open_session("room-1", "ok", Duration::from_secs(5)),
+    )
+    .await
+    .expect("accepted");
     let scoped = RelayClient::new(session.as_connection());
-    let name = bounded("call", scoped.session_name()).await.expect("inside");
+    let name = bounded("call", scoped.session_name())
+        .await
+        .expect("inside");
     assert_eq!(name, "room-1");
     let (mut numbers, total) = bounded("open sum", scoped.sum()).await.expect("open");
     for n in 1..=10u64 {
@@ -106,9 +119,14 @@ async fn typed_calls_scoped_to_a_session_stop_when_it_closes() {
     }
     assert_eq!(got, vec![0, 1, 2, 3, 4]);
     session.close("done").await;
-    let err = bounded("after close", scoped.session_name()).await.expect_err("closed");
+    let err = bounded("after close", scoped.session_name())
+        .await
+        .expect_err("closed");
     assert!(matches!(err, CallError::SessionClosed { .. }), "{err}");
     // Outside the session the same connection still works.
     let plain = RelayClient::new(conn);
-    assert_eq!(bounded("plain", plain.session_name()).await.expect("ok"), "");
+    assert_eq!(
+        bounded("plain", plain.session_name()).await.expect("ok"),
+        ""
+    );
 }

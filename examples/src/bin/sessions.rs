@@ -31,7 +31,8 @@ pub struct Receipt {
 #[plexus::service(package = "depot")]
 pub trait Depot {
     /// Stores a file sent as a stream of chunks; the first chunk is its name.
-    async fn upload(&self, ctx: CallContext, chunks: Streaming<Vec<u8>>) -> Result<Receipt, Reject>;
+    async fn upload(&self, ctx: CallContext, chunks: Streaming<Vec<u8>>)
+        -> Result<Receipt, Reject>;
     /// Sends a stored file back in chunks of at most `chunk` bytes.
     async fn download(&self, name: String, chunk: u32) -> Result<BoxStream<Vec<u8>>, Reject>;
 }
@@ -50,10 +51,15 @@ struct Store {
 }
 
 impl Depot for Arc<Store> {
-    async fn upload(&self, ctx: CallContext, mut chunks: Streaming<Vec<u8>>) -> Result<Receipt, Reject> {
+    async fn upload(
+        &self,
+        ctx: CallContext,
+        mut chunks: Streaming<Vec<u8>>,
+    ) -> Result<Receipt, Reject> {
         let bad = |e: CallError| Reject::new(400, e.to_string());
         let name = match chunks.recv().await {
-            Some(first) => String::from_utf8(first.map_err(bad)?).map_err(|_| Reject::new(400, "name is not UTF-8"))?,
+            Some(first) => String::from_utf8(first.map_err(bad)?)
+                .map_err(|_| Reject::new(400, "name is not UTF-8"))?,
             None => return Err(Reject::new(400, "an upload starts with the file's name")),
         };
         let (mut data, mut count) = (Vec::new(), 0u32);
@@ -61,12 +67,24 @@ impl Depot for Arc<Store> {
             data.extend_from_slice(&chunk.map_err(bad)?);
             count += 1;
         }
-        let receipt = Receipt { name: name.clone(), bytes: data.len() as u64, chunks: count };
-        self.files.lock().map_err(|_| Reject::new(500, "store poisoned"))?.insert(name.clone(), data);
+        let receipt = Receipt {
+            name: name.clone(),
+            bytes: data.len() as u64,
+            chunks: count,
+        };
+        self.files
+            .lock()
+            .map_err(|_| Reject::new(500, "store poisoned"))?
+            .insert(name.clone(), data);
         // Push a notice back to the caller, on the connection the call came in on.
         let caller = NoticesClient::new(ctx.connection().clone());
-        let session = ctx.session().map(|s| s.name().to_owned()).unwrap_or_default();
-        let _ = caller.notice(format!("stored {name} for session {session}")).await;
+        let session = ctx
+            .session()
+            .map(|s| s.name().to_owned())
+            .unwrap_or_default();
+        let _ = caller
+            .notice(format!("stored {name} for session {session}"))
+            .await;
         Ok(receipt)
     }
 
@@ -97,7 +115,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = Endpoint::builder()
         .serve(DepotHandler::new(Arc::new(Store::default())))
         .on_session(|req| async move {
-            println!("[server] session `{}` asked with {:?}", req.name(), String::from_utf8_lossy(req.data()));
+            println!(
+                "[server] session `{}` asked with {:?}",
+                req.name(),
+                String::from_utf8_lossy(req.data())
+            );
             if req.data().as_ref() == b"token:team-a" {
                 Ok(Bytes::from(format!("welcome, {}", req.name())))
             } else {
@@ -109,15 +131,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("[server] listening on {}", listening.local_url());
 
     // The client serves Notices so the server can push to it.
-    let client = Endpoint::builder().serve(NoticesHandler::new(Printer)).build();
+    let client = Endpoint::builder()
+        .serve(NoticesHandler::new(Printer))
+        .build();
     let conn = client.connect(listening.local_url()).await?;
 
-    match conn.open_session("team-b", "token:guess", Duration::from_secs(2)).await {
-        Err(CallError::Rejected(r)) => println!("[client] session team-b rejected: {} ({})", r.message(), r.code()),
+    match conn
+        .open_session("team-b", "token:guess", Duration::from_secs(2))
+        .await
+    {
+        Err(CallError::Rejected(r)) => println!(
+            "[client] session team-b rejected: {} ({})",
+            r.message(),
+            r.code()
+        ),
         other => println!("[client] unexpected: {other:?}"),
     }
-    let session = conn.open_session("team-a", "token:team-a", Duration::from_secs(2)).await?;
-    println!("[client] session team-a accepted: {}", String::from_utf8_lossy(&session.peer_data()));
+    let session = conn
+        .open_session("team-a", "token:team-a", Duration::from_secs(2))
+        .await?;
+    println!(
+        "[client] session team-a accepted: {}",
+        String::from_utf8_lossy(&session.peer_data())
+    );
 
     // Typed calls scoped to the session.
     let depot = DepotClient::new(session.as_connection());
@@ -129,18 +165,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     up.finish().await?;
     let receipt = receipt.await?;
-    println!("[client] uploaded {} bytes in {} chunks as {}", receipt.bytes, receipt.chunks, receipt.name);
+    println!(
+        "[client] uploaded {} bytes in {} chunks as {}",
+        receipt.bytes, receipt.chunks, receipt.name
+    );
 
     let mut down = depot.download("report.bin".to_owned(), 64 * 1024).await?;
     let mut back = Vec::new();
     while let Some(part) = down.next().await {
         back.extend_from_slice(&part?);
     }
-    println!("[client] downloaded {} bytes, identical: {}", back.len(), back == file);
+    println!(
+        "[client] downloaded {} bytes, identical: {}",
+        back.len(),
+        back == file
+    );
 
     // The server pushes to every connected client without being asked.
     for c in server.connections() {
-        NoticesClient::new(c).notice("the depot closes for maintenance".to_owned()).await?;
+        NoticesClient::new(c)
+            .notice("the depot closes for maintenance".to_owned())
+            .await?;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
 
