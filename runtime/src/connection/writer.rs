@@ -91,34 +91,25 @@ impl WriteQueue {
     ) -> Result<R, QueueClosed> {
         let mut encode = Some(encode);
         loop {
+            // Fast path: room now. Only a full queue pays for registering
+            // a waiter.
+            if let Some(r) = self.try_encode(&mut encode)? {
+                return Ok(r);
+            }
             let drained = self.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            {
-                let mut out = self.lock();
-                if out.closed {
-                    return Err(QueueClosed);
-                }
-                if out.buf.len() < self.high_water {
-                    let was_empty = out.buf.is_empty();
-                    let f = encode.take().ok_or(QueueClosed)?;
-                    let r = f(&mut out);
-                    drop(out);
-                    if was_empty {
-                        self.wake.notify_one();
-                    }
-                    return Ok(r);
-                }
+            // Re-check after registering, or a drain in between is missed.
+            if let Some(r) = self.try_encode(&mut encode)? {
+                return Ok(r);
             }
             drained.await;
         }
     }
 
-    /// Encodes a frame if the queue is below its high-water mark right now;
-    /// `Ok(None)` if it is not (nothing was encoded).
-    pub(crate) fn try_push_bounded<R>(
+    fn try_encode<R>(
         &self,
-        encode: impl FnOnce(&mut Outgoing) -> R,
+        encode: &mut Option<impl FnOnce(&mut Outgoing) -> R>,
     ) -> Result<Option<R>, QueueClosed> {
         let mut out = self.lock();
         if out.closed {
@@ -128,12 +119,22 @@ impl WriteQueue {
             return Ok(None);
         }
         let was_empty = out.buf.is_empty();
-        let r = encode(&mut out);
+        let f = encode.take().ok_or(QueueClosed)?;
+        let r = f(&mut out);
         drop(out);
         if was_empty {
             self.wake.notify_one();
         }
         Ok(Some(r))
+    }
+
+    /// Encodes a frame if the queue is below its high-water mark right now;
+    /// `Ok(None)` if it is not (nothing was encoded).
+    pub(crate) fn try_push_bounded<R>(
+        &self,
+        encode: impl FnOnce(&mut Outgoing) -> R,
+    ) -> Result<Option<R>, QueueClosed> {
+        self.try_encode(&mut Some(encode))
     }
 
     /// Marks the queue closed: what is queued is still written, nothing new is taken.
