@@ -283,6 +283,16 @@ fn emit_client(service: &ServiceDef, names: &Names) -> TokenStream {
         impl ::plexus::Contract for #client {
             const DESCRIPTOR: &'static ::plexus::ServiceDescriptor = #client::DESCRIPTOR;
         }
+
+        impl ::plexus::node::Client for #client {
+            fn from_connection(connection: ::plexus::Connection) -> Self {
+                Self::new(connection)
+            }
+
+            fn with_call_options(self, options: ::plexus::CallOptions) -> Self {
+                self.with_options(options)
+            }
+        }
     }
 }
 
@@ -443,7 +453,7 @@ fn emit_handler(service: &ServiceDef, names: &Names) -> TokenStream {
             T: #ident + ::core::marker::Send + ::core::marker::Sync + 'static,
         {
             fn into_router(self) -> ::plexus::Router {
-                let #router = ::plexus::Router::new();
+                let #router = ::plexus::Router::new().with_descriptor(#client::DESCRIPTOR);
                 #(#routes)*
                 #router
             }

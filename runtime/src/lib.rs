@@ -10,6 +10,7 @@
 //! | call | [`Connection::call`] and friends, [`CallOptions`], [`CallError`], [`Reject`] |
 //! | service | [`Router`], [`CallContext`], and the generated clients and handlers |
 //! | endpoint | [`Endpoint`], [`Server`]: identity, handshake, listeners |
+//! | node | [`node`]: [`Node`] — discovery, sessions, roles, [`PeerSet`]s, broadcast, [`Actor`] |
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,6 +35,7 @@ pub mod discovery;
 mod endpoint;
 mod error;
 mod events;
+pub mod node;
 mod router;
 pub mod transport;
 pub mod wire;
@@ -49,6 +51,7 @@ pub use crate::endpoint::{
 };
 pub use crate::error::{CallError, ConnectError, Reject};
 pub use crate::events::{Event, Events};
+pub use crate::node::{Actor, Node, NodeBuilder, NodeError, NodeEvent, PeerSet, Scope};
 pub use crate::router::{CallContext, IntoRouter, Router};
 pub use crate::transport::{TlsConfig, Url};
 

@@ -15,6 +15,7 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connection, Inbound, Outbound, PeerInfo, Session, Shared};
+use crate::descriptor::ServiceDescriptor;
 use crate::error::Reject;
 
 /// What a handler knows about the call it is serving.
@@ -148,13 +149,19 @@ impl Route {
 #[derive(Clone, Default)]
 pub struct Router {
     routes: Arc<HashMap<Box<str>, Route>>,
+    /// The contracts of the services merged in, so a node can announce them.
+    descriptors: Vec<&'static ServiceDescriptor>,
 }
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut ops: Vec<_> = self.routes.keys().collect();
         ops.sort();
-        f.debug_struct("Router").field("operations", &ops).finish()
+        let services: Vec<_> = self.descriptors.iter().map(|d| d.full_name).collect();
+        f.debug_struct("Router")
+            .field("operations", &ops)
+            .field("services", &services)
+            .finish()
     }
 }
 
@@ -195,6 +202,27 @@ impl Router {
         let mut ops: Vec<&str> = self.routes.keys().map(|k| &**k).collect();
         ops.sort_unstable();
         ops
+    }
+
+    /// Records that this router serves the contract `descriptor` (generated
+    /// handler adapters do this for their own service). A node announces the
+    /// recorded contracts to its peers; a router without any still serves its
+    /// operations to whoever calls them.
+    pub fn with_descriptor(mut self, descriptor: &'static ServiceDescriptor) -> Self {
+        if !self
+            .descriptors
+            .iter()
+            .any(|d| d.full_name == descriptor.full_name)
+        {
+            self.descriptors.push(descriptor);
+        }
+        self
+    }
+
+    /// The contracts of the services merged into this router, in the order
+    /// they were added.
+    pub fn descriptors(&self) -> &[&'static ServiceDescriptor] {
+        &self.descriptors
     }
 
     pub(crate) fn route(&self, op: &str) -> Option<Route> {
@@ -287,6 +315,9 @@ impl Router {
         let other = other.into_router();
         for (op, route) in other.routes.iter() {
             self = self.insert(op.to_string(), route.clone());
+        }
+        for descriptor in other.descriptors {
+            self = self.with_descriptor(descriptor);
         }
         self
     }

@@ -1,0 +1,570 @@
+//! The node's driver: the one task that owns the peer table and decides, for
+//! every peer, whether to hold a connection and which services link.
+//!
+//! Inputs are discovery events, descriptions that arrive over connections
+//! (dialed here or accepted by the describe handler), closed connections,
+//! this node's own session changes, and a periodic reconcile tick that
+//! retries what failed. Outputs are connections dialed or closed, the
+//! published peer sets ([`Shared::links`]) and [`NodeEvent`]s. Owning the
+//! table in one task means every decision sees one consistent state.
+//!
+//! Connection rule: between two nodes only the one with the lower node id
+//! dials, so a pair never holds two connections; the other side registers
+//! the connection when the dialer describes itself.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::description::{services_link, NodeDescription, DESCRIBE_OP};
+use super::events::NodeEvent;
+use super::{KnownPeer, Shared};
+use crate::codec::{Codec, MsgPack};
+use crate::discovery::{
+    Announcement, Discovery, DiscoveryEvent, DiscoveryEvents, PeerRecord, PeerState,
+};
+use crate::{CallOptions, Connection, Endpoint, NodeId};
+
+/// What the driver reacts to, besides discovery events and its tick.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A peer described itself over `conn` (we dialed it, or it dialed us).
+    Described {
+        conn: Connection,
+        desc: NodeDescription,
+    },
+    /// Dialing a peer failed; the tick retries.
+    DialFailed { peer: NodeId, reason: String },
+    /// The connection registered under `key` for `peer` ended.
+    Closed { peer: NodeId, key: u64 },
+    /// This node's session changed (already announced).
+    SessionChanged {
+        from: Option<String>,
+        to: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+struct Peer {
+    name: String,
+    session: Option<String>,
+    endpoints: Vec<String>,
+    incarnation: u64,
+    /// Service names from the announcement, until a description arrives.
+    hint: Vec<String>,
+    state: PeerState,
+    /// Whether discovery has reported the peer. Until it has, the peer is
+    /// not linked: discovery would ignore its leave and never report it
+    /// lost, so a peer set could keep a departed member.
+    announced: bool,
+    description: Option<NodeDescription>,
+    conn: Option<(u64, Connection)>,
+    dialing: bool,
+    links: BTreeSet<String>,
+}
+
+impl Peer {
+    fn from_record(r: &PeerRecord) -> Self {
+        Peer {
+            name: r.name.clone(),
+            session: r.session.clone(),
+            endpoints: r.endpoints.clone(),
+            incarnation: r.incarnation,
+            hint: r.services.clone(),
+            state: PeerState::Alive,
+            announced: true,
+            description: None,
+            conn: None,
+            dialing: false,
+            links: BTreeSet::new(),
+        }
+    }
+
+    fn alive(&self) -> bool {
+        matches!(self.state, PeerState::Alive | PeerState::Suspect)
+    }
+}
+
+pub(crate) struct Driver {
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    describe_timeout: Duration,
+    reconcile_every: Duration,
+    peers: HashMap<NodeId, Peer>,
+    /// Tags each registered connection, so a stale close notice is ignored.
+    next_key: u64,
+    discovery: Arc<dyn Discovery>,
+    announcement: Arc<tokio::sync::Mutex<Option<Announcement>>>,
+    /// When to announce again for newcomers; see [`Driver::welcome`].
+    reannounce_at: Option<tokio::time::Instant>,
+}
+
+/// How long a re-announcement for newcomers waits, so that several nodes
+/// starting together cost one datagram.
+const REANNOUNCE_DELAY: Duration = Duration::from_millis(5);
+
+impl Driver {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        endpoint: Endpoint,
+        discovery: Arc<dyn Discovery>,
+        announcement: Arc<tokio::sync::Mutex<Option<Announcement>>>,
+        describe_timeout: Duration,
+        reconcile_every: Duration,
+    ) -> Self {
+        Driver {
+            shared,
+            endpoint,
+            describe_timeout,
+            reconcile_every,
+            peers: HashMap::new(),
+            next_key: 0,
+            discovery,
+            announcement,
+            reannounce_at: None,
+        }
+    }
+
+    /// A newcomer just announced itself; it has not heard our announcement
+    /// (sent before it listened), and would not until our next interval. A
+    /// peer missing from its discovery table would have its leave ignored
+    /// and its crash never reported, so answer soon with our announcement.
+    fn welcome(&mut self) {
+        if self.reannounce_at.is_none() {
+            self.reannounce_at = Some(tokio::time::Instant::now() + REANNOUNCE_DELAY);
+        }
+    }
+
+    async fn reannounce(&mut self) {
+        self.reannounce_at = None;
+        let current = self.announcement.lock().await.clone();
+        if let Some(announcement) = current {
+            if let Err(e) = self.discovery.update(announcement).await {
+                tracing::debug!("re-announcing for newcomers failed: {e}");
+            }
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut discovery: DiscoveryEvents,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.reconcile_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut discovering = true;
+        loop {
+            let reannounce_at = self.reannounce_at;
+            let reannounce = async move {
+                match reannounce_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = reannounce => self.reannounce().await,
+                event = discovery.recv(), if discovering => match event {
+                    Some(event) => self.on_discovery(event),
+                    None => discovering = false,
+                },
+                Some(input) = inputs.recv() => self.on_input(input),
+                _ = tick.tick() => {
+                    let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+                    for id in ids {
+                        self.reconcile(id, true);
+                    }
+                }
+            }
+        }
+    }
+
+    fn emit(&self, event: NodeEvent) {
+        let _ = self.shared.events.send(event);
+    }
+
+    fn on_discovery(&mut self, event: DiscoveryEvent) {
+        match event {
+            DiscoveryEvent::Discovered(r) => {
+                self.welcome();
+                self.heard(r, false);
+            }
+            DiscoveryEvent::Updated(r) => self.heard(r, false),
+            DiscoveryEvent::Returned(r) => {
+                self.welcome();
+                self.heard(r, true);
+            }
+            DiscoveryEvent::Suspect(id) => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    if p.state == PeerState::Alive {
+                        p.state = PeerState::Suspect;
+                        self.publish_peer(id);
+                        self.emit(NodeEvent::PeerSuspect(id));
+                    }
+                }
+            }
+            DiscoveryEvent::Recovered(id) => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    if p.state == PeerState::Suspect {
+                        p.state = PeerState::Alive;
+                        self.publish_peer(id);
+                        self.emit(NodeEvent::PeerRecovered(id));
+                    }
+                }
+            }
+            DiscoveryEvent::Lost(id) => self.gone(id, PeerState::Lost),
+            DiscoveryEvent::Left(id) => self.gone(id, PeerState::Left),
+            DiscoveryEvent::Endpoint(url) => {
+                tracing::warn!(
+                    url = %url,
+                    "a node does not dial bare endpoints (static discovery); use a backend that announces node ids (beacon, etcd)"
+                );
+            }
+        }
+    }
+
+    /// A peer is alive with this record (discovered, updated or returned).
+    fn heard(&mut self, r: PeerRecord, returned: bool) {
+        let id = r.node_id;
+        match self.peers.get_mut(&id) {
+            None => {
+                self.peers.insert(id, Peer::from_record(&r));
+                self.emit(NodeEvent::PeerDiscovered {
+                    peer: id,
+                    name: r.name.clone(),
+                    session: r.session.clone(),
+                });
+            }
+            Some(p) => {
+                let was_gone = !p.alive();
+                if r.incarnation != p.incarnation {
+                    // A restart: whatever we knew about its services and its
+                    // old connection belongs to the previous process.
+                    if p.description.as_ref().map(|d| d.incarnation) != Some(r.incarnation) {
+                        p.description = None;
+                    }
+                    p.incarnation = r.incarnation;
+                }
+                let from = std::mem::replace(&mut p.session, r.session.clone());
+                p.name = r.name.clone();
+                p.endpoints = r.endpoints.clone();
+                p.hint = r.services.clone();
+                p.state = PeerState::Alive;
+                p.announced = true;
+                if returned || was_gone {
+                    self.emit(NodeEvent::PeerReturned(id));
+                }
+                if from != r.session {
+                    self.emit(NodeEvent::SessionChanged {
+                        node: id,
+                        from,
+                        to: r.session,
+                    });
+                }
+            }
+        }
+        self.reconcile(id, true);
+    }
+
+    fn gone(&mut self, id: NodeId, state: PeerState) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if !p.alive() {
+            return;
+        }
+        p.state = state;
+        if let Some((_, conn)) = p.conn.take() {
+            if state == PeerState::Left {
+                // A leaving peer drains its calls; let them finish.
+                tokio::spawn(async move { conn.close().await });
+            } else {
+                conn.abort();
+            }
+        }
+        self.reconcile(id, false);
+        self.emit(match state {
+            PeerState::Left => NodeEvent::PeerLeft(id),
+            _ => NodeEvent::PeerLost(id),
+        });
+    }
+
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Described { conn, desc } => self.described(conn, desc),
+            Input::DialFailed { peer, reason } => {
+                tracing::debug!(peer = %peer, "dialing failed, retrying at the next reconcile: {reason}");
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.dialing = false;
+                }
+            }
+            Input::Closed { peer, key } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    if p.conn.as_ref().is_some_and(|(k, _)| *k == key) {
+                        p.conn = None;
+                        // No redial here: if the peer closed because it does
+                        // not want the link, redialing at once would spin.
+                        // The tick redials.
+                        self.reconcile(peer, false);
+                    }
+                }
+            }
+            Input::SessionChanged { from, to } => {
+                self.emit(NodeEvent::SessionChanged {
+                    node: self.shared.id,
+                    from,
+                    to,
+                });
+                let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+                for id in ids {
+                    self.reconcile(id, true);
+                }
+            }
+        }
+    }
+
+    fn described(&mut self, conn: Connection, desc: NodeDescription) {
+        let Some(id) = desc.id() else {
+            conn.abort();
+            return;
+        };
+        if !self.peers.contains_key(&id) {
+            // It dialed us before our discovery heard of it.
+            self.emit(NodeEvent::PeerDiscovered {
+                peer: id,
+                name: desc.name.clone(),
+                session: desc.session.clone(),
+            });
+            self.peers.insert(
+                id,
+                Peer {
+                    name: desc.name.clone(),
+                    session: desc.session.clone(),
+                    endpoints: Vec::new(),
+                    incarnation: desc.incarnation,
+                    hint: Vec::new(),
+                    state: PeerState::Alive,
+                    announced: false,
+                    description: None,
+                    conn: None,
+                    dialing: false,
+                    links: BTreeSet::new(),
+                },
+            );
+        }
+        let events = &self.shared.events;
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.session != desc.session {
+            let from = std::mem::replace(&mut peer.session, desc.session.clone());
+            let _ = events.send(NodeEvent::SessionChanged {
+                node: id,
+                from,
+                to: desc.session.clone(),
+            });
+        }
+        // Describing itself is proof of life, even before discovery says so.
+        peer.state = PeerState::Alive;
+        peer.dialing = false;
+        peer.incarnation = peer.incarnation.max(desc.incarnation);
+        let fresh = peer.description.as_ref() != Some(&desc);
+        if fresh {
+            for s in &desc.services {
+                let _ = events.send(NodeEvent::ServiceDiscovered {
+                    peer: id,
+                    service: s.full_name.clone(),
+                    role: s.role.clone(),
+                });
+            }
+        }
+        peer.description = Some(desc);
+        let key = self.next_key;
+        self.next_key += 1;
+        if let Some((_, old)) = peer.conn.replace((key, conn.clone())) {
+            // The newest connection wins: the old one belongs to a link the
+            // peer has already given up on (e.g. it restarted).
+            old.abort();
+        }
+        let inputs = self.shared.inputs.clone();
+        tokio::spawn(async move {
+            conn.closed().await;
+            let _ = inputs.send(Input::Closed { peer: id, key });
+        });
+        self.reconcile(id, false);
+    }
+
+    /// Brings one peer's connection and links in line with what is known.
+    fn reconcile(&mut self, id: NodeId, may_dial: bool) {
+        let my_session = self.shared.session();
+        let me = self.shared.id;
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let wanted = p.alive() && wanted(&self.shared, my_session.as_deref(), p);
+        if !wanted {
+            if let Some((_, conn)) = p.conn.take() {
+                tokio::spawn(async move { conn.close().await });
+            }
+        } else if may_dial && p.conn.is_none() && !p.dialing && me < id && !p.endpoints.is_empty() {
+            p.dialing = true;
+            let endpoint = self.endpoint.clone();
+            let shared = self.shared.clone();
+            let urls = p.endpoints.clone();
+            let limit = self.describe_timeout;
+            tokio::spawn(async move {
+                let input = match dial(&endpoint, &shared, &urls, id, limit).await {
+                    Ok((conn, desc)) => Input::Described { conn, desc },
+                    Err(reason) => Input::DialFailed { peer: id, reason },
+                };
+                let _ = shared.inputs.send(input);
+            });
+        }
+        let links = links(&self.shared, my_session.as_deref(), p);
+        if links != p.links {
+            let old = std::mem::replace(&mut p.links, links);
+            let conn = p.conn.as_ref().map(|(_, c)| c.clone());
+            let new = p.links.clone();
+            self.shared.set_links(id, &new, conn);
+            for s in old.difference(&new) {
+                let _ = self.shared.events.send(NodeEvent::ServiceUnlinked {
+                    peer: id,
+                    service: s.clone(),
+                });
+            }
+            for s in new.difference(&old) {
+                let _ = self.shared.events.send(NodeEvent::ServiceLinked {
+                    peer: id,
+                    service: s.clone(),
+                });
+            }
+        } else if let Some((_, conn)) = &p.conn {
+            // Same links over a replacement connection: publish the new one.
+            if !p.links.is_empty() {
+                let links = p.links.clone();
+                self.shared.set_links(id, &links, Some(conn.clone()));
+            }
+        }
+        self.publish_peer(id);
+    }
+
+    fn publish_peer(&self, id: NodeId) {
+        let Some(p) = self.peers.get(&id) else {
+            return;
+        };
+        let services = match &p.description {
+            Some(d) => d.services.iter().map(|s| s.full_name.clone()).collect(),
+            None => p.hint.clone(),
+        };
+        self.shared.set_known(KnownPeer {
+            id,
+            name: p.name.clone(),
+            session: p.session.clone(),
+            state: p.state,
+            connected: p.conn.is_some(),
+            services,
+            linked: p.links.iter().cloned().collect(),
+        });
+    }
+}
+
+/// Whether this node wants a connection to `p`: some service of ours links
+/// with one of theirs. Before their description arrives, the announced
+/// service names stand in, with the scope of our side.
+fn wanted(shared: &Shared, my_session: Option<&str>, p: &Peer) -> bool {
+    match &p.description {
+        Some(d) => shared.services.iter().any(|mine| {
+            d.services
+                .iter()
+                .any(|theirs| services_link(mine, my_session, theirs, p.session.as_deref()))
+        }),
+        None => shared.services.iter().any(|mine| {
+            p.hint.contains(&mine.full_name)
+                && (mine.scope == super::Scope::Global
+                    || (my_session.is_some() && my_session == p.session.as_deref()))
+        }),
+    }
+}
+
+/// The services of ours `p` is linked for: connected, described, serving it,
+/// and matching scope and roles.
+fn links(shared: &Shared, my_session: Option<&str>, p: &Peer) -> BTreeSet<String> {
+    let (Some(d), Some(_), true) = (&p.description, &p.conn, p.alive() && p.announced) else {
+        return BTreeSet::new();
+    };
+    shared
+        .services
+        .iter()
+        .filter(|mine| {
+            d.services.iter().any(|theirs| {
+                theirs.serves && services_link(mine, my_session, theirs, p.session.as_deref())
+            })
+        })
+        .map(|mine| mine.full_name.clone())
+        .collect()
+}
+
+/// Dials `peer` at the first of `urls` that answers with the right node id,
+/// and exchanges descriptions.
+async fn dial(
+    endpoint: &Endpoint,
+    shared: &Shared,
+    urls: &[String],
+    peer: NodeId,
+    limit: Duration,
+) -> Result<(Connection, NodeDescription), String> {
+    let mut failures = Vec::new();
+    for url in urls {
+        let conn = match tokio::time::timeout(limit, endpoint.connect(url.as_str())).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                failures.push(format!("{url}: {e}"));
+                continue;
+            }
+            Err(_) => {
+                failures.push(format!("{url}: no handshake within {limit:?}"));
+                continue;
+            }
+        };
+        if conn.peer().node_id() != peer {
+            failures.push(format!(
+                "{url} is node {} now, not {peer}",
+                conn.peer().node_id()
+            ));
+            conn.close().await;
+            continue;
+        }
+        match describe(&conn, shared, limit).await {
+            Ok(desc) if desc.id() == Some(peer) => return Ok((conn, desc)),
+            Ok(desc) => {
+                failures.push(format!("{url} described itself as {}", desc.node_id));
+                conn.abort();
+            }
+            Err(e) => {
+                failures.push(format!("{url}: {e}"));
+                conn.abort();
+            }
+        }
+    }
+    Err(failures.join("; "))
+}
+
+/// Sends our description over `conn` and returns the peer's.
+async fn describe(
+    conn: &Connection,
+    shared: &Shared,
+    limit: Duration,
+) -> Result<NodeDescription, String> {
+    let mine = <MsgPack as Codec<NodeDescription>>::encode(&shared.describe())
+        .map_err(|e| e.to_string())?;
+    let reply: Bytes = conn
+        .call(DESCRIBE_OP, mine, CallOptions::new().timeout(limit))
+        .await
+        .map_err(|e| e.to_string())?;
+    <MsgPack as Codec<NodeDescription>>::decode(reply).map_err(|e| e.to_string())
+}

@@ -1,0 +1,175 @@
+//! What a node reports about its peers and itself, as a stream.
+//!
+//! Owns [`NodeEvent`] and the subscription type [`NodeEvents`]; the node's
+//! driver is the only sender. Subscribing never slows the node: a subscriber
+//! that falls more than [`CAPACITY`] events behind skips the oldest and can
+//! see how many in [`NodeEvents::missed`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::sync::broadcast;
+
+use crate::NodeId;
+
+/// Events buffered per subscriber before the oldest are skipped.
+pub const CAPACITY: usize = 4096;
+
+/// Something that happened to a node's view of its peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A peer was heard of for the first time (by discovery, or because it
+    /// connected and described itself first).
+    PeerDiscovered {
+        /// The peer.
+        peer: NodeId,
+        /// Its name.
+        name: String,
+        /// Its session.
+        session: Option<String>,
+    },
+    /// A peer went silent for the suspect bound; it may be gone.
+    PeerSuspect(NodeId),
+    /// A suspect peer was heard from again.
+    PeerRecovered(NodeId),
+    /// A peer went silent for the lost bound (or its registration expired);
+    /// its connection is closed and its services unlinked.
+    PeerLost(NodeId),
+    /// A peer came back after being lost or leaving, or restarted.
+    PeerReturned(NodeId),
+    /// A peer announced a graceful leave.
+    PeerLeft(NodeId),
+    /// A node's session changed: `node` is a peer, or this node itself after
+    /// [`Node::join`](super::Node::join) and friends.
+    SessionChanged {
+        /// Whose session changed.
+        node: NodeId,
+        /// The session before.
+        from: Option<String>,
+        /// The session now.
+        to: Option<String>,
+    },
+    /// A peer's description arrived and lists this service.
+    ServiceDiscovered {
+        /// The peer.
+        peer: NodeId,
+        /// The service's full name (`package.Service`).
+        service: String,
+        /// The role the peer takes in it.
+        role: Option<String>,
+    },
+    /// A peer joined this node's peer set of a service: it is connected,
+    /// serves the service, and matches scope and role rules.
+    ServiceLinked {
+        /// The peer.
+        peer: NodeId,
+        /// The service's full name.
+        service: String,
+    },
+    /// A peer left this node's peer set of a service.
+    ServiceUnlinked {
+        /// The peer.
+        peer: NodeId,
+        /// The service's full name.
+        service: String,
+    },
+}
+
+impl NodeEvent {
+    /// The node the event is about.
+    pub fn node_id(&self) -> NodeId {
+        match self {
+            NodeEvent::PeerDiscovered { peer, .. }
+            | NodeEvent::ServiceDiscovered { peer, .. }
+            | NodeEvent::ServiceLinked { peer, .. }
+            | NodeEvent::ServiceUnlinked { peer, .. } => *peer,
+            NodeEvent::SessionChanged { node, .. } => *node,
+            NodeEvent::PeerSuspect(id)
+            | NodeEvent::PeerRecovered(id)
+            | NodeEvent::PeerLost(id)
+            | NodeEvent::PeerReturned(id)
+            | NodeEvent::PeerLeft(id) => *id,
+        }
+    }
+}
+
+type Next = (Option<NodeEvent>, u64, broadcast::Receiver<NodeEvent>);
+
+/// A subscription to a node's events, from the moment of subscribing. Use
+/// [`NodeEvents::recv`] or poll it as a [`Stream`](futures_core::Stream).
+pub struct NodeEvents {
+    rx: Option<broadcast::Receiver<NodeEvent>>,
+    missed: u64,
+    pending: Option<Pin<Box<dyn Future<Output = Next> + Send>>>,
+}
+
+impl std::fmt::Debug for NodeEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeEvents")
+            .field("missed", &self.missed)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn next(mut rx: broadcast::Receiver<NodeEvent>) -> Next {
+    let mut missed = 0;
+    loop {
+        match rx.recv().await {
+            Ok(e) => return (Some(e), missed, rx),
+            Err(broadcast::error::RecvError::Lagged(n)) => missed += n,
+            Err(broadcast::error::RecvError::Closed) => return (None, missed, rx),
+        }
+    }
+}
+
+impl NodeEvents {
+    pub(crate) fn new(rx: broadcast::Receiver<NodeEvent>) -> Self {
+        NodeEvents {
+            rx: Some(rx),
+            missed: 0,
+            pending: None,
+        }
+    }
+
+    /// The next event; `None` once the node is gone.
+    pub async fn recv(&mut self) -> Option<NodeEvent> {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    /// Events skipped because this subscriber fell too far behind.
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<NodeEvent>> {
+        if self.pending.is_none() {
+            // The receiver travels into the future and comes back with its result.
+            let Some(rx) = self.rx.take() else {
+                return Poll::Ready(None);
+            };
+            self.pending = Some(Box::pin(next(rx)));
+        }
+        let Some(fut) = self.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match fut.as_mut().poll(cx) {
+            Poll::Ready((event, missed, rx)) => {
+                self.pending = None;
+                self.rx = Some(rx);
+                self.missed += missed;
+                Poll::Ready(event)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl futures_core::Stream for NodeEvents {
+    type Item = NodeEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<NodeEvent>> {
+        self.get_mut().poll_event(cx)
+    }
+}

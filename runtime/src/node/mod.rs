@@ -1,0 +1,786 @@
+//! Nodes: services that find each other and connect by themselves.
+//!
+//! A [`Node`] is one process-level identity: an [`Endpoint`] listening on one
+//! or more URLs and serving several services, a [`Discovery`] backend
+//! announcing it, and a driver that tracks peers, dials them, exchanges
+//! service descriptions over the built-in `plexus.Node/describe` operation,
+//! and links services by session, scope and role. Applications see the
+//! result as typed, live [`PeerSet`]s, a [`broadcast`](Node::broadcast) to
+//! every member, and a stream of [`NodeEvent`]s. [`Actor`] runs a service's
+//! `&mut` state on its own task.
+//!
+//! This module never parses bytes off the wire or opens sockets itself: it
+//! drives the endpoint and the discovery backend.
+//!
+//! ```no_run
+//! # use plexus::{Reject, node::Node, discovery::Beacon};
+//! # #[plexus::service(package = "chat")]
+//! # pub trait Chat { async fn post(&self, text: String) -> Result<u64, Reject>; }
+//! # struct Room;
+//! # impl Chat for Room { async fn post(&self, _t: String) -> Result<u64, Reject> { Ok(0) } }
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use futures_util::StreamExt;
+//!
+//! let node = Node::builder("alice")
+//!     .session("lobby")
+//!     .discovery(Beacon::loopback())
+//!     .serve(ChatHandler::new(Room))
+//!     .start()
+//!     .await?;
+//! let peers = node.peers::<ChatClient>();
+//! peers.wait_until(|ids| !ids.is_empty()).await;
+//! let mut replies = node.broadcast(Duration::from_secs(1), |chat: ChatClient| async move {
+//!     chat.post("hello".into()).await
+//! });
+//! while let Some((peer, reply)) = replies.next().await {
+//!     println!("{peer}: {reply:?}");
+//! }
+//! node.stop().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The full picture — connection rules, scopes, roles, bounds — is in
+//! `docs/NODES.md`.
+
+mod actor;
+mod broadcast;
+mod description;
+mod driver;
+mod events;
+mod peers;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{broadcast as channel, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use self::actor::{Actor, ActorStopped, DEFAULT_MAILBOX};
+pub use self::broadcast::Broadcast;
+pub use self::description::{
+    services_link, MethodInfo, NodeDescription, RoleRule, Scope, ServiceInfo, DESCRIBE_OP,
+};
+use self::driver::{Driver, Input};
+pub use self::events::{NodeEvent, NodeEvents};
+pub use self::peers::{Client, PeerChange, PeerChanges, PeerSet};
+use crate::codec::{decode_request, encode_reply, MsgPack};
+use crate::descriptor::{Contract, ServiceDescriptor};
+use crate::discovery::{
+    Announcement, Beacon, Discovery, DiscoveryError, DiscoveryStats, PeerState, MAX_SERVICES,
+};
+use crate::wire::SystemCode;
+use crate::{
+    CallError, ConnectError, Connection, ConnectionConfig, Endpoint, IntoRouter, NodeId, Reject,
+    Router, Url,
+};
+
+/// Why a node could not start, or could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// A listener could not be opened.
+    #[error("node `{node}` cannot listen on {url}: {source}")]
+    Listen {
+        /// The node's name.
+        node: String,
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: ConnectError,
+    },
+    /// The discovery backend failed.
+    #[error("node `{node}`: {source}")]
+    Discovery {
+        /// The node's name.
+        node: String,
+        /// Why.
+        #[source]
+        source: DiscoveryError,
+    },
+    /// A role that the service's contract does not declare.
+    #[error("service {service} declares roles {declared:?}; `{role}` is not one of them (add it to the contract's `roles`, or pick a declared one)")]
+    UnknownRole {
+        /// The service.
+        service: String,
+        /// The role given.
+        role: String,
+        /// The roles the contract declares.
+        declared: Vec<String>,
+    },
+    /// A scope or rule was given for a service the node neither serves nor uses.
+    #[error("{what} given for service {service}, which this node neither serves nor uses (add it with serve(..) or uses::<..>() first)")]
+    UnknownService {
+        /// The service.
+        service: String,
+        /// What was given (`scope`, `connect_rule`).
+        what: &'static str,
+    },
+    /// The same service was added twice.
+    #[error(
+        "service {service} is added twice to node `{node}`; a node takes one role per service"
+    )]
+    DuplicateService {
+        /// The node's name.
+        node: String,
+        /// The service.
+        service: String,
+    },
+    /// More services than an announcement can list.
+    #[error("node `{node}` takes part in {count} services; announcements list at most {max}")]
+    TooManyServices {
+        /// The node's name.
+        node: String,
+        /// How many were given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The node has been stopped.
+    #[error("node `{node}` is stopped")]
+    Stopped {
+        /// The node's name.
+        node: String,
+    },
+}
+
+/// A peer as this node knows it right now ([`Node::known_peers`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownPeer {
+    /// Its node id.
+    pub id: NodeId,
+    /// Its name.
+    pub name: String,
+    /// Its session.
+    pub session: Option<String>,
+    /// Alive, suspect, lost or left.
+    pub state: PeerState,
+    /// Whether this node holds a connection to it.
+    pub connected: bool,
+    /// The services it takes part in (from its description, or its
+    /// announcement until the description arrives).
+    pub services: Vec<String>,
+    /// The services of ours it is linked for (it is in their peer sets).
+    pub linked: Vec<String>,
+}
+
+/// State the driver publishes and handles read: the node's own description,
+/// the peer sets, the peer table snapshot, the event channel.
+pub(crate) struct Shared {
+    pub(crate) id: NodeId,
+    name: String,
+    incarnation: u64,
+    pub(crate) services: Vec<ServiceInfo>,
+    session: Mutex<Option<String>>,
+    /// Service full name → linked peers and the connection to each.
+    links: Mutex<HashMap<String, BTreeMap<NodeId, Connection>>>,
+    known: Mutex<BTreeMap<NodeId, KnownPeer>>,
+    pub(crate) events: channel::Sender<NodeEvent>,
+    pub(crate) inputs: mpsc::UnboundedSender<Input>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a plain map update; a panic cannot tear one.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn session(&self) -> Option<String> {
+        lock(&self.session).clone()
+    }
+
+    pub(crate) fn describe(&self) -> NodeDescription {
+        NodeDescription {
+            node_id: self.id.to_string(),
+            name: self.name.clone(),
+            session: self.session(),
+            incarnation: self.incarnation,
+            services: self.services.clone(),
+        }
+    }
+
+    pub(crate) fn members(&self, service: &str) -> Vec<(NodeId, Connection)> {
+        lock(&self.links)
+            .get(service)
+            .map(|m| m.iter().map(|(id, c)| (*id, c.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Makes `peer` a member of exactly the sets named in `services`.
+    pub(crate) fn set_links(
+        &self,
+        peer: NodeId,
+        services: &std::collections::BTreeSet<String>,
+        conn: Option<Connection>,
+    ) {
+        let mut links = lock(&self.links);
+        for (name, members) in links.iter_mut() {
+            match (&conn, services.contains(name)) {
+                (Some(c), true) => {
+                    members.insert(peer, c.clone());
+                }
+                _ => {
+                    members.remove(&peer);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn set_known(&self, peer: KnownPeer) {
+        lock(&self.known).insert(peer.id, peer);
+    }
+}
+
+/// One entry of the builder's service list.
+struct Participation {
+    descriptor: &'static ServiceDescriptor,
+    role: Option<String>,
+    serves: bool,
+}
+
+/// Configures a [`Node`]; see [`Node::builder`].
+#[must_use]
+pub struct NodeBuilder {
+    name: String,
+    node_id: Option<NodeId>,
+    listen: Vec<String>,
+    session: Option<String>,
+    discovery: Option<Box<dyn Discovery>>,
+    router: Router,
+    services: Vec<Participation>,
+    scopes: Vec<(&'static str, Scope)>,
+    rules: Vec<(&'static str, RoleRule)>,
+    config: ConnectionConfig,
+    describe_timeout: Duration,
+    reconcile_every: Duration,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let services: Vec<_> = self
+            .services
+            .iter()
+            .map(|p| (p.descriptor.full_name, p.role.as_deref(), p.serves))
+            .collect();
+        f.debug_struct("NodeBuilder")
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("session", &self.session)
+            .field("services", &services)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeBuilder {
+    /// Listens on `url` (call again for more). Without any, the node listens
+    /// on `tcp://127.0.0.1:0`.
+    pub fn listen(mut self, url: impl Into<String>) -> Self {
+        self.listen.push(url.into());
+        self
+    }
+
+    /// The session to be in from the start.
+    pub fn session(mut self, session: impl Into<String>) -> Self {
+        self.session = Some(session.into());
+        self
+    }
+
+    /// How the node finds peers. Default: [`Beacon::loopback()`], which
+    /// reaches only this host.
+    pub fn discovery(mut self, discovery: impl Discovery) -> Self {
+        self.discovery = Some(Box::new(discovery));
+        self
+    }
+
+    /// Uses a fixed node id instead of a random one.
+    pub fn node_id(mut self, id: NodeId) -> Self {
+        self.node_id = Some(id);
+        self
+    }
+
+    /// Serves `service` (a generated handler, or a router carrying
+    /// descriptors) with no role. Its contracts are announced and linked with
+    /// peers; operations of a router without descriptors are served but not
+    /// announced.
+    pub fn serve(self, service: impl IntoRouter) -> Self {
+        self.serve_in(service.into_router(), None)
+    }
+
+    /// Serves `service` in `role`, one of the roles its contract declares.
+    pub fn serve_as(self, service: impl IntoRouter, role: impl Into<String>) -> Self {
+        self.serve_in(service.into_router(), Some(role.into()))
+    }
+
+    fn serve_in(mut self, router: Router, role: Option<String>) -> Self {
+        for descriptor in router.descriptors() {
+            self.services.push(Participation {
+                descriptor,
+                role: role.clone(),
+                serves: true,
+            });
+        }
+        self.router = std::mem::take(&mut self.router).add(router);
+        self
+    }
+
+    /// Takes part in service `C` as a caller only: peers serving it are
+    /// linked into [`Node::peers`] without this node serving it.
+    pub fn uses<C: Contract>(self) -> Self {
+        self.uses_in(C::DESCRIPTOR, None)
+    }
+
+    /// Like [`NodeBuilder::uses`], in `role`.
+    pub fn uses_as<C: Contract>(self, role: impl Into<String>) -> Self {
+        self.uses_in(C::DESCRIPTOR, Some(role.into()))
+    }
+
+    fn uses_in(mut self, descriptor: &'static ServiceDescriptor, role: Option<String>) -> Self {
+        self.services.push(Participation {
+            descriptor,
+            role,
+            serves: false,
+        });
+        self
+    }
+
+    /// Sets the scope of service `C` on this node (default
+    /// [`Scope::Session`]). A link is global only when both sides say so.
+    pub fn scope<C: Contract>(mut self, scope: Scope) -> Self {
+        self.scopes.push((C::DESCRIPTOR.full_name, scope));
+        self
+    }
+
+    /// Adds a rule for service `C`: peers in role `from` connect to peers in
+    /// role `to`. With rules, only pairs some rule allows are linked (in
+    /// either direction: the link is one connection both use); without any,
+    /// every pair is. Rules of both sides count.
+    pub fn connect_rule<C: Contract>(
+        mut self,
+        from: impl Into<String>,
+        to: impl Into<String>,
+    ) -> Self {
+        self.rules.push((
+            C::DESCRIPTOR.full_name,
+            RoleRule {
+                from: from.into(),
+                to: to.into(),
+            },
+        ));
+        self
+    }
+
+    /// Connection tuning for every connection of the node.
+    pub fn connection_config(mut self, config: ConnectionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Bound on dialing a peer and exchanging descriptions (default 5 s).
+    pub fn describe_timeout(mut self, timeout: Duration) -> Self {
+        self.describe_timeout = timeout;
+        self
+    }
+
+    /// How often the node retries failed dials and re-checks every peer
+    /// (default 1 s). Discovery events act at once; this only bounds retries.
+    pub fn reconcile_interval(mut self, every: Duration) -> Self {
+        self.reconcile_every = every.max(Duration::from_millis(1));
+        self
+    }
+
+    fn service_infos(&self) -> Result<Vec<ServiceInfo>, NodeError> {
+        let mut infos: Vec<ServiceInfo> = Vec::new();
+        for p in &self.services {
+            let d = p.descriptor;
+            if infos.iter().any(|s| s.full_name == d.full_name) {
+                return Err(NodeError::DuplicateService {
+                    node: self.name.clone(),
+                    service: d.full_name.into(),
+                });
+            }
+            if let Some(role) = &p.role {
+                check_role(d, role)?;
+            }
+            infos.push(ServiceInfo::new(
+                d,
+                p.role.clone(),
+                Scope::Session,
+                p.serves,
+            ));
+        }
+        for (service, scope) in &self.scopes {
+            let info = infos
+                .iter_mut()
+                .find(|s| s.full_name == *service)
+                .ok_or_else(|| NodeError::UnknownService {
+                    service: (*service).into(),
+                    what: "scope",
+                })?;
+            info.scope = *scope;
+        }
+        for (service, rule) in &self.rules {
+            let (info, descriptor) = infos
+                .iter_mut()
+                .zip(&self.services)
+                .find(|(s, _)| s.full_name == *service)
+                .ok_or_else(|| NodeError::UnknownService {
+                    service: (*service).into(),
+                    what: "connect_rule",
+                })?;
+            check_role(descriptor.descriptor, &rule.from)?;
+            check_role(descriptor.descriptor, &rule.to)?;
+            info.rules.push(rule.clone());
+        }
+        if infos.len() > MAX_SERVICES {
+            return Err(NodeError::TooManyServices {
+                node: self.name.clone(),
+                count: infos.len(),
+                max: MAX_SERVICES,
+            });
+        }
+        Ok(infos)
+    }
+
+    /// Listens, starts discovery and the driver, and returns the running node.
+    pub async fn start(self) -> Result<Node, NodeError> {
+        let services = self.service_infos()?;
+        let id = self.node_id.unwrap_or_else(NodeId::random);
+        let (events, _) = channel::channel(events::CAPACITY);
+        let (inputs, inputs_rx) = mpsc::unbounded_channel();
+        let announcement = Announcement::new(id, self.name.clone());
+        let shared = Arc::new(Shared {
+            id,
+            name: self.name.clone(),
+            incarnation: announcement.incarnation,
+            services,
+            session: Mutex::new(self.session.clone()),
+            links: Mutex::new(HashMap::new()),
+            known: Mutex::new(BTreeMap::new()),
+            events,
+            inputs,
+        });
+        lock(&shared.links).extend(
+            shared
+                .services
+                .iter()
+                .map(|s| (s.full_name.clone(), BTreeMap::new())),
+        );
+        let endpoint = Endpoint::builder()
+            .node_id(id)
+            .config(self.config)
+            .serve(self.router)
+            .serve(describe_route(Arc::downgrade(&shared)))
+            .build();
+        let urls = if self.listen.is_empty() {
+            vec!["tcp://127.0.0.1:0".to_string()]
+        } else {
+            self.listen
+        };
+        let mut local_urls = Vec::new();
+        for url in urls {
+            match endpoint.listen(url.as_str()).await {
+                Ok(l) => local_urls.push(l.local_url().clone()),
+                Err(source) => {
+                    endpoint.shutdown().await;
+                    return Err(NodeError::Listen {
+                        node: self.name,
+                        url,
+                        source,
+                    });
+                }
+            }
+        }
+        let mut announcement = announcement;
+        announcement.endpoints = local_urls.iter().map(|u| u.to_string()).collect();
+        announcement.services = shared
+            .services
+            .iter()
+            .map(|s| s.full_name.clone())
+            .collect();
+        announcement.session = self.session;
+        let discovery: Arc<dyn Discovery> = match self.discovery {
+            Some(d) => Arc::from(d),
+            None => Arc::new(Beacon::loopback()),
+        };
+        let discovered = match discovery.start(announcement.clone()).await {
+            Ok(events) => events,
+            Err(source) => {
+                endpoint.shutdown().await;
+                return Err(NodeError::Discovery {
+                    node: self.name,
+                    source,
+                });
+            }
+        };
+        let stop = CancellationToken::new();
+        let announcement = Arc::new(tokio::sync::Mutex::new(Some(announcement)));
+        let driver = Driver::new(
+            shared.clone(),
+            endpoint.clone(),
+            discovery.clone(),
+            announcement.clone(),
+            self.describe_timeout,
+            self.reconcile_every,
+        );
+        let task = tokio::spawn(driver.run(discovered, inputs_rx, stop.clone()));
+        Ok(Node {
+            inner: Arc::new(Inner {
+                shared,
+                endpoint,
+                discovery,
+                announcement,
+                local_urls,
+                stop,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+}
+
+fn check_role(d: &ServiceDescriptor, role: &str) -> Result<(), NodeError> {
+    if d.roles.contains(&role) {
+        Ok(())
+    } else {
+        Err(NodeError::UnknownRole {
+            service: d.full_name.into(),
+            role: role.into(),
+            declared: d.roles.iter().map(|r| (*r).to_owned()).collect(),
+        })
+    }
+}
+
+/// The built-in `plexus.Node/describe` operation: takes the caller's
+/// description, hands the connection to the driver, returns ours.
+fn describe_route(shared: Weak<Shared>) -> Router {
+    Router::new().unary(DESCRIBE_OP, move |ctx, body: Bytes| {
+        let shared = shared.upgrade();
+        async move {
+            let shared = shared.ok_or_else(|| {
+                Reject::new(SystemCode::GoingAway as u32, "the node is stopping")
+            })?;
+            let theirs: NodeDescription = decode_request::<MsgPack, _>(body)?;
+            let caller = ctx.peer().node_id();
+            if theirs.id() != Some(caller) {
+                return Err(Reject::new(
+                    SystemCode::InvalidPayload as u32,
+                    format!(
+                        "the description names node {:?} but the connection's handshake said {caller}",
+                        theirs.node_id
+                    ),
+                ));
+            }
+            let ours = shared.describe();
+            let _ = shared.inputs.send(Input::Described {
+                conn: ctx.connection().clone(),
+                desc: theirs,
+            });
+            encode_reply::<MsgPack, _>(&ours)
+        }
+    })
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    /// Shared with the driver, which re-announces for newcomers.
+    discovery: Arc<dyn Discovery>,
+    /// The current announcement; `None` once stopped. An async lock so that
+    /// session changes are announced in the order they were made.
+    announcement: Arc<tokio::sync::Mutex<Option<Announcement>>>,
+    local_urls: Vec<Url>,
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    /// Dropped without [`Node::stop`]: stop at once, like a crash. The
+    /// discovery backend is dropped without a leave, so peers see this node
+    /// go suspect, then lost; connections are aborted.
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = lock(&self.task).take() {
+            task.abort();
+        }
+        for conn in self.endpoint.connections() {
+            conn.abort();
+        }
+        lock(&self.shared.links).clear();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let endpoint = self.endpoint.clone();
+            runtime.spawn(async move { endpoint.shutdown().await });
+        }
+    }
+}
+
+/// A running node: an identity, its services, its peers. Cheap to clone;
+/// dropping the last clone without [`Node::stop`] stops it like a crash.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.shared.id)
+            .field("name", &self.inner.shared.name)
+            .field("session", &self.inner.shared.session())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts configuring a node called `name`.
+    pub fn builder(name: impl Into<String>) -> NodeBuilder {
+        NodeBuilder {
+            name: name.into(),
+            node_id: None,
+            listen: Vec::new(),
+            session: None,
+            discovery: None,
+            router: Router::new(),
+            services: Vec::new(),
+            scopes: Vec::new(),
+            rules: Vec::new(),
+            config: ConnectionConfig::default(),
+            describe_timeout: Duration::from_secs(5),
+            reconcile_every: Duration::from_secs(1),
+        }
+    }
+
+    /// The node's id: the endpoint's, the one in its announcements.
+    pub fn id(&self) -> NodeId {
+        self.inner.shared.id
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.shared.name
+    }
+
+    /// The session the node is in.
+    pub fn session(&self) -> Option<String> {
+        self.inner.shared.session()
+    }
+
+    /// Where the node listens (with real ports for `:0`).
+    pub fn local_urls(&self) -> &[Url] {
+        &self.inner.local_urls
+    }
+
+    /// The endpoint underneath, for direct connections and its events.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    /// What the node tells peers about itself.
+    pub fn description(&self) -> NodeDescription {
+        self.inner.shared.describe()
+    }
+
+    /// The discovery backend's counters (sent, received, dropped…).
+    pub fn discovery_stats(&self) -> DiscoveryStats {
+        self.inner.discovery.stats()
+    }
+
+    /// Subscribes to peer and session events from now on.
+    pub fn events(&self) -> NodeEvents {
+        NodeEvents::new(self.inner.shared.events.subscribe())
+    }
+
+    /// Every peer this node has heard of, with its state, by id.
+    pub fn known_peers(&self) -> Vec<KnownPeer> {
+        lock(&self.inner.shared.known).values().cloned().collect()
+    }
+
+    /// The live set of peers serving `C` that this node is linked with.
+    pub fn peers<C: Client>(&self) -> PeerSet<C> {
+        PeerSet::new(self.inner.shared.clone())
+    }
+
+    /// Calls `call` with a client of every member of `peers::<C>()` at this
+    /// moment (peers joining later do not take part). Each call runs on its
+    /// own task, bounded by `deadline` (which also travels with the call);
+    /// replies stream back as they arrive, and a peer that does not answer
+    /// in time yields [`CallError::Timeout`].
+    pub fn broadcast<C, F, Fut, T>(&self, deadline: Duration, call: F) -> Broadcast<T>
+    where
+        C: Client,
+        F: Fn(C) -> Fut,
+        Fut: Future<Output = Result<T, CallError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let service = C::DESCRIPTOR.full_name;
+        Broadcast::start(service, self.inner.shared.members(service), deadline, call)
+    }
+
+    /// Joins `session`, leaving the current one if any: announces the change,
+    /// disconnects session-scoped links to peers of the old session and links
+    /// the new one's.
+    pub async fn join(&self, session: impl Into<String>) -> Result<(), NodeError> {
+        self.set_session(Some(session.into())).await
+    }
+
+    /// Same as [`Node::join`]: moves to `session`.
+    pub async fn switch(&self, session: impl Into<String>) -> Result<(), NodeError> {
+        self.set_session(Some(session.into())).await
+    }
+
+    /// Leaves the current session; only global services stay linked.
+    pub async fn leave_session(&self) -> Result<(), NodeError> {
+        self.set_session(None).await
+    }
+
+    async fn set_session(&self, to: Option<String>) -> Result<(), NodeError> {
+        let mut announcement = self.inner.announcement.lock().await;
+        let Some(current) = announcement.as_mut() else {
+            return Err(NodeError::Stopped {
+                node: self.inner.shared.name.clone(),
+            });
+        };
+        let from = std::mem::replace(&mut *lock(&self.inner.shared.session), to.clone());
+        if from == to {
+            return Ok(());
+        }
+        current.session = to.clone();
+        let result = self.inner.discovery.update(current.clone()).await;
+        // Even if announcing failed, this node is now in the new session;
+        // peers learn it when they connect (descriptions carry it).
+        let _ = self
+            .inner
+            .shared
+            .inputs
+            .send(Input::SessionChanged { from, to });
+        result.map_err(|source| NodeError::Discovery {
+            node: self.inner.shared.name.clone(),
+            source,
+        })
+    }
+
+    /// Stops gracefully: announces a leave (peers see it at once), stops
+    /// tracking peers, lets calls in flight in both directions finish (up to
+    /// the connection drain timeout) and closes every connection and
+    /// listener. Calling it again does nothing.
+    pub async fn stop(&self) -> Result<(), NodeError> {
+        let Some(_) = self.inner.announcement.lock().await.take() else {
+            return Ok(());
+        };
+        let left = self.inner.discovery.leave().await;
+        self.inner.stop.cancel();
+        let task = lock(&self.inner.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.inner.endpoint.shutdown().await;
+        lock(&self.inner.shared.links).clear();
+        left.map_err(|source| NodeError::Discovery {
+            node: self.inner.shared.name.clone(),
+            source,
+        })
+    }
+}

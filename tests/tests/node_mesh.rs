@@ -1,0 +1,651 @@
+//! Nodes on the loopback beacon, through the public API: many nodes find and
+//! link each other, notice leaves and crashes, follow session switches and
+//! role rules, broadcast past a hung peer, ignore nodes without the key, and
+//! keep actor state consistent.
+//!
+//! Every test uses its own random multicast group and port, so tests running
+//! in parallel never hear each other. Nothing is sent anywhere but the group
+//! on the loopback interface.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use plexus::discovery::{Beacon, SessionKey};
+use plexus::node::{Actor, Node, NodeBuilder, NodeEvent, NodeEvents, PeerChange, Scope};
+use plexus::{CallError, NodeId, Reject};
+use tokio::time::{timeout, Instant};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Scheduling slack on top of a stated bound: a debug build on a 2-core
+/// machine running other tests may be late to wake by this much.
+const SLACK: Duration = Duration::from_millis(300);
+
+/// A chat room.
+#[plexus::service(package = "chat")]
+pub trait Chat {
+    /// Appends a message; replies with the room's message count after it.
+    async fn post(&self, text: String) -> Result<u64, Reject>;
+    /// Everything posted so far, in order.
+    async fn log(&self) -> Result<Vec<String>, Reject>;
+}
+
+/// A feed with roles: subscribers connect to publishers.
+#[plexus::service(package = "feed", roles = ["subscriber", "publisher"])]
+pub trait Feed {
+    /// The serving node's name.
+    async fn name(&self) -> Result<String, Reject>;
+}
+
+/// A room whose log lives in an actor: no lock in the handler.
+struct Room {
+    log: Actor<Vec<String>>,
+    /// A hung room never answers `post`.
+    hung: bool,
+}
+
+impl Room {
+    fn new() -> Self {
+        Room {
+            log: Actor::spawn(Vec::new()),
+            hung: false,
+        }
+    }
+}
+
+impl Chat for Room {
+    async fn post(&self, text: String) -> Result<u64, Reject> {
+        if self.hung {
+            std::future::pending::<()>().await;
+        }
+        let count = self
+            .log
+            .call(move |log| {
+                log.push(text);
+                log.len() as u64
+            })
+            .await?;
+        Ok(count)
+    }
+
+    async fn log(&self) -> Result<Vec<String>, Reject> {
+        Ok(self.log.call(|log| log.clone()).await?)
+    }
+}
+
+struct Named(String);
+
+impl Feed for Named {
+    async fn name(&self) -> Result<String, Reject> {
+        Ok(self.0.clone())
+    }
+}
+
+/// A multicast group and port no other test uses.
+fn private_group() -> (Ipv4Addr, u16) {
+    let n: u32 = rand_u32();
+    let group = Ipv4Addr::new(239, 255, (n >> 8) as u8, (n as u8) | 1);
+    let port = 20_000 + ((n >> 16) as u16 % 40_000);
+    (group, port)
+}
+
+fn rand_u32() -> u32 {
+    // The node ids are random already; borrow their randomness.
+    (NodeId::random().0 >> 64) as u32
+}
+
+fn beacon(group: (Ipv4Addr, u16), interval: Duration) -> Beacon {
+    Beacon::loopback()
+        .group(group.0)
+        .port(group.1)
+        .interval(interval)
+}
+
+fn node(name: String, group: (Ipv4Addr, u16), interval: Duration) -> NodeBuilder {
+    Node::builder(name)
+        .discovery(beacon(group, interval))
+        .reconcile_interval(interval)
+}
+
+/// Waits (bounded) for the first event matching `want`.
+async fn expect(
+    events: &mut NodeEvents,
+    bound: Duration,
+    what: &str,
+    mut want: impl FnMut(&NodeEvent) -> bool,
+) -> NodeEvent {
+    let found = timeout(bound, async {
+        while let Some(event) = events.recv().await {
+            if want(&event) {
+                return Some(event);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(event)) => event,
+        Ok(None) => panic!("event stream ended while waiting for {what}"),
+        Err(_) => panic!("no {what} within {bound:?}"),
+    }
+}
+
+/// Waits (bounded) until `node`'s chat peer set is exactly `ids`.
+async fn chat_peers_become(node: &Node, ids: &[NodeId], bound: Duration, what: &str) {
+    let mut want: Vec<NodeId> = ids.to_vec();
+    want.sort();
+    let peers = node.peers::<ChatClient>();
+    let reached = timeout(bound, peers.wait_until(|now| now == want.as_slice())).await;
+    assert!(
+        reached.is_ok(),
+        "{what}: {} has chat peers {:?}, expected {:?} within {bound:?}",
+        node.name(),
+        peers.ids(),
+        want
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_nodes_link_each_other_then_see_a_leave_and_a_crash() {
+    const N: usize = 50;
+    let interval = 200 * MS;
+    // Every beacon announces at start, so discovery takes about one interval;
+    // 1,225 connections with descriptor exchanges follow. The bound we state:
+    // every node linked with every other within 3 intervals + 2 s on a debug
+    // build on 2 cores.
+    let link_bound = 3 * interval + Duration::from_secs(2);
+    let group = private_group();
+
+    let started = Instant::now();
+    let mut nodes = Vec::new();
+    let mut events = Vec::new();
+    for i in 0..N {
+        let n = node(format!("node-{i}"), group, interval)
+            .session("lobby")
+            .serve(ChatHandler::new(Room::new()))
+            .start()
+            .await
+            .expect("node starts");
+        events.push(n.events());
+        nodes.push(Some(n));
+    }
+    let ids: Vec<NodeId> = nodes.iter().flatten().map(Node::id).collect();
+
+    let linked = timeout(link_bound, async {
+        for n in nodes.iter().flatten() {
+            let peers = n.peers::<ChatClient>();
+            peers.wait_until(|now| now.len() == N - 1).await;
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    let missing: usize = nodes
+        .iter()
+        .flatten()
+        .map(|n| N - 1 - n.peers::<ChatClient>().len())
+        .sum();
+    assert!(
+        linked.is_ok(),
+        "{missing} of {} links missing after {took:?}",
+        N * (N - 1)
+    );
+    for n in nodes.iter().flatten() {
+        assert_eq!(n.known_peers().len(), N - 1, "{} knows too many", n.name());
+        // One connection per pair: N - 1 per node, whoever dialed.
+        assert_eq!(n.endpoint().connections().len(), N - 1);
+    }
+    eprintln!(
+        "{N} nodes: all {} links in {took:?} (bound {link_bound:?})",
+        N * (N - 1)
+    );
+
+    // Calls work over the links.
+    let first = nodes[0].as_ref().expect("node 0");
+    let (_, client) = first.peers::<ChatClient>().list().remove(0);
+    assert_eq!(client.post("hi".into()).await.expect("post"), 1);
+
+    // A graceful leave is seen by all others within one beacon interval.
+    let leaver = ids[0];
+    let stopping = nodes[0].take().expect("node 0");
+    let left_at = Instant::now();
+    stopping.stop().await.expect("stops");
+    let mut slowest_leave = Duration::ZERO;
+    for (i, ev) in events.iter_mut().enumerate().skip(1) {
+        expect(ev, interval + SLACK, "leave", |e| {
+            *e == NodeEvent::PeerLeft(leaver)
+        })
+        .await;
+        slowest_leave = slowest_leave.max(left_at.elapsed());
+        assert!(
+            !nodes[i]
+                .as_ref()
+                .expect("alive")
+                .peers::<ChatClient>()
+                .ids()
+                .contains(&leaver),
+            "the leaver is still in a peer set"
+        );
+    }
+    assert!(
+        slowest_leave <= interval + SLACK,
+        "leave took {slowest_leave:?}"
+    );
+    eprintln!(
+        "graceful leave seen by all {} in {slowest_leave:?} (interval {interval:?})",
+        N - 1
+    );
+
+    // A node dropped without stopping is reported lost within the bound.
+    let crashed = ids[1];
+    let bound = beacon(group, interval)
+        .config()
+        .liveness_config()
+        .detection_bound();
+    let crashed_at = Instant::now();
+    drop(nodes[1].take());
+    let mut slowest_lost = Duration::ZERO;
+    for ev in events.iter_mut().skip(2) {
+        expect(ev, bound + SLACK, "lost", |e| match e {
+            NodeEvent::PeerLost(id) => {
+                assert_eq!(*id, crashed, "a live node was reported lost");
+                true
+            }
+            _ => false,
+        })
+        .await;
+        slowest_lost = slowest_lost.max(crashed_at.elapsed());
+    }
+    assert!(slowest_lost <= bound + SLACK, "lost took {slowest_lost:?}");
+    eprintln!(
+        "crash reported lost by all {} in {slowest_lost:?} (bound {bound:?})",
+        N - 2
+    );
+    for n in nodes.iter().flatten() {
+        n.stop().await.expect("stops");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_switch_connects_and_disconnects_the_right_peers() {
+    let interval = 100 * MS;
+    let bound = 2 * interval + Duration::from_secs(2);
+    let group = private_group();
+    let start = |name: &str, session: &str| {
+        node(name.into(), group, interval)
+            .session(session)
+            .serve(ChatHandler::new(Room::new()))
+            .start()
+    };
+    let a1 = start("a1", "a").await.expect("starts");
+    let a2 = start("a2", "a").await.expect("starts");
+    let b1 = start("b1", "b").await.expect("starts");
+    let b2 = start("b2", "b").await.expect("starts");
+    chat_peers_become(&a1, &[a2.id()], bound, "before").await;
+    chat_peers_become(&b1, &[b2.id()], bound, "before").await;
+
+    let mut a1_changes = a1.peers::<ChatClient>().changes();
+    let mut events = a1.events();
+    let switched = Instant::now();
+    a1.switch("b").await.expect("switches");
+    assert_eq!(a1.session().as_deref(), Some("b"));
+    expect(&mut events, bound, "own session change", |e| {
+        *e == NodeEvent::SessionChanged {
+            node: a1.id(),
+            from: Some("a".into()),
+            to: Some("b".into()),
+        }
+    })
+    .await;
+    chat_peers_become(&a1, &[b1.id(), b2.id()], bound, "after switch").await;
+    chat_peers_become(&a2, &[], bound, "after switch").await;
+    chat_peers_become(&b1, &[a1.id(), b2.id()], bound, "after switch").await;
+    eprintln!("session switch settled in {:?}", switched.elapsed());
+
+    // The old session's peer was disconnected, not just hidden.
+    let connected_to_a2 = a1
+        .endpoint()
+        .connections()
+        .iter()
+        .filter(|c| !c.is_closed() && c.peer().node_id() == a2.id())
+        .count();
+    assert_eq!(connected_to_a2, 0, "a1 still holds a connection to a2");
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match timeout(bound, a1_changes.next()).await {
+            Ok(Some(change)) => seen.push(change),
+            _ => break,
+        }
+    }
+    assert!(seen.contains(&PeerChange::Left(a2.id())), "{seen:?}");
+    assert!(seen.contains(&PeerChange::Joined(b1.id())), "{seen:?}");
+    assert!(seen.contains(&PeerChange::Joined(b2.id())), "{seen:?}");
+
+    // Leaving the session unlinks everything session-scoped.
+    a1.leave_session().await.expect("leaves");
+    chat_peers_become(&a1, &[], bound, "after leaving").await;
+    chat_peers_become(&b2, &[b1.id()], bound, "after a1 left").await;
+    for n in [a1, a2, b1, b2] {
+        n.stop().await.expect("stops");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_services_link_across_sessions() {
+    let interval = 100 * MS;
+    let bound = 2 * interval + Duration::from_secs(2);
+    let group = private_group();
+    let start = |name: &str, session: Option<&str>| {
+        let b = node(name.into(), group, interval)
+            .serve(ChatHandler::new(Room::new()))
+            .scope::<ChatClient>(Scope::Global);
+        let b = match session {
+            Some(s) => b.session(s),
+            None => b,
+        };
+        b.start()
+    };
+    let x = start("x", Some("a")).await.expect("starts");
+    let y = start("y", Some("b")).await.expect("starts");
+    let z = start("z", None).await.expect("starts");
+    chat_peers_become(&x, &[y.id(), z.id()], bound, "global").await;
+    chat_peers_become(&z, &[x.id(), y.id()], bound, "global").await;
+    for n in [x, y, z] {
+        n.stop().await.expect("stops");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_rules_connect_only_the_allowed_pairs() {
+    let interval = 100 * MS;
+    let bound = 2 * interval + Duration::from_secs(2);
+    let group = private_group();
+    let start = |name: &str, role: &str| {
+        node(name.into(), group, interval)
+            .session("lab")
+            .serve_as(FeedHandler::new(Named(name.into())), role)
+            .connect_rule::<FeedClient>("subscriber", "publisher")
+            .start()
+    };
+    let p1 = start("p1", "publisher").await.expect("starts");
+    let p2 = start("p2", "publisher").await.expect("starts");
+    let s1 = start("s1", "subscriber").await.expect("starts");
+    let s2 = start("s2", "subscriber").await.expect("starts");
+    let sorted = |mut v: Vec<NodeId>| {
+        v.sort();
+        v
+    };
+    let expected: HashMap<NodeId, Vec<NodeId>> = [
+        (p1.id(), sorted(vec![s1.id(), s2.id()])),
+        (p2.id(), sorted(vec![s1.id(), s2.id()])),
+        (s1.id(), sorted(vec![p1.id(), p2.id()])),
+        (s2.id(), sorted(vec![p1.id(), p2.id()])),
+    ]
+    .into();
+    let all = [&p1, &p2, &s1, &s2];
+    for n in all {
+        let want = &expected[&n.id()];
+        let peers = n.peers::<FeedClient>();
+        let reached = timeout(bound, peers.wait_until(|ids| ids == want.as_slice())).await;
+        assert!(
+            reached.is_ok(),
+            "{} linked {:?}, expected {:?}",
+            n.name(),
+            peers.ids(),
+            want
+        );
+    }
+    // Several more intervals: no forbidden pair ever links or connects.
+    tokio::time::sleep(5 * interval).await;
+    for n in all {
+        assert_eq!(n.peers::<FeedClient>().ids(), expected[&n.id()]);
+        let connected: HashSet<NodeId> = n
+            .endpoint()
+            .connections()
+            .iter()
+            .filter(|c| !c.is_closed())
+            .map(|c| c.peer().node_id())
+            .collect();
+        let want: HashSet<NodeId> = expected[&n.id()].iter().copied().collect();
+        assert_eq!(connected, want, "{} connections", n.name());
+    }
+    // Calls go to the right role.
+    for (_, publisher) in s1.peers::<FeedClient>().list() {
+        let name = publisher.name().await.expect("name");
+        assert!(name.starts_with('p'), "subscriber reached {name}");
+    }
+    // A role the contract does not declare is refused at start.
+    let err = node("bad".into(), group, interval)
+        .serve_as(FeedHandler::new(Named("bad".into())), "lurker")
+        .start()
+        .await
+        .expect_err("unknown role refused");
+    assert!(err.to_string().contains("lurker"), "{err}");
+    for n in [p1, p2, s1, s2] {
+        n.stop().await.expect("stops");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_returns_every_reply_before_the_deadline_and_times_out_the_hung_peer() {
+    const PEERS: usize = 20;
+    let interval = 100 * MS;
+    let bound = 2 * interval + Duration::from_secs(3);
+    let group = private_group();
+    let caller = node("caller".into(), group, interval)
+        .session("room")
+        .serve(ChatHandler::new(Room::new()))
+        .start()
+        .await
+        .expect("starts");
+    let mut others = Vec::new();
+    for i in 0..PEERS {
+        let room = Room {
+            hung: i == 7,
+            ..Room::new()
+        };
+        others.push(
+            node(format!("peer-{i}"), group, interval)
+                .session("room")
+                .serve(ChatHandler::new(room))
+                .start()
+                .await
+                .expect("starts"),
+        );
+    }
+    let hung = others[7].id();
+    let peers = caller.peers::<ChatClient>();
+    let reached = timeout(bound, peers.wait_until(|ids| ids.len() == PEERS)).await;
+    assert!(reached.is_ok(), "only {} peers linked", peers.len());
+
+    let deadline = Duration::from_millis(1500);
+    let started = Instant::now();
+    let mut replies = caller.broadcast(deadline, |chat: ChatClient| async move {
+        chat.post("hello".into()).await
+    });
+    assert_eq!(replies.peers().len(), PEERS);
+    // A node joining after the broadcast started does not take part.
+    let late = node("late".into(), group, interval)
+        .session("room")
+        .serve(ChatHandler::new(Room::new()))
+        .start()
+        .await
+        .expect("starts");
+
+    let mut ok = HashSet::new();
+    let mut last_ok = Duration::ZERO;
+    let mut timed_out = Vec::new();
+    while let Some((peer, reply)) = replies.next().await {
+        match reply {
+            Ok(count) => {
+                assert_eq!(count, 1);
+                ok.insert(peer);
+                last_ok = started.elapsed();
+            }
+            Err(CallError::Timeout { .. }) => timed_out.push((peer, started.elapsed())),
+            Err(e) => panic!("{peer}: unexpected {e}"),
+        }
+    }
+    assert_eq!(ok.len(), PEERS - 1, "replies: {ok:?}");
+    assert!(!ok.contains(&late.id()));
+    assert!(
+        last_ok < deadline / 2,
+        "the 19 replies took {last_ok:?}: the hung peer delayed them"
+    );
+    assert_eq!(timed_out.len(), 1);
+    let (who, when) = timed_out[0];
+    assert_eq!(who, hung);
+    assert!(
+        when >= deadline && when <= deadline + SLACK,
+        "timeout after {when:?}"
+    );
+    eprintln!("broadcast: {} replies by {last_ok:?}, hung peer timed out at {when:?} (deadline {deadline:?})", ok.len());
+    for n in others.into_iter().chain([caller, late]) {
+        n.stop().await.expect("stops");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_state_stays_consistent_under_a_thousand_concurrent_calls() {
+    const CALLS: u64 = 1000;
+    let interval = 100 * MS;
+    let bound = 2 * interval + Duration::from_secs(2);
+    let group = private_group();
+    let server = node("server".into(), group, interval)
+        .session("s")
+        .serve(ChatHandler::new(Room::new()))
+        .start()
+        .await
+        .expect("starts");
+    let client = node("client".into(), group, interval)
+        .session("s")
+        .uses::<ChatClient>()
+        .start()
+        .await
+        .expect("starts");
+    let peers = client.peers::<ChatClient>();
+    let reached = timeout(bound, peers.wait_until(|ids| ids == [server.id()])).await;
+    assert!(reached.is_ok(), "client never linked the server");
+    // A caller-only node is not in the server's set: it serves nothing.
+    assert!(server.peers::<ChatClient>().is_empty());
+    let chat = peers.get(server.id()).expect("member");
+
+    let calls = (0..CALLS).map(|i| {
+        let chat = chat.clone();
+        tokio::spawn(async move { chat.post(format!("m{i}")).await })
+    });
+    let counts: Vec<u64> = timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(calls),
+    )
+    .await
+    .expect("calls finish")
+    .into_iter()
+    .map(|r| r.expect("task").expect("post"))
+    .collect();
+    // Every call saw a distinct count: no update was lost or doubled.
+    let distinct: HashSet<u64> = counts.iter().copied().collect();
+    assert_eq!(distinct, (1..=CALLS).collect());
+    let log = chat.log().await.expect("log");
+    assert_eq!(log.len() as u64, CALLS);
+    let messages: HashSet<&String> = log.iter().collect();
+    assert_eq!(messages.len() as u64, CALLS);
+    client.stop().await.expect("stops");
+    server.stop().await.expect("stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_session_key_is_ignored() {
+    let interval = 50 * MS;
+    let bound = 2 * interval + Duration::from_secs(2);
+    let group = private_group();
+    let key = SessionKey::new(b"lobby secret");
+    let keyed = |name: &str| {
+        Node::builder(name)
+            .discovery(beacon(group, interval).key(key.clone()))
+            .reconcile_interval(interval)
+            .session("lobby")
+            .serve(ChatHandler::new(Room::new()))
+            .start()
+    };
+    let a = keyed("a").await.expect("starts");
+    let b = keyed("b").await.expect("starts");
+    let stranger = node("stranger".into(), group, interval)
+        .session("lobby")
+        .serve(ChatHandler::new(Room::new()))
+        .start()
+        .await
+        .expect("starts");
+    chat_peers_become(&a, &[b.id()], bound, "keyed pair").await;
+    tokio::time::sleep(6 * interval).await;
+    for n in [&a, &b] {
+        assert!(
+            n.known_peers().iter().all(|p| p.id != stranger.id()),
+            "{} heard of the stranger",
+            n.name()
+        );
+        assert!(!n.peers::<ChatClient>().ids().contains(&stranger.id()));
+    }
+    assert!(stranger.known_peers().is_empty());
+    assert!(stranger.peers::<ChatClient>().is_empty());
+    for n in [a, b, stranger] {
+        n.stop().await.expect("stops");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_lets_calls_in_flight_finish() {
+    let interval = 100 * MS;
+    let bound = 2 * interval + Duration::from_secs(2);
+    let group = private_group();
+    let slow = node("slow".into(), group, interval)
+        .session("s")
+        .serve(SlowHandler::new(Sleeper))
+        .start()
+        .await
+        .expect("starts");
+    let caller = node("caller".into(), group, interval)
+        .session("s")
+        .serve(SlowHandler::new(Sleeper))
+        .start()
+        .await
+        .expect("starts");
+    let peers = caller.peers::<SlowClient>();
+    let reached = timeout(bound, peers.wait_until(|ids| ids == [slow.id()])).await;
+    assert!(reached.is_ok(), "never linked");
+    let client = peers.get(slow.id()).expect("member");
+    let call = tokio::spawn(async move { client.nap(300).await });
+    tokio::time::sleep(50 * MS).await;
+    let mut events = caller.events();
+    timeout(bound, slow.stop())
+        .await
+        .expect("stop is bounded")
+        .expect("stops");
+    assert_eq!(
+        call.await.expect("task").expect("in-flight call finished"),
+        300
+    );
+    expect(&mut events, SLACK, "leave", |e| {
+        *e == NodeEvent::PeerLeft(slow.id())
+    })
+    .await;
+    caller.stop().await.expect("stops");
+}
+
+/// A service whose call takes a while.
+#[plexus::service(package = "test")]
+pub trait Slow {
+    /// Sleeps `ms` milliseconds, then replies with it.
+    async fn nap(&self, ms: u64) -> Result<u64, Reject>;
+}
+
+struct Sleeper;
+
+impl Slow for Sleeper {
+    async fn nap(&self, ms: u64) -> Result<u64, Reject> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(ms)
+    }
+}
