@@ -311,7 +311,7 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
     let request_ty = method.request_type();
     let body = local("body");
     let request = local("request");
-    let peer = quote!(self.connection.peer().label());
+    let peer = quote!(&self.connection);
 
     let params: Vec<TokenStream> = if method.kind.streams_requests() {
         Vec::new()
@@ -361,7 +361,7 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
             quote! {
                 #encode
                 let inbound = self.connection.server_stream(#op, #body, #options).await?;
-                ::core::result::Result::Ok(::plexus::Streaming::new::<#codec>(inbound, #op, ::core::clone::Clone::clone(#peer)))
+                ::core::result::Result::Ok(::plexus::Streaming::new::<#codec>(inbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())))
             },
         ),
         CallKind::ClientStream => (
@@ -369,8 +369,8 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
             quote! {
                 let (outbound, reply) = self.connection.client_stream(#op, #options).await?;
                 ::core::result::Result::Ok((
-                    ::plexus::StreamSender::new::<#codec>(outbound, #op, ::core::clone::Clone::clone(#peer)),
-                    ::plexus::ReplyFuture::new::<#codec>(reply, #op, ::core::clone::Clone::clone(#peer)),
+                    ::plexus::StreamSender::new::<#codec>(outbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
+                    ::plexus::ReplyFuture::new::<#codec>(reply, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
                 ))
             },
         ),
@@ -379,8 +379,8 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
             quote! {
                 let (outbound, inbound) = self.connection.bidi(#op, #options).await?;
                 ::core::result::Result::Ok((
-                    ::plexus::StreamSender::new::<#codec>(outbound, #op, ::core::clone::Clone::clone(#peer)),
-                    ::plexus::Streaming::new::<#codec>(inbound, #op, ::core::clone::Clone::clone(#peer)),
+                    ::plexus::StreamSender::new::<#codec>(outbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
+                    ::plexus::Streaming::new::<#codec>(inbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
                 ))
             },
         ),

@@ -24,7 +24,6 @@
 use bytes::Bytes;
 
 use crate::error::{CallError, Reject};
-use crate::wire::SystemCode;
 
 /// A wire format, named so descriptors can say which one a service speaks.
 pub trait Format: Send + Sync + 'static {
@@ -96,8 +95,11 @@ where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {
     fn encode(value: &T) -> Result<Bytes, CodecError> {
-        rmp_serde::to_vec_named(value)
-            .map(Bytes::from)
+        // Most messages are small; start with room for one so the common
+        // case allocates once.
+        let mut out = Vec::with_capacity(128);
+        rmp_serde::encode::write_named(&mut out, value)
+            .map(|()| Bytes::from(out))
             .map_err(|e| CodecError::encode(Self::NAME, e))
     }
 
@@ -151,14 +153,24 @@ where
 }
 
 /// Encodes a request on the calling side; a failure becomes
-/// [`CallError::Decode`] naming the operation (the value never left).
-pub fn encode_request<C: Codec<T>, T>(op: &str, peer: &str, value: &T) -> Result<Bytes, CallError> {
-    C::encode(value).map_err(|e| CallError::decode(op, peer, e))
+/// [`CallError::Encode`] naming the operation and `conn`'s peer (the value
+/// never left).
+pub fn encode_request<C: Codec<T>, T>(
+    op: &str,
+    conn: &crate::Connection,
+    value: &T,
+) -> Result<Bytes, CallError> {
+    // The peer is named only on failure: looking it up costs an allocation.
+    C::encode(value).map_err(|e| CallError::encode(op, conn.peer().label().clone(), e))
 }
 
 /// Decodes a reply on the calling side; a failure becomes [`CallError::Decode`].
-pub fn decode_reply<C: Codec<T>, T>(op: &str, peer: &str, bytes: Bytes) -> Result<T, CallError> {
-    C::decode(bytes).map_err(|e| CallError::decode(op, peer, e))
+pub fn decode_reply<C: Codec<T>, T>(
+    op: &str,
+    conn: &crate::Connection,
+    bytes: Bytes,
+) -> Result<T, CallError> {
+    C::decode(bytes).map_err(|e| CallError::decode(op, conn.peer().label().clone(), e))
 }
 
 /// Decodes a request on the serving side; a failure becomes
@@ -171,5 +183,5 @@ pub fn decode_request<C: Codec<T>, T>(bytes: Bytes) -> Result<T, Reject> {
 /// types, not the caller's fault) becomes a rejection with the system code
 /// for a failed handler.
 pub fn encode_reply<C: Codec<T>, T>(value: &T) -> Result<Bytes, Reject> {
-    C::encode(value).map_err(|e| Reject::new(SystemCode::HandlerFailed as u32, e.to_string()))
+    C::encode(value).map_err(|e| Reject::handler_failed(e.to_string()))
 }

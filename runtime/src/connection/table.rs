@@ -7,6 +7,7 @@
 //! close); whoever removes it owns delivering the outcome.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -113,5 +114,27 @@ impl Entry {
     }
 }
 
-/// The table itself.
-pub(crate) type CallTable = HashMap<u32, Entry>;
+/// The table itself. Call ids are small local integers chosen by this
+/// connection's sides, so they need no keyed hash.
+pub(crate) type CallTable = HashMap<u32, Entry, BuildHasherDefault<IdHasher>>;
+
+/// Hashes a call id by spreading its bits with one multiplication (ids step
+/// by two; the multiply keeps the table's buckets evenly used).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}

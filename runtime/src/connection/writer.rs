@@ -173,6 +173,12 @@ impl WriteQueue {
                     break;
                 }
                 self.wake.notified().await;
+                // Let every other task that is ready to send encode its frame
+                // first, so this wake-up writes them all in one syscall.
+                // Without it the writer runs right after the first sender
+                // and writes batches of one (measured: ~2 writes per unary
+                // call instead of ~0.1).
+                tokio::task::yield_now().await;
                 continue;
             }
             self.drained.notify_waiters();

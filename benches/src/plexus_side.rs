@@ -1,0 +1,55 @@
+//! Plexus: the echo contract as a `#[plexus::service]` trait, served over tcp
+//! with the default codec (MessagePack) and the default connection settings.
+
+use futures_util::StreamExt;
+use plexus::{BoxStream, Reject, Server};
+use serde_bytes::ByteBuf;
+
+use crate::BoxError;
+
+/// The benchmark's contract, as a Plexus user writes it.
+#[plexus::service(package = "bench", version = 1)]
+pub trait Echo {
+    /// Returns the payload unchanged.
+    async fn echo(&self, payload: ByteBuf) -> Result<ByteBuf, Reject>;
+    /// Streams `messages` messages of `size` bytes each.
+    async fn download(&self, messages: u32, size: u32) -> Result<BoxStream<ByteBuf>, Reject>;
+}
+
+struct Echoing;
+
+impl Echo for Echoing {
+    async fn echo(&self, payload: ByteBuf) -> Result<ByteBuf, Reject> {
+        Ok(payload)
+    }
+
+    async fn download(&self, messages: u32, size: u32) -> Result<BoxStream<ByteBuf>, Reject> {
+        let chunk = ByteBuf::from(vec![0x5a; size as usize]);
+        Ok(futures_util::stream::iter(0..messages)
+            .map(move |_| chunk.clone())
+            .boxed())
+    }
+}
+
+/// Starts a server on an ephemeral loopback port.
+pub async fn start() -> Result<Server, BoxError> {
+    Ok(Server::bind("tcp://127.0.0.1:0")
+        .serve(EchoHandler::new(Echoing))
+        .start()
+        .await?)
+}
+
+/// Connects a typed client to `url`.
+pub async fn connect(url: String) -> Result<EchoClient, BoxError> {
+    Ok(EchoClient::connect(url).await?)
+}
+
+/// Downloads `messages` × `size` bytes; returns the bytes received.
+pub async fn download(client: &EchoClient, messages: u32, size: u32) -> Result<usize, BoxError> {
+    let mut stream = client.download(messages, size).await?;
+    let mut received = 0;
+    while let Some(chunk) = stream.next().await {
+        received += chunk?.len();
+    }
+    Ok(received)
+}
