@@ -22,7 +22,7 @@ use crate::connection::{
 };
 use crate::error::ConnectError;
 use crate::error::Reject;
-use crate::events::{Event, Events};
+use crate::events::{Event, EventHub, Events};
 use crate::router::{IntoRouter, Router};
 use crate::transport::{self, ReadHalf, TlsConfig, TransportConfig, Url, UrlError, WriteHalf};
 use crate::wire::handshake::{self, Answer, Hello, Refusal, RefusalCode, Welcome};
@@ -93,7 +93,7 @@ struct Inner {
     hello_data: Bytes,
     accept: Option<AcceptHook>,
     max_connections: Option<usize>,
-    events: tokio::sync::broadcast::Sender<Event>,
+    events: Arc<EventHub>,
     conns: Mutex<HashMap<u64, Connection>>,
     next_conn: AtomicU64,
     shutdown: CancellationToken,
@@ -211,12 +211,11 @@ impl EndpointBuilder {
 
     /// Builds the endpoint. It listens nowhere until [`Endpoint::listen`].
     pub fn build(self) -> Endpoint {
-        let (events, _) = tokio::sync::broadcast::channel(crate::events::CAPACITY);
         Endpoint {
             inner: Arc::new(Inner {
                 node: self.node.unwrap_or_else(NodeId::random),
                 router: self.router.add(builtin_routes(self.sessions)),
-                events,
+                events: Arc::default(),
                 config: self.config,
                 transport: self.transport,
                 hello_data: self.hello_data,
@@ -267,7 +266,7 @@ impl Endpoint {
 
     /// Subscribes to this endpoint's connection and session events.
     pub fn events(&self) -> Events {
-        Events::new(self.inner.events.subscribe())
+        self.inner.events.subscribe()
     }
 
     pub(crate) fn config(&self) -> &ConnectionConfig {
@@ -444,7 +443,7 @@ impl Endpoint {
             est,
             self.inner.router.clone(),
             self.inner.config.clone(),
-            Some(self.inner.events.clone()),
+            self.inner.events.clone(),
         )))
     }
 
@@ -469,7 +468,7 @@ fn register(inner: &Arc<Inner>, conn: Connection) -> Connection {
         .unwrap_or_else(|e| e.into_inner())
         .insert(key, conn.clone());
     let peer = conn.peer();
-    let _ = inner.events.send(Event::Connected { peer: peer.clone() });
+    inner.events.send(Event::Connected { peer: peer.clone() });
     let weak = Arc::downgrade(inner);
     let watched = conn.clone();
     tokio::spawn(async move {
@@ -480,7 +479,7 @@ fn register(inner: &Arc<Inner>, conn: Connection) -> Connection {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&key);
-            let _ = inner.events.send(Event::Disconnected { peer, reason });
+            inner.events.send(Event::Disconnected { peer, reason });
         }
     });
     conn
@@ -663,7 +662,7 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
         est,
         inner.router.clone(),
         inner.config.clone(),
-        Some(inner.events.clone()),
+        inner.events.clone(),
     );
     register(inner, conn);
     Ok(())

@@ -41,6 +41,26 @@ pub enum Event {
     },
 }
 
+/// Where an endpoint's events go. The channel (a ring of [`CAPACITY`] slots)
+/// is made on the first subscription: an endpoint nobody listens to — one
+/// per `Connection::connect` — pays nothing for it.
+#[derive(Default)]
+pub(crate) struct EventHub(std::sync::OnceLock<broadcast::Sender<Event>>);
+
+impl EventHub {
+    pub(crate) fn subscribe(&self) -> Events {
+        let tx = self.0.get_or_init(|| broadcast::channel(CAPACITY).0);
+        Events::new(tx.subscribe())
+    }
+
+    /// Sends to current subscribers, if there are any.
+    pub(crate) fn send(&self, event: Event) {
+        if let Some(tx) = self.0.get() {
+            let _ = tx.send(event);
+        }
+    }
+}
+
 /// Capacity of an endpoint's event channel; a subscriber that falls further
 /// behind skips events and can see how many in [`Events::missed`].
 pub(crate) const CAPACITY: usize = 1024;

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use self::calls::CallOptions;
@@ -36,7 +35,7 @@ pub use self::session::{Session, SessionRequest, NO_SESSIONS};
 pub use self::stream::{Inbound, Outbound, Reply, TrySendError};
 use self::table::{CallTable, Failure};
 use self::writer::WriteQueue;
-use crate::events::Event;
+use crate::events::EventHub;
 use crate::router::Router;
 use crate::transport::{ReadHalf, WriteHalf};
 use crate::wire;
@@ -253,7 +252,7 @@ pub(crate) struct Shared {
     next_session: AtomicU32,
     pub(crate) table: Mutex<CallTable>,
     pub(crate) sessions: SessionTable,
-    pub(crate) events: Option<broadcast::Sender<Event>>,
+    pub(crate) events: Arc<EventHub>,
     pub(crate) out: WriteQueue,
     pub(crate) router: Router,
     pub(crate) config: ConnectionConfig,
@@ -459,7 +458,7 @@ impl Connection {
         est: Established,
         router: Router,
         config: ConnectionConfig,
-        events: Option<broadcast::Sender<Event>>,
+        events: Arc<EventHub>,
     ) -> Connection {
         let shared = Arc::new(Shared {
             peer: est.peer,

@@ -20,8 +20,11 @@ use crate::wire::{self, Frame, Kind, SystemCode};
 
 /// Most distinct operations a peer may define on one connection.
 const MAX_OPS: usize = 65_536;
-/// Read buffer kept free before each read.
-const READ_RESERVE: usize = 8 * 1024;
+/// Read buffer kept free before each read, at first: small, so an idle
+/// connection holds little.
+const READ_RESERVE_MIN: usize = 2 * 1024;
+/// ... and at most, once reads keep filling it.
+const READ_RESERVE_MAX: usize = 64 * 1024;
 
 /// Operations the peer has defined, by index, with the handler resolved once.
 type OpTable = Vec<(Arc<str>, Option<Route>)>;
@@ -29,6 +32,7 @@ type OpTable = Vec<(Arc<str>, Option<Route>)>;
 pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut) {
     let mut ops = OpTable::new();
     let max = shared.config.max_frame;
+    let mut reserve = READ_RESERVE_MIN;
     shared.note_heard();
     loop {
         loop {
@@ -54,8 +58,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
             protocol_close(&shared, "the peer keeps sending but does not read".into());
             return;
         }
-        if buf.capacity() - buf.len() < READ_RESERVE / 2 {
-            buf.reserve(READ_RESERVE);
+        if buf.capacity() - buf.len() < reserve / 2 {
+            buf.reserve(reserve);
         }
         let read = tokio::select! {
             biased;
@@ -74,7 +78,14 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
                 shared.shut(reason);
                 return;
             }
-            Ok(_) => shared.note_heard(),
+            Ok(n) => {
+                shared.note_heard();
+                // A read that filled what was free says more is waiting:
+                // read in bigger bites from now on.
+                if n >= reserve / 2 {
+                    reserve = (reserve * 2).min(READ_RESERVE_MAX);
+                }
+            }
             Err(e) => {
                 shared.shut(CloseReason::Io(e.to_string()));
                 return;

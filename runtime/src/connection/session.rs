@@ -145,9 +145,7 @@ impl Shared {
     }
 
     pub(crate) fn emit(&self, event: Event) {
-        if let Some(tx) = &self.events {
-            let _ = tx.send(event);
-        }
+        self.events.send(event);
     }
 
     /// Ends a session on this side: cancels its calls and reports it.
