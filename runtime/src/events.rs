@@ -68,25 +68,57 @@ pub(crate) const CAPACITY: usize = 1024;
 /// A subscription to an endpoint's events. Use [`Events::recv`] or poll it
 /// as a [`Stream`](futures_core::Stream).
 pub struct Events {
-    rx: broadcast::Receiver<Event>,
-    missed: u64,
-    pending: Option<Pending>,
+    inner: Subscription<Event>,
 }
-
-/// What one wait for the next event gives back: the event, how many were
-/// skipped on the way, and the receiver to keep using.
-type Next = (Option<Event>, u64, broadcast::Receiver<Event>);
-type Pending = Pin<Box<dyn std::future::Future<Output = Next> + Send>>;
 
 impl std::fmt::Debug for Events {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Events")
-            .field("missed", &self.missed)
+            .field("missed", &self.inner.missed)
             .finish_non_exhaustive()
     }
 }
 
-async fn next(mut rx: broadcast::Receiver<Event>) -> Next {
+impl Events {
+    pub(crate) fn new(rx: broadcast::Receiver<Event>) -> Self {
+        Events {
+            inner: Subscription::new(rx),
+        }
+    }
+
+    /// The next event; `None` once the endpoint is gone.
+    pub async fn recv(&mut self) -> Option<Event> {
+        std::future::poll_fn(|cx| self.inner.poll_next(cx)).await
+    }
+
+    /// Events skipped because this subscriber fell more than 1024 behind.
+    pub fn missed(&self) -> u64 {
+        self.inner.missed
+    }
+}
+
+impl futures_core::Stream for Events {
+    type Item = Event;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.get_mut().inner.poll_next(cx)
+    }
+}
+
+/// What one wait for the next item gives back: the item, how many were
+/// skipped on the way, and the receiver to keep using.
+type Next<T> = (Option<T>, u64, broadcast::Receiver<T>);
+
+/// A broadcast receiver that can be polled: the receiver travels into a
+/// boxed wait and comes back with its result. Shared by every event stream
+/// of the crate (endpoint and node events).
+pub(crate) struct Subscription<T> {
+    rx: Option<broadcast::Receiver<T>>,
+    pub(crate) missed: u64,
+    pending: Option<Pin<Box<dyn std::future::Future<Output = Next<T>> + Send>>>,
+}
+
+async fn next<T: Clone>(mut rx: broadcast::Receiver<T>) -> Next<T> {
     let mut missed = 0;
     loop {
         match rx.recv().await {
@@ -97,52 +129,33 @@ async fn next(mut rx: broadcast::Receiver<Event>) -> Next {
     }
 }
 
-impl Events {
-    pub(crate) fn new(rx: broadcast::Receiver<Event>) -> Self {
-        Events {
-            rx,
+impl<T: Clone + Send + 'static> Subscription<T> {
+    pub(crate) fn new(rx: broadcast::Receiver<T>) -> Self {
+        Subscription {
+            rx: Some(rx),
             missed: 0,
             pending: None,
         }
     }
 
-    /// The next event; `None` once the endpoint is gone.
-    pub async fn recv(&mut self) -> Option<Event> {
-        std::future::poll_fn(|cx| self.poll_event(cx)).await
-    }
-
-    /// Events skipped because this subscriber fell more than 1024 behind.
-    pub fn missed(&self) -> u64 {
-        self.missed
-    }
-
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        let fut = match self.pending.as_mut() {
-            Some(f) => f,
-            None => {
-                // Swap the receiver into the future; a fresh placeholder
-                // receiver stands in until it comes back.
-                let placeholder = self.rx.resubscribe();
-                let rx = std::mem::replace(&mut self.rx, placeholder);
-                self.pending.insert(Box::pin(next(rx)))
-            }
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if self.pending.is_none() {
+            let Some(rx) = self.rx.take() else {
+                return Poll::Ready(None);
+            };
+            self.pending = Some(Box::pin(next(rx)));
+        }
+        let Some(fut) = self.pending.as_mut() else {
+            return Poll::Ready(None);
         };
         match fut.as_mut().poll(cx) {
-            Poll::Ready((event, missed, rx)) => {
+            Poll::Ready((item, missed, rx)) => {
                 self.pending = None;
-                self.rx = rx;
+                self.rx = Some(rx);
                 self.missed += missed;
-                Poll::Ready(event)
+                Poll::Ready(item)
             }
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-impl futures_core::Stream for Events {
-    type Item = Event;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.get_mut().poll_event(cx)
     }
 }

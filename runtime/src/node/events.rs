@@ -5,12 +5,12 @@
 //! that falls more than [`CAPACITY`] events behind skips the oldest and can
 //! see how many in [`NodeEvents::missed`].
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::sync::broadcast;
 
+use crate::events::Subscription;
 use crate::NodeId;
 
 /// Events buffered per subscriber before the oldest are skipped.
@@ -95,74 +95,35 @@ impl NodeEvent {
     }
 }
 
-type Next = (Option<NodeEvent>, u64, broadcast::Receiver<NodeEvent>);
-
 /// A subscription to a node's events, from the moment of subscribing. Use
 /// [`NodeEvents::recv`] or poll it as a [`Stream`](futures_core::Stream).
 pub struct NodeEvents {
-    rx: Option<broadcast::Receiver<NodeEvent>>,
-    missed: u64,
-    pending: Option<Pin<Box<dyn Future<Output = Next> + Send>>>,
+    inner: Subscription<NodeEvent>,
 }
 
 impl std::fmt::Debug for NodeEvents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeEvents")
-            .field("missed", &self.missed)
+            .field("missed", &self.inner.missed)
             .finish_non_exhaustive()
-    }
-}
-
-async fn next(mut rx: broadcast::Receiver<NodeEvent>) -> Next {
-    let mut missed = 0;
-    loop {
-        match rx.recv().await {
-            Ok(e) => return (Some(e), missed, rx),
-            Err(broadcast::error::RecvError::Lagged(n)) => missed += n,
-            Err(broadcast::error::RecvError::Closed) => return (None, missed, rx),
-        }
     }
 }
 
 impl NodeEvents {
     pub(crate) fn new(rx: broadcast::Receiver<NodeEvent>) -> Self {
         NodeEvents {
-            rx: Some(rx),
-            missed: 0,
-            pending: None,
+            inner: Subscription::new(rx),
         }
     }
 
     /// The next event; `None` once the node is gone.
     pub async fn recv(&mut self) -> Option<NodeEvent> {
-        std::future::poll_fn(|cx| self.poll_event(cx)).await
+        std::future::poll_fn(|cx| self.inner.poll_next(cx)).await
     }
 
     /// Events skipped because this subscriber fell too far behind.
     pub fn missed(&self) -> u64 {
-        self.missed
-    }
-
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<NodeEvent>> {
-        if self.pending.is_none() {
-            // The receiver travels into the future and comes back with its result.
-            let Some(rx) = self.rx.take() else {
-                return Poll::Ready(None);
-            };
-            self.pending = Some(Box::pin(next(rx)));
-        }
-        let Some(fut) = self.pending.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match fut.as_mut().poll(cx) {
-            Poll::Ready((event, missed, rx)) => {
-                self.pending = None;
-                self.rx = Some(rx);
-                self.missed += missed;
-                Poll::Ready(event)
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        self.inner.missed
     }
 }
 
@@ -170,6 +131,6 @@ impl futures_core::Stream for NodeEvents {
     type Item = NodeEvent;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<NodeEvent>> {
-        self.get_mut().poll_event(cx)
+        self.get_mut().inner.poll_next(cx)
     }
 }
