@@ -443,6 +443,15 @@ impl Connection {
         }
     }
 
+    /// Whether this side dialed the connection (for a reconnecting one: always).
+    pub fn dialed_here(&self) -> bool {
+        match &self.link {
+            Link::Direct(s) => s.dialer,
+            Link::Scoped(s) => s.shared.dialer,
+            Link::Redial(_) => true,
+        }
+    }
+
     /// The live link's state, if there is one.
     pub(crate) fn direct_shared(&self) -> Option<Arc<Shared>> {
         match &self.link {

@@ -41,6 +41,14 @@ pub(crate) enum Input {
     DialFailed { peer: NodeId, reason: String },
     /// The connection registered under `key` for `peer` ended.
     Closed { peer: NodeId, key: u64 },
+    /// A node listed by static discovery answered at `url` and described itself.
+    StaticDescribed {
+        url: String,
+        conn: Connection,
+        desc: NodeDescription,
+    },
+    /// Dialing a statically listed URL failed; the tick retries.
+    StaticFailed { url: String, reason: String },
     /// This node's session changed (already announced).
     SessionChanged {
         from: Option<String>,
@@ -101,6 +109,19 @@ pub(crate) struct Driver {
     announcement: Arc<tokio::sync::Mutex<Option<Announcement>>>,
     /// When to announce again for newcomers; see [`Driver::welcome`].
     reannounce_at: Option<tokio::time::Instant>,
+    /// URLs from static discovery, with the node last found at each.
+    statics: Vec<StaticTarget>,
+    /// Whether the backend announces nothing (static lists): then a
+    /// connection is the only sign of life, so a described peer counts as
+    /// announced and a closed connection as lost.
+    liveness_by_connection: bool,
+}
+
+/// One URL from static discovery.
+struct StaticTarget {
+    url: String,
+    peer: Option<NodeId>,
+    dialing: bool,
 }
 
 /// How long a re-announcement for newcomers waits, so that several nodes
@@ -123,9 +144,11 @@ impl Driver {
             reconcile_every,
             peers: HashMap::new(),
             next_key: 0,
+            liveness_by_connection: discovery.backend() == "static",
             discovery,
             announcement,
             reannounce_at: None,
+            statics: Vec::new(),
         }
     }
 
@@ -179,6 +202,7 @@ impl Driver {
                     for id in ids {
                         self.reconcile(id, true);
                     }
+                    self.dial_statics();
                 }
             }
         }
@@ -220,10 +244,14 @@ impl Driver {
             DiscoveryEvent::Lost(id) => self.gone(id, PeerState::Lost),
             DiscoveryEvent::Left(id) => self.gone(id, PeerState::Left),
             DiscoveryEvent::Endpoint(url) => {
-                tracing::warn!(
-                    url = %url,
-                    "a node does not dial bare endpoints (static discovery); use a backend that announces node ids (beacon, etcd)"
-                );
+                if !self.statics.iter().any(|t| t.url == url) {
+                    self.statics.push(StaticTarget {
+                        url,
+                        peer: None,
+                        dialing: false,
+                    });
+                    self.dial_statics();
+                }
             }
         }
     }
@@ -303,10 +331,37 @@ impl Driver {
                     p.dialing = false;
                 }
             }
+            Input::StaticDescribed { url, conn, desc } => {
+                if let Some(t) = self.statics.iter_mut().find(|t| t.url == url) {
+                    t.dialing = false;
+                    t.peer = desc.id();
+                }
+                if let Some(id) = desc.id() {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        if !p.endpoints.contains(&url) {
+                            p.endpoints.push(url);
+                        }
+                    }
+                }
+                self.described(conn, desc);
+            }
+            Input::StaticFailed { url, reason } => {
+                tracing::debug!(url = %url, "static peer did not answer, retrying at the next tick: {reason}");
+                if let Some(t) = self.statics.iter_mut().find(|t| t.url == url) {
+                    t.dialing = false;
+                }
+            }
             Input::Closed { peer, key } => {
+                let by_connection = self.liveness_by_connection;
                 if let Some(p) = self.peers.get_mut(&peer) {
                     if p.conn.as_ref().is_some_and(|(k, _)| *k == key) {
                         p.conn = None;
+                        if by_connection {
+                            // Nothing else says whether it lives: it is lost
+                            // until a static redial or its own dial brings it back.
+                            self.gone(peer, PeerState::Lost);
+                            return;
+                        }
                         // No redial here: if the peer closed because it does
                         // not want the link, redialing at once would spin.
                         // The tick redials.
@@ -369,6 +424,24 @@ impl Driver {
                 to: desc.session.clone(),
             });
         }
+        // Two connections to one peer (both sides dialed): keep the one the
+        // lower node id dialed, as the peer decides the same way.
+        if let Some((_, old)) = &peer.conn {
+            let lower_dials = self.shared.id < id;
+            if !old.is_closed()
+                && old.dialed_here() == lower_dials
+                && conn.dialed_here() != lower_dials
+            {
+                tokio::spawn(async move { conn.close().await });
+                return;
+            }
+        }
+        if self.liveness_by_connection {
+            peer.announced = true;
+        }
+        if !peer.alive() {
+            let _ = events.send(NodeEvent::PeerReturned(id));
+        }
         // Describing itself is proof of life, even before discovery says so.
         peer.state = PeerState::Alive;
         peer.dialing = false;
@@ -397,6 +470,31 @@ impl Driver {
             let _ = inputs.send(Input::Closed { peer: id, key });
         });
         self.reconcile(id, false);
+    }
+
+    /// Dials every statically listed URL whose node is not connected now.
+    fn dial_statics(&mut self) {
+        for t in &mut self.statics {
+            let connected = t
+                .peer
+                .and_then(|id| self.peers.get(&id))
+                .is_some_and(|p| p.conn.is_some());
+            if connected || t.dialing {
+                continue;
+            }
+            t.dialing = true;
+            let endpoint = self.endpoint.clone();
+            let shared = self.shared.clone();
+            let url = t.url.clone();
+            let limit = self.describe_timeout;
+            tokio::spawn(async move {
+                let input = match dial_url(&endpoint, &shared, &url, limit).await {
+                    Ok((conn, desc)) => Input::StaticDescribed { url, conn, desc },
+                    Err(reason) => Input::StaticFailed { url, reason },
+                };
+                let _ = shared.inputs.send(input);
+            });
+        }
     }
 
     /// Brings one peer's connection and links in line with what is known.
@@ -552,6 +650,31 @@ async fn dial(
         }
     }
     Err(failures.join("; "))
+}
+
+/// Dials a URL whose node is not known yet and exchanges descriptions.
+async fn dial_url(
+    endpoint: &Endpoint,
+    shared: &Shared,
+    url: &str,
+    limit: Duration,
+) -> Result<(Connection, NodeDescription), String> {
+    let conn = match tokio::time::timeout(limit, endpoint.connect(url)).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(format!("{url}: {e}")),
+        Err(_) => return Err(format!("{url}: no handshake within {limit:?}")),
+    };
+    match describe(&conn, shared, limit).await {
+        Ok(desc) if desc.id() == Some(conn.peer().node_id()) => Ok((conn, desc)),
+        Ok(desc) => {
+            conn.abort();
+            Err(format!("{url} described itself as {}", desc.node_id))
+        }
+        Err(e) => {
+            conn.abort();
+            Err(format!("{url}: {e}"))
+        }
+    }
 }
 
 /// Sends our description over `conn` and returns the peer's.
