@@ -21,7 +21,7 @@ use super::table::{Entry, InboundTx};
 use super::{Connection, Session, Shared};
 use crate::error::Reject;
 use crate::router::{CallContext, Route};
-use crate::wire::frame::{encode_body, encode_reject};
+use crate::wire::frame::encode_reject;
 use crate::wire::{CallOpen, Kind, SystemCode};
 
 /// A violation the reader closes the connection for.
@@ -309,7 +309,7 @@ async fn run(
         Outcome::Done(Ok(reply)) if reply.len() <= shared.peer_max_frame as usize => {
             let _ = shared
                 .out
-                .push_bounded(|o| encode_body(&mut o.buf, Kind::Ack, id, &reply))
+                .push_bounded(|o| o.frame(Kind::Ack, id, &reply))
                 .await;
             return;
         }

@@ -20,7 +20,7 @@ use super::flow::{RecvWindow, SendCredit};
 use super::table::{Failure, InItem};
 use super::Shared;
 use crate::error::CallError;
-use crate::wire::frame::{encode_body, encode_credit, encode_empty};
+use crate::wire::frame::{encode_credit, encode_empty};
 use crate::wire::{Kind, SystemCode};
 
 impl Shared {
@@ -434,7 +434,7 @@ impl Outbound {
         let id = self.id;
         self.shared
             .out
-            .push_bounded(|o| encode_body(&mut o.buf, Kind::Data, id, &msg))
+            .push_bounded(|o| o.frame(Kind::Data, id, &msg))
             .await
             .map_err(|_| self.shared.ended(&self.name, &self.credit))
     }
@@ -478,7 +478,7 @@ impl Outbound {
         match self
             .shared
             .out
-            .try_push_bounded(|o| encode_body(&mut o.buf, Kind::Data, id, &msg))
+            .try_push_bounded(|o| o.frame(Kind::Data, id, &msg))
         {
             Ok(Some(())) => Ok(()),
             Ok(None) => {

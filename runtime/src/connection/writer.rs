@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
 use crate::transport::WriteHalf;
+use crate::wire::frame::{encode_body, encode_header};
+use crate::wire::Kind;
 
 /// Capacity kept between batches; a batch that grew the buffer beyond this
 /// gives the memory back afterwards.
@@ -25,15 +27,49 @@ const KEEP_CAPACITY: usize = 256 * 1024;
 /// add their frames; above it, it writes at once.
 const COALESCE_BELOW: usize = 16 * 1024;
 
+/// Bodies at least this large are queued by reference and written with a
+/// vectored write instead of being copied into the buffer.
+const SHARE_BODY_FROM: usize = 16 * 1024;
+
 /// The connection's outgoing state, guarded by one lock.
+///
+/// The bytes waiting for the writer are `parts` (in order) followed by
+/// `buf`: small frames are encoded into `buf`; a large body is queued as a
+/// shared `Bytes` after freezing what `buf` held before it.
 #[derive(Debug, Default)]
 pub(crate) struct Outgoing {
     /// Encoded frames waiting for the writer.
     pub(crate) buf: BytesMut,
+    parts: Vec<Bytes>,
+    parts_len: usize,
     /// Operation ids interned on this connection, in definition order. Kept
     /// here so an id is defined in the same order its frames are written.
     pub(crate) ops: HashMap<Box<str>, u32>,
     closed: bool,
+}
+
+impl Outgoing {
+    /// Bytes queued, in parts and buffer.
+    pub(crate) fn len(&self) -> usize {
+        self.parts_len + self.buf.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.parts_len == 0 && self.buf.is_empty()
+    }
+
+    /// Queues a frame whose payload is `body`: large bodies by reference.
+    pub(crate) fn frame(&mut self, kind: Kind, id: u32, body: &Bytes) {
+        if body.len() < SHARE_BODY_FROM {
+            encode_body(&mut self.buf, kind, id, body);
+            return;
+        }
+        encode_header(&mut self.buf, body.len(), kind, 0, id);
+        let head = self.buf.split().freeze();
+        self.parts_len += head.len() + body.len();
+        self.parts.push(head);
+        self.parts.push(body.clone());
+    }
 }
 
 /// The queue callers write frames into.
@@ -77,7 +113,7 @@ impl WriteQueue {
         if out.closed {
             return Err(QueueClosed);
         }
-        let was_empty = out.buf.is_empty();
+        let was_empty = out.is_empty();
         let r = encode(&mut out);
         drop(out);
         if was_empty {
@@ -119,10 +155,10 @@ impl WriteQueue {
         if out.closed {
             return Err(QueueClosed);
         }
-        if out.buf.len() >= self.high_water {
+        if out.len() >= self.high_water {
             return Ok(None);
         }
-        let was_empty = out.buf.is_empty();
+        let was_empty = out.is_empty();
         let f = encode.take().ok_or(QueueClosed)?;
         let r = f(&mut out);
         drop(out);
@@ -150,7 +186,7 @@ impl WriteQueue {
 
     /// Bytes encoded and not yet handed to the transport.
     pub(crate) fn queued(&self) -> usize {
-        self.lock().buf.len()
+        self.lock().len()
     }
 
     /// Bytes handed to the transport so far.
@@ -162,17 +198,20 @@ impl WriteQueue {
     /// closed and empty, or the transport fails.
     pub(crate) async fn run(&self, mut io: WriteHalf) -> std::io::Result<()> {
         let mut batch = BytesMut::new();
+        let mut parts: Vec<Bytes> = Vec::new();
         loop {
             let closed = {
                 let mut out = self.lock();
-                if out.buf.is_empty() {
+                if out.is_empty() {
                     out.closed
                 } else {
                     std::mem::swap(&mut out.buf, &mut batch);
+                    std::mem::swap(&mut out.parts, &mut parts);
+                    out.parts_len = 0;
                     false
                 }
             };
-            if batch.is_empty() {
+            if batch.is_empty() && parts.is_empty() {
                 if closed {
                     break;
                 }
@@ -189,10 +228,17 @@ impl WriteQueue {
                 continue;
             }
             self.drained.notify_waiters();
-            io.write_all(&batch).await?;
+            let written = if parts.is_empty() {
+                io.write_all(&batch).await?;
+                batch.len()
+            } else {
+                parts.push(batch.split().freeze());
+                write_all_parts(&mut io, &mut parts).await?
+            };
             io.flush().await?;
             self.bytes_written
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                .fetch_add(written as u64, Ordering::Relaxed);
+            parts.clear();
             batch.clear();
             if batch.capacity() > KEEP_CAPACITY {
                 batch = BytesMut::new();
@@ -200,4 +246,39 @@ impl WriteQueue {
         }
         io.shutdown().await
     }
+}
+
+/// Writes every part, in order, with as few vectored writes as the
+/// transport allows. Returns the bytes written.
+async fn write_all_parts(io: &mut WriteHalf, parts: &mut [Bytes]) -> std::io::Result<usize> {
+    use tokio::io::AsyncWriteExt;
+    let total = parts.iter().map(Bytes::len).sum();
+    let mut first = 0;
+    while first < parts.len() {
+        if parts[first].is_empty() {
+            first += 1;
+            continue;
+        }
+        let slices: Vec<std::io::IoSlice<'_>> = parts[first..]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .take(64)
+            .map(|p| std::io::IoSlice::new(p))
+            .collect();
+        let mut n = io.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        drop(slices);
+        while n > 0 {
+            let p = &mut parts[first];
+            let step = n.min(p.len());
+            p.advance(step);
+            n -= step;
+            if p.is_empty() {
+                first += 1;
+            }
+        }
+    }
+    Ok(total)
 }

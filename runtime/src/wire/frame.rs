@@ -240,6 +240,12 @@ impl Frame {
     }
 }
 
+/// Appends a frame header announcing `len` payload bytes; the caller sends
+/// the payload itself (the writer does, for large bodies, without copying).
+pub fn encode_header(dst: &mut BytesMut, len: usize, kind: Kind, flags: u8, id: u32) {
+    put_header(dst, len, kind, flags, id);
+}
+
 fn put_header(dst: &mut BytesMut, len: usize, kind: Kind, flags: u8, id: u32) {
     // Lengths are bounded by the sender's checks against the peer's max frame
     // size, which is itself a u32.
