@@ -149,8 +149,26 @@ impl<T> StreamSender<T> {
     /// Sends one item, waiting while the receiver is behind.
     pub async fn send(&mut self, item: T) -> Result<(), CallError> {
         let bytes = (self.encode)(&item)
-            .map_err(|e| CallError::decode(self.op.clone(), self.peer.clone(), e))?;
+            .map_err(|e| CallError::encode(self.op.clone(), self.peer.clone(), e))?;
         self.outbound.send(bytes).await
+    }
+
+    /// Best-effort send: sends `item` if the receiver keeps up, otherwise
+    /// drops it and counts it in [`dropped`](Self::dropped); never waits.
+    /// `Ok(false)` means dropped.
+    pub fn try_send(&mut self, item: T) -> Result<bool, CallError> {
+        let bytes = (self.encode)(&item)
+            .map_err(|e| CallError::encode(self.op.clone(), self.peer.clone(), e))?;
+        match self.outbound.try_send(bytes) {
+            Ok(()) => Ok(true),
+            Err(crate::TrySendError::Full(_)) => Ok(false),
+            Err(crate::TrySendError::Closed(e)) => Err(e),
+        }
+    }
+
+    /// Items [`try_send`](Self::try_send) dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.outbound.dropped()
     }
 
     /// Tells the receiver no more items follow.

@@ -130,3 +130,22 @@ async fn typed_calls_scoped_to_a_session_stop_when_it_closes() {
         ""
     );
 }
+
+#[tokio::test]
+async fn typed_best_effort_sends_are_delivered_or_counted() {
+    let (_server, conn) = setup().await;
+    let relay = RelayClient::new(conn);
+    let (mut numbers, total) = bounded("open sum", relay.sum()).await.expect("open");
+    const N: u64 = 200_000;
+    for _ in 0..N {
+        numbers.try_send(1).expect("call still open");
+    }
+    let dropped = numbers.dropped();
+    numbers.finish().await.expect("finish");
+    let delivered = bounded("sum", total).await.expect("sum");
+    assert_eq!(
+        delivered + dropped,
+        N,
+        "every item is delivered or counted as dropped"
+    );
+}
