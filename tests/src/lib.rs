@@ -22,6 +22,30 @@ pub async fn bounded<F: Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
+/// Waits until `done()` holds, checking every 2 ms; fails the test after [`STEP`].
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    bounded(what, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+}
+
+/// Waits until `find()` gives a value, checking every 2 ms; fails the test
+/// after [`STEP`].
+pub async fn eventually<T>(what: &str, mut find: impl FnMut() -> Option<T>) -> T {
+    bounded(what, async {
+        loop {
+            if let Some(v) = find() {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+}
+
 /// A certificate authority made for one test, and identities it issues.
 pub struct TestPki {
     /// The CA certificate in PEM.

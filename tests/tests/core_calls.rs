@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use plexus::{Bytes, CallError, CallOptions, ConnectionConfig, Reject, Router};
-use plexus_tests::{bounded, Pair, Transport};
+use plexus_tests::{bounded, eventually, until, Pair, Transport};
 use tokio::sync::mpsc;
 
 const ECHO: &str = "test.Echo/echo";
@@ -81,13 +81,8 @@ async fn calls_flow_in_both_directions_at_once() {
         let conn = bounded("connect", pair.client.connect(&pair.url))
             .await
             .expect("connect");
-        let server_conn = bounded("server sees the connection", async {
-            loop {
-                if let Some(c) = pair.server.connections().into_iter().next() {
-                    break c;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        let server_conn = eventually("server sees the connection", || {
+            pair.server.connections().into_iter().next()
         })
         .await;
         let from_client = (0..100).map(|i| {
@@ -359,12 +354,7 @@ async fn graceful_close_finishes_in_flight_calls_and_refuses_new_ones() {
         c2.call("test.Slow/held", Bytes::from("kept"), CallOptions::new())
             .await
     });
-    bounded("handler started", async {
-        while started.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    until("handler started", || started.load(Ordering::SeqCst) != 0).await;
     let c3 = conn.clone();
     let closing = tokio::spawn(async move { c3.close().await });
     // Once closing, new calls are refused with a clear error.

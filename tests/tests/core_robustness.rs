@@ -9,7 +9,7 @@ use plexus::{
     Bytes, CallError, CallOptions, ConnectError, ConnectionConfig, Endpoint, Reject, Router,
     Server, TlsConfig,
 };
-use plexus_tests::{bounded, TestPki};
+use plexus_tests::{bounded, until, TestPki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -494,12 +494,7 @@ async fn connection_limit_refuses_the_one_too_many_with_a_clear_error() {
                 .expect("within the limit"),
         );
     }
-    bounded("server registers them", async {
-        while server.connections().len() < 3 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    until("server registers them", || server.connections().len() >= 3).await;
     let err = bounded("connect", plexus::Connection::connect(server.local_url()))
         .await
         .expect_err("over the limit");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexus::{Backoff, Bytes, CallError, CallOptions, Endpoint, Reject, Router, Server};
-use plexus_tests::bounded;
+use plexus_tests::{bounded, until};
 
 fn counting(hits: Arc<AtomicUsize>, hang: bool) -> Router {
     let h2 = hits.clone();
@@ -143,10 +143,8 @@ async fn a_non_idempotent_call_is_never_retried_but_an_idempotent_one_is() {
     let c2 = conn.clone();
     let o2 = opts.clone().idempotent(true);
     let get = tokio::spawn(async move { c2.call("test.Kv/get", Bytes::from("g"), o2).await });
-    bounded("both calls reach the server", async {
-        while hits.load(Ordering::SeqCst) < 2 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+    until("both calls reach the server", || {
+        hits.load(Ordering::SeqCst) >= 2
     })
     .await;
     // The server dies with both calls in flight and comes back healthy.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use plexus::{
     Bytes, CallError, CallOptions, CloseReason, ConnectionConfig, Endpoint, Event, Reject, Router,
 };
-use plexus_tests::{bounded, Pair, Transport};
+use plexus_tests::{bounded, eventually, until, Pair, Transport};
 use tokio::sync::mpsc;
 
 fn lab() -> Router {
@@ -157,15 +157,11 @@ async fn closing_a_session_cancels_its_calls_and_refuses_new_ones() {
         .await
     });
     // Let the call reach the server before closing.
-    bounded("call in flight", async {
-        while pair
-            .server
+    until("call in flight", || {
+        pair.server
             .connections()
             .first()
-            .is_none_or(|c| c.stats().calls_in_flight == 0)
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+            .is_some_and(|c| c.stats().calls_in_flight > 0)
     })
     .await;
     session.close("done for today").await;
@@ -184,15 +180,11 @@ async fn closing_a_session_cancels_its_calls_and_refuses_new_ones() {
         "{err:?}"
     );
     // The server side cancelled its handler too.
-    bounded("server drains", async {
-        while pair
-            .server
+    until("server drains", || {
+        pair.server
             .connections()
             .first()
-            .is_some_and(|c| c.stats().calls_in_flight != 0)
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+            .is_none_or(|c| c.stats().calls_in_flight == 0)
     })
     .await;
     // The server's view of the session is closed, with the reason.
@@ -277,13 +269,8 @@ async fn server_pushes_to_connected_clients_and_sessions_work_from_either_side()
     let _conn = bounded("connect", pair.client.connect(&pair.url))
         .await
         .expect("connect");
-    let server_conn = bounded("server sees client", async {
-        loop {
-            if let Some(c) = pair.server.connections().into_iter().next() {
-                break c;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+    let server_conn = eventually("server sees client", || {
+        pair.server.connections().into_iter().next()
     })
     .await;
     server_conn

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexus::{Bytes, CallError, CallOptions, ConnectionConfig, Reject, Router, TrySendError};
-use plexus_tests::{bounded, Pair, Transport};
+use plexus_tests::{bounded, until, Pair, Transport};
 use tokio::sync::mpsc;
 
 const MIB: usize = 1024 * 1024;
@@ -113,10 +113,8 @@ async fn best_effort_sender_drops_and_counts_instead_of_blocking() {
     .await
     .expect("stream");
     // Do not read until the producer is done: it must never have waited.
-    bounded("producer finishes without a reader", async {
-        while dropped.load(Ordering::SeqCst) == u64::MAX {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+    until("producer finishes without a reader", || {
+        dropped.load(Ordering::SeqCst) != u64::MAX
     })
     .await;
     let mut got = 0u64;
@@ -385,12 +383,7 @@ async fn caller_cancelling_any_stream_kind_stops_the_handler() {
         bounded("bidi stopped", stopped.recv()).await,
         Some("handler stopped")
     );
-    bounded("calls drain", async {
-        while conn.stats().calls_in_flight != 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    until("calls drain", || conn.stats().calls_in_flight == 0).await;
 }
 
 #[tokio::test]
