@@ -299,6 +299,34 @@ impl Shared {
         ))
     }
 
+    /// Registers and opens a call whose requests stream: the shared first
+    /// half of client-stream and bidi calls.
+    async fn open_request_stream(
+        self: &Arc<Self>,
+        op: &str,
+        opts: &CallOptions,
+        mut entry: Entry,
+    ) -> Result<(Outbound, Arc<CallGuard>, Option<tokio::time::Instant>), CallError> {
+        self.refuse_if_closing(op)?;
+        let id = self.next_call_id();
+        let credit = Arc::new(SendCredit::new(self.peer_window));
+        entry.credit = Some(credit.clone());
+        self.register(id, entry);
+        let guard = Arc::new(CallGuard::new(self.clone(), id));
+        self.open(id, op, opts, opts.timeout, Shape::Stream, &[])
+            .await?;
+        let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
+        let out = Outbound::opener(
+            self.name(op),
+            self.clone(),
+            id,
+            credit,
+            guard.clone(),
+            deadline,
+        );
+        Ok((out, guard, deadline))
+    }
+
     /// Opens a stream of requests to `op`; the handler answers once, at the
     /// end, through the returned [`Reply`]. Call [`Outbound::finish`] after the
     /// last message.
@@ -307,25 +335,13 @@ impl Shared {
         op: &str,
         opts: CallOptions,
     ) -> Result<(Outbound, Reply), CallError> {
-        let s = self;
-        s.refuse_if_closing(op)?;
-        let id = s.next_call_id();
         let (tx, rx) = oneshot::channel();
-        let credit = Arc::new(SendCredit::new(s.peer_window));
-        s.register(
-            id,
-            Entry {
-                reply: Some(tx),
-                credit: Some(credit.clone()),
-                ..Entry::default()
-            },
-        );
-        let guard = Arc::new(CallGuard::new(s.clone(), id));
-        s.open(id, op, &opts, opts.timeout, Shape::Stream, &[])
-            .await?;
-        let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
-        let out = Outbound::opener(s.name(op), s.clone(), id, credit, guard.clone(), deadline);
-        let reply = Reply::new(s.name(op), rx, guard, deadline, opts.timeout);
+        let entry = Entry {
+            reply: Some(tx),
+            ..Entry::default()
+        };
+        let (out, guard, deadline) = self.open_request_stream(op, &opts, entry).await?;
+        let reply = Reply::new(self.name(op), rx, guard, deadline, opts.timeout);
         Ok((out, reply))
     }
 
@@ -335,25 +351,13 @@ impl Shared {
         op: &str,
         opts: CallOptions,
     ) -> Result<(Outbound, Inbound), CallError> {
-        let s = self;
-        s.refuse_if_closing(op)?;
-        let id = s.next_call_id();
-        let credit = Arc::new(SendCredit::new(s.peer_window));
-        let (inbound_tx, rx, window) = s.new_inbound();
-        s.register(
-            id,
-            Entry {
-                inbound: Some(inbound_tx),
-                credit: Some(credit.clone()),
-                ..Entry::default()
-            },
-        );
-        let guard = Arc::new(CallGuard::new(s.clone(), id));
-        s.open(id, op, &opts, opts.timeout, Shape::Stream, &[])
-            .await?;
-        let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
-        let out = Outbound::opener(s.name(op), s.clone(), id, credit, guard.clone(), deadline);
-        let inbound = Inbound::new(s.name(op), rx, window, guard, deadline, opts.timeout);
+        let (inbound_tx, rx, window) = self.new_inbound();
+        let entry = Entry {
+            inbound: Some(inbound_tx),
+            ..Entry::default()
+        };
+        let (out, guard, deadline) = self.open_request_stream(op, &opts, entry).await?;
+        let inbound = Inbound::new(self.name(op), rx, window, guard, deadline, opts.timeout);
         Ok((out, inbound))
     }
 }

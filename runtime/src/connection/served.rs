@@ -51,6 +51,17 @@ impl Shared {
             .push(|o| encode_reject(&mut o.buf, id, true, code as u32, message, &[]));
     }
 
+    /// Refuses a call the peer opened, before any handler runs. The answer
+    /// goes out on the call's id, so that id must not belong to a call still
+    /// running (served calls check the same under the table lock on insert).
+    fn refuse(&self, id: u32, code: SystemCode, message: &str) -> Result<(), Violation> {
+        if self.table().contains_key(&id) {
+            return Err(Violation(format!("call id {id} opened twice")));
+        }
+        self.reject_now(id, code, message);
+        Ok(())
+    }
+
     /// Starts serving a call the peer opened.
     pub(crate) fn serve(
         self: &Arc<Self>,
@@ -115,26 +126,19 @@ impl Shared {
                 "call to `{op}` uses id {id}, which belongs to this side"
             )));
         }
-        // Refusals below answer on the call's id, so the id must not belong
-        // to a call already running.
-        if self.table().contains_key(&id) {
-            return Err(Violation(format!("call id {id} opened twice")));
-        }
         if !self.serving_new_calls() {
-            self.reject_now(
+            return self.refuse(
                 id,
                 SystemCode::GoingAway,
                 "connection is closing; no new calls",
             );
-            return Ok(());
         }
         let Some(route) = route else {
-            self.reject_now(
+            return self.refuse(
                 id,
                 SystemCode::NoSuchOperation,
                 &format!("no handler for `{op}`"),
             );
-            return Ok(());
         };
         if route.single_request() != open.end {
             let message = format!(
@@ -146,8 +150,7 @@ impl Shared {
                     "a request stream"
                 }
             );
-            self.reject_now(id, SystemCode::Protocol, &message);
-            return Ok(());
+            return self.refuse(id, SystemCode::Protocol, &message);
         }
 
         let (token, session) = match open.session {
@@ -164,8 +167,7 @@ impl Shared {
                     )
                 }
                 None => {
-                    self.reject_now(id, SystemCode::SessionClosed, &format!("session {sid}"));
-                    return Ok(());
+                    return self.refuse(id, SystemCode::SessionClosed, &format!("session {sid}"));
                 }
             },
         };
