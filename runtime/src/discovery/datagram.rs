@@ -179,6 +179,7 @@ mod tests {
         Announcement::new(NodeId(9), "bob")
             .session("s")
             .endpoint("tcp://127.0.0.1:9")
+            .incarnation(1)
     }
 
     #[test]
