@@ -241,9 +241,24 @@ pub enum CallError {
         /// The limit.
         limit: usize,
     },
+    /// A call meant for one peer of a set found no peer to take it: the set
+    /// was empty, or every member failed before running it.
+    #[error("no peer serving {service} could take the call (is any peer serving it linked to this node, in the same session?)")]
+    NoPeers {
+        /// The service's full name.
+        service: Arc<str>,
+    },
 }
 
 impl CallError {
+    /// No peer could take the call: the set of peers serving the service
+    /// was empty, or every member failed before running it.
+    pub fn no_peers(service: impl Into<Arc<str>>) -> Self {
+        CallError::NoPeers {
+            service: service.into(),
+        }
+    }
+
     /// A reply or stream item that the caller's codec could not decode.
     pub fn decode(
         op: impl Into<Arc<str>>,

@@ -36,6 +36,7 @@ mod endpoint;
 mod error;
 mod events;
 pub mod node;
+pub mod patterns;
 mod router;
 pub mod transport;
 pub mod wire;

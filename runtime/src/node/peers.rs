@@ -5,6 +5,7 @@
 //! clients. A set only reads what the node's driver publishes; it never
 //! dials or closes anything.
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use futures_core::Stream;
 use super::events::{NodeEvent, NodeEvents};
 use super::Shared;
 use crate::descriptor::Contract;
-use crate::{CallOptions, Connection, NodeId};
+use crate::{CallError, CallOptions, Connection, NodeId};
 
 /// A typed client that can be made from a connection: implemented by every
 /// client `#[plexus::service]` and `.proto` generation emit (`ChatClient`…).
@@ -95,6 +96,34 @@ impl<C: Client> PeerSet<C> {
             .into_iter()
             .find(|(id, _)| *id == peer)
             .map(|(_, conn)| C::from_connection(conn))
+    }
+
+    /// The members with their connections, in ascending id order.
+    pub(crate) fn members(&self) -> Vec<(NodeId, Connection)> {
+        self.shared.members(C::DESCRIPTOR.full_name)
+    }
+
+    /// Sends to one member at a time, chosen by `strategy`; see
+    /// [`Balancer`](crate::patterns::Balancer).
+    pub fn balanced(&self, strategy: crate::patterns::Strategy) -> crate::patterns::Balancer<C> {
+        crate::patterns::Balancer::new(self.clone(), strategy)
+    }
+
+    /// Runs `call` once on a client of every current member, all at once,
+    /// and waits for every result: the "to all" send mode, and with a
+    /// symmetric one-way service, a bus (each member gets each message once).
+    /// Members joining meanwhile take no part. For replies as they come,
+    /// bounded by a deadline, use [`Node::broadcast`](crate::Node::broadcast).
+    pub async fn send_all<F, Fut, T>(&self, call: F) -> Vec<(NodeId, Result<T, CallError>)>
+    where
+        F: Fn(C) -> Fut,
+        Fut: Future<Output = Result<T, CallError>>,
+    {
+        let sends = self.members().into_iter().map(|(id, conn)| {
+            let reply = call(C::from_connection(conn));
+            async move { (id, reply.await) }
+        });
+        futures_util::future::join_all(sends).await
     }
 
     /// How many members there are.
