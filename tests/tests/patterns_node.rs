@@ -638,3 +638,73 @@ async fn balanced_sends_rotate_fairly_and_fail_over_from_a_dead_peer() {
         s.stop().await.expect("stops");
     }
 }
+
+mod inventory {
+    include!(concat!(env!("OUT_DIR"), "/inventory.rs"));
+}
+
+plexus::topic! {
+    /// Stock changes as `.proto` messages.
+    pub struct StockChanges in "inventory" => inventory::Adjustment, codec = plexus::codec::Prost;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proto_topic_over_a_plain_connection() {
+    use plexus::{Connection, Contract, Server};
+
+    assert_eq!(StockChanges::DESCRIPTOR.codec, "protobuf");
+    assert_eq!(
+        StockChanges::DESCRIPTOR.methods[0].op,
+        "inventory.StockChanges/subscribe"
+    );
+    let publisher = Publisher::<StockChanges>::new();
+    let server = bounded(
+        "bind",
+        Server::bind("tcp://127.0.0.1:0")
+            .serve(publisher.clone())
+            .start(),
+    )
+    .await
+    .expect("server");
+    let conn = bounded("connect", Connection::connect(server.local_url()))
+        .await
+        .expect("connect");
+    let sub = Subscriber::<StockChanges>::builder()
+        .filter("bolts/")
+        .connect(conn.clone());
+    bounded("subscribed", sub.wait_publishers(1)).await;
+    for (sku, delta) in [("bolts/m4", 5), ("nuts/m4", 1), ("bolts/m6", -2)] {
+        let change = inventory::Adjustment {
+            sku: sku.into(),
+            delta,
+        };
+        publisher.publish(sku, &change).await.expect("publish");
+    }
+    let first = bounded("event", sub.recv()).await.expect("open");
+    let second = bounded("event", sub.recv()).await.expect("open");
+    assert_eq!(
+        (first.event.sku.as_str(), first.event.delta),
+        ("bolts/m4", 5)
+    );
+    assert_eq!(
+        (second.topic.as_str(), second.event.delta),
+        ("bolts/m6", -2)
+    );
+
+    // Closing the publisher ends the subscription cleanly.
+    publisher.close();
+    bounded("subscription ends", async {
+        while !sub.publishers().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(matches!(
+        publisher
+            .publish("bolts/x", &inventory::Adjustment::default())
+            .await,
+        Err(plexus::patterns::PublishError::Closed)
+    ));
+    conn.close().await;
+    server.shutdown().await;
+}
