@@ -123,6 +123,7 @@ async fn pipeline_spreads_work_fairly_over_four_workers() {
         assert_eq!(delivered.attempts, 1, "no redelivery without failures");
         per_worker[names[&delivered.worker]] += 1;
     }
+    eprintln!("per worker: {per_worker:?}");
     // Stated tolerance: each of 4 equal workers gets its fair 100 ± 20%.
     for (worker, count) in per_worker.iter().enumerate() {
         assert!(
