@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,6 +96,8 @@ struct Inner {
     events: Arc<EventHub>,
     conns: Mutex<HashMap<u64, Connection>>,
     next_conn: AtomicU64,
+    /// Incoming handshakes past the connection-limit check, not yet registered.
+    handshaking: AtomicUsize,
     shutdown: CancellationToken,
 }
 
@@ -223,6 +225,7 @@ impl EndpointBuilder {
                 max_connections: self.max_connections,
                 conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(0),
+                handshaking: AtomicUsize::new(0),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -583,16 +586,24 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
             node: inner.node.to_string(),
         });
     }
-    let open = inner.conns.lock().unwrap_or_else(|e| e.into_inner()).len();
-    if inner.max_connections.is_some_and(|max| open >= max) {
-        let reason = format!("at its limit of {open} connections; try again later or elsewhere");
-        refuse(&mut wr, RefusalCode::TooManyConnections, reason.clone()).await;
-        return Err(ConnectError::Refused {
-            url: remote,
-            code: RefusalCode::TooManyConnections,
-            reason,
-        });
-    }
+    // Held until the connection is registered, so handshakes running side
+    // by side cannot all pass the limit check before any of them counts.
+    let _slot = match inner.max_connections {
+        None => None,
+        Some(max) => match HandshakeSlot::take(inner, max) {
+            Ok(slot) => Some(slot),
+            Err(()) => {
+                let reason =
+                    format!("at its limit of {max} connections; try again later or elsewhere");
+                refuse(&mut wr, RefusalCode::TooManyConnections, reason.clone()).await;
+                return Err(ConnectError::Refused {
+                    url: remote,
+                    code: RefusalCode::TooManyConnections,
+                    reason,
+                });
+            }
+        },
+    };
     if inner.shutdown.is_cancelled() {
         refuse(
             &mut wr,
@@ -666,6 +677,35 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
     );
     register(inner, conn);
     Ok(())
+}
+
+/// A place under the connection limit, held by a handshake that passed the
+/// check and has not registered its connection yet.
+struct HandshakeSlot<'a> {
+    inner: &'a Inner,
+}
+
+impl<'a> HandshakeSlot<'a> {
+    /// Takes a place if open connections plus handshakes in progress are
+    /// below `max`.
+    fn take(inner: &'a Inner, max: usize) -> Result<Self, ()> {
+        // Counted under the connection table's lock, which `register` also
+        // takes, so a connection is never missed nor counted by two checks
+        // as free.
+        let conns = inner.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let busy = conns.len() + inner.handshaking.load(Ordering::Acquire);
+        if busy >= max {
+            return Err(());
+        }
+        inner.handshaking.fetch_add(1, Ordering::AcqRel);
+        Ok(HandshakeSlot { inner })
+    }
+}
+
+impl Drop for HandshakeSlot<'_> {
+    fn drop(&mut self) {
+        self.inner.handshaking.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 async fn malformed(wr: &mut WriteHalf, remote: &str, source: WireError) -> ConnectError {

@@ -38,6 +38,7 @@ mod events;
 pub mod node;
 pub mod patterns;
 mod router;
+pub mod socket;
 pub mod transport;
 pub mod wire;
 
@@ -54,6 +55,7 @@ pub use crate::error::{CallError, ConnectError, Reject};
 pub use crate::events::{Event, Events};
 pub use crate::node::{Actor, Node, NodeBuilder, NodeError, NodeEvent, PeerSet, Scope};
 pub use crate::router::{CallContext, IntoRouter, Router};
+pub use crate::socket::{Message, PeerId, Socket, SocketError};
 pub use crate::transport::{TlsConfig, Url};
 
 // -- service-contract layer (descriptor, codecs, typed wrappers) --
