@@ -24,12 +24,15 @@ pub trait Jobs {
     async fn run(&self, id: u64) -> Result<u64, Reject>;
 }
 
+/// Jobs completed: (worker name, job id), in completion order.
+type DoneLog = Arc<Mutex<Vec<(usize, u64)>>>;
+
 /// What a worker does with a job.
 #[derive(Clone)]
 struct Worker {
     name: usize,
     /// Jobs completed, by worker name.
-    done: Arc<Mutex<Vec<(usize, u64)>>>,
+    done: DoneLog,
     started: Arc<AtomicUsize>,
     /// A worker that hangs on every job until it is killed.
     hangs: bool,
@@ -74,7 +77,7 @@ async fn hub_and_spokes<R: IntoRouter>(
     (hub, spokes)
 }
 
-fn workers(n: usize, hanging: Option<usize>) -> (Vec<Worker>, Arc<Mutex<Vec<(usize, u64)>>>) {
+fn workers(n: usize, hanging: Option<usize>) -> (Vec<Worker>, DoneLog) {
     let done = Arc::new(Mutex::new(Vec::new()));
     let list = (0..n)
         .map(|name| Worker {

@@ -764,9 +764,9 @@ async fn read_from<T: Topic>(conn: Connection, request: Bytes, inbox: Arc<Inbox<
 /// `Some(Some(topic))` for an event (leaving the payload in `item`), `None`
 /// when malformed.
 fn parse_item(item: &mut Bytes) -> Option<Option<String>> {
-    match item.first()? {
-        &TAG_SUBSCRIBED if item.len() == 1 => Some(None),
-        &TAG_EVENT => {
+    match *item.first()? {
+        TAG_SUBSCRIBED if item.len() == 1 => Some(None),
+        TAG_EVENT => {
             item.advance(1);
             let len = usize::try_from(varint::get(item, "topic length").ok()?).ok()?;
             if len > MAX_TOPIC_LEN || len > item.len() {
