@@ -496,7 +496,9 @@ impl Connection {
         });
         let w = shared.clone();
         tokio::spawn(async move {
-            match w.out.run(wr).await {
+            // Coalescing pays only when several calls may be about to send.
+            let busy = || w.table().len() > 1;
+            match w.out.run(wr, busy).await {
                 Ok(()) => {}
                 Err(e) => w.shut(CloseReason::Io(e.to_string())),
             }

@@ -198,7 +198,10 @@ impl Shared {
             Inbound::served(name(), self.clone(), id, rx, window)
         };
         let fut: BoxFuture<'static, Result<Bytes, Reject>> = match route {
-            Route::Unary(f) => f(ctx, open.body),
+            Route::Unary(f) => {
+                let fut = f(ctx, open.body);
+                return self.serve_unary(id, token, open.deadline, entry, fut);
+            }
             Route::OneWay(f) => {
                 let fut = f(ctx, open.body);
                 Box::pin(async move {
@@ -228,28 +231,83 @@ impl Shared {
                 Box::pin(async move { fut.await.map(|()| Bytes::new()) })
             }
         };
-        {
-            let mut table = self.table();
-            if table.contains_key(&id) {
-                return Err(Violation(format!("call id {id} opened twice")));
-            }
-            // Checked under the table lock, which `close` also takes to send
-            // its goaway: a call is either counted in the goaway's last id
-            // and served, or refused here — never both, never neither.
-            if !self.serving_new_calls() {
-                drop(table);
-                self.reject_now(
-                    id,
-                    SystemCode::GoingAway,
-                    "connection is closing; no new calls",
-                );
-                return Ok(());
-            }
-            self.highest_peer_id
-                .fetch_max(id, std::sync::atomic::Ordering::Relaxed);
+        if self.admit(id, Some(entry))? {
+            tokio::spawn(run(self.clone(), id, token, open.deadline, fut));
+        }
+        Ok(())
+    }
+
+    /// Admits call `id` — counted for the goaway, its entry (if any) in the
+    /// table — or refuses it because the connection is closing (`false`).
+    fn admit(&self, id: u32, entry: Option<Entry>) -> Result<bool, Violation> {
+        let mut table = self.table();
+        if table.contains_key(&id) {
+            return Err(Violation(format!("call id {id} opened twice")));
+        }
+        // Checked under the table lock, which `close` also takes to send
+        // its goaway: a call is either counted in the goaway's last id
+        // and served, or refused here — never both, never neither.
+        if !self.serving_new_calls() {
+            drop(table);
+            self.reject_now(
+                id,
+                SystemCode::GoingAway,
+                "connection is closing; no new calls",
+            );
+            return Ok(false);
+        }
+        self.highest_peer_id
+            .fetch_max(id, std::sync::atomic::Ordering::Relaxed);
+        if let Some(entry) = entry {
             table.insert(id, entry);
         }
-        tokio::spawn(run(self.clone(), id, token, open.deadline, fut));
+        Ok(true)
+    }
+
+    /// Serves a unary call: its handler is polled once right here, and a
+    /// handler that finishes at once (most do) is answered without a task,
+    /// a table entry or a timer. One that has to wait moves to its own task
+    /// as usual. The call's entry is only needed once it can be cancelled,
+    /// which is not before the reader reads its next frame.
+    fn serve_unary(
+        self: &Arc<Self>,
+        id: u32,
+        token: CancellationToken,
+        deadline: Option<Duration>,
+        entry: Entry,
+        mut fut: BoxFuture<'static, Result<Bytes, Reject>>,
+    ) -> Result<(), Violation> {
+        if !self.admit(id, None)? {
+            return Ok(());
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let outcome =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+                Ok(std::task::Poll::Ready(result)) => Outcome::Done(result),
+                Err(p) => Outcome::Panicked(panic_message(p)),
+                Ok(std::task::Poll::Pending) => {
+                    // The spawned task polls it again with a real waker, so
+                    // whatever the first poll registered with the no-op waker is
+                    // registered afresh.
+                    self.table().insert(id, entry);
+                    tokio::spawn(run(self.clone(), id, token, deadline, fut));
+                    return Ok(());
+                }
+            };
+        token.cancel();
+        if let Some(answer) = Answer::of(self, outcome) {
+            match self.out.try_push_bounded(|o| answer.encode(o, id)) {
+                Ok(Some(())) | Err(_) => {}
+                // The queue is above its high-water mark: wait for room on a
+                // task of its own, never in the reader.
+                Ok(None) => {
+                    let shared = self.clone();
+                    tokio::spawn(async move {
+                        let _ = shared.out.push_bounded(|o| answer.encode(o, id)).await;
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
@@ -306,53 +364,83 @@ async fn run(
         c.close();
     }
     token.cancel();
-    let (code, message, details, system) = match outcome {
-        Outcome::Cancelled => return,
-        Outcome::Done(Ok(reply)) if reply.len() <= shared.peer_max_frame as usize => {
-            let _ = shared
-                .out
-                .push_bounded(|o| o.frame(Kind::Ack, id, &reply))
-                .await;
-            return;
-        }
-        Outcome::Done(Ok(reply)) => (
-            SystemCode::TooLarge as u32,
-            format!(
-                "reply of {} bytes exceeds the caller's frame limit of {} bytes",
-                reply.len(),
-                shared.peer_max_frame
+    if let Some(answer) = Answer::of(&shared, outcome) {
+        let _ = shared.out.push_bounded(|o| answer.encode(o, id)).await;
+    }
+}
+
+/// The one frame that ends a served call.
+enum Answer {
+    Ack(Bytes),
+    Reject {
+        system: bool,
+        code: u32,
+        message: String,
+        details: Bytes,
+    },
+}
+
+impl Answer {
+    /// What to send for `outcome`; nothing when the caller cancelled.
+    fn of(shared: &Shared, outcome: Outcome) -> Option<Answer> {
+        let (code, message, details, system) = match outcome {
+            Outcome::Cancelled => return None,
+            Outcome::Done(Ok(reply)) if reply.len() <= shared.peer_max_frame as usize => {
+                return Some(Answer::Ack(reply))
+            }
+            Outcome::Done(Ok(reply)) => (
+                SystemCode::TooLarge as u32,
+                format!(
+                    "reply of {} bytes exceeds the caller's frame limit of {} bytes",
+                    reply.len(),
+                    shared.peer_max_frame
+                ),
+                Bytes::new(),
+                true,
             ),
-            Bytes::new(),
-            true,
-        ),
-        Outcome::Done(Err(r)) if r.system_code().is_some() => {
-            (r.code(), r.message().to_owned(), Bytes::new(), true)
+            Outcome::Done(Err(r)) if r.system_code().is_some() => {
+                (r.code(), r.message().to_owned(), Bytes::new(), true)
+            }
+            Outcome::Done(Err(r)) => (r.code(), r.message().to_owned(), r.details().clone(), false),
+            Outcome::Panicked(m) => (SystemCode::HandlerFailed as u32, m, Bytes::new(), true),
+            Outcome::TimedOut => (
+                SystemCode::DeadlineExceeded as u32,
+                "deadline passed; handler stopped".to_owned(),
+                Bytes::new(),
+                true,
+            ),
+        };
+        // Keep a reject well inside any frame limit the peer may have announced.
+        let mut message = message;
+        let mut details = details;
+        let room = (shared.peer_max_frame as usize).saturating_sub(64) / 2;
+        if message.len() > room {
+            let mut end = room;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
         }
-        Outcome::Done(Err(r)) => (r.code(), r.message().to_owned(), r.details().clone(), false),
-        Outcome::Panicked(m) => (SystemCode::HandlerFailed as u32, m, Bytes::new(), true),
-        Outcome::TimedOut => (
-            SystemCode::DeadlineExceeded as u32,
-            "deadline passed; handler stopped".to_owned(),
-            Bytes::new(),
-            true,
-        ),
-    };
-    // Keep a reject well inside any frame limit the peer may have announced.
-    let mut message = message;
-    let mut details = details;
-    let room = (shared.peer_max_frame as usize).saturating_sub(64) / 2;
-    if message.len() > room {
-        let mut end = room;
-        while !message.is_char_boundary(end) {
-            end -= 1;
+        if details.len() > room {
+            details = Bytes::new();
         }
-        message.truncate(end);
+        Some(Answer::Reject {
+            system,
+            code,
+            message,
+            details,
+        })
     }
-    if details.len() > room {
-        details = Bytes::new();
+
+    fn encode(&self, o: &mut super::writer::Outgoing, id: u32) {
+        match self {
+            Answer::Ack(reply) => o.frame(Kind::Ack, id, reply),
+            Answer::Reject {
+                system,
+                code,
+                message,
+                details,
+            } => encode_reject(&mut o.buf, id, *system, *code, message, details),
+        }
     }
-    let _ = shared
-        .out
-        .push_bounded(|o| encode_reject(&mut o.buf, id, system, code, &message, &details))
-        .await;
 }
