@@ -11,6 +11,8 @@
 //! | service | [`Router`], [`CallContext`], and the generated clients and handlers |
 //! | endpoint | [`Endpoint`], [`Server`]: identity, handshake, listeners |
 //! | node | [`node`]: [`Node`] — discovery, sessions, roles, [`PeerSet`]s, broadcast, [`Actor`] |
+//! | patterns | [`patterns`]: send to one fairly, publish/subscribe, pipeline, survey over peer sets |
+//! | socket | [`socket`]: [`Socket`] — untyped messages to and from peers; a raw byte-stream server |
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
