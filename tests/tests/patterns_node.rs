@@ -299,15 +299,16 @@ async fn slow_subscriber_in_drop_mode_counts_exact_drops_and_never_slows_the_pub
             .follow(sub_node.peers::<TopicClient<Telemetry>>());
         bounded("subscribed", sub.wait_publishers(1)).await;
 
-        // The subscriber reads nothing while 2,000 events of 1 KiB go out:
-        // far more than its queue, the stream window and the connection's
-        // write queue hold together, so only dropping lets this finish.
+        // The subscriber reads nothing while 2,000 events of 4 KiB go out:
+        // 8 MiB, far more than its queue, the stream window (2 MiB) and the
+        // connection's write queue (1 MiB) hold together, so only dropping
+        // lets this finish.
         const EVENTS: u64 = 2_000;
         bounded("publishing is never held up", async {
             for seq in 0..EVENTS {
                 let event = Reading {
                     seq,
-                    pad: vec![7; 1024],
+                    pad: vec![7; 4096],
                 };
                 assert_eq!(publisher.publish("t", &event).await.expect("publish"), 1);
             }
@@ -349,7 +350,7 @@ async fn subscriber_in_block_mode_backpressures_the_publisher() {
             for seq in 0..EVENTS {
                 let event = Reading {
                     seq,
-                    pad: vec![7; 1024],
+                    pad: vec![7; 4096],
                 };
                 publisher.publish("t", &event).await.expect("publish");
                 progress.fetch_add(1, Ordering::SeqCst);
@@ -357,7 +358,8 @@ async fn subscriber_in_block_mode_backpressures_the_publisher() {
         }
     });
     // Nobody reads: the publisher stalls once the queue, the stream window
-    // (256 KiB) and the write queue (1 MiB) are full — well short of 5 MiB.
+    // (2 MiB: 512 events) and the write queue (1 MiB: 256 events) are full —
+    // well short of the 20 MiB it wants to send.
     let mut last = usize::MAX;
     bounded("the publisher stalls", async {
         loop {

@@ -82,7 +82,7 @@ impl Default for ConnectionConfig {
     fn default() -> Self {
         ConnectionConfig {
             max_frame: wire::DEFAULT_MAX_FRAME,
-            window: 256 * 1024,
+            window: 2 * 1024 * 1024,
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
@@ -94,7 +94,7 @@ impl Default for ConnectionConfig {
 }
 
 impl ConnectionConfig {
-    /// The defaults: 16 MiB frames, 256 KiB stream windows, ping after 5 s of
+    /// The defaults: 16 MiB frames, 2 MiB stream windows, ping after 5 s of
     /// silence, lost after 15 s, 30 s default timeout for unary calls.
     pub fn new() -> Self {
         Self::default()

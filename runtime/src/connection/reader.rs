@@ -23,8 +23,9 @@ const MAX_OPS: usize = 65_536;
 /// Read buffer kept free before each read, at first: small, so an idle
 /// connection holds little.
 const READ_RESERVE_MIN: usize = 2 * 1024;
-/// ... and at most, once reads keep filling it.
-const READ_RESERVE_MAX: usize = 64 * 1024;
+/// ... and at most, once reads keep filling it: bulk streams then take a
+/// few 64 KiB messages per read instead of a message in two reads.
+const READ_RESERVE_MAX: usize = 512 * 1024;
 
 /// Operations the peer has defined, by index, with the handler resolved once.
 type OpTable = Vec<(Arc<str>, Option<Route>)>;
@@ -81,9 +82,19 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
             Ok(n) => {
                 shared.note_heard();
                 // A read that filled what was free says more is waiting:
-                // read in bigger bites from now on.
+                // read in bigger bites from now on. Small reads shrink the
+                // bite again, and a drained buffer much larger than the bite
+                // is given back, so a connection that once carried a bulk
+                // stream does not keep its buffer while it idles.
                 if n >= reserve / 2 {
                     reserve = (reserve * 2).min(READ_RESERVE_MAX);
+                } else if n < reserve / 8 {
+                    reserve = (reserve / 2).max(READ_RESERVE_MIN);
+                }
+                if n == buf.len() && buf.capacity() > 4 * reserve {
+                    let mut fresh = BytesMut::with_capacity(reserve);
+                    fresh.extend_from_slice(&buf);
+                    buf = fresh;
                 }
             }
             Err(e) => {
