@@ -379,3 +379,74 @@ async fn graceful_close_finishes_in_flight_calls_and_refuses_new_ones() {
     bounded("close", closing).await.expect("join");
     assert_eq!(conn.close_reason(), Some(plexus::CloseReason::Local));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_call_times_out_at_its_own_deadline_while_others_finish() {
+    // One connection, many calls with different deadlines to a handler that
+    // never answers, plus calls that do get answers: every silent call fails
+    // at its own deadline (in any order of arming), no answered call fails.
+    let router = echo().unary("test.Echo/never", |_ctx, _body: Bytes| async move {
+        std::future::pending::<()>().await;
+        Ok::<_, Reject>(Bytes::new())
+    });
+    let pair = Pair::start(
+        Transport::Tcp,
+        ConnectionConfig::new(),
+        router,
+        Router::new(),
+    )
+    .await
+    .expect("tcp is always available");
+    let conn = bounded("connect", pair.client.connect(&pair.url))
+        .await
+        .expect("connect");
+    let deadlines_ms = [400u64, 100, 250, 50, 600];
+    let silent = deadlines_ms.iter().map(|&ms| {
+        let conn = conn.clone();
+        async move {
+            let began = std::time::Instant::now();
+            let opts = CallOptions::new().timeout(Duration::from_millis(ms));
+            let result = conn.call("test.Echo/never", Bytes::new(), opts).await;
+            (ms, began.elapsed(), result)
+        }
+    });
+    let answered = (0..200u32).map(|i| {
+        let conn = conn.clone();
+        async move {
+            let opts = CallOptions::new().timeout(Duration::from_millis(50 + u64::from(i % 5)));
+            conn.call(ECHO, Bytes::from(i.to_string()), opts).await
+        }
+    });
+    let (silent, answered) = bounded("calls", async {
+        tokio::join!(join_all(silent), join_all(answered))
+    })
+    .await;
+    for reply in answered {
+        reply.expect("an answered call never times out");
+    }
+    for (ms, took, result) in silent {
+        match result {
+            Err(CallError::Timeout { after, .. }) => {
+                assert_eq!(after, Duration::from_millis(ms));
+                assert!(
+                    took >= Duration::from_millis(ms),
+                    "{ms} ms call failed early: {took:?}"
+                );
+                assert!(
+                    took < Duration::from_millis(ms + 1_000),
+                    "{ms} ms call failed late: {took:?}"
+                );
+            }
+            other => panic!("{ms} ms call: expected a timeout, got {other:?}"),
+        }
+    }
+    // The connection is still fine, and the cancelled handlers are gone.
+    let reply = bounded(
+        "after",
+        conn.call(ECHO, Bytes::from("ok"), CallOptions::new()),
+    )
+    .await
+    .expect("reply");
+    assert_eq!(&reply[..], b"ok");
+    pair.server.shutdown().await;
+}

@@ -221,29 +221,23 @@ impl Shared {
         let timeout = opts.timeout.or(s.config.default_timeout);
         let id = s.next_call_id();
         let (tx, rx) = oneshot::channel();
+        // The connection's sweeper fails the call at its deadline (and
+        // cancels it on the peer), so no timer is set up per call.
+        let deadline = timeout.map(|t| s.deadline_in(t));
         s.register(
             id,
             Entry {
                 reply: Some(tx),
+                deadline,
                 ..Entry::default()
             },
         );
         let mut guard = CallGuard::new(s.clone(), id);
         s.open(id, op, &opts, timeout, Shape::Single, &body).await?;
-        let outcome = match timeout {
-            Some(t) => match tokio::time::timeout(t, rx).await {
-                Ok(r) => r,
-                Err(_) => {
-                    // The guard cancels the call on the peer as it drops.
-                    return Err(CallError::Timeout {
-                        op: op.into(),
-                        peer: s.peer.label.clone(),
-                        after: t,
-                    });
-                }
-            },
-            None => rx.await,
-        };
+        if let Some(d) = deadline {
+            s.arm_deadline(d);
+        }
+        let outcome = rx.await;
         guard.disarm();
         match outcome {
             Ok(Ok(reply)) => Ok(reply),

@@ -274,6 +274,13 @@ pub(crate) struct Shared {
     epoch: Instant,
     last_heard_ms: AtomicU64,
     pub(crate) frames_received: AtomicU64,
+    /// The deadline (µs since `epoch`) the sweeper is armed for: the
+    /// earliest of the unary calls this side has outstanding, or `u64::MAX`.
+    earliest_deadline: AtomicU64,
+    /// Wakes the sweeper when a call arms an earlier deadline.
+    deadline_armed: tokio::sync::Notify,
+    /// What deadlines count from: tokio's clock, so paused test time holds.
+    deadline_epoch: tokio::time::Instant,
 }
 
 impl Shared {
@@ -301,6 +308,59 @@ impl Shared {
     pub(crate) fn note_heard(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// `timeout` from now, as µs since the connection's epoch.
+    pub(crate) fn deadline_in(&self, timeout: Duration) -> u64 {
+        let at = self
+            .deadline_epoch
+            .elapsed()
+            .saturating_add(timeout)
+            .as_micros();
+        u64::try_from(at).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Makes sure the sweeper wakes by `deadline` (from [`deadline_in`](Self::deadline_in)).
+    pub(crate) fn arm_deadline(&self, deadline: u64) {
+        if deadline < self.earliest_deadline.fetch_min(deadline, Ordering::AcqRel) {
+            self.deadline_armed.notify_one();
+        }
+    }
+
+    /// Fails every call whose deadline has passed (telling the peer to stop),
+    /// and re-arms for the earliest deadline still ahead.
+    fn sweep_deadlines(&self) {
+        self.earliest_deadline.store(u64::MAX, Ordering::Release);
+        let now = self.deadline_in(Duration::ZERO);
+        let mut next = u64::MAX;
+        let mut expired = Vec::new();
+        {
+            let mut table = self.table();
+            for (id, entry) in table.iter() {
+                match entry.deadline {
+                    Some(d) if d <= now => expired.push(*id),
+                    Some(d) => next = next.min(d),
+                    None => {}
+                }
+            }
+            let expired: Vec<_> = expired
+                .iter()
+                .filter_map(|id| table.remove(id).map(|e| (*id, e)))
+                .collect();
+            drop(table);
+            for (id, entry) in expired {
+                let _ = self
+                    .out
+                    .push(|o| wire::frame::encode_empty(&mut o.buf, wire::Kind::Cancel, id));
+                entry.fail(table::Failure::System {
+                    code: wire::SystemCode::DeadlineExceeded,
+                    message: String::new(),
+                });
+            }
+        }
+        if next != u64::MAX {
+            self.arm_deadline(next);
+        }
     }
 
     fn silent_for(&self) -> Duration {
@@ -491,6 +551,9 @@ impl Connection {
             epoch: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
             frames_received: AtomicU64::new(0),
+            earliest_deadline: AtomicU64::new(u64::MAX),
+            deadline_armed: tokio::sync::Notify::new(),
+            deadline_epoch: tokio::time::Instant::now(),
             events,
             config,
         });
@@ -787,8 +850,24 @@ async fn keepalive(s: Arc<Shared>) {
     tick.tick().await;
     let mut seq = 0u64;
     loop {
+        // The same task keeps the deadlines of this side's unary calls: one
+        // timer per connection, armed for the earliest, instead of one
+        // registered and dropped per call.
+        let earliest = s.earliest_deadline.load(Ordering::Acquire);
+        let sweep_at =
+            (earliest != u64::MAX).then(|| s.deadline_epoch + Duration::from_micros(earliest));
         tokio::select! {
             _ = s.closed.cancelled() => return,
+            () = s.deadline_armed.notified() => continue,
+            () = async {
+                match sweep_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                s.sweep_deadlines();
+                continue;
+            }
             _ = tick.tick() => {}
         }
         let silent = s.silent_for();

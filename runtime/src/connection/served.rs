@@ -171,10 +171,9 @@ impl Shared {
                 }
             },
         };
-        let mut entry = Entry {
-            cancel: Some(token.clone()),
-            ..Entry::default()
-        };
+        // Filled in below for the calls that need an entry at once; a unary
+        // call gets one only if it has to wait.
+        let mut entry = Entry::default();
         let mut ctx = self.context(op.clone(), &open, token.clone());
         ctx.session = session;
         let name = || CallName {
@@ -200,7 +199,7 @@ impl Shared {
         let fut: BoxFuture<'static, Result<Bytes, Reject>> = match route {
             Route::Unary(f) => {
                 let fut = f(ctx, open.body);
-                return self.serve_unary(id, token, open.deadline, entry, fut);
+                return self.serve_unary(id, token, open.deadline, fut);
             }
             Route::OneWay(f) => {
                 let fut = f(ctx, open.body);
@@ -231,6 +230,7 @@ impl Shared {
                 Box::pin(async move { fut.await.map(|()| Bytes::new()) })
             }
         };
+        entry.cancel = Some(token.clone());
         if self.admit(id, Some(entry))? {
             tokio::spawn(run(self.clone(), id, token, open.deadline, fut));
         }
@@ -274,7 +274,6 @@ impl Shared {
         id: u32,
         token: CancellationToken,
         deadline: Option<Duration>,
-        entry: Entry,
         mut fut: BoxFuture<'static, Result<Bytes, Reject>>,
     ) -> Result<(), Violation> {
         if !self.admit(id, None)? {
@@ -289,6 +288,10 @@ impl Shared {
                     // The spawned task polls it again with a real waker, so
                     // whatever the first poll registered with the no-op waker is
                     // registered afresh.
+                    let entry = Entry {
+                        cancel: Some(token.clone()),
+                        ..Entry::default()
+                    };
                     self.table().insert(id, entry);
                     tokio::spawn(run(self.clone(), id, token, deadline, fut));
                     return Ok(());

@@ -94,6 +94,9 @@ pub(crate) struct Entry {
     pub(crate) credit: Option<Arc<SendCredit>>,
     /// Calls we serve: stops the handler.
     pub(crate) cancel: Option<CancellationToken>,
+    /// Unary calls we opened: when the connection's sweeper fails them
+    /// (µs since the connection's epoch).
+    pub(crate) deadline: Option<u64>,
 }
 
 impl Entry {

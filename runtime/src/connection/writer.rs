@@ -8,6 +8,7 @@
 //! across an await.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -35,6 +36,29 @@ const LONE_BATCH: usize = 512;
 /// vectored write instead of being copied into the buffer.
 const SHARE_BODY_FROM: usize = 16 * 1024;
 
+/// FNV-1a for the operation names this side calls: short strings of our own
+/// choosing (never the peer's), so a fast hash with no DoS guard is right.
+#[derive(Default)]
+pub(crate) struct OpHasher(u64);
+
+impl Hasher for OpHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The connection's outgoing state, guarded by one lock.
 ///
 /// The bytes waiting for the writer are `parts` (in order) followed by
@@ -48,7 +72,7 @@ pub(crate) struct Outgoing {
     parts_len: usize,
     /// Operation ids interned on this connection, in definition order. Kept
     /// here so an id is defined in the same order its frames are written.
-    pub(crate) ops: HashMap<Box<str>, u32>,
+    pub(crate) ops: HashMap<Box<str>, u32, BuildHasherDefault<OpHasher>>,
     closed: bool,
 }
 
