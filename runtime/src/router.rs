@@ -26,7 +26,8 @@ pub struct CallContext {
     pub(crate) conn: Connection,
     pub(crate) session: Option<Session>,
     pub(crate) deadline: Option<tokio::time::Instant>,
-    pub(crate) metadata: Arc<[(String, Bytes)]>,
+    /// `None` when the caller sent none (most calls), saving an allocation.
+    pub(crate) metadata: Option<Arc<[(String, Bytes)]>>,
     pub(crate) token: CancellationToken,
 }
 
@@ -69,12 +70,15 @@ impl CallContext {
 
     /// The metadata value for `key`, if the caller sent one.
     pub fn metadata(&self, key: &str) -> Option<&Bytes> {
-        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.all_metadata()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// Every metadata pair the caller sent, in order.
     pub fn all_metadata(&self) -> &[(String, Bytes)] {
-        &self.metadata
+        self.metadata.as_deref().unwrap_or(&[])
     }
 
     /// Resolves when the caller cancels, the deadline passes or the connection

@@ -326,7 +326,7 @@ impl Shared {
             conn: Connection::direct(self.clone()),
             session: None,
             deadline: open.deadline.map(|d| tokio::time::Instant::now() + d),
-            metadata: open.metadata.clone().into(),
+            metadata: (!open.metadata.is_empty()).then(|| open.metadata.clone().into()),
             token,
         }
     }
