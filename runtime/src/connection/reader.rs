@@ -52,6 +52,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
                 }
             }
         }
+        // What this batch answered on the spot leaves now, before the next
+        // read (which on a drained socket is a syscall that finds nothing).
+        shared.out.write_through();
         // Answers the reader queues itself (pongs, refusals) skip the
         // high-water wait; a peer that keeps sending without ever reading
         // would grow them without end. Past this cap it is cut off.

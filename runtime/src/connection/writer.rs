@@ -9,11 +9,11 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::transport::WriteHalf;
@@ -100,14 +100,36 @@ impl Outgoing {
     }
 }
 
+/// The transport's write half and a spare buffer, held by whoever writes:
+/// the writer task, or a sender writing through ([`WriteQueue::write_through`]).
+/// Frames are taken from the queue only under this lock, so they reach the
+/// transport in queue order whoever writes them.
+struct Io {
+    io: Option<WriteHalf>,
+    spare: BytesMut,
+}
+
 /// The queue callers write frames into.
-#[derive(Debug)]
 pub(crate) struct WriteQueue {
     out: Mutex<Outgoing>,
+    io: tokio::sync::Mutex<Io>,
+    /// A write-through left bytes inside the transport (a TLS session's
+    /// buffer) that a flush must still push out.
+    unflushed: AtomicBool,
     wake: Notify,
     drained: Notify,
     high_water: usize,
     bytes_written: AtomicU64,
+}
+
+impl std::fmt::Debug for WriteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteQueue")
+            .field("queued", &self.queued())
+            .field("high_water", &self.high_water)
+            .field("written", &self.written())
+            .finish()
+    }
 }
 
 /// The writer is gone; nothing more can be sent.
@@ -118,6 +140,11 @@ impl WriteQueue {
     pub(crate) fn new(high_water: usize) -> Self {
         WriteQueue {
             out: Mutex::new(Outgoing::default()),
+            io: tokio::sync::Mutex::new(Io {
+                io: None,
+                spare: BytesMut::new(),
+            }),
+            unflushed: AtomicBool::new(false),
             wake: Notify::new(),
             drained: Notify::new(),
             high_water,
@@ -222,32 +249,82 @@ impl WriteQueue {
         self.bytes_written.load(Ordering::Relaxed)
     }
 
+    /// Writes what is queued right now from the calling task, if the
+    /// transport is free and takes it all without waiting: a lone frame then
+    /// skips the hop to the writer task. Anything the transport does not take
+    /// at once goes back to the front of the queue for the writer. Only small
+    /// queues are written through; large bodies stay with the writer.
+    pub(crate) fn write_through(&self) {
+        let Ok(mut held) = self.io.try_lock() else {
+            return; // the writer is writing; it will take these frames too
+        };
+        let Io { io, spare } = &mut *held;
+        let Some(io) = io.as_mut() else {
+            return;
+        };
+        {
+            let mut out = self.lock();
+            if out.buf.is_empty() || out.parts_len > 0 || out.buf.len() > COALESCE_BELOW {
+                return;
+            }
+            std::mem::swap(&mut out.buf, spare);
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut written = 0;
+        while written < spare.len() {
+            match std::pin::Pin::new(&mut *io).poll_write(&mut cx, &spare[written..]) {
+                std::task::Poll::Ready(Ok(n)) if n > 0 => written += n,
+                // Would block, failed or wrote nothing: the writer takes over
+                // and meets the same condition with a real waker.
+                _ => break,
+            }
+        }
+        self.bytes_written
+            .fetch_add(written as u64, Ordering::Relaxed);
+        if written < spare.len() {
+            let rest = spare.split_off(written).freeze();
+            let mut out = self.lock();
+            out.parts_len += rest.len();
+            out.parts.insert(0, rest);
+            drop(out);
+            self.wake.notify_one();
+        } else if written > 0 {
+            match std::pin::Pin::new(&mut *io).poll_flush(&mut cx) {
+                std::task::Poll::Ready(Ok(())) => {}
+                _ => {
+                    self.unflushed.store(true, Ordering::Release);
+                    self.wake.notify_one();
+                }
+            }
+        }
+        spare.clear();
+        drop(held);
+        self.drained.notify_waiters();
+    }
+
     /// The writer task: drains the queue into the transport until the queue is
     /// closed and empty, or the transport fails.
     ///
     /// `busy` says whether several calls are outstanding on the connection,
     /// so that more frames are likely to follow the one that woke the writer.
-    pub(crate) async fn run(
-        &self,
-        mut io: WriteHalf,
-        busy: impl Fn() -> bool,
-    ) -> std::io::Result<()> {
+    pub(crate) async fn run(&self, io: WriteHalf, busy: impl Fn() -> bool) -> std::io::Result<()> {
+        self.io.lock().await.io = Some(io);
         let mut batch = BytesMut::new();
         let mut parts: Vec<Bytes> = Vec::new();
         let mut last_written = 0;
         loop {
-            let closed = {
-                let mut out = self.lock();
-                if out.is_empty() {
-                    out.closed
-                } else {
-                    std::mem::swap(&mut out.buf, &mut batch);
-                    std::mem::swap(&mut out.parts, &mut parts);
-                    out.parts_len = 0;
-                    false
-                }
+            let (queued, closed) = {
+                let out = self.lock();
+                (!out.is_empty(), out.closed)
             };
-            if batch.is_empty() && parts.is_empty() {
+            if !queued {
+                if self.unflushed.swap(false, Ordering::AcqRel) {
+                    let mut held = self.io.lock().await;
+                    if let Some(io) = held.io.as_mut() {
+                        io.flush().await?;
+                    }
+                    continue;
+                }
                 if closed {
                     break;
                 }
@@ -266,15 +343,32 @@ impl WriteQueue {
                 }
                 continue;
             }
+            // Take the frames only with the transport in hand, so a
+            // write-through cannot slip its frames in between.
+            let mut held = self.io.lock().await;
+            let Some(io) = held.io.as_mut() else {
+                return Ok(());
+            };
+            {
+                let mut out = self.lock();
+                std::mem::swap(&mut out.buf, &mut batch);
+                std::mem::swap(&mut out.parts, &mut parts);
+                out.parts_len = 0;
+            }
+            if batch.is_empty() && parts.is_empty() {
+                continue; // a write-through took them
+            }
+            self.unflushed.store(false, Ordering::Release);
             self.drained.notify_waiters();
             let written = if parts.is_empty() {
                 io.write_all(&batch).await?;
                 batch.len()
             } else {
                 parts.push(batch.split().freeze());
-                write_all_parts(&mut io, &mut parts).await?
+                write_all_parts(io, &mut parts).await?
             };
             io.flush().await?;
+            drop(held);
             last_written = written;
             self.bytes_written
                 .fetch_add(written as u64, Ordering::Relaxed);
@@ -284,7 +378,11 @@ impl WriteQueue {
                 batch = BytesMut::new();
             }
         }
-        io.shutdown().await
+        let mut held = self.io.lock().await;
+        match held.io.as_mut() {
+            Some(io) => io.shutdown().await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -321,4 +419,59 @@ async fn write_all_parts(io: &mut WriteHalf, parts: &mut [Bytes]) -> std::io::Re
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn push(q: &WriteQueue, bytes: &[u8]) {
+        q.push(|o| o.buf.extend_from_slice(bytes)).expect("open");
+    }
+
+    #[tokio::test]
+    async fn a_partial_write_through_keeps_the_byte_order() {
+        // A transport that takes 8 bytes, then would block until read.
+        let (near, mut far) = tokio::io::duplex(8);
+        let q = std::sync::Arc::new(WriteQueue::new(1 << 20));
+        q.io.lock().await.io = Some(Box::new(near));
+        let a: Vec<u8> = (0..20).collect();
+        push(&q, &a);
+        q.write_through();
+        assert_eq!(q.written(), 8, "the transport took what it had room for");
+        assert_eq!(q.queued(), 12, "the rest went back to the queue");
+        let b: Vec<u8> = (100..130).collect();
+        push(&q, &b);
+        // The writer takes over from where the write-through stopped.
+        let io = q.io.lock().await.io.take().expect("installed");
+        let writer = tokio::spawn({
+            let q = q.clone();
+            async move { q.run(io, || false).await }
+        });
+        let mut got = vec![0u8; 50];
+        tokio::time::timeout(std::time::Duration::from_secs(5), far.read_exact(&mut got))
+            .await
+            .expect("bounded")
+            .expect("read");
+        assert_eq!(&got[..20], &a[..]);
+        assert_eq!(&got[20..], &b[..]);
+        q.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+            .await
+            .expect("bounded")
+            .expect("no panic")
+            .expect("clean shutdown");
+    }
+
+    #[tokio::test]
+    async fn write_through_leaves_large_queues_to_the_writer() {
+        let (near, _far) = tokio::io::duplex(1 << 20);
+        let q = WriteQueue::new(1 << 20);
+        q.io.lock().await.io = Some(Box::new(near));
+        push(&q, &vec![7u8; COALESCE_BELOW + 1]);
+        q.write_through();
+        assert_eq!(q.written(), 0);
+        assert_eq!(q.queued(), COALESCE_BELOW + 1);
+    }
 }
