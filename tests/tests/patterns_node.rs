@@ -209,7 +209,7 @@ async fn killed_worker_jobs_are_redelivered_and_each_completes_exactly_once() {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reading {
     seq: u64,
-    pad: Vec<u8>,
+    pad: String,
 }
 
 plexus::topic! {
@@ -220,7 +220,7 @@ plexus::topic! {
 fn reading(seq: u64) -> Reading {
     Reading {
         seq,
-        pad: Vec::new(),
+        pad: String::new(),
     }
 }
 
@@ -308,7 +308,7 @@ async fn slow_subscriber_in_drop_mode_counts_exact_drops_and_never_slows_the_pub
             for seq in 0..EVENTS {
                 let event = Reading {
                     seq,
-                    pad: vec![7; 4096],
+                    pad: "x".repeat(4096),
                 };
                 assert_eq!(publisher.publish("t", &event).await.expect("publish"), 1);
             }
@@ -350,7 +350,7 @@ async fn subscriber_in_block_mode_backpressures_the_publisher() {
             for seq in 0..EVENTS {
                 let event = Reading {
                     seq,
-                    pad: vec![7; 4096],
+                    pad: "x".repeat(4096),
                 };
                 publisher.publish("t", &event).await.expect("publish");
                 progress.fetch_add(1, Ordering::SeqCst);

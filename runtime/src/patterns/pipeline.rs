@@ -48,7 +48,8 @@ pub struct Delivered<T> {
 ///   the item too: delivery is at least once, like every acked queue; make
 ///   the work idempotent, or key it, when that matters.
 /// - **Pull**: while every worker is full, or there are none, `push` waits;
-///   bound it with a timeout.
+///   bound it with a timeout. Waiting pushes get workers in the order they
+///   started waiting.
 ///
 /// A rejection or any other error from the worker ends the item with that
 /// error — only failures that lose the worker move it on.
@@ -70,6 +71,10 @@ pub struct Pipeline<C> {
     per_worker: usize,
     max_attempts: u32,
     load: Arc<Load>,
+    /// Pushes waiting for a worker queue here, first come first served;
+    /// only the one at the head watches for a free slot, so a freed slot
+    /// wakes one push, not all of them.
+    turnstile: Arc<tokio::sync::Semaphore>,
 }
 
 impl<C> Clone for Pipeline<C> {
@@ -79,6 +84,7 @@ impl<C> Clone for Pipeline<C> {
             per_worker: self.per_worker,
             max_attempts: self.max_attempts,
             load: self.load.clone(),
+            turnstile: self.turnstile.clone(),
         }
     }
 }
@@ -102,6 +108,7 @@ impl<C: Client> Pipeline<C> {
             per_worker: DEFAULT_PER_WORKER,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             load: Arc::default(),
+            turnstile: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -168,6 +175,9 @@ impl<C: Client> Pipeline<C> {
         &self,
         failed: &mut Vec<NodeId>,
     ) -> Result<(NodeId, C, super::balance::Slot), CallError> {
+        let Ok(_turn) = self.turnstile.acquire().await else {
+            return Err(CallError::no_peers(self.workers.service()));
+        };
         let mut changes = self.workers.changes();
         loop {
             // Registered before looking, so a slot freed in between wakes us.
