@@ -238,6 +238,7 @@ struct PlexusOptions {
     idempotent: Option<ExtensionDescriptor>,
     roles: Option<ExtensionDescriptor>,
     version: Option<ExtensionDescriptor>,
+    topic: Option<ExtensionDescriptor>,
 }
 
 impl PlexusOptions {
@@ -248,6 +249,7 @@ impl PlexusOptions {
             idempotent: pool.get_extension_by_name("plexus.idempotent"),
             roles: pool.get_extension_by_name("plexus.roles"),
             version: pool.get_extension_by_name("plexus.version"),
+            topic: pool.get_extension_by_name("plexus.topic"),
         }
     }
 }
@@ -270,6 +272,8 @@ struct ProtoContract {
     version: u32,
     roles: Vec<String>,
     methods: HashMap<String, ProtoMethod>,
+    /// Marked `(plexus.topic)`: generated as a topic, not a service.
+    topic: bool,
 }
 
 struct ProtoMethod {
@@ -306,6 +310,45 @@ impl ProtoContract {
             }
             Some(v) => v,
         };
+        let topic = extension(&options, &plexus.topic)
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        if topic {
+            let shape: Vec<_> = service
+                .methods()
+                .map(|m| {
+                    (
+                        m.name().to_owned(),
+                        m.is_client_streaming(),
+                        m.is_server_streaming(),
+                    )
+                })
+                .collect();
+            let fits = matches!(shape.as_slice(), [(name, false, true)] if name == "Subscribe");
+            if !fits {
+                problems.push(format!(
+                    "{}: service {}: a (plexus.topic) has exactly one method, `rpc Subscribe(google.protobuf.Empty) returns (stream Event)`; found {}",
+                    location(&service.parent_file(), service.path()),
+                    service.name(),
+                    if shape.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        shape
+                            .iter()
+                            .map(|(n, c, s)| format!("{n}{}{}", if *c { " (client stream)" } else { "" }, if *s { " (server stream)" } else { "" }))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ));
+            }
+            if !roles.is_empty() {
+                problems.push(format!(
+                    "{}: service {}: a (plexus.topic) has the roles publisher and subscriber; remove (plexus.roles)",
+                    location(&service.parent_file(), service.path()),
+                    service.name()
+                ));
+            }
+        }
         let mut methods = HashMap::new();
         for method in service.methods() {
             match ProtoMethod::read(&method, plexus, &roles) {
@@ -322,6 +365,7 @@ impl ProtoContract {
                 version,
                 roles,
                 methods,
+                topic,
             })
         } else {
             Err(problems)
@@ -537,8 +581,45 @@ impl PlexusServices {
     }
 }
 
+impl PlexusServices {
+    /// For a service marked `(plexus.topic)`: the `plexus::topic!`
+    /// invocation declaring it, with its one method's reply as the event.
+    fn topic(&self, service: &prost_build::Service) -> Option<Result<String, String>> {
+        let full_name = if service.package.is_empty() {
+            service.proto_name.clone()
+        } else {
+            format!("{}.{}", service.package, service.proto_name)
+        };
+        let contract = self.contracts.get(&full_name).filter(|c| c.topic)?;
+        Some((|| {
+            let method = service
+                .methods
+                .first()
+                .ok_or_else(|| format!("topic {full_name} has no method"))?;
+            let event = parse_type(&method.output_type)?;
+            let name = syn::Ident::new(&service.name, proc_macro2::Span::call_site());
+            let package = &contract.package;
+            let docs = comment_lines(&service.comments);
+            let tokens = quote! {
+                ::plexus::topic! {
+                    #(#[doc = #docs])*
+                    pub struct #name in #package => #event, codec = ::plexus::codec::Prost;
+                }
+            };
+            Ok(format!("{tokens}\n"))
+        })())
+    }
+}
+
 impl prost_build::ServiceGenerator for PlexusServices {
     fn generate(&mut self, service: prost_build::Service, buf: &mut String) {
+        if let Some(code) = self.topic(&service) {
+            match code {
+                Ok(code) => buf.push_str(&code),
+                Err(problem) => self.errors.borrow_mut().push(problem),
+            }
+            return;
+        }
         let generated = self.lower(&service).and_then(|def| {
             let tokens = crate::emit_service(&def);
             syn::parse2::<syn::File>(tokens)

@@ -112,3 +112,64 @@ fn missing_file_is_an_error() {
         .to_string();
     assert!(err.contains("nowhere.proto"), "{err}");
 }
+
+const TOPIC: &str = r#"syntax = "proto3";
+package greet;
+import "google/protobuf/empty.proto";
+import "plexus/options.proto";
+
+message Hello { string name = 1; }
+
+// People arriving.
+service Arrivals {
+  option (plexus.topic) = true;
+  rpc Subscribe(google.protobuf.Empty) returns (stream Hello);
+}
+"#;
+
+#[test]
+fn topic_service_generates_a_topic_declaration() {
+    let dir = workspace("topic", &[("greet.proto", TOPIC)]);
+    compile(&dir, "greet.proto").expect("compiles");
+    let code = std::fs::read_to_string(dir.join("out/greet.rs")).expect("generated file");
+    let flat: String = code.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("::plexus::topic! {"), "{code}");
+    assert!(flat.contains("#[doc = \"People arriving.\"]"), "{code}");
+    assert!(
+        flat.contains("pub struct Arrivals in \"greet\" => Hello, codec = ::plexus::codec::Prost;"),
+        "{code}"
+    );
+    assert!(
+        !code.contains("ArrivalsClient"),
+        "a topic is not a service: {code}"
+    );
+}
+
+#[test]
+fn topic_of_the_wrong_shape_is_refused_with_its_line() {
+    for (broken, why) in [
+        (
+            TOPIC.replace(
+                "rpc Subscribe(google.protobuf.Empty) returns (stream Hello);",
+                "rpc Subscribe(google.protobuf.Empty) returns (Hello);",
+            ),
+            "not a stream",
+        ),
+        (TOPIC.replace("rpc Subscribe(", "rpc Listen("), "wrong name"),
+        (
+            TOPIC.replace(
+                "returns (stream Hello);",
+                "returns (stream Hello);\n  rpc Other(Hello) returns (Hello);",
+            ),
+            "two methods",
+        ),
+    ] {
+        let dir = workspace("topic-bad", &[("greet.proto", &broken)]);
+        let err = compile(&dir, "greet.proto").expect_err(why).to_string();
+        assert!(err.contains("greet.proto:9:"), "{why}: {err}");
+        assert!(
+            err.contains("(plexus.topic) has exactly one method"),
+            "{why}: {err}"
+        );
+    }
+}

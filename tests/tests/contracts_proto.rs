@@ -12,7 +12,7 @@ use plexus::{
 };
 use plexus_tests::bounded;
 
-#[allow(clippy::all, missing_docs)]
+#[allow(clippy::all, missing_docs, dead_code)]
 mod inventory {
     include!(concat!(env!("OUT_DIR"), "/inventory.rs"));
 }
@@ -382,6 +382,11 @@ fn descriptor_describes_the_contract() {
         .iter()
         .find(|f| f.name.as_deref() == Some("inventory.proto"))
         .expect("file");
-    assert_eq!(inventory.service.len(), 1);
+    let services: Vec<&str> = inventory
+        .service
+        .iter()
+        .map(|s| s.name.as_deref().unwrap_or(""))
+        .collect();
+    assert_eq!(services, ["Inventory", "StockChanges"]);
     assert_eq!(inventory.service[0].method.len(), 7);
 }
