@@ -45,7 +45,10 @@ const TAG_EVENT: u8 = 1;
 
 /// A topic contract: a named stream of typed events. Declare one with
 /// [`topic!`](crate::topic); the event type may be a serde type (MessagePack,
-/// the default) or a `.proto` message (`codec = plexus::codec::Prost`).
+/// the default) or a `.proto` message (`codec = plexus::codec::Prost`). In a
+/// `.proto` file, a service marked `option (plexus.topic) = true;` with one
+/// method `rpc Subscribe(google.protobuf.Empty) returns (stream Event)` makes
+/// `plexus_codegen::compile_protos` generate the same declaration.
 ///
 /// Its descriptor has the roles `publisher` and `subscriber` and one server
 /// stream operation, `subscribe`, served by publishers; nodes announce it and
