@@ -885,3 +885,82 @@ async fn raw_write_backlog_is_bounded_and_writable_waits_for_the_reader() {
     assert_eq!(conn.queued_bytes(), 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redialing_socket_comes_back_when_its_peer_returns() {
+    // The listener goes away and a new one takes its address: a socket
+    // built with `redial` dials again by itself, as a new peer.
+    let url = inproc("redial");
+    let first = Socket::new();
+    bounded("listen", first.listen(url.as_str()))
+        .await
+        .expect("listen");
+    serve_echo(&first, 1);
+    let client = Socket::builder()
+        .redial(
+            plexus::Backoff::new()
+                .initial(Duration::from_millis(10))
+                .max(Duration::from_millis(100)),
+        )
+        .build();
+    let old = bounded("dial", client.dial(url.as_str()))
+        .await
+        .expect("dial");
+    bounded("send", client.send("one")).await.expect("send");
+    assert_eq!(&recv(&client, "echo one").await.content[..], b"one");
+
+    first.close().await;
+    drop(first);
+    until("the peer is gone", || !client.peers().contains(&old)).await;
+
+    let second = Socket::new();
+    bounded("listen again", async {
+        loop {
+            match second.listen(url.as_str()).await {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    serve_echo(&second, 1);
+    let new = eventually("redialed", || client.peers().first().copied()).await;
+    assert_ne!(new, old, "a new connection is a new peer");
+    bounded("send", client.send("two")).await.expect("send");
+    assert_eq!(&recv(&client, "echo two").await.content[..], b"two");
+
+    // Closing the client stops the redialing for good.
+    client.close().await;
+    second.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_without_redial_stays_without_the_peer() {
+    let url = inproc("no-redial");
+    let first = Socket::new();
+    bounded("listen", first.listen(url.as_str()))
+        .await
+        .expect("listen");
+    let client = Socket::new();
+    bounded("dial", client.dial(url.as_str()))
+        .await
+        .expect("dial");
+    first.close().await;
+    drop(first);
+    until("the peer is gone", || client.peers().is_empty()).await;
+    let second = Socket::new();
+    bounded("listen again", async {
+        loop {
+            match second.listen(url.as_str()).await {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    tokio::time::sleep(QUIET).await;
+    assert!(client.peers().is_empty(), "nothing redials by default");
+    assert_eq!(second.peers(), Vec::<PeerId>::new());
+    client.close().await;
+    second.close().await;
+}

@@ -82,6 +82,11 @@ impl Backoff {
         self
     }
 
+    /// The consecutive failed attempts after which to give up, if any.
+    pub fn attempts_limit(&self) -> Option<u32> {
+        self.max_attempts
+    }
+
     /// The wait after `attempt` consecutive failures (0-based), with jitter.
     pub fn delay(&self, attempt: u32) -> Duration {
         let factor = self

@@ -33,7 +33,7 @@ pub use self::peers::{PeerEvent, PeerEvents, PeerId, EVENT_CAPACITY};
 pub use self::raw::{
     RawCloseReason, RawError, RawHandle, RawId, RawServer, RawServerBuilder, RawStats, Written,
 };
-use crate::connection::{CallOptions, Connection, ConnectionConfig, Inbound, Outbound};
+use crate::connection::{Backoff, CallOptions, Connection, ConnectionConfig, Inbound, Outbound};
 use crate::endpoint::{Endpoint, Listening, ToUrl};
 use crate::error::{ConnectError, Reject};
 use crate::router::{CallContext, Router};
@@ -131,6 +131,7 @@ struct Owner {
     endpoint: Endpoint,
     listeners: Mutex<Vec<Listening>>,
     max_connections: Option<usize>,
+    redial: Option<Backoff>,
 }
 
 impl Drop for Owner {
@@ -197,6 +198,7 @@ impl std::fmt::Debug for Socket {
 #[derive(Debug)]
 pub struct SocketBuilder {
     max_connections: Option<usize>,
+    redial: Option<Backoff>,
     send_mode: SendMode,
     recv_mode: RecvMode,
     recv_queue: usize,
@@ -208,6 +210,7 @@ impl Default for SocketBuilder {
     fn default() -> Self {
         SocketBuilder {
             max_connections: None,
+            redial: None,
             send_mode: SendMode::default(),
             recv_mode: RecvMode::default(),
             recv_queue: DEFAULT_RECV_QUEUE,
@@ -223,6 +226,16 @@ impl SocketBuilder {
     /// this socket does not dial beyond it ([`SocketError::AtLimit`]).
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = Some(max);
+        self
+    }
+
+    /// Dial again, after a jittered exponential `backoff`, when the
+    /// connection to a peer this socket dialed is lost; keep trying until the
+    /// socket closes or the backoff's attempt limit is reached. Each new
+    /// connection is a new peer (a new [`PeerId`], a `Joined` event). Off by
+    /// default: a lost dialed peer is simply gone.
+    pub fn redial(mut self, backoff: Backoff) -> Self {
+        self.redial = Some(backoff);
         self
     }
 
@@ -302,6 +315,7 @@ impl SocketBuilder {
                 endpoint: endpoint.build(),
                 listeners: Mutex::new(Vec::new()),
                 max_connections: self.max_connections,
+                redial: self.redial,
             }),
         }
     }
@@ -525,34 +539,49 @@ impl Socket {
     }
 
     /// Dials the socket listening at `url` and opens the pipe to it.
-    /// Returns the new peer's id once it can be sent to.
+    /// Returns the new peer's id once it can be sent to. With
+    /// [`SocketBuilder::redial`], the socket dials `url` again whenever this
+    /// connection is lost.
     pub async fn dial(&self, url: impl ToUrl) -> Result<PeerId, SocketError> {
-        let state = &self.owner.state;
-        state.is_closed()?;
         let url = url
             .to_url()
             .map_err(|e| ConnectError::from(TransportError::from(e)))?;
-        if let Some(max) = self.owner.max_connections {
-            if self.owner.endpoint.connections().len() >= max {
+        let (id, ended) = Self::dial_once(&self.owner, &url).await?;
+        if let Some(backoff) = self.owner.redial.clone() {
+            tokio::spawn(redial(
+                Arc::downgrade(&self.owner),
+                self.owner.state.clone(),
+                url,
+                backoff,
+                ended,
+            ));
+        }
+        Ok(id)
+    }
+
+    /// One dial: the new peer, and a receiver that completes when it leaves.
+    async fn dial_once(
+        owner: &Arc<Owner>,
+        url: &Url,
+    ) -> Result<(PeerId, oneshot::Receiver<()>), SocketError> {
+        let state = &owner.state;
+        state.is_closed()?;
+        if let Some(max) = owner.max_connections {
+            if owner.endpoint.connections().len() >= max {
                 return Err(SocketError::AtLimit {
                     url: url.to_string(),
                     max,
                 });
             }
         }
-        let conn = self
-            .owner
-            .endpoint
-            .connect(&url)
-            .await
-            .map_err(|e| match e {
-                ConnectError::Refused {
-                    url,
-                    code: RefusalCode::TooManyConnections,
-                    reason,
-                } => SocketError::TooManyConnections { url, reason },
-                e => SocketError::Connect(e),
-            })?;
+        let conn = owner.endpoint.connect(url).await.map_err(|e| match e {
+            ConnectError::Refused {
+                url,
+                code: RefusalCode::TooManyConnections,
+                reason,
+            } => SocketError::TooManyConnections { url, reason },
+            e => SocketError::Connect(e),
+        })?;
         if conn.peer().data()[..] != *SOCKET_HELLO {
             conn.abort();
             return Err(SocketError::NotASocket {
@@ -578,8 +607,9 @@ impl Socket {
             }
         };
         let id = peer.id;
-        tokio::spawn(state.clone().pump(peer, inbound, None));
-        Ok(id)
+        let (left, ended) = oneshot::channel();
+        tokio::spawn(state.clone().pump(peer, inbound, Some(left)));
+        Ok((id, ended))
     }
 
     /// Sends `content` to one peer, taking peers in turn (round-robin) and
@@ -797,6 +827,50 @@ impl Socket {
         // so the connections' drain does not wait for them.
         drop(state.peers.clear());
         self.owner.endpoint.shutdown().await;
+    }
+}
+
+/// Keeps a dialed peer: each time its connection is lost, dials `url` again
+/// after the backoff's wait, until the socket is closed or dropped, or the
+/// backoff's attempt limit runs out.
+async fn redial(
+    owner: std::sync::Weak<Owner>,
+    state: Arc<State>,
+    url: Url,
+    backoff: Backoff,
+    mut ended: oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = state.closed.cancelled() => return,
+            _ = &mut ended => {}
+        }
+        let mut attempt = 0;
+        ended = loop {
+            tokio::select! {
+                _ = state.closed.cancelled() => return,
+                () = tokio::time::sleep(backoff.delay(attempt)) => {}
+            }
+            // Only a weak hold while waiting: a dropped socket is not kept alive.
+            let Some(owner) = owner.upgrade() else {
+                return;
+            };
+            match Socket::dial_once(&owner, &url).await {
+                Ok((peer, ended)) => {
+                    tracing::debug!(%url, %peer, "socket redialed");
+                    break ended;
+                }
+                Err(SocketError::Closed) => return,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::debug!(%url, attempt, "socket redial failed: {e}");
+                    if backoff.attempts_limit().is_some_and(|max| attempt >= max) {
+                        tracing::warn!(%url, attempt, "socket gives up redialing: {e}");
+                        return;
+                    }
+                }
+            }
+        };
     }
 }
 
