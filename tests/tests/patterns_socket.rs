@@ -886,6 +886,16 @@ async fn raw_write_backlog_is_bounded_and_writable_waits_for_the_reader() {
     server.stop().await;
 }
 
+/// Listens on `url` as soon as the socket that held it has let it go.
+async fn listen_once_free(socket: &Socket, url: &str) {
+    bounded("listen again", async {
+        while socket.listen(url).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redialing_socket_comes_back_when_its_peer_returns() {
     // The listener goes away and a new one takes its address: a socket
@@ -914,15 +924,7 @@ async fn a_redialing_socket_comes_back_when_its_peer_returns() {
     until("the peer is gone", || !client.peers().contains(&old)).await;
 
     let second = Socket::new();
-    bounded("listen again", async {
-        loop {
-            match second.listen(url.as_str()).await {
-                Ok(_) => break,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    })
-    .await;
+    listen_once_free(&second, &url).await;
     serve_echo(&second, 1);
     let new = eventually("redialed", || client.peers().first().copied()).await;
     assert_ne!(new, old, "a new connection is a new peer");
@@ -949,15 +951,7 @@ async fn a_socket_without_redial_stays_without_the_peer() {
     drop(first);
     until("the peer is gone", || client.peers().is_empty()).await;
     let second = Socket::new();
-    bounded("listen again", async {
-        loop {
-            match second.listen(url.as_str()).await {
-                Ok(_) => break,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    })
-    .await;
+    listen_once_free(&second, &url).await;
     tokio::time::sleep(QUIET).await;
     assert!(client.peers().is_empty(), "nothing redials by default");
     assert_eq!(second.peers(), Vec::<PeerId>::new());

@@ -982,18 +982,26 @@ mod tests {
         }
     }
 
+    fn item(event: u32) -> Received<u32> {
+        Received {
+            publisher: NodeId(1),
+            topic: "t".into(),
+            event,
+        }
+    }
+
+    /// An inbox of 2 that was offered events 0..5 without anyone reading.
+    async fn overflowed(overflow: Overflow) -> Inbox<u32> {
+        let inbox = Inbox::new(2, overflow);
+        for i in 0..5 {
+            inbox.push(item(i)).await;
+        }
+        inbox
+    }
+
     #[tokio::test]
     async fn drop_oldest_keeps_the_newest_and_counts() {
-        let inbox = Inbox::new(2, Overflow::DropOldest);
-        for i in 0..5u32 {
-            inbox
-                .push(Received {
-                    publisher: NodeId(1),
-                    topic: "t".into(),
-                    event: i,
-                })
-                .await;
-        }
+        let inbox = overflowed(Overflow::DropOldest).await;
         assert_eq!(inbox.dropped.load(Ordering::Relaxed), 3);
         assert_eq!(inbox.pop().await.map(|r| r.event), Some(3));
         assert_eq!(inbox.pop().await.map(|r| r.event), Some(4));
@@ -1001,16 +1009,7 @@ mod tests {
 
     #[tokio::test]
     async fn drop_newest_keeps_the_oldest_and_counts() {
-        let inbox = Inbox::new(2, Overflow::DropNewest);
-        for i in 0..5u32 {
-            inbox
-                .push(Received {
-                    publisher: NodeId(1),
-                    topic: "t".into(),
-                    event: i,
-                })
-                .await;
-        }
+        let inbox = overflowed(Overflow::DropNewest).await;
         assert_eq!(inbox.dropped.load(Ordering::Relaxed), 3);
         assert_eq!(inbox.pop().await.map(|r| r.event), Some(0));
         assert_eq!(inbox.pop().await.map(|r| r.event), Some(1));
@@ -1021,12 +1020,7 @@ mod tests {
     #[tokio::test]
     async fn block_waits_for_room() {
         let inbox = Arc::new(Inbox::new(1, Overflow::Block));
-        let item = |event| Received {
-            publisher: NodeId(1),
-            topic: "t".into(),
-            event,
-        };
-        inbox.push(item(0u32)).await;
+        inbox.push(item(0)).await;
         let pusher = tokio::spawn({
             let inbox = inbox.clone();
             async move { inbox.push(item(1)).await }
