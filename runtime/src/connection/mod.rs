@@ -281,6 +281,9 @@ pub(crate) struct Shared {
     deadline_armed: tokio::sync::Notify,
     /// What deadlines count from: tokio's clock, so paused test time holds.
     deadline_epoch: tokio::time::Instant,
+    /// Unary calls admitted and being served on the spot, which have no
+    /// table entry: a graceful close waits for them like for entries.
+    pub(crate) serving_inline: AtomicU32,
 }
 
 impl Shared {
@@ -554,6 +557,7 @@ impl Connection {
             earliest_deadline: AtomicU64::new(u64::MAX),
             deadline_armed: tokio::sync::Notify::new(),
             deadline_epoch: tokio::time::Instant::now(),
+            serving_inline: AtomicU32::new(0),
             events,
             config,
         });
@@ -818,7 +822,8 @@ impl Shared {
         }
         let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
         loop {
-            if self.table().is_empty() || self.closed.is_cancelled() {
+            let idle = self.table().is_empty() && self.serving_inline.load(Ordering::Acquire) == 0;
+            if idle || self.closed.is_cancelled() {
                 break;
             }
             if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))

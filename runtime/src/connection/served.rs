@@ -5,6 +5,7 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -256,8 +257,7 @@ impl Shared {
             );
             return Ok(false);
         }
-        self.highest_peer_id
-            .fetch_max(id, std::sync::atomic::Ordering::Relaxed);
+        self.highest_peer_id.fetch_max(id, Ordering::Relaxed);
         if let Some(entry) = entry {
             table.insert(id, entry);
         }
@@ -276,6 +276,10 @@ impl Shared {
         deadline: Option<Duration>,
         mut fut: BoxFuture<'static, Result<Bytes, Reject>>,
     ) -> Result<(), Violation> {
+        // Counted from before admission until the call has an entry or its
+        // answer is queued, so a graceful close cannot slip in between.
+        self.serving_inline.fetch_add(1, Ordering::AcqRel);
+        let _inline = InlineGuard(self);
         if !self.admit(id, None)? {
             return Ok(());
         }
@@ -305,7 +309,9 @@ impl Shared {
                 // task of its own, never in the reader.
                 Ok(None) => {
                     let shared = self.clone();
+                    shared.serving_inline.fetch_add(1, Ordering::AcqRel);
                     tokio::spawn(async move {
+                        let _inline = InlineGuard(&shared);
                         let _ = shared.out.push_bounded(|o| answer.encode(o, id)).await;
                     });
                 }
@@ -369,6 +375,15 @@ async fn run(
     token.cancel();
     if let Some(answer) = Answer::of(&shared, outcome) {
         let _ = shared.out.push_bounded(|o| answer.encode(o, id)).await;
+    }
+}
+
+/// Uncounts a unary call served on the spot, however serving it ends.
+struct InlineGuard<'a>(&'a Shared);
+
+impl Drop for InlineGuard<'_> {
+    fn drop(&mut self) {
+        self.0.serving_inline.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
