@@ -886,25 +886,41 @@ async fn raw_write_backlog_is_bounded_and_writable_waits_for_the_reader() {
     server.stop().await;
 }
 
-/// Listens on `url` as soon as the socket that held it has let it go.
-async fn listen_once_free(socket: &Socket, url: &str) {
+/// A socket listening on a fresh inproc URL.
+async fn listening(tag: &str) -> (Socket, String) {
+    let url = inproc(tag);
+    let socket = Socket::new();
+    bounded("listen", socket.listen(url.as_str()))
+        .await
+        .expect("listen");
+    (socket, url)
+}
+
+/// Closes `old`, waits until `client` no longer has it as a peer, and
+/// listens on its URL with a new socket.
+async fn replace_listener(old: Socket, url: &str, client: &Socket) -> Socket {
+    let before = client.peers();
+    old.close().await;
+    drop(old);
+    until("the peer is gone", || {
+        !client.peers().iter().any(|p| before.contains(p))
+    })
+    .await;
+    let new = Socket::new();
     bounded("listen again", async {
-        while socket.listen(url).await.is_err() {
+        while new.listen(url).await.is_err() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
+    new
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redialing_socket_comes_back_when_its_peer_returns() {
     // The listener goes away and a new one takes its address: a socket
     // built with `redial` dials again by itself, as a new peer.
-    let url = inproc("redial");
-    let first = Socket::new();
-    bounded("listen", first.listen(url.as_str()))
-        .await
-        .expect("listen");
+    let (first, url) = listening("redial").await;
     serve_echo(&first, 1);
     let client = Socket::builder()
         .redial(
@@ -919,12 +935,7 @@ async fn a_redialing_socket_comes_back_when_its_peer_returns() {
     bounded("send", client.send("one")).await.expect("send");
     assert_eq!(&recv(&client, "echo one").await.content[..], b"one");
 
-    first.close().await;
-    drop(first);
-    until("the peer is gone", || !client.peers().contains(&old)).await;
-
-    let second = Socket::new();
-    listen_once_free(&second, &url).await;
+    let second = replace_listener(first, &url, &client).await;
     serve_echo(&second, 1);
     let new = eventually("redialed", || client.peers().first().copied()).await;
     assert_ne!(new, old, "a new connection is a new peer");
@@ -938,20 +949,12 @@ async fn a_redialing_socket_comes_back_when_its_peer_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_without_redial_stays_without_the_peer() {
-    let url = inproc("no-redial");
-    let first = Socket::new();
-    bounded("listen", first.listen(url.as_str()))
-        .await
-        .expect("listen");
+    let (first, url) = listening("no-redial").await;
     let client = Socket::new();
     bounded("dial", client.dial(url.as_str()))
         .await
         .expect("dial");
-    first.close().await;
-    drop(first);
-    until("the peer is gone", || client.peers().is_empty()).await;
-    let second = Socket::new();
-    listen_once_free(&second, &url).await;
+    let second = replace_listener(first, &url, &client).await;
     tokio::time::sleep(QUIET).await;
     assert!(client.peers().is_empty(), "nothing redials by default");
     assert_eq!(second.peers(), Vec::<PeerId>::new());
