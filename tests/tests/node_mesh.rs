@@ -649,3 +649,81 @@ impl Slow for Sleeper {
         Ok(ms)
     }
 }
+
+/// A node that has announced its leave is not linked again by a late
+/// connection from the same process (same incarnation), e.g. a dial begun
+/// just before the leave; a restarted process (newer incarnation) is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_node_is_not_relinked_by_a_late_connection_from_the_same_process() {
+    use plexus::codec::{Codec, MsgPack};
+    use plexus::node::{NodeDescription, DESCRIBE_OP};
+    use plexus::{Bytes, CallOptions, Endpoint};
+
+    let interval = 100 * MS;
+    let bound = 2 * interval + Duration::from_secs(2);
+    let group = private_group();
+    let start = |name: &str| {
+        node(name.into(), group, interval)
+            .session("s")
+            .serve(ChatHandler::new(Room::new()))
+            .start()
+    };
+    let stayer = start("stayer").await.expect("starts");
+    let leaver = start("leaver").await.expect("starts");
+    chat_peers_become(&stayer, &[leaver.id()], bound, "before").await;
+    let old = leaver.description();
+    let mut events = stayer.events();
+    leaver.stop().await.expect("stops");
+    expect(&mut events, interval + SLACK, "leave", |e| {
+        *e == NodeEvent::PeerLeft(leaver.id())
+    })
+    .await;
+
+    // The departed process's identity describes itself over a new connection.
+    let (leaver_id, stayer_url) = (leaver.id(), stayer.local_urls()[0].clone());
+    let describe = |desc: NodeDescription| {
+        let url = stayer_url.clone();
+        async move {
+            let late = Endpoint::builder()
+                .node_id(leaver_id)
+                .serve(ChatHandler::new(Room::new()))
+                .build();
+            let conn = timeout(bound, late.connect(url))
+                .await
+                .expect("connect is bounded")
+                .expect("connects");
+            let body = <MsgPack as Codec<NodeDescription>>::encode(&desc).expect("encodes");
+            let reply: Result<Bytes, CallError> = conn
+                .call(DESCRIBE_OP, body, CallOptions::new().timeout(bound))
+                .await;
+            reply.expect("the describe call is answered");
+            (late, conn)
+        }
+    };
+    let (late, conn) = describe(old.clone()).await;
+    timeout(bound, conn.closed())
+        .await
+        .expect("the late connection is closed by the stayer");
+    assert!(
+        stayer.peers::<ChatClient>().is_empty(),
+        "the departed node was linked again"
+    );
+    // Nothing said it came back.
+    while let Some(Some(event)) = futures_util::FutureExt::now_or_never(events.recv()) {
+        assert!(
+            !matches!(event, NodeEvent::PeerReturned(id) if id == leaver.id()),
+            "the departed node was reported back: {event:?}"
+        );
+    }
+    late.shutdown().await;
+
+    // The same node id restarted (a newer incarnation) is welcome again.
+    let restarted = NodeDescription {
+        incarnation: old.incarnation + 1,
+        ..old
+    };
+    let (late, _conn) = describe(restarted).await;
+    chat_peers_become(&stayer, &[leaver.id()], bound, "after a restart").await;
+    late.shutdown().await;
+    stayer.stop().await.expect("stops");
+}

@@ -416,6 +416,14 @@ impl Driver {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        if peer.state == PeerState::Left && desc.incarnation <= peer.incarnation {
+            // It said goodbye; a link it (or a dial of ours begun before the
+            // leave) completes now belongs to a process on its way out. Only
+            // a restart (a new incarnation) or a new announcement brings it
+            // back.
+            conn.abort();
+            return;
+        }
         if peer.session != desc.session {
             let from = std::mem::replace(&mut peer.session, desc.session.clone());
             let _ = events.send(NodeEvent::SessionChanged {

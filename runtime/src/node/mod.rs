@@ -52,6 +52,7 @@ mod peers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -182,6 +183,9 @@ pub(crate) struct Shared {
     known: Mutex<BTreeMap<NodeId, KnownPeer>>,
     pub(crate) events: channel::Sender<NodeEvent>,
     pub(crate) inputs: mpsc::UnboundedSender<Input>,
+    /// Set when [`Node::stop`] begins: from then on no peer is described
+    /// (linked) over a new connection.
+    stopping: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -463,6 +467,7 @@ impl NodeBuilder {
             known: Mutex::new(BTreeMap::new()),
             events,
             inputs,
+            stopping: AtomicBool::new(false),
         });
         lock(&shared.links).extend(
             shared
@@ -560,9 +565,9 @@ fn describe_route(shared: Weak<Shared>) -> Router {
     Router::new().unary(DESCRIBE_OP, move |ctx, body: Bytes| {
         let shared = shared.upgrade();
         async move {
-            let shared = shared.ok_or_else(|| {
-                Reject::new(SystemCode::GoingAway as u32, "the node is stopping")
-            })?;
+            let shared = shared
+                .filter(|s| !s.stopping.load(Ordering::Acquire))
+                .ok_or_else(|| Reject::new(SystemCode::GoingAway as u32, "the node is stopping"))?;
             let theirs: NodeDescription = decode_request::<MsgPack, _>(body)?;
             let caller = ctx.peer().node_id();
             if theirs.id() != Some(caller) {
@@ -778,20 +783,24 @@ impl Node {
         })
     }
 
-    /// Stops gracefully: announces a leave (peers see it at once), stops
-    /// tracking peers, lets calls in flight in both directions finish (up to
-    /// the connection drain timeout) and closes every connection and
-    /// listener. Calling it again does nothing.
+    /// Stops gracefully: stops tracking peers and linking new ones,
+    /// announces a leave (peers see it at once), lets calls in flight in both
+    /// directions finish (up to the connection drain timeout) and closes
+    /// every connection and listener. Calling it again does nothing.
     pub async fn stop(&self) -> Result<(), NodeError> {
         let Some(_) = self.inner.announcement.lock().await.take() else {
             return Ok(());
         };
-        let left = self.inner.discovery.leave().await;
+        // The driver goes first: were it still running after the leave, a
+        // peer closing its link on hearing the leave could be redialed and
+        // linked again by a node that has already said goodbye.
+        self.inner.shared.stopping.store(true, Ordering::Release);
         self.inner.stop.cancel();
         let task = lock(&self.inner.task).take();
         if let Some(task) = task {
             let _ = task.await;
         }
+        let left = self.inner.discovery.leave().await;
         self.inner.endpoint.shutdown().await;
         lock(&self.inner.shared.links).clear();
         left.map_err(|source| NodeError::Discovery {
