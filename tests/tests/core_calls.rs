@@ -413,7 +413,7 @@ async fn each_call_times_out_at_its_own_deadline_while_others_finish() {
     let answered = (0..200u32).map(|i| {
         let conn = conn.clone();
         async move {
-            let opts = CallOptions::new().timeout(Duration::from_millis(50 + u64::from(i % 5)));
+            let opts = CallOptions::new().timeout(Duration::from_millis(250 + u64::from(i % 5)));
             conn.call(ECHO, Bytes::from(i.to_string()), opts).await
         }
     });

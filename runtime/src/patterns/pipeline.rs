@@ -49,7 +49,7 @@ pub struct Delivered<T> {
 ///   the work idempotent, or key it, when that matters.
 /// - **Pull**: while every worker is full, or there are none, `push` waits;
 ///   bound it with a timeout. Waiting pushes get workers in the order they
-///   started waiting.
+///   started waiting; an item being redelivered does not queue again.
 ///
 /// A rejection or any other error from the worker ends the item with that
 /// error — only failures that lose the worker move it on.
@@ -71,9 +71,11 @@ pub struct Pipeline<C> {
     per_worker: usize,
     max_attempts: u32,
     load: Arc<Load>,
-    /// Pushes waiting for a worker queue here, first come first served;
-    /// only the one at the head watches for a free slot, so a freed slot
-    /// wakes one push, not all of them.
+    /// New pushes waiting for a worker queue here, first come first
+    /// served; only the one at the head watches for a free slot, so a freed
+    /// slot wakes one push, not all of them. Redeliveries skip the queue:
+    /// they may not use every worker, so one at the head could hold up
+    /// pushes that a free worker would take.
     turnstile: Arc<tokio::sync::Semaphore>,
 }
 
@@ -175,8 +177,16 @@ impl<C: Client> Pipeline<C> {
         &self,
         failed: &mut Vec<NodeId>,
     ) -> Result<(NodeId, C, super::balance::Slot), CallError> {
-        let Ok(_turn) = self.turnstile.acquire().await else {
-            return Err(CallError::no_peers(self.workers.service()));
+        // A redelivery waits beside the queue, not in it: it cannot take a
+        // slot at a worker that failed it, and at the queue's head it would
+        // keep every push behind it from a worker only it refuses.
+        let _turn = if failed.is_empty() {
+            match self.turnstile.acquire().await {
+                Ok(turn) => Some(turn),
+                Err(_) => return Err(CallError::no_peers(self.workers.service())),
+            }
+        } else {
+            None
         };
         let mut changes = self.workers.changes();
         loop {
