@@ -12,6 +12,7 @@
 //! | endpoint | [`Endpoint`], [`Server`]: identity, handshake, listeners |
 //! | node | [`node`]: [`Node`] — discovery, sessions, roles, [`PeerSet`]s, broadcast, [`Actor`] |
 //! | patterns | [`patterns`]: send to one fairly, publish/subscribe, pipeline, survey over peer sets |
+//! | files | [`files`]: offer files, download one in checked chunks from every peer that has it |
 //! | socket | [`socket`]: [`Socket`] — untyped messages to and from peers; a raw byte-stream server |
 //!
 //! ```no_run
@@ -32,11 +33,16 @@
 
 #![warn(missing_docs)]
 
+// Contracts declared inside this crate (`files::FileShare`) expand to
+// `::plexus::…` paths like everyone else's.
+extern crate self as plexus;
+
 mod connection;
 pub mod discovery;
 mod endpoint;
 mod error;
 mod events;
+pub mod files;
 pub mod node;
 pub mod patterns;
 mod router;

@@ -1,0 +1,721 @@
+//! Downloading one file in chunks from every peer that has it.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{FileId, FileShareClient, FileStore, Manifest, NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE};
+use crate::node::{Client, PeerChange, PeerSet};
+use crate::{CallError, CallOptions, NodeId};
+
+/// How far a download has come. Sent on [`Download::progress`] after every
+/// chunk, source change and retry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The file's size; 0 until a manifest arrives.
+    pub total_bytes: u64,
+    /// Bytes received and checked.
+    pub received_bytes: u64,
+    /// The file's chunks; 0 until a manifest arrives.
+    pub total_chunks: u32,
+    /// Chunks received and checked.
+    pub received_chunks: u32,
+    /// Peers serving the file to this download now.
+    pub sources: usize,
+    /// Chunk fetches that failed and were (or will be) tried again.
+    pub retries: u32,
+    /// Checked chunks by the peer that sent them.
+    pub by_peer: BTreeMap<NodeId, u32>,
+    /// Whether the download has ended (done, failed or cancelled).
+    pub finished: bool,
+}
+
+/// Where a finished download's bytes are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Saved {
+    /// In memory (no [`DownloadBuilder::save_to`]).
+    Memory(Bytes),
+    /// In this file.
+    File(PathBuf),
+}
+
+/// A finished download.
+#[derive(Clone, Debug)]
+pub struct Downloaded {
+    /// The file's id.
+    pub id: FileId,
+    /// Its manifest (name, size, chunks).
+    pub manifest: Manifest,
+    /// Where its bytes are.
+    pub saved: Saved,
+    /// Chunks by the peer that sent them.
+    pub by_peer: BTreeMap<NodeId, u32>,
+    /// Chunk fetches that failed and were tried again.
+    pub retries: u32,
+}
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DownloadError {
+    /// No peer offered the file within the wait.
+    #[error("no peer offers file {id} (waited {waited:?})")]
+    NotFound {
+        /// The file.
+        id: FileId,
+        /// How long the download waited for a peer that has it.
+        waited: Duration,
+    },
+    /// Every peer serving the file went away or failed, and none came back
+    /// within the wait.
+    #[error("file {id}: no peer left to serve it after {received} of {total} chunks (waited {waited:?})")]
+    NoSources {
+        /// The file.
+        id: FileId,
+        /// Chunks received by then.
+        received: u32,
+        /// The file's chunks.
+        total: u32,
+        /// How long the download waited for a new source.
+        waited: Duration,
+    },
+    /// One chunk failed on every try.
+    #[error("file {id}: chunk {index} failed {attempts} times; last: {last}")]
+    ChunkFailed {
+        /// The file.
+        id: FileId,
+        /// The chunk.
+        index: u32,
+        /// Tries made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// Writing the file failed.
+    #[error("file {id}: cannot write {path}: {source}")]
+    Io {
+        /// The file.
+        id: FileId,
+        /// Where it was being written.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// [`Download::cancel`] was called (or the handle dropped).
+    #[error("file {id}: download cancelled")]
+    Cancelled {
+        /// The file.
+        id: FileId,
+    },
+    /// The download's task ended abnormally (it panicked).
+    #[error("file {id}: download task failed: {reason}")]
+    Failed {
+        /// The file.
+        id: FileId,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// The default number of chunks asked of one peer at a time.
+pub const DEFAULT_PER_PEER: usize = 4;
+/// The default number of tries per chunk.
+pub const DEFAULT_ATTEMPTS: u32 = 5;
+
+/// Configures a [`Download`]; see [`Download::builder`].
+#[must_use]
+pub struct DownloadBuilder {
+    peers: PeerSet<FileShareClient>,
+    id: FileId,
+    per_peer: usize,
+    attempts: u32,
+    chunk_timeout: Duration,
+    wait: Duration,
+    probe_every: Duration,
+    save_to: Option<PathBuf>,
+    share: Option<FileStore>,
+}
+
+impl std::fmt::Debug for DownloadBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownloadBuilder")
+            .field("id", &self.id)
+            .field("per_peer", &self.per_peer)
+            .field("attempts", &self.attempts)
+            .field("save_to", &self.save_to)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DownloadBuilder {
+    /// Chunks asked of one peer at a time (default [`DEFAULT_PER_PEER`], at
+    /// least 1).
+    pub fn per_peer(mut self, chunks: usize) -> Self {
+        self.per_peer = chunks.max(1);
+        self
+    }
+
+    /// Tries per chunk before the download fails (default
+    /// [`DEFAULT_ATTEMPTS`], at least 1). A failed try moves the chunk to
+    /// another peer when there is one.
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    /// How long one chunk may take (default 30 s).
+    pub fn chunk_timeout(mut self, timeout: Duration) -> Self {
+        self.chunk_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for a peer that has the file, at the start or when
+    /// every source is gone (default 10 s).
+    pub fn wait_for_sources(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// How often peers that did not have the file are asked again, so
+    /// peers that got it since (e.g. by downloading it) become sources
+    /// (default 1 s).
+    pub fn probe_every(mut self, every: Duration) -> Self {
+        self.probe_every = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Writes the file to `path` (through `path.part`, renamed when every
+    /// chunk is in) instead of keeping it in memory.
+    pub fn save_to(mut self, path: impl Into<PathBuf>) -> Self {
+        self.save_to = Some(path.into());
+        self
+    }
+
+    /// Offers the finished file in `store`, so this node serves it to
+    /// others from then on.
+    pub fn share_into(mut self, store: &FileStore) -> Self {
+        self.share = Some(store.clone());
+        self
+    }
+
+    /// Starts downloading in a task on the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn start(self) -> Download {
+        let (tx, rx) = watch::channel(Progress::default());
+        let cancel = CancellationToken::new();
+        let id = self.id;
+        let task = tokio::spawn(run(self, tx, cancel.clone()));
+        Download {
+            id,
+            progress: rx,
+            cancel,
+            task: Some(task),
+        }
+    }
+}
+
+/// One file being downloaded from a peer set. Dropping it cancels the
+/// download.
+///
+/// - **Swarm**: chunks are spread over every peer that has the file, at most
+///   [`per_peer`](DownloadBuilder::per_peer) at a time each, so faster peers
+///   serve more. Peers that join the set (or get the file later) are asked
+///   and become sources.
+/// - **Checked**: the manifest must match the id asked for, and each chunk
+///   its hash in the manifest; a peer that sends anything else is dropped.
+/// - **Retries**: a failed chunk goes to another peer, up to
+///   [`attempts`](DownloadBuilder::attempts) tries; a peer that lost the
+///   file, went away or sent wrong bytes stops being a source.
+/// - **Progress and cancel**: [`progress`](Self::progress) is a watch of
+///   [`Progress`]; [`cancel`](Self::cancel) stops it (in-flight chunk calls
+///   are cancelled, a partial file is removed).
+#[derive(Debug)]
+pub struct Download {
+    id: FileId,
+    progress: watch::Receiver<Progress>,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<Result<Downloaded, DownloadError>>>,
+}
+
+impl Download {
+    /// Starts configuring a download of file `id` from the members of
+    /// `peers`.
+    pub fn builder(peers: PeerSet<FileShareClient>, id: FileId) -> DownloadBuilder {
+        DownloadBuilder {
+            peers,
+            id,
+            per_peer: DEFAULT_PER_PEER,
+            attempts: DEFAULT_ATTEMPTS,
+            chunk_timeout: Duration::from_secs(30),
+            wait: Duration::from_secs(10),
+            probe_every: Duration::from_secs(1),
+            save_to: None,
+            share: None,
+        }
+    }
+
+    /// The file being downloaded.
+    pub fn id(&self) -> FileId {
+        self.id
+    }
+
+    /// A watch of the download's progress; `changed()` fails once it ended
+    /// and the last value was seen.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
+    /// Stops the download; [`finish`](Self::finish) then returns
+    /// [`DownloadError::Cancelled`] (unless it had already finished).
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for the download to end.
+    pub async fn finish(mut self) -> Result<Downloaded, DownloadError> {
+        let Some(task) = self.task.take() else {
+            return Err(DownloadError::Cancelled { id: self.id });
+        };
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(DownloadError::Failed {
+                id: self.id,
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.cancel.cancel();
+        }
+    }
+}
+
+/// A peer serving the file to this download.
+struct Source {
+    client: FileShareClient,
+    in_flight: usize,
+}
+
+/// Where checked chunks go.
+enum Sink {
+    Memory(Vec<u8>),
+    File {
+        path: PathBuf,
+        part: PathBuf,
+        file: tokio::fs::File,
+    },
+}
+
+type Fetch = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (NodeId, u32, Result<Bytes, CallError>)> + Send>,
+>;
+type Probe = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (NodeId, FileShareClient, Result<Manifest, CallError>)>
+            + Send,
+    >,
+>;
+
+struct Run {
+    cfg: DownloadBuilder,
+    progress: watch::Sender<Progress>,
+    manifest: Option<Manifest>,
+    sink: Option<Sink>,
+    sources: BTreeMap<NodeId, Source>,
+    /// Peers being asked for the manifest now.
+    probing: HashSet<NodeId>,
+    /// Peers that sent a wrong manifest or wrong bytes: never asked again.
+    bad: HashSet<NodeId>,
+    pending: VecDeque<u32>,
+    /// Failed tries per chunk, and the peers each failed at.
+    failures: BTreeMap<u32, (u32, BTreeSet<NodeId>)>,
+    fetches: FuturesUnordered<Fetch>,
+    probes: FuturesUnordered<Probe>,
+    /// Turn for ties between equally loaded sources.
+    turn: usize,
+}
+
+async fn run(
+    cfg: DownloadBuilder,
+    progress: watch::Sender<Progress>,
+    cancel: CancellationToken,
+) -> Result<Downloaded, DownloadError> {
+    let id = cfg.id;
+    let mut run = Run {
+        cfg,
+        progress,
+        manifest: None,
+        sink: None,
+        sources: BTreeMap::new(),
+        probing: HashSet::new(),
+        bad: HashSet::new(),
+        pending: VecDeque::new(),
+        failures: BTreeMap::new(),
+        fetches: FuturesUnordered::new(),
+        probes: FuturesUnordered::new(),
+        turn: 0,
+    };
+    let result = tokio::select! {
+        result = run.drive() => result,
+        () = cancel.cancelled() => Err(DownloadError::Cancelled { id }),
+    };
+    if result.is_err() {
+        if let Some(Sink::File { part, .. }) = run.sink.take() {
+            let _ = tokio::fs::remove_file(&part).await;
+        }
+    }
+    run.progress.send_modify(|p| p.finished = true);
+    result
+}
+
+impl Run {
+    async fn drive(&mut self) -> Result<Downloaded, DownloadError> {
+        let id = self.cfg.id;
+        let mut changes = self.cfg.peers.changes();
+        for (peer, client) in self.cfg.peers.list() {
+            self.probe(peer, client);
+        }
+        let mut probe_tick = tokio::time::interval(self.cfg.probe_every);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        probe_tick.reset();
+        // Armed while nothing can make progress: no source and nothing in
+        // flight.
+        let mut stalled_since: Option<tokio::time::Instant> = None;
+        let mut peers_open = true;
+        loop {
+            self.schedule();
+            if let Some(m) = &self.manifest {
+                if self.pending.is_empty() && self.fetches.is_empty() {
+                    let m = m.clone();
+                    return self.complete(m).await;
+                }
+            }
+            // Probes do not count: peers are asked again every tick, and a
+            // download nobody serves must still end.
+            let idle = self.sources.is_empty() && self.fetches.is_empty();
+            if !idle {
+                stalled_since = None;
+            } else if stalled_since.is_none() {
+                stalled_since = Some(tokio::time::Instant::now());
+            }
+            let wait = self.cfg.wait;
+            let give_up = async move {
+                match stalled_since {
+                    Some(since) => tokio::time::sleep_until(since + wait).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some((peer, client, result)) = self.probes.next() => {
+                    self.probing.remove(&peer);
+                    self.probed(peer, client, result).await?;
+                }
+                Some((peer, index, result)) = self.fetches.next() => {
+                    self.fetched(peer, index, result).await?;
+                }
+                change = changes.next(), if peers_open => match change {
+                    Some(PeerChange::Joined(peer)) => {
+                        if let Some(client) = self.cfg.peers.get(peer) {
+                            self.probe(peer, client);
+                        }
+                    }
+                    Some(PeerChange::Left(peer)) => {
+                        if self.sources.remove(&peer).is_some() {
+                            self.publish_sources();
+                        }
+                    }
+                    None => peers_open = false,
+                },
+                _ = probe_tick.tick() => {
+                    for (peer, client) in self.cfg.peers.list() {
+                        if !self.sources.contains_key(&peer) {
+                            self.probe(peer, client);
+                        }
+                    }
+                }
+                () = give_up => {
+                    let waited = self.cfg.wait;
+                    return Err(match &self.manifest {
+                        None => DownloadError::NotFound { id, waited },
+                        Some(m) => DownloadError::NoSources {
+                            id,
+                            received: self.progress.borrow().received_chunks,
+                            total: m.chunks(),
+                            waited,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Asks `peer` for the manifest, unless it is being asked or is bad.
+    fn probe(&mut self, peer: NodeId, client: FileShareClient) {
+        if self.bad.contains(&peer) || !self.probing.insert(peer) {
+            return;
+        }
+        let id = self.cfg.id;
+        let client = client.with_call_options(CallOptions::new().timeout(self.cfg.chunk_timeout));
+        self.probes.push(Box::pin(async move {
+            let result = client.manifest(id).await;
+            (peer, client, result)
+        }));
+    }
+
+    async fn probed(
+        &mut self,
+        peer: NodeId,
+        client: FileShareClient,
+        result: Result<Manifest, CallError>,
+    ) -> Result<(), DownloadError> {
+        let manifest = match result {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(%peer, file = %self.cfg.id, "not a source: {e}");
+                return Ok(());
+            }
+        };
+        if manifest.id() != self.cfg.id || !manifest.is_well_formed() {
+            tracing::warn!(%peer, file = %self.cfg.id, "peer sent a manifest for another file; ignoring it from now on");
+            self.bad.insert(peer);
+            return Ok(());
+        }
+        if !self.cfg.peers.ids().contains(&peer) {
+            return Ok(()); // it left while we asked
+        }
+        if self.manifest.is_none() {
+            self.start(manifest).await?;
+        }
+        self.sources.insert(
+            peer,
+            Source {
+                client,
+                in_flight: 0,
+            },
+        );
+        self.publish_sources();
+        Ok(())
+    }
+
+    /// The manifest is known: set up the sink and the chunk queue.
+    async fn start(&mut self, manifest: Manifest) -> Result<(), DownloadError> {
+        let id = self.cfg.id;
+        self.sink = Some(match &self.cfg.save_to {
+            None => Sink::Memory(vec![0u8; manifest.size as usize]),
+            Some(path) => {
+                let mut part = path.clone().into_os_string();
+                part.push(".part");
+                let part = PathBuf::from(part);
+                let io = |source| DownloadError::Io {
+                    id,
+                    path: part.clone(),
+                    source,
+                };
+                let file = tokio::fs::File::create(&part).await.map_err(io)?;
+                file.set_len(manifest.size).await.map_err(io)?;
+                Sink::File {
+                    path: path.clone(),
+                    part,
+                    file,
+                }
+            }
+        });
+        self.pending = (0..manifest.chunks()).collect();
+        self.progress.send_modify(|p| {
+            p.total_bytes = manifest.size;
+            p.total_chunks = manifest.chunks();
+        });
+        self.manifest = Some(manifest);
+        Ok(())
+    }
+
+    /// Hands pending chunks to sources with room: the least loaded first,
+    /// ties in turn, avoiding peers a chunk already failed at while others
+    /// have room.
+    fn schedule(&mut self) {
+        if self.manifest.is_none() {
+            return;
+        }
+        let per_peer = self.cfg.per_peer;
+        while let Some(&index) = self.pending.front() {
+            let failed_at = self.failures.get(&index).map(|(_, at)| at);
+            let n = self.sources.len().max(1);
+            let turn = self.turn;
+            let pick = self
+                .sources
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, s))| s.in_flight < per_peer)
+                .min_by_key(|(i, (peer, s))| {
+                    let failed_here = failed_at.is_some_and(|at| at.contains(peer));
+                    (failed_here, s.in_flight, (i + n - turn % n) % n)
+                })
+                .map(|(_, (peer, _))| *peer);
+            let Some(peer) = pick else {
+                return;
+            };
+            self.pending.pop_front();
+            self.turn = self.turn.wrapping_add(1);
+            let source = self.sources.get_mut(&peer).expect("picked from sources");
+            source.in_flight += 1;
+            let client = source.client.clone();
+            let id = self.cfg.id;
+            self.fetches.push(Box::pin(async move {
+                let result = client.chunk(id, index).await;
+                (peer, index, result)
+            }));
+        }
+    }
+
+    async fn fetched(
+        &mut self,
+        peer: NodeId,
+        index: u32,
+        result: Result<Bytes, CallError>,
+    ) -> Result<(), DownloadError> {
+        if let Some(s) = self.sources.get_mut(&peer) {
+            s.in_flight -= 1;
+        }
+        let manifest = self.manifest.as_ref().expect("fetching means a manifest");
+        let result = result.map(|data| (manifest.verify(index, &data), data));
+        let failure = match result {
+            Ok((true, data)) => {
+                self.write(index, &data).await?;
+                self.failures.remove(&index);
+                self.progress.send_modify(|p| {
+                    p.received_bytes += data.len() as u64;
+                    p.received_chunks += 1;
+                    *p.by_peer.entry(peer).or_default() += 1;
+                });
+                return Ok(());
+            }
+            Ok((false, data)) => {
+                tracing::warn!(%peer, file = %self.cfg.id, index, "peer sent a chunk that does not match the manifest; dropping it as a source");
+                self.bad.insert(peer);
+                self.sources.remove(&peer);
+                format!(
+                    "{peer} sent {} bytes that do not match the manifest",
+                    data.len()
+                )
+            }
+            Err(e) => {
+                let gone = match &e {
+                    CallError::Rejected(r) => {
+                        [NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE].contains(&r.code())
+                    }
+                    CallError::Timeout { .. } => false,
+                    _ => true,
+                };
+                if gone {
+                    self.sources.remove(&peer);
+                }
+                e.to_string()
+            }
+        };
+        let (tries, at) = self.failures.entry(index).or_default();
+        *tries += 1;
+        at.insert(peer);
+        if *tries >= self.cfg.attempts {
+            return Err(DownloadError::ChunkFailed {
+                id: self.cfg.id,
+                index,
+                attempts: *tries,
+                last: failure,
+            });
+        }
+        self.pending.push_front(index);
+        let sources = self.sources.len();
+        self.progress.send_modify(|p| {
+            p.retries += 1;
+            p.sources = sources;
+        });
+        Ok(())
+    }
+
+    async fn write(&mut self, index: u32, data: &[u8]) -> Result<(), DownloadError> {
+        let manifest = self.manifest.as_ref().expect("writing means a manifest");
+        let (start, _) = manifest.span(index).expect("verified chunk");
+        match self.sink.as_mut().expect("a sink with the manifest") {
+            Sink::Memory(buf) => {
+                buf[start as usize..start as usize + data.len()].copy_from_slice(data);
+                Ok(())
+            }
+            Sink::File { part, file, .. } => {
+                let written = async {
+                    file.seek(SeekFrom::Start(start)).await?;
+                    file.write_all(data).await
+                }
+                .await;
+                written.map_err(|source| DownloadError::Io {
+                    id: self.cfg.id,
+                    path: part.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    async fn complete(&mut self, manifest: Manifest) -> Result<Downloaded, DownloadError> {
+        let id = self.cfg.id;
+        let saved = match self.sink.take().expect("a sink with the manifest") {
+            Sink::Memory(buf) => Saved::Memory(buf.into()),
+            Sink::File {
+                path,
+                part,
+                mut file,
+            } => {
+                let io = |source| DownloadError::Io {
+                    id,
+                    path: path.clone(),
+                    source,
+                };
+                let finished = async {
+                    file.flush().await?;
+                    file.sync_data().await?;
+                    drop(file);
+                    tokio::fs::rename(&part, &path).await
+                }
+                .await;
+                if let Err(e) = finished {
+                    let _ = tokio::fs::remove_file(&part).await;
+                    return Err(io(e));
+                }
+                Saved::File(path)
+            }
+        };
+        if let Some(store) = &self.cfg.share {
+            match &saved {
+                Saved::Memory(bytes) => store.offer_verified(manifest.clone(), bytes.clone()),
+                Saved::File(path) => store.offer_verified_path(manifest.clone(), path.clone()),
+            };
+        }
+        let p = self.progress.borrow().clone();
+        Ok(Downloaded {
+            id,
+            manifest,
+            saved,
+            by_peer: p.by_peer,
+            retries: p.retries,
+        })
+    }
+
+    fn publish_sources(&self) {
+        let n = self.sources.len();
+        self.progress.send_modify(|p| p.sources = n);
+    }
+}

@@ -1,0 +1,282 @@
+//! The files a node offers, and the [`FileShare`] service over them.
+
+use std::collections::BTreeMap;
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::{
+    FileId, FileInfo, FileShare, FileShareHandler, Manifest, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE,
+    NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE,
+};
+use crate::{IntoRouter, Reject, Router};
+
+/// Why a file could not be offered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OfferError {
+    /// Reading the file failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file has more chunks than a manifest can list (2^32 - 1).
+    #[error("{size} bytes is too large for chunks of {chunk_size} bytes")]
+    TooLarge {
+        /// The file's size.
+        size: u64,
+        /// The store's chunk size.
+        chunk_size: u32,
+    },
+}
+
+/// Where an offered file's bytes are.
+enum Source {
+    Memory(Bytes),
+    /// Read on demand; each chunk read is checked against the manifest, so
+    /// a file changed on disk is refused rather than served wrong.
+    Disk(PathBuf),
+}
+
+struct Entry {
+    manifest: Manifest,
+    source: Source,
+}
+
+/// The files a node offers. Cheap to clone (clones share the files); serve
+/// it on a node or server (`.serve(store.clone())`) and peers can list,
+/// inspect and download them with [`Download`](super::Download).
+///
+/// ```
+/// use plexus::files::FileStore;
+///
+/// let store = FileStore::with_chunk_size(4);
+/// let info = store.offer_bytes("greeting.txt", "hello world");
+/// assert_eq!(info.size, 11);
+/// assert_eq!(store.manifest(info.id).map(|m| m.chunks()), Some(3));
+/// ```
+#[derive(Clone)]
+pub struct FileStore {
+    chunk_size: u32,
+    files: Arc<Mutex<BTreeMap<FileId, Arc<Entry>>>>,
+}
+
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore")
+            .field("chunk_size", &self.chunk_size)
+            .field("files", &self.lock().len())
+            .finish()
+    }
+}
+
+impl Default for FileStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FileStore {
+    /// An empty store cutting files into [`DEFAULT_CHUNK_SIZE`] chunks.
+    pub fn new() -> Self {
+        Self::with_chunk_size(DEFAULT_CHUNK_SIZE)
+    }
+
+    /// An empty store cutting files into chunks of `bytes` (1 to
+    /// [`MAX_CHUNK_SIZE`]). Files offered by stores with different chunk
+    /// sizes have different ids.
+    pub fn with_chunk_size(bytes: u32) -> Self {
+        FileStore {
+            chunk_size: bytes.clamp(1, MAX_CHUNK_SIZE),
+            files: Arc::default(),
+        }
+    }
+
+    /// The chunk size files offered here are cut into.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<FileId, Arc<Entry>>> {
+        // Every critical section is a map lookup or insert.
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offers `content` under `name`, kept in memory. Offering the same
+    /// content again replaces the name.
+    ///
+    /// # Panics
+    ///
+    /// If `content` has more than 2^32 - 1 chunks (only with tiny chunks).
+    pub fn offer_bytes(&self, name: impl Into<String>, content: impl Into<Bytes>) -> FileInfo {
+        let content = content.into();
+        let manifest = Manifest::of(name, &content, self.chunk_size);
+        assert!(manifest.is_well_formed(), "too many chunks");
+        self.insert(manifest, Source::Memory(content))
+    }
+
+    /// Offers the file at `path`, named by its file name. Its chunks are
+    /// hashed now and read from disk when asked for; if the file changes
+    /// afterwards, the changed chunks are refused ([`UNAVAILABLE`]) rather
+    /// than served wrong.
+    pub async fn offer_path(&self, path: impl AsRef<Path>) -> Result<FileInfo, OfferError> {
+        let path = path.as_ref().to_path_buf();
+        let io = |source| OfferError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = tokio::fs::File::open(&path).await.map_err(io)?;
+        let size = file.metadata().await.map_err(io)?.len();
+        let chunk_size = self.chunk_size;
+        if size.div_ceil(u64::from(chunk_size)) > u64::from(u32::MAX) {
+            return Err(OfferError::TooLarge { size, chunk_size });
+        }
+        let mut hashes = Vec::with_capacity((size.div_ceil(u64::from(chunk_size)) * 32) as usize);
+        let mut buf = vec![0u8; chunk_size as usize];
+        let mut read_total = 0u64;
+        while read_total < size {
+            let want = (size - read_total).min(u64::from(chunk_size)) as usize;
+            file.read_exact(&mut buf[..want]).await.map_err(io)?;
+            hashes.extend_from_slice(&Sha256::digest(&buf[..want]));
+            read_total += want as u64;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let manifest = Manifest {
+            name,
+            size,
+            chunk_size,
+            chunk_hashes: hashes.into(),
+        };
+        Ok(self.insert(manifest, Source::Disk(path)))
+    }
+
+    /// Offers content already checked against `manifest` (a finished
+    /// download), kept in memory.
+    pub(crate) fn offer_verified(&self, manifest: Manifest, content: Bytes) -> FileInfo {
+        self.insert(manifest, Source::Memory(content))
+    }
+
+    /// Offers a file on disk already checked against `manifest`.
+    pub(crate) fn offer_verified_path(&self, manifest: Manifest, path: PathBuf) -> FileInfo {
+        self.insert(manifest, Source::Disk(path))
+    }
+
+    fn insert(&self, manifest: Manifest, source: Source) -> FileInfo {
+        let info = FileInfo {
+            id: manifest.id(),
+            name: manifest.name.clone(),
+            size: manifest.size,
+        };
+        self.lock()
+            .insert(info.id, Arc::new(Entry { manifest, source }));
+        info
+    }
+
+    /// Stops offering file `id`; whether it was offered.
+    pub fn remove(&self, id: FileId) -> bool {
+        self.lock().remove(&id).is_some()
+    }
+
+    /// The files offered, by id.
+    pub fn files(&self) -> Vec<FileInfo> {
+        self.lock()
+            .iter()
+            .map(|(id, e)| FileInfo {
+                id: *id,
+                name: e.manifest.name.clone(),
+                size: e.manifest.size,
+            })
+            .collect()
+    }
+
+    /// Whether file `id` is offered.
+    pub fn contains(&self, id: FileId) -> bool {
+        self.lock().contains_key(&id)
+    }
+
+    /// The manifest of file `id`, if offered.
+    pub fn manifest(&self, id: FileId) -> Option<Manifest> {
+        self.lock().get(&id).map(|e| e.manifest.clone())
+    }
+
+    /// Chunk `index` of file `id`, as a peer would get it.
+    pub async fn read_chunk(&self, id: FileId, index: u32) -> Result<Bytes, Reject> {
+        let entry = self
+            .lock()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Reject::new(NOT_FOUND, format!("file {id} is not offered here")))?;
+        let Some((start, len)) = entry.manifest.span(index) else {
+            return Err(Reject::new(
+                OUT_OF_RANGE,
+                format!(
+                    "file {id} has {} chunks; there is no chunk {index}",
+                    entry.manifest.chunks()
+                ),
+            ));
+        };
+        match &entry.source {
+            Source::Memory(content) => Ok(content.slice(start as usize..start as usize + len)),
+            Source::Disk(path) => {
+                let data = read_at(path, start, len).await.map_err(|e| {
+                    Reject::new(
+                        UNAVAILABLE,
+                        format!("file {id}: cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                if !entry.manifest.verify(index, &data) {
+                    return Err(Reject::new(
+                        UNAVAILABLE,
+                        format!("file {id}: {} changed on disk", path.display()),
+                    ));
+                }
+                Ok(data)
+            }
+        }
+    }
+}
+
+async fn read_at(path: &Path, start: u64, len: usize) -> std::io::Result<Bytes> {
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(SeekFrom::Start(start)).await?;
+    let mut data = vec![0u8; len];
+    file.read_exact(&mut data).await?;
+    Ok(data.into())
+}
+
+impl FileShare for FileStore {
+    async fn catalog(&self) -> Result<Vec<FileInfo>, Reject> {
+        Ok(self.files())
+    }
+
+    async fn manifest(&self, id: FileId) -> Result<Manifest, Reject> {
+        FileStore::manifest(self, id)
+            .ok_or_else(|| Reject::new(NOT_FOUND, format!("file {id} is not offered here")))
+    }
+
+    async fn chunk(&self, id: FileId, index: u32) -> Result<Bytes, Reject> {
+        self.read_chunk(id, index).await
+    }
+}
+
+impl IntoRouter for FileStore {
+    fn into_router(self) -> Router {
+        FileShareHandler::new(self).into_router()
+    }
+}
+
+impl IntoRouter for &FileStore {
+    fn into_router(self) -> Router {
+        FileShareHandler::new(self.clone()).into_router()
+    }
+}
