@@ -66,6 +66,13 @@ async fn seeders_and_downloader<R: IntoRouter>(
 
 const CHUNK: u32 = 16 * 1024;
 
+/// Stops the downloader, then every seeder.
+async fn stop_all(downloader: Node, seeders: Vec<Node>) {
+    for n in std::iter::once(downloader).chain(seeders) {
+        bounded("stop", n.stop()).await.expect("stops");
+    }
+}
+
 /// A directory under the system's temp dir, removed on drop.
 struct TempDir(PathBuf);
 
@@ -186,10 +193,7 @@ async fn a_file_is_downloaded_from_every_seeder_at_once_and_checked() {
     // The downloader offers it now.
     assert!(mine.contains(info.id));
 
-    downloader.stop().await.expect("stops");
-    for s in seeders {
-        s.stop().await.expect("stops");
-    }
+    stop_all(downloader, seeders).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,10 +229,7 @@ async fn a_seeder_dying_mid_download_has_its_chunks_fetched_from_the_others() {
     for s in &seeders {
         assert!(done.by_peer[&s.id()] > 0);
     }
-    downloader.stop().await.expect("stops");
-    for s in seeders {
-        s.stop().await.expect("stops");
-    }
+    stop_all(downloader, seeders).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,10 +270,7 @@ async fn a_peer_sending_wrong_bytes_is_dropped_and_the_file_is_still_right() {
     let lies = lies.load(Ordering::SeqCst);
     assert_eq!(lies, 1, "the liar was asked once, then dropped");
     assert_eq!(done.retries, lies);
-    downloader.stop().await.expect("stops");
-    for s in seeders {
-        s.stop().await.expect("stops");
-    }
+    stop_all(downloader, seeders).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,10 +304,7 @@ async fn a_file_nobody_offers_is_not_found_after_the_wait() {
         .await
         .expect("found on a later probe");
     assert_eq!(done.saved, Saved::Memory(late));
-    downloader.stop().await.expect("stops");
-    for s in seeders {
-        s.stop().await.expect("stops");
-    }
+    stop_all(downloader, seeders).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,10 +335,7 @@ async fn cancelling_stops_the_download_and_removes_the_partial_file() {
     }
     assert!(!part.exists() && !path.exists(), "nothing left on disk");
     assert!(progress.borrow().finished);
-    downloader.stop().await.expect("stops");
-    for s in seeders {
-        s.stop().await.expect("stops");
-    }
+    stop_all(downloader, seeders).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,8 +429,5 @@ async fn the_service_rejects_unknown_files_and_chunks_past_the_end() {
     );
     assert!(store.remove(info.id));
     assert_eq!(code(client.manifest(info.id).await), NOT_FOUND);
-    downloader.stop().await.expect("stops");
-    for s in seeders {
-        s.stop().await.expect("stops");
-    }
+    stop_all(downloader, seeders).await;
 }

@@ -109,6 +109,15 @@ pub enum DownloadError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The file does not fit in memory here; download it with
+    /// [`DownloadBuilder::save_to`].
+    #[error("file {id}: {size} bytes do not fit in memory; save it to a file instead")]
+    TooLargeForMemory {
+        /// The file.
+        id: FileId,
+        /// Its size.
+        size: u64,
+    },
     /// [`Download::cancel`] was called (or the handle dropped).
     #[error("file {id}: download cancelled")]
     Cancelled {
@@ -516,7 +525,18 @@ impl Run {
     async fn start(&mut self, manifest: Manifest) -> Result<(), DownloadError> {
         let id = self.cfg.id;
         self.sink = Some(match &self.cfg.save_to {
-            None => Sink::Memory(vec![0u8; manifest.size as usize]),
+            None => {
+                let mut buf = Vec::new();
+                usize::try_from(manifest.size)
+                    .ok()
+                    .and_then(|size| buf.try_reserve_exact(size).ok())
+                    .ok_or(DownloadError::TooLargeForMemory {
+                        id,
+                        size: manifest.size,
+                    })?;
+                buf.resize(manifest.size as usize, 0);
+                Sink::Memory(buf)
+            }
             Some(path) => {
                 let mut part = path.clone().into_os_string();
                 part.push(".part");
