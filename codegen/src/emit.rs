@@ -6,7 +6,9 @@
 //! - the typed client `ChatClient`,
 //! - the handler adapter `ChatHandler<T>`, which turns an implementation
 //!   into a `plexus::Router`,
-//! - the `DESCRIPTOR` both of them expose.
+//! - the `DESCRIPTOR` both of them expose,
+//! - the actor trait `ChatActor`: the same operations on `&mut self`, for
+//!   state owned by a `plexus::node::Actor` (which then implements `Chat`).
 //!
 //! Generated code names the runtime only as `::plexus::...` and uses only its
 //! public API. Local variables are created with `Span::mixed_site()` so they
@@ -24,10 +26,12 @@ pub fn emit_service(service: &ServiceDef) -> TokenStream {
     let server_trait = emit_trait(service, &names);
     let client = emit_client(service, &names);
     let handler = emit_handler(service, &names);
+    let actor = emit_actor(service, &names);
     quote! {
         #server_trait
         #client
         #handler
+        #actor
     }
 }
 
@@ -36,6 +40,7 @@ struct Names {
     service: syn::Ident,
     client: syn::Ident,
     handler: syn::Ident,
+    actor: syn::Ident,
 }
 
 impl Names {
@@ -44,6 +49,7 @@ impl Names {
             service: syn::Ident::new(&service.name, service.span),
             client: format_ident!("{}Client", service.name, span = service.span),
             handler: format_ident!("{}Handler", service.name, span = service.span),
+            actor: format_ident!("{}Actor", service.name, span = service.span),
         }
     }
 }
@@ -113,43 +119,12 @@ fn emit_trait(service: &ServiceDef, names: &Names) -> TokenStream {
         let name = &method.name;
         let docs = doc_attrs(&method.docs);
         let attrs = &method.attrs;
-        let (context, params, output) = match &method.declared {
-            Some(declared) => {
-                let context = declared
-                    .context
-                    .as_ref()
-                    .map(|(ident, ty)| quote!(#ident: #ty,));
-                let params: Vec<TokenStream> = method
-                    .params
-                    .iter()
-                    .zip(&declared.params)
-                    .map(|(p, ty)| {
-                        let pname = &p.name;
-                        quote!(#pname: #ty)
-                    })
-                    .collect();
-                let output = match &declared.output {
-                    Some(ty) => ty.to_token_stream(),
-                    None => quote!(()),
-                };
-                (context, params, output)
-            }
-            None => {
-                let context = method
-                    .takes_context
-                    .then(|| quote!(ctx: ::plexus::CallContext,));
-                let params: Vec<TokenStream> = method
-                    .params
-                    .iter()
-                    .map(|p| {
-                        let pname = &p.name;
-                        let ty = trait_param_type(method, &p.ty);
-                        quote!(#pname: #ty)
-                    })
-                    .collect();
-                (context, params, trait_output(method))
-            }
-        };
+        let Signature {
+            context,
+            params,
+            output,
+            ..
+        } = Signature::of(method);
         quote! {
             #docs
             #(#attrs)*
@@ -164,6 +139,143 @@ fn emit_trait(service: &ServiceDef, names: &Names) -> TokenStream {
         #(#attrs)*
         #vis trait #ident {
             #(#methods)*
+        }
+    }
+}
+
+/// A server-trait method's parameters and output, as declared (Rust
+/// contracts) or spelled canonically (`.proto`).
+struct Signature {
+    /// `name: CallContext,` if the method takes the context.
+    context: Option<TokenStream>,
+    /// The context parameter's name, if any.
+    context_name: Option<TokenStream>,
+    /// `name: Type` per request parameter.
+    params: Vec<TokenStream>,
+    /// The `Output` of the method's future.
+    output: TokenStream,
+}
+
+impl Signature {
+    fn of(method: &MethodDef) -> Signature {
+        match &method.declared {
+            Some(declared) => Signature {
+                context: declared
+                    .context
+                    .as_ref()
+                    .map(|(ident, ty)| quote!(#ident: #ty,)),
+                context_name: declared.context.as_ref().map(|(ident, _)| quote!(#ident,)),
+                params: method
+                    .params
+                    .iter()
+                    .zip(&declared.params)
+                    .map(|(p, ty)| {
+                        let pname = &p.name;
+                        quote!(#pname: #ty)
+                    })
+                    .collect(),
+                output: match &declared.output {
+                    Some(ty) => ty.to_token_stream(),
+                    None => quote!(()),
+                },
+            },
+            None => Signature {
+                context: method
+                    .takes_context
+                    .then(|| quote!(ctx: ::plexus::CallContext,)),
+                context_name: method.takes_context.then(|| quote!(ctx,)),
+                params: method
+                    .params
+                    .iter()
+                    .map(|p| {
+                        let pname = &p.name;
+                        let ty = trait_param_type(method, &p.ty);
+                        quote!(#pname: #ty)
+                    })
+                    .collect(),
+                output: trait_output(method),
+            },
+        }
+    }
+}
+
+/// The actor trait `ChatActor` (the operations on `&mut self`) and
+/// `impl Chat for plexus::node::Actor<S>` forwarding each call into the actor.
+fn emit_actor(service: &ServiceDef, names: &Names) -> TokenStream {
+    let vis = &service.vis;
+    let ident = &names.service;
+    let handler = &names.handler;
+    let actor = &names.actor;
+    let summary = format!(
+        " [`{ident}`] on state that handles one call at a time: implement it with `&mut self` methods, and serve `{handler}::new(plexus::node::Actor::spawn(state))`."
+    );
+    let detail = " The state lives on the actor's task; calls run in arrival order, each to completion (awaits included) before the next starts, with no lock in your code. A panic stops the actor: that call and later ones are rejected as failed handlers.";
+    let state = local("S");
+    let stopped = local("stopped");
+    let decls = service.methods.iter().map(|method| {
+        let name = &method.name;
+        let docs = doc_attrs(&method.docs);
+        let attrs = &method.attrs;
+        let Signature {
+            context,
+            params,
+            output,
+            ..
+        } = Signature::of(method);
+        quote! {
+            #docs
+            #(#attrs)*
+            fn #name(&mut self, #context #(#params),*)
+                -> impl ::core::future::Future<Output = #output> + ::core::marker::Send;
+        }
+    });
+    let forwards = service.methods.iter().map(|method| {
+        let name = &method.name;
+        let attrs = &method.attrs;
+        let Signature {
+            context,
+            context_name,
+            params,
+            output,
+        } = Signature::of(method);
+        let args = method.params.iter().map(|p| &p.name);
+        let call = local("call");
+        let reply = local("reply");
+        let finish = match method.kind {
+            // A one-way call has nobody to tell that the actor stopped.
+            CallKind::OneWay => quote!(let _ = #call.await;),
+            _ => quote! {
+                match #call.await {
+                    ::core::result::Result::Ok(#reply) => #reply,
+                    ::core::result::Result::Err(#stopped) => {
+                        ::core::result::Result::Err(::plexus::Reject::from(#stopped))
+                    }
+                }
+            },
+        };
+        let s = local("s");
+        quote! {
+            #(#attrs)*
+            fn #name(&self, #context #(#params),*)
+                -> impl ::core::future::Future<Output = #output> + ::core::marker::Send {
+                let #call = ::plexus::node::Actor::call_async(self, move |#s: &mut #state| {
+                    ::std::boxed::Box::pin(<#state as #actor>::#name(#s, #context_name #(#args),*))
+                        as ::plexus::node::ActorFuture<'_, _>
+                });
+                async move { #finish }
+            }
+        }
+    });
+    quote! {
+        #[doc = #summary]
+        #[doc = ""]
+        #[doc = #detail]
+        #vis trait #actor: ::core::marker::Send + 'static {
+            #(#decls)*
+        }
+
+        impl<#state: #actor> #ident for ::plexus::node::Actor<#state> {
+            #(#forwards)*
         }
     }
 }

@@ -18,7 +18,9 @@ mod valid;
 use proc_macro::TokenStream;
 
 /// Turns a trait into a Plexus service contract: the server trait, a typed
-/// client `XClient`, a handler adapter `XHandler<T>` and a descriptor.
+/// client `XClient`, a handler adapter `XHandler<T>`, a descriptor, and an
+/// actor trait `XActor` (the operations on `&mut self`, served through
+/// `plexus::node::Actor`).
 ///
 /// ```rust,ignore
 /// use plexus::{BoxStream, Reject, Streaming};

@@ -454,7 +454,7 @@ fn check_receiver(sig: &syn::Signature, errors: &mut Errors) {
             } else if let Some(mutability) = &receiver.mutability {
                 errors.push(
                     mutability,
-                    "a service method takes `&self`, not `&mut self`: calls run concurrently; keep mutable state behind a lock",
+                    "a service method takes `&self`, not `&mut self`: calls run concurrently; for `&mut self` state implement the generated `<Service>Actor` trait and serve `plexus::node::Actor::spawn(state)`, or keep the state behind a lock",
                 );
             }
         }

@@ -390,3 +390,159 @@ fn descriptor_describes_the_contract() {
     assert_eq!(services, ["Inventory", "StockChanges"]);
     assert_eq!(inventory.service[0].method.len(), 7);
 }
+
+/// The same contract on `&mut self` state: the generated `InventoryActor`,
+/// served through `plexus::node::Actor`. No lock anywhere.
+struct Ledger {
+    stock: BTreeMap<String, i64>,
+    touches: u32,
+}
+
+impl Ledger {
+    fn apply(&mut self, adj: &Adjustment) -> Result<Item, Reject> {
+        let q = self.stock.entry(adj.sku.clone()).or_insert(0);
+        if *q + adj.delta < 0 {
+            return Err(Reject::new(409, format!("{} would go negative", adj.sku)));
+        }
+        *q += adj.delta;
+        Ok(Item {
+            sku: adj.sku.clone(),
+            name: adj.sku.to_uppercase(),
+            quantity: *q,
+        })
+    }
+}
+
+impl inventory::InventoryActor for Ledger {
+    async fn lookup(&mut self, _ctx: CallContext, request: ItemId) -> Result<Item, Reject> {
+        self.apply(&adj(&request.sku, 0))
+    }
+
+    async fn adjust(&mut self, _ctx: CallContext, request: Adjustment) -> Result<Item, Reject> {
+        // State held across an await: no other call runs meanwhile.
+        let before = self.stock.get(&request.sku).copied();
+        tokio::task::yield_now().await;
+        assert_eq!(self.stock.get(&request.sku).copied(), before);
+        self.apply(&request)
+    }
+
+    async fn touch(&mut self, _ctx: CallContext, _request: ItemId) {
+        self.touches += 1;
+    }
+
+    async fn touches(&mut self, _ctx: CallContext) -> Result<Summary, Reject> {
+        Ok(Summary {
+            count: self.touches,
+            total: 0,
+        })
+    }
+
+    async fn list(&mut self, _ctx: CallContext) -> Result<BoxStream<Result<Item, Reject>>, Reject> {
+        let items: Vec<Result<Item, Reject>> = self
+            .stock
+            .iter()
+            .map(|(sku, q)| {
+                Ok(Item {
+                    sku: sku.clone(),
+                    name: sku.to_uppercase(),
+                    quantity: *q,
+                })
+            })
+            .collect();
+        Ok(futures_util::stream::iter(items).boxed())
+    }
+
+    async fn restock(
+        &mut self,
+        _ctx: CallContext,
+        mut requests: Streaming<Adjustment>,
+    ) -> Result<Summary, Reject> {
+        let mut summary = Summary { count: 0, total: 0 };
+        while let Some(adj) = requests.recv().await {
+            let adj = adj.map_err(|e| Reject::new(400, e.to_string()))?;
+            self.apply(&adj)?;
+            summary.count += 1;
+            summary.total += adj.delta;
+        }
+        Ok(summary)
+    }
+
+    async fn sync(
+        &mut self,
+        _ctx: CallContext,
+        _requests: Streaming<Adjustment>,
+    ) -> Result<BoxStream<Result<Item, Reject>>, Reject> {
+        Err(Reject::new(501, "not in the ledger"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proto_service_runs_on_mut_self_state_in_an_actor() {
+    let ledger = Ledger {
+        stock: BTreeMap::new(),
+        touches: 0,
+    };
+    let server = bounded(
+        "start",
+        Server::bind("tcp://127.0.0.1:0")
+            .serve(InventoryHandler::new(plexus::node::Actor::spawn(ledger)))
+            .start(),
+    )
+    .await
+    .expect("server starts");
+    let inv = bounded("connect", InventoryClient::connect(server.local_url()))
+        .await
+        .expect("client connects");
+    // 300 concurrent increments: none lost, each saw a distinct quantity.
+    let calls = (0..300).map(|_| {
+        let inv = inv.clone();
+        async move { inv.adjust(adj("apple", 1)).await }
+    });
+    let mut seen: Vec<i64> = bounded("adjusts", futures_util::future::join_all(calls))
+        .await
+        .into_iter()
+        .map(|r| r.expect("adjusted").quantity)
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=300).collect::<Vec<_>>());
+    let err = bounded("adjust", inv.adjust(adj("apple", -301)))
+        .await
+        .expect_err("would go negative");
+    assert_eq!(err.as_reject().map(Reject::code), Some(409));
+
+    for _ in 0..5 {
+        inv.touch(ItemId {
+            sku: "apple".into(),
+        })
+        .await
+        .expect("sent");
+    }
+    // One-way messages are queued in the actor as they arrive; wait for all.
+    bounded("5 touches", async {
+        while inv.touches().await.expect("touches").count < 5 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert_eq!(inv.touches().await.expect("touches").count, 5);
+    let (mut tx, reply) = bounded("restock", inv.restock())
+        .await
+        .expect("stream opens");
+    for delta in [2, 3] {
+        bounded("send", tx.send(adj("pear", delta)))
+            .await
+            .expect("sent");
+    }
+    bounded("finish", tx.finish()).await.expect("finished");
+    let summary = bounded("reply", reply).await.expect("summary");
+    assert_eq!((summary.count, summary.total), (2, 5));
+    let items = bounded("list", inv.list()).await.expect("stream opens");
+    let items: Vec<Item> = bounded("items", items.map(|i| i.expect("item")).collect()).await;
+    assert_eq!(
+        items
+            .iter()
+            .map(|i| (i.sku.as_str(), i.quantity))
+            .collect::<Vec<_>>(),
+        [("apple", 300), ("pear", 5)]
+    );
+}

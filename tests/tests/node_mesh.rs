@@ -556,6 +556,74 @@ async fn actor_state_stays_consistent_under_a_thousand_concurrent_calls() {
     server.stop().await.expect("stops");
 }
 
+/// A room written as `&mut self` methods (the generated `ChatActor`): its
+/// state is never shared, and one call finishes — awaits included — before
+/// the next starts.
+#[derive(Default)]
+struct MutRoom {
+    log: Vec<String>,
+    busy: bool,
+}
+
+impl ChatActor for MutRoom {
+    async fn post(&mut self, text: String) -> Result<u64, Reject> {
+        assert!(!self.busy, "two calls inside the state at once");
+        self.busy = true;
+        tokio::task::yield_now().await;
+        self.log.push(text);
+        self.busy = false;
+        Ok(self.log.len() as u64)
+    }
+
+    async fn log(&mut self) -> Result<Vec<String>, Reject> {
+        Ok(self.log.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mut_self_service_takes_a_thousand_concurrent_calls_one_at_a_time() {
+    const CALLS: u64 = 1000;
+    let interval = 100 * MS;
+    let bound = 2 * interval + Duration::from_secs(2);
+    let group = private_group();
+    let server = node("server".into(), group, interval)
+        .session("s")
+        .serve(ChatHandler::new(Actor::spawn(MutRoom::default())))
+        .start()
+        .await
+        .expect("starts");
+    let client = node("client".into(), group, interval)
+        .session("s")
+        .uses::<ChatClient>()
+        .start()
+        .await
+        .expect("starts");
+    let peers = client.peers::<ChatClient>();
+    let reached = timeout(bound, peers.wait_until(|ids| ids == [server.id()])).await;
+    assert!(reached.is_ok(), "client never linked the server");
+    let chat = peers.get(server.id()).expect("member");
+    let calls = (0..CALLS).map(|i| {
+        let chat = chat.clone();
+        tokio::spawn(async move { chat.post(format!("m{i}")).await })
+    });
+    let counts: Vec<u64> = timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(calls),
+    )
+    .await
+    .expect("calls finish")
+    .into_iter()
+    .map(|r| r.expect("task").expect("post"))
+    .collect();
+    let distinct: HashSet<u64> = counts.iter().copied().collect();
+    assert_eq!(distinct, (1..=CALLS).collect());
+    let log = chat.log().await.expect("log");
+    assert_eq!(log.len() as u64, CALLS);
+    assert_eq!(log.iter().collect::<HashSet<_>>().len() as u64, CALLS);
+    client.stop().await.expect("stops");
+    server.stop().await.expect("stops");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_the_session_key_is_ignored() {
     let interval = 50 * MS;

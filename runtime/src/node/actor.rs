@@ -7,12 +7,33 @@
 //! service/shim split of LightImage.Networking. This module knows nothing of
 //! connections or nodes.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Reject;
 use crate::wire::SystemCode;
 
-type Job<S> = Box<dyn FnOnce(&mut S) + Send>;
+/// The future an [`Actor::call_async`] closure returns: it may borrow the
+/// state for as long as it runs.
+pub type ActorFuture<'a, R> = Pin<Box<dyn Future<Output = R> + Send + 'a>>;
+
+/// A job that borrows the state until its future completes.
+type AsyncJob<S> = Box<dyn for<'a> FnOnce(&'a mut S) -> ActorFuture<'a, ()> + Send>;
+
+enum Job<S> {
+    Sync(Box<dyn FnOnce(&mut S) + Send>),
+    Async(AsyncJob<S>),
+}
+
+/// Pins down the higher-ranked signature of an async job's closure.
+fn async_job<S, F>(f: F) -> F
+where
+    F: for<'a> FnOnce(&'a mut S) -> ActorFuture<'a, ()>,
+{
+    f
+}
 
 /// Mailbox size of [`Actor::spawn`]: senders wait when this many calls are queued.
 pub const DEFAULT_MAILBOX: usize = 1024;
@@ -79,7 +100,10 @@ impl<S: Send + 'static> Actor<S> {
         let (mailbox, mut jobs) = mpsc::channel::<Job<S>>(capacity.max(1));
         tokio::spawn(async move {
             while let Some(job) = jobs.recv().await {
-                job(&mut state);
+                match job {
+                    Job::Sync(f) => f(&mut state),
+                    Job::Async(f) => f(&mut state).await,
+                }
             }
         });
         Actor { mailbox }
@@ -93,11 +117,49 @@ impl<S: Send + 'static> Actor<S> {
         R: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Job<S> = Box::new(move |state| {
+        let job = Job::Sync(Box::new(move |state| {
             // The caller may have given up (its call was cancelled); the
             // change to the state stands either way.
             let _ = reply.send(f(state));
-        });
+        }));
+        self.mailbox.send(job).await.map_err(|_| ActorStopped)?;
+        answer.await.map_err(|_| ActorStopped)
+    }
+
+    /// Runs the async `f` on the state after every call that arrived before
+    /// it, and returns its result. The actor takes no other call until the
+    /// future completes, so `f` may hold `&mut S` across awaits — and
+    /// whatever it awaits holds up every call behind it. Generated
+    /// `…Actor` traits (see `docs/CONTRACTS.md`) forward here.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use plexus::node::Actor;
+    ///
+    /// let log = Actor::spawn(Vec::<String>::new());
+    /// let len = log
+    ///     .call_async(|log| Box::pin(async move {
+    ///         tokio::task::yield_now().await; // e.g. I/O, with the state held
+    ///         log.push("hi".into());
+    ///         log.len()
+    ///     }))
+    ///     .await
+    ///     .unwrap();
+    /// assert_eq!(len, 1);
+    /// # }
+    /// ```
+    pub async fn call_async<R, F>(&self, f: F) -> Result<R, ActorStopped>
+    where
+        F: for<'a> FnOnce(&'a mut S) -> ActorFuture<'a, R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Async(Box::new(async_job(move |state: &mut S| {
+            Box::pin(async move {
+                // As with `call`: the change stands even if the caller left.
+                let _ = reply.send(f(state).await);
+            }) as ActorFuture<'_, ()>
+        })));
         self.mailbox.send(job).await.map_err(|_| ActorStopped)?;
         answer.await.map_err(|_| ActorStopped)
     }
@@ -108,7 +170,7 @@ impl<S: Send + 'static> Actor<S> {
         F: FnOnce(&mut S) + Send + 'static,
     {
         self.mailbox
-            .send(Box::new(f))
+            .send(Job::Sync(Box::new(f)))
             .await
             .map_err(|_| ActorStopped)
     }
@@ -155,5 +217,35 @@ mod tests {
         assert!(actor.is_stopped());
         let reject: Reject = ActorStopped.into();
         assert_eq!(reject.code(), SystemCode::HandlerFailed as u32);
+    }
+
+    #[tokio::test]
+    async fn async_calls_hold_the_state_until_done_and_keep_arrival_order() {
+        let log = Actor::spawn(Vec::new());
+        let slow = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.call_async(|v: &mut Vec<i32>| {
+                    Box::pin(async move {
+                        v.push(1);
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        v.push(2);
+                    })
+                })
+                .await
+            })
+        };
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        // Queued behind the slow call: sees both of its pushes.
+        let seen = log.call(|v| v.clone()).await.unwrap();
+        assert_eq!(seen, vec![1, 2]);
+        slow.await.unwrap().unwrap();
+
+        let failed = log
+            .call_async(|_| -> ActorFuture<'_, ()> { Box::pin(async { panic!("boom") }) })
+            .await;
+        assert_eq!(failed, Err(ActorStopped));
+        assert!(log.is_stopped());
     }
 }
