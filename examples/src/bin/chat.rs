@@ -25,24 +25,19 @@ pub trait Chat {
     async fn post(&self, from: String, text: String) -> Result<u64, Reject>;
 }
 
-/// One node's room: its message count lives in an actor, so handling a post
-/// needs no lock.
+/// One node's room. It is written on `&mut self` (the generated
+/// `ChatActor`) and served inside an `Actor`, which hands it one post at a
+/// time: no lock, no atomics.
 struct Room {
     me: String,
-    received: Actor<u64>,
+    received: u64,
 }
 
-impl Chat for Room {
-    async fn post(&self, from: String, text: String) -> Result<u64, Reject> {
+impl ChatActor for Room {
+    async fn post(&mut self, from: String, text: String) -> Result<u64, Reject> {
         println!("  [{}] {from} says: {text}", self.me);
-        let count = self
-            .received
-            .call(|n| {
-                *n += 1;
-                *n
-            })
-            .await?;
-        Ok(count)
+        self.received += 1;
+        Ok(self.received)
     }
 }
 
@@ -82,10 +77,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .discovery(Beacon::loopback().interval(interval))
             .reconcile_interval(interval)
             .session("lobby")
-            .serve(ChatHandler::new(Room {
+            .serve(ChatHandler::new(Actor::spawn(Room {
                 me: name,
-                received: Actor::spawn(0),
-            }))
+                received: 0,
+            })))
             .start()
             .await?;
         println!(
