@@ -8,7 +8,9 @@
 //!   into a `plexus::Router`,
 //! - the `DESCRIPTOR` both of them expose,
 //! - the actor trait `ChatActor`: the same operations on `&mut self`, for
-//!   state owned by a `plexus::node::Actor` (which then implements `Chat`).
+//!   state owned by a `plexus::node::Actor` (which then implements `Chat`),
+//! - `ChatFanout`: the unary and one-way operations called on every linked
+//!   peer at once (`node.fanout::<ChatClient>(deadline).post(msg)`).
 //!
 //! Generated code names the runtime only as `::plexus::...` and uses only its
 //! public API. Local variables are created with `Span::mixed_site()` so they
@@ -27,11 +29,13 @@ pub fn emit_service(service: &ServiceDef) -> TokenStream {
     let client = emit_client(service, &names);
     let handler = emit_handler(service, &names);
     let actor = emit_actor(service, &names);
+    let fanout = emit_fanout(service, &names);
     quote! {
         #server_trait
         #client
         #handler
         #actor
+        #fanout
     }
 }
 
@@ -41,6 +45,7 @@ struct Names {
     client: syn::Ident,
     handler: syn::Ident,
     actor: syn::Ident,
+    fanout: syn::Ident,
 }
 
 impl Names {
@@ -50,6 +55,7 @@ impl Names {
             client: format_ident!("{}Client", service.name, span = service.span),
             handler: format_ident!("{}Handler", service.name, span = service.span),
             actor: format_ident!("{}Actor", service.name, span = service.span),
+            fanout: format_ident!("{}Fanout", service.name, span = service.span),
         }
     }
 }
@@ -280,6 +286,96 @@ fn emit_actor(service: &ServiceDef, names: &Names) -> TokenStream {
     }
 }
 
+/// `ChatFanout`: each unary and one-way operation called on every member of
+/// a node's peer set at once, the request encoded once.
+fn emit_fanout(service: &ServiceDef, names: &Names) -> TokenStream {
+    let vis = &service.vis;
+    let client = &names.client;
+    let fanout = &names.fanout;
+    let codec = &service.codec;
+    let summary = format!(
+        " Every linked peer of the `{}` service at once: `node.fanout::<{client}>(deadline)`. One method per unary operation (a stream of replies, like `Node::broadcast`) and per one-way operation.",
+        service.full_name()
+    );
+    let inner = local("inner");
+    let body = local("body");
+    let request = local("request");
+    let methods = service.methods.iter().filter_map(|method| {
+        let name = &method.name;
+        let op = service.op_id(method);
+        let attrs = &method.attrs;
+        let reply = &method.reply;
+        let request_ty = method.request_type();
+        let params = method.params.iter().map(|p| {
+            let (pname, ty) = (&p.name, &p.ty);
+            quote!(#pname: #ty)
+        });
+        let names: Vec<&syn::Ident> = method.params.iter().map(|p| &p.name).collect();
+        let (pack, packed) = match names.as_slice() {
+            [] => (quote!(), quote!(&())),
+            [one] => (quote!(), quote!(&#one)),
+            many => (quote!(let #request = (#(#many,)*);), quote!(&#request)),
+        };
+        let encode = quote! {
+            #pack
+            let #body = <#codec as ::plexus::codec::Codec<#request_ty>>::encode(#packed);
+        };
+        match method.kind {
+            CallKind::Unary => {
+                let docs = doc_attrs(&[format!(
+                    "Calls `{op}` on every peer; replies stream back as they arrive."
+                )]);
+                Some(quote! {
+                    #docs
+                    #(#attrs)*
+                    pub fn #name(&self, #(#params),*) -> ::plexus::node::Broadcast<#reply> {
+                        #encode
+                        self.#inner.unary::<#codec, #reply>(#op, #body)
+                    }
+                })
+            }
+            CallKind::OneWay => {
+                let docs = doc_attrs(&[format!(
+                    "Sends `{op}` to every peer; says, per peer, whether it went out."
+                )]);
+                Some(quote! {
+                    #docs
+                    #(#attrs)*
+                    pub async fn #name(&self, #(#params),*)
+                        -> ::std::vec::Vec<(::plexus::NodeId, ::core::result::Result<(), ::plexus::CallError>)> {
+                        #encode
+                        self.#inner.oneway(#op, #body).await
+                    }
+                })
+            }
+            _ => None,
+        }
+    });
+    quote! {
+        #[doc = #summary]
+        #[derive(Clone, Debug)]
+        #vis struct #fanout {
+            #inner: ::plexus::node::Fanout,
+        }
+
+        #[allow(dead_code)]
+        impl #fanout {
+            /// The peers it reaches: the members when it was made.
+            pub fn peers(&self) -> ::std::vec::Vec<::plexus::NodeId> {
+                self.#inner.peers()
+            }
+
+            #(#methods)*
+        }
+
+        impl ::core::convert::From<::plexus::node::Fanout> for #fanout {
+            fn from(#inner: ::plexus::node::Fanout) -> Self {
+                Self { #inner }
+            }
+        }
+    }
+}
+
 /// The `&'static ServiceDescriptor` expression of `service`.
 fn emit_descriptor(service: &ServiceDef) -> TokenStream {
     let package = &service.package;
@@ -340,6 +436,7 @@ fn emit_descriptor(service: &ServiceDef) -> TokenStream {
 fn emit_client(service: &ServiceDef, names: &Names) -> TokenStream {
     let vis = &service.vis;
     let client = &names.client;
+    let fanout = &names.fanout;
     let descriptor = emit_descriptor(service);
     let docs = doc_attrs(&service.docs);
     let summary = format!(
@@ -404,6 +501,8 @@ fn emit_client(service: &ServiceDef, names: &Names) -> TokenStream {
             fn with_call_options(self, options: ::plexus::CallOptions) -> Self {
                 self.with_options(options)
             }
+
+            type Fanout = #fanout;
         }
     }
 }

@@ -18,9 +18,10 @@ mod valid;
 use proc_macro::TokenStream;
 
 /// Turns a trait into a Plexus service contract: the server trait, a typed
-/// client `XClient`, a handler adapter `XHandler<T>`, a descriptor, and an
+/// client `XClient`, a handler adapter `XHandler<T>`, a descriptor, an
 /// actor trait `XActor` (the operations on `&mut self`, served through
-/// `plexus::node::Actor`).
+/// `plexus::node::Actor`) and `XFanout` (every linked peer at once, from
+/// `node.fanout::<XClient>(deadline)`).
 ///
 /// ```rust,ignore
 /// use plexus::{BoxStream, Reject, Streaming};

@@ -508,6 +508,58 @@ async fn broadcast_returns_every_reply_before_the_deadline_and_times_out_the_hun
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_calls_every_peer_through_the_generated_methods() {
+    const PEERS: usize = 4;
+    let interval = 100 * MS;
+    let bound = 2 * interval + Duration::from_secs(3);
+    let group = private_group();
+    let caller = node("caller".into(), group, interval)
+        .session("room")
+        .uses::<ChatClient>()
+        .start()
+        .await
+        .expect("starts");
+    let mut others = Vec::new();
+    for i in 0..PEERS {
+        let room = Room {
+            hung: i == 2,
+            ..Room::new()
+        };
+        others.push(
+            node(format!("peer-{i}"), group, interval)
+                .session("room")
+                .serve(ChatHandler::new(room))
+                .start()
+                .await
+                .expect("starts"),
+        );
+    }
+    let hung = others[2].id();
+    let peers = caller.peers::<ChatClient>();
+    let reached = timeout(bound, peers.wait_until(|ids| ids.len() == PEERS)).await;
+    assert!(reached.is_ok(), "only {} peers linked", peers.len());
+
+    let deadline = Duration::from_millis(500);
+    let fanout = caller.fanout::<ChatClient>(deadline);
+    assert_eq!(fanout.peers(), peers.ids());
+    let replies: Vec<(NodeId, Result<u64, CallError>)> =
+        timeout(deadline + SLACK, fanout.post("to all".into()).collect())
+            .await
+            .expect("ends at its deadline");
+    assert_eq!(replies.len(), PEERS);
+    for (peer, reply) in replies {
+        match reply {
+            Ok(count) => assert_eq!((peer != hung, count), (true, 1)),
+            Err(CallError::Timeout { .. }) => assert_eq!(peer, hung),
+            Err(e) => panic!("{peer}: unexpected {e}"),
+        }
+    }
+    for n in others.into_iter().chain([caller]) {
+        n.stop().await.expect("stops");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actor_state_stays_consistent_under_a_thousand_concurrent_calls() {
     const CALLS: u64 = 1000;
     let interval = 100 * MS;

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_core::Stream;
 use tokio::task::{Id, JoinSet};
 
 use super::peers::Client;
+use crate::codec::{Codec, CodecError};
 use crate::{CallError, CallOptions, Connection, NodeId};
 
 /// Replies of a broadcast, in the order they arrive; ends after the last
@@ -48,6 +50,23 @@ impl<T: Send + 'static> Broadcast<T> {
         F: Fn(C) -> Fut,
         Fut: Future<Output = Result<T, CallError>> + Send + 'static,
     {
+        Broadcast::start_with(service, members, deadline, |conn| {
+            call(C::from_connection(conn).with_call_options(CallOptions::new().timeout(deadline)))
+        })
+    }
+
+    /// Starts `call` on the connection to every member, each bounded by
+    /// `deadline`.
+    fn start_with<F, Fut>(
+        service: &'static str,
+        members: Vec<(NodeId, Connection)>,
+        deadline: Duration,
+        call: F,
+    ) -> Self
+    where
+        F: Fn(Connection) -> Fut,
+        Fut: Future<Output = Result<T, CallError>> + Send + 'static,
+    {
         let mut tasks = JoinSet::new();
         let mut by_task = HashMap::new();
         let mut peers = Vec::with_capacity(members.len());
@@ -57,9 +76,7 @@ impl<T: Send + 'static> Broadcast<T> {
             // The deadline travels with each call, so the peer stops working
             // on it too; the outer timeout also bounds closures that make
             // several calls.
-            let client =
-                C::from_connection(conn).with_call_options(CallOptions::new().timeout(deadline));
-            let reply = call(client);
+            let reply = call(conn);
             let op = op.clone();
             let handle = tasks.spawn(async move {
                 match tokio::time::timeout(deadline, reply).await {
@@ -124,5 +141,95 @@ impl<T: Send + 'static> Stream for Broadcast<T> {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// The members of one peer set at one moment, and a deadline: what a
+/// generated `…Fanout` (e.g. `ChatFanout`) calls through. Get one with
+/// [`Node::fanout`](super::Node::fanout):
+///
+/// ```ignore
+/// let mut replies = node.fanout::<ChatClient>(Duration::from_secs(1)).post(msg);
+/// while let Some((peer, reply)) = replies.next().await { /* … */ }
+/// ```
+///
+/// The request is encoded once and the same bytes go to every member.
+#[derive(Clone, Debug)]
+pub struct Fanout {
+    service: &'static str,
+    members: Vec<(NodeId, Connection)>,
+    deadline: Duration,
+}
+
+impl Fanout {
+    pub(crate) fn new(
+        service: &'static str,
+        members: Vec<(NodeId, Connection)>,
+        deadline: Duration,
+    ) -> Self {
+        Fanout {
+            service,
+            members,
+            deadline,
+        }
+    }
+
+    /// The peers it reaches: the members when it was made.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.members.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// The deadline of each call.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// Makes the unary call `op` with `body` on every member and decodes
+    /// each reply with `C`. Replies stream back as they arrive, like
+    /// [`Node::broadcast`](super::Node::broadcast). If the request could
+    /// not be encoded, every member's entry is that [`CallError::Encode`].
+    pub fn unary<C, R>(&self, op: &'static str, body: Result<Bytes, CodecError>) -> Broadcast<R>
+    where
+        C: Codec<R>,
+        R: Send + 'static,
+    {
+        let opts = CallOptions::new().timeout(self.deadline);
+        Broadcast::start_with(
+            self.service,
+            self.members.clone(),
+            self.deadline,
+            move |conn| {
+                let body = body.clone();
+                let opts = opts.clone();
+                async move {
+                    let body =
+                        body.map_err(|e| CallError::encode(op, conn.peer().label().clone(), e))?;
+                    let reply = conn.call(op, body, opts).await?;
+                    crate::codec::decode_reply::<C, R>(op, &conn, reply)
+                }
+            },
+        )
+    }
+
+    /// Sends the one-way message `op` with `body` to every member and
+    /// returns, per member, whether it was handed to the connection.
+    pub async fn oneway(
+        &self,
+        op: &'static str,
+        body: Result<Bytes, CodecError>,
+    ) -> Vec<(NodeId, Result<(), CallError>)> {
+        let opts = CallOptions::new().timeout(self.deadline);
+        let sends = self.members.iter().map(|(id, conn)| {
+            let body = body.clone();
+            let opts = opts.clone();
+            async move {
+                let sent = match body {
+                    Ok(body) => conn.oneway(op, body, opts).await,
+                    Err(e) => Err(CallError::encode(op, conn.peer().label().clone(), e)),
+                };
+                (*id, sent)
+            }
+        });
+        futures_util::future::join_all(sends).await
     }
 }

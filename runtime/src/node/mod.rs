@@ -62,7 +62,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use self::actor::{Actor, ActorFuture, ActorStopped, DEFAULT_MAILBOX};
-pub use self::broadcast::Broadcast;
+pub use self::broadcast::{Broadcast, Fanout};
 pub use self::description::{
     services_link, MethodInfo, NodeDescription, RoleRule, Scope, ServiceInfo, DESCRIBE_OP,
 };
@@ -722,6 +722,16 @@ impl Node {
     {
         let service = C::DESCRIPTOR.full_name;
         Broadcast::start(service, self.inner.shared.members(service), deadline, call)
+    }
+
+    /// Typed calls to every member of `peers::<C>()` at this moment, each
+    /// bounded by `deadline`: `node.fanout::<ChatClient>(deadline).post(msg)`
+    /// is a [`Broadcast`] of the replies, with the request encoded once.
+    /// Unary and one-way operations only; for anything else use
+    /// [`broadcast`](Self::broadcast) with a closure.
+    pub fn fanout<C: Client>(&self, deadline: Duration) -> C::Fanout {
+        let service = C::DESCRIPTOR.full_name;
+        Fanout::new(service, self.inner.shared.members(service), deadline).into()
     }
 
     /// Asks every member of `C`'s peer set the question `ask` puts, and

@@ -26,6 +26,11 @@ pub trait Client: Contract + Clone + Send + Sync + 'static {
 
     /// The same client with `options` (deadline, metadata) on every call.
     fn with_call_options(self, options: CallOptions) -> Self;
+
+    /// What [`Node::fanout`](super::Node::fanout) returns for this client:
+    /// one method per unary and one-way operation, calling every member at
+    /// once (`ChatFanout` for `ChatClient`).
+    type Fanout: From<super::Fanout>;
 }
 
 /// The peers serving service `C` that this node is linked with: connected,

@@ -944,6 +944,9 @@ impl<T: Topic> Client for TopicClient<T> {
         // deadline) would end it.
         self
     }
+
+    /// A topic has no unary or one-way operation to fan out.
+    type Fanout = crate::node::Fanout;
 }
 
 #[cfg(test)]
