@@ -233,6 +233,52 @@ async fn a_seeder_dying_mid_download_has_its_chunks_fetched_from_the_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeder_whose_link_drops_and_returns_is_a_source_again() {
+    let data = content(80 * CHUNK as usize);
+    let store = FileStore::with_chunk_size(CHUNK);
+    let info = store.offer_bytes("big.bin", data.clone());
+    let (seeders, downloader, _) = seeders_and_downloader(2, |_| {
+        FileShareHandler::new(Wrapped {
+            delay: Duration::from_millis(20),
+            ..Wrapped::new(&store)
+        })
+    })
+    .await;
+    let download = Download::builder(downloader.peers::<FileShareClient>(), info.id)
+        .per_peer(2)
+        .start();
+    let progress = download.progress();
+    until("some chunks are in", || {
+        progress.borrow().received_chunks >= 8
+    })
+    .await;
+    // Cut the link to seeder 0 with chunks in flight; static discovery
+    // dials it again and it rejoins the peer set.
+    let flaky = seeders[0].id();
+    let before = progress.borrow().by_peer.get(&flaky).copied().unwrap_or(0);
+    for conn in downloader.endpoint().connections() {
+        if conn.peer().node_id() == flaky {
+            conn.abort();
+        }
+    }
+    until("it is a source again and serves more", || {
+        progress.borrow().by_peer.get(&flaky).copied().unwrap_or(0) > before
+            || progress.borrow().finished
+    })
+    .await;
+    let done = bounded("download", download.finish())
+        .await
+        .expect("downloaded across the drop");
+    assert_eq!(done.saved, Saved::Memory(data));
+    assert!(
+        done.by_peer[&flaky] > before,
+        "seeder 0 served nothing after it came back: {:?} (before: {before})",
+        done.by_peer
+    );
+    stop_all(downloader, seeders).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_sending_wrong_bytes_is_dropped_and_the_file_is_still_right() {
     let data = content(20 * CHUNK as usize);
     let store = FileStore::with_chunk_size(CHUNK);

@@ -510,13 +510,15 @@ impl Run {
         if self.manifest.is_none() {
             self.start(manifest).await?;
         }
-        self.sources.insert(
-            peer,
-            Source {
+        // A peer asked again (it rejoined) keeps its count of chunks in
+        // flight; only its client is new.
+        self.sources
+            .entry(peer)
+            .and_modify(|s| s.client = client.clone())
+            .or_insert(Source {
                 client,
                 in_flight: 0,
-            },
-        );
+            });
         self.publish_sources();
         Ok(())
     }
@@ -609,7 +611,9 @@ impl Run {
         result: Result<Bytes, CallError>,
     ) -> Result<(), DownloadError> {
         if let Some(s) = self.sources.get_mut(&peer) {
-            s.in_flight -= 1;
+            // Saturating: the peer may have left and joined again since this
+            // chunk was asked of it, with a fresh count.
+            s.in_flight = s.in_flight.saturating_sub(1);
         }
         let manifest = self.manifest.as_ref().expect("fetching means a manifest");
         let result = result.map(|data| (manifest.verify(index, &data), data));
