@@ -123,6 +123,12 @@ impl FileShare for Wrapped {
             .ok_or_else(|| Reject::new(NOT_FOUND, "not here"))
     }
 
+    async fn have(&self, id: FileId) -> Result<Bytes, Reject> {
+        self.store
+            .have(id)
+            .ok_or_else(|| Reject::new(NOT_FOUND, "not here"))
+    }
+
     async fn chunk(&self, id: FileId, index: u32) -> Result<Bytes, Reject> {
         if self.hang {
             std::future::pending::<()>().await;
@@ -276,6 +282,83 @@ async fn a_seeder_whose_link_drops_and_returns_is_a_source_again() {
         done.by_peer
     );
     stop_all(downloader, seeders).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_in_progress_serves_the_chunks_it_has_to_others() {
+    // One slow seeder. A first downloader shares what it gets as it goes;
+    // a second one, started halfway, takes chunks from both — from the
+    // first downloader while that one is still downloading.
+    let data = content(60 * CHUNK as usize);
+    let store = FileStore::with_chunk_size(CHUNK);
+    let info = store.offer_bytes("big.bin", data.clone());
+    let seeder = start(
+        builder("seeder", Vec::new()).serve(FileShareHandler::new(Wrapped {
+            delay: Duration::from_millis(15),
+            ..Wrapped::new(&store)
+        })),
+    )
+    .await;
+    let seeder_url = seeder.local_urls()[0].to_string();
+    let first_store = FileStore::with_chunk_size(CHUNK);
+    let first = start(builder("first", vec![seeder_url.clone()]).serve(first_store.clone())).await;
+    bounded(
+        "first links",
+        first
+            .peers::<FileShareClient>()
+            .wait_until(|ids| ids == [seeder.id()]),
+    )
+    .await;
+    let first_download = Download::builder(first.peers::<FileShareClient>(), info.id)
+        .per_peer(1)
+        .share_into(&first_store)
+        .start();
+    let first_progress = first_download.progress();
+    until("the first has a third", || {
+        first_progress.borrow().received_chunks >= 20
+    })
+    .await;
+    assert!(!first_store.contains(info.id), "not offered complete yet");
+    let have = first_store.have(info.id).expect("offered in part");
+    assert_eq!(have.len(), 8, "a bit per chunk");
+
+    let second = start(
+        builder(
+            "second",
+            vec![seeder_url, first.local_urls()[0].to_string()],
+        )
+        .serve(FileStore::new()),
+    )
+    .await;
+    let peers = second.peers::<FileShareClient>();
+    bounded("second links", peers.wait_until(|ids| ids.len() == 2)).await;
+    let second_download = Download::builder(peers, info.id)
+        .per_peer(2)
+        .probe_every(Duration::from_millis(20))
+        .start();
+    let second_progress = second_download.progress();
+    until("a chunk from the first downloader", || {
+        second_progress.borrow().by_peer.contains_key(&first.id())
+    })
+    .await;
+    assert!(
+        !first_progress.borrow().finished,
+        "the first downloader served chunks before it had the whole file"
+    );
+
+    let done = bounded("second download", second_download.finish())
+        .await
+        .expect("downloaded");
+    assert_eq!(done.saved, Saved::Memory(data.clone()));
+    assert!(done.by_peer[&first.id()] > 0 && done.by_peer[&seeder.id()] > 0);
+    let first_done = bounded("first download", first_download.finish())
+        .await
+        .expect("downloaded");
+    assert_eq!(first_done.saved, Saved::Memory(data));
+    assert!(first_store.contains(info.id), "offered complete now");
+    for n in [second, first, seeder] {
+        bounded("stop", n.stop()).await.expect("stops");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -208,8 +208,10 @@ impl DownloadBuilder {
         self
     }
 
-    /// Offers the finished file in `store`, so this node serves it to
-    /// others from then on.
+    /// Offers the file in `store` while it downloads — each chunk once it is
+    /// checked — and the whole file once complete, so other downloaders get
+    /// chunks from this node too. A failed or cancelled download stops
+    /// being offered.
     pub fn share_into(mut self, store: &FileStore) -> Self {
         self.share = Some(store.clone());
         self
@@ -237,10 +239,11 @@ impl DownloadBuilder {
 /// One file being downloaded from a peer set. Dropping it cancels the
 /// download.
 ///
-/// - **Swarm**: chunks are spread over every peer that has the file, at most
+/// - **Swarm**: chunks are spread over every peer that has them — whole
+///   files, and downloads in progress that share what they have — at most
 ///   [`per_peer`](DownloadBuilder::per_peer) at a time each, so faster peers
-///   serve more. Peers that join the set (or get the file later) are asked
-///   and become sources.
+///   serve more. Peers that join the set (or get more of the file later) are
+///   asked again and used.
 /// - **Checked**: the manifest must match the id asked for, and each chunk
 ///   its hash in the manifest; a peer that sends anything else is dropped.
 /// - **Retries**: a failed chunk goes to another peer, up to
@@ -318,6 +321,17 @@ impl Drop for Download {
 struct Source {
     client: FileShareClient,
     in_flight: usize,
+    /// The chunks it said it has (see [`FileShare::have`](super::FileShare::have)).
+    have: Bytes,
+    /// Whether it has every chunk; a partial source is asked again every
+    /// `probe_every`.
+    complete: bool,
+}
+
+impl Source {
+    fn has(&self, index: u32) -> bool {
+        self.complete || super::store::has_chunk(&self.have, index)
+    }
 }
 
 /// Where checked chunks go.
@@ -333,12 +347,10 @@ enum Sink {
 type Fetch = std::pin::Pin<
     Box<dyn std::future::Future<Output = (NodeId, u32, Result<Bytes, CallError>)> + Send>,
 >;
-type Probe = std::pin::Pin<
-    Box<
-        dyn std::future::Future<Output = (NodeId, FileShareClient, Result<Manifest, CallError>)>
-            + Send,
-    >,
->;
+/// A peer's manifest and the chunks it has.
+type Offer = Result<(Manifest, Bytes), CallError>;
+type Probe =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (NodeId, FileShareClient, Offer)> + Send>>;
 
 struct Run {
     cfg: DownloadBuilder,
@@ -384,6 +396,9 @@ async fn run(
         () = cancel.cancelled() => Err(DownloadError::Cancelled { id }),
     };
     if result.is_err() {
+        if let Some(store) = &run.cfg.share {
+            store.abandon_partial(id);
+        }
         if let Some(Sink::File { part, .. }) = run.sink.take() {
             let _ = tokio::fs::remove_file(&part).await;
         }
@@ -416,7 +431,7 @@ impl Run {
             }
             // Probes do not count: peers are asked again every tick, and a
             // download nobody serves must still end.
-            let idle = self.sources.is_empty() && self.fetches.is_empty();
+            let idle = self.fetches.is_empty() && !self.servable();
             if !idle {
                 stalled_since = None;
             } else if stalled_since.is_none() {
@@ -451,8 +466,10 @@ impl Run {
                     None => peers_open = false,
                 },
                 _ = probe_tick.tick() => {
+                    // Peers without the file, and partial sources, may have
+                    // more of it by now.
                     for (peer, client) in self.cfg.peers.list() {
-                        if !self.sources.contains_key(&peer) {
+                        if !self.sources.get(&peer).is_some_and(|s| s.complete) {
                             self.probe(peer, client);
                         }
                     }
@@ -481,8 +498,11 @@ impl Run {
         let id = self.cfg.id;
         let client = client.with_call_options(CallOptions::new().timeout(self.cfg.chunk_timeout));
         self.probes.push(Box::pin(async move {
-            let result = client.manifest(id).await;
-            (peer, client, result)
+            let offer = match client.manifest(id).await {
+                Ok(manifest) => client.have(id).await.map(|have| (manifest, have)),
+                Err(e) => Err(e),
+            };
+            (peer, client, offer)
         }));
     }
 
@@ -490,35 +510,57 @@ impl Run {
         &mut self,
         peer: NodeId,
         client: FileShareClient,
-        result: Result<Manifest, CallError>,
+        offer: Offer,
     ) -> Result<(), DownloadError> {
-        let manifest = match result {
-            Ok(m) => m,
+        let (manifest, have) = match offer {
+            Ok(offer) => offer,
             Err(e) => {
                 tracing::debug!(%peer, file = %self.cfg.id, "not a source: {e}");
+                if self.sources.remove(&peer).is_some() {
+                    self.publish_sources();
+                }
                 return Ok(());
             }
         };
-        if manifest.id() != self.cfg.id || !manifest.is_well_formed() {
-            tracing::warn!(%peer, file = %self.cfg.id, "peer sent a manifest for another file; ignoring it from now on");
+        let chunks = manifest.chunks();
+        if manifest.id() != self.cfg.id
+            || !manifest.is_well_formed()
+            || have.len() != (chunks as usize).div_ceil(8)
+        {
+            tracing::warn!(%peer, file = %self.cfg.id, "peer sent a manifest for another file, or a chunk map of the wrong size; ignoring it from now on");
             self.bad.insert(peer);
+            if self.sources.remove(&peer).is_some() {
+                self.publish_sources();
+            }
             return Ok(());
         }
+        let complete = (0..chunks).all(|i| super::store::has_chunk(&have, i));
         if !self.cfg.peers.ids().contains(&peer) {
             return Ok(()); // it left while we asked
         }
         if self.manifest.is_none() {
             self.start(manifest).await?;
         }
-        // A peer asked again (it rejoined) keeps its count of chunks in
-        // flight; only its client is new.
-        self.sources
-            .entry(peer)
-            .and_modify(|s| s.client = client.clone())
-            .or_insert(Source {
-                client,
-                in_flight: 0,
-            });
+        // A peer asked again (it rejoined, or it is partial) keeps its
+        // count of chunks in flight; its client and chunk map are new.
+        match self.sources.get_mut(&peer) {
+            Some(s) => {
+                s.client = client;
+                s.have = have;
+                s.complete = complete;
+            }
+            None => {
+                self.sources.insert(
+                    peer,
+                    Source {
+                        client,
+                        in_flight: 0,
+                        have,
+                        complete,
+                    },
+                );
+            }
+        }
         self.publish_sources();
         Ok(())
     }
@@ -557,6 +599,13 @@ impl Run {
                 }
             }
         });
+        if let Some(store) = &self.cfg.share {
+            let part = match &self.sink {
+                Some(Sink::File { part, .. }) => Some(part.clone()),
+                _ => None,
+            };
+            store.begin_partial(manifest.clone(), part);
+        }
         self.pending = (0..manifest.chunks()).collect();
         self.progress.send_modify(|p| {
             p.total_bytes = manifest.size;
@@ -566,15 +615,20 @@ impl Run {
         Ok(())
     }
 
-    /// Hands pending chunks to sources with room: the least loaded first,
-    /// ties in turn, avoiding peers a chunk already failed at while others
-    /// have room.
+    /// Hands pending chunks to sources with room: each chunk to the least
+    /// loaded source that has it (ties in turn), avoiding sources it already
+    /// failed at while another has room, in chunk order.
     fn schedule(&mut self) {
         if self.manifest.is_none() {
             return;
         }
         let per_peer = self.cfg.per_peer;
-        while let Some(&index) = self.pending.front() {
+        let mut at = 0;
+        while at < self.pending.len() {
+            if self.sources.values().all(|s| s.in_flight >= per_peer) {
+                return;
+            }
+            let index = self.pending[at];
             let failed_at = self.failures.get(&index).map(|(_, at)| at);
             let n = self.sources.len().max(1);
             let turn = self.turn;
@@ -582,16 +636,18 @@ impl Run {
                 .sources
                 .iter()
                 .enumerate()
-                .filter(|(_, (_, s))| s.in_flight < per_peer)
+                .filter(|(_, (_, s))| s.in_flight < per_peer && s.has(index))
                 .min_by_key(|(i, (peer, s))| {
                     let failed_here = failed_at.is_some_and(|at| at.contains(peer));
                     (failed_here, s.in_flight, (i + n - turn % n) % n)
                 })
                 .map(|(_, (peer, _))| *peer);
             let Some(peer) = pick else {
-                return;
+                // Nobody with room has this one; a later chunk may still go.
+                at += 1;
+                continue;
             };
-            self.pending.pop_front();
+            self.pending.remove(at);
             self.turn = self.turn.wrapping_add(1);
             let source = self.sources.get_mut(&peer).expect("picked from sources");
             source.in_flight += 1;
@@ -602,6 +658,13 @@ impl Run {
                 (peer, index, result)
             }));
         }
+    }
+
+    /// Whether some source has a chunk still to fetch.
+    fn servable(&self) -> bool {
+        self.sources
+            .values()
+            .any(|s| self.pending.iter().any(|&index| s.has(index)))
     }
 
     async fn fetched(
@@ -620,6 +683,9 @@ impl Run {
         let failure = match result {
             Ok((true, data)) => {
                 self.write(index, &data).await?;
+                if let Some(store) = &self.cfg.share {
+                    store.add_chunk(self.cfg.id, index, &data);
+                }
                 self.failures.remove(&index);
                 self.progress.send_modify(|p| {
                     p.received_bytes += data.len() as u64;
@@ -680,9 +746,15 @@ impl Run {
                 Ok(())
             }
             Sink::File { part, file, .. } => {
+                let sharing = self.cfg.share.is_some();
                 let written = async {
                     file.seek(SeekFrom::Start(start)).await?;
-                    file.write_all(data).await
+                    file.write_all(data).await?;
+                    if sharing {
+                        // Served to others from the file: make it readable.
+                        file.flush().await?;
+                    }
+                    Ok(())
                 }
                 .await;
                 written.map_err(|source| DownloadError::Io {

@@ -6,7 +6,8 @@
 //!   serves them as the [`FileShare`] service: `.serve(store.clone())`.
 //! - [`Download`] fetches one file, by [`FileId`], from the members of a
 //!   `PeerSet<FileShareClient>` — spreading chunks over all peers that have
-//!   it, a few at a time each, moving a failed chunk to another peer.
+//!   them, a few at a time each, moving a failed chunk to another peer. With
+//!   `share_into`, a download serves the chunks it has while it runs.
 //!
 //! A file's id is a SHA-256 over its size, chunk size and the SHA-256 of each
 //! chunk, so a [`Manifest`] from any peer is checked against the id asked
@@ -83,6 +84,11 @@ pub trait FileShare {
     /// Chunk `index` of file `id`.
     #[idempotent]
     async fn chunk(&self, id: FileId, index: u32) -> Result<Bytes, Reject>;
+    /// Which chunks of file `id` this node can serve: a bitmap, bit `i` (LSB
+    /// first in byte `i / 8`) set for chunk `i`. All of them for a complete
+    /// file; those received so far for a download in progress.
+    #[idempotent]
+    async fn have(&self, id: FileId) -> Result<Bytes, Reject>;
 }
 
 /// A file's identity: SHA-256 over its size, chunk size and chunk hashes
@@ -268,6 +274,20 @@ mod tests {
         let mut broken = m.clone();
         broken.chunk_hashes = broken.chunk_hashes.slice(..64);
         assert!(!broken.is_well_formed());
+    }
+
+    #[test]
+    fn a_complete_file_has_every_chunk_and_nothing_past_the_end() {
+        let store = FileStore::with_chunk_size(1);
+        let info = store.offer_bytes("x", &b"hello world"[..]);
+        let have = store.have(info.id).expect("offered");
+        assert_eq!(&have[..], [0xff, 0x07]);
+        assert!((0..11).all(|i| store::has_chunk(&have, i)));
+        assert!(!store::has_chunk(&have, 11) && !store::has_chunk(&have, 99));
+        let eight = store.offer_bytes("y", &b"12345678"[..]);
+        assert_eq!(&store.have(eight.id).expect("offered")[..], [0xff]);
+        let empty = store.offer_bytes("z", Bytes::new());
+        assert!(store.have(empty.id).expect("offered").is_empty());
     }
 
     #[test]

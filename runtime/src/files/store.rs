@@ -1,6 +1,6 @@
 //! The files a node offers, and the [`FileShare`] service over them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +43,43 @@ enum Source {
     /// Read on demand; each chunk read is checked against the manifest, so
     /// a file changed on disk is refused rather than served wrong.
     Disk(PathBuf),
+    /// A download in progress: the chunks it has so far.
+    Partial(Partial),
+}
+
+/// The chunks a running download has checked so far.
+struct Partial {
+    /// Bit `i` (LSB first in byte `i / 8`) set: chunk `i` is here.
+    have: Mutex<Vec<u8>>,
+    /// The chunks, for a download kept in memory; `None` when it is being
+    /// written to this file (`….part`).
+    chunks: Option<Mutex<HashMap<u32, Bytes>>>,
+    part: Option<PathBuf>,
+}
+
+impl Partial {
+    fn has(&self, index: u32) -> bool {
+        let have = self.have.lock().unwrap_or_else(|e| e.into_inner());
+        has_chunk(&have, index)
+    }
+}
+
+/// Whether bit `index` of `bitmap` is set (LSB first).
+pub(crate) fn has_chunk(bitmap: &[u8], index: u32) -> bool {
+    bitmap
+        .get(index as usize / 8)
+        .is_some_and(|b| b & (1 << (index % 8)) != 0)
+}
+
+/// A bitmap with the first `chunks` bits set.
+fn all_chunks(chunks: u32) -> Vec<u8> {
+    let mut bitmap = vec![0xffu8; (chunks as usize).div_ceil(8)];
+    if chunks % 8 != 0 {
+        if let Some(last) = bitmap.last_mut() {
+            *last = (1u8 << (chunks % 8)) - 1;
+        }
+    }
+    bitmap
 }
 
 struct Entry {
@@ -160,6 +197,61 @@ impl FileStore {
         Ok(self.insert(manifest, Source::Disk(path)))
     }
 
+    /// Starts offering the chunks of a download as they arrive, unless the
+    /// file is offered already. `part`: the file it is written to, else the
+    /// chunks are kept here.
+    pub(crate) fn begin_partial(&self, manifest: Manifest, part: Option<PathBuf>) {
+        let id = manifest.id();
+        let mut files = self.lock();
+        if files.contains_key(&id) {
+            return;
+        }
+        let partial = Partial {
+            have: Mutex::new(vec![0; (manifest.chunks() as usize).div_ceil(8)]),
+            chunks: part.is_none().then(|| Mutex::new(HashMap::new())),
+            part,
+        };
+        files.insert(
+            id,
+            Arc::new(Entry {
+                manifest,
+                source: Source::Partial(partial),
+            }),
+        );
+    }
+
+    /// Chunk `index` of a download in progress is checked (and, for a
+    /// download to disk, written and flushed): serve it from now on.
+    pub(crate) fn add_chunk(&self, id: FileId, index: u32, data: &Bytes) {
+        let Some(entry) = self.lock().get(&id).cloned() else {
+            return;
+        };
+        let Source::Partial(partial) = &entry.source else {
+            return;
+        };
+        if let Some(chunks) = &partial.chunks {
+            chunks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(index, data.clone());
+        }
+        let mut have = partial.have.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = have.get_mut(index as usize / 8) {
+            *b |= 1 << (index % 8);
+        }
+    }
+
+    /// A download that was being offered as it ran failed: stop offering it.
+    pub(crate) fn abandon_partial(&self, id: FileId) {
+        let mut files = self.lock();
+        if files
+            .get(&id)
+            .is_some_and(|e| matches!(e.source, Source::Partial(_)))
+        {
+            files.remove(&id);
+        }
+    }
+
     /// Offers content already checked against `manifest` (a finished
     /// download), kept in memory.
     pub(crate) fn offer_verified(&self, manifest: Manifest, content: Bytes) -> FileInfo {
@@ -187,10 +279,12 @@ impl FileStore {
         self.lock().remove(&id).is_some()
     }
 
-    /// The files offered, by id.
+    /// The files offered complete, by id (downloads still running are
+    /// offered chunk by chunk but not listed).
     pub fn files(&self) -> Vec<FileInfo> {
         self.lock()
             .iter()
+            .filter(|(_, e)| !matches!(e.source, Source::Partial(_)))
             .map(|(id, e)| FileInfo {
                 id: *id,
                 name: e.manifest.name.clone(),
@@ -199,12 +293,28 @@ impl FileStore {
             .collect()
     }
 
-    /// Whether file `id` is offered.
+    /// Whether file `id` is offered complete.
     pub fn contains(&self, id: FileId) -> bool {
-        self.lock().contains_key(&id)
+        self.lock()
+            .get(&id)
+            .is_some_and(|e| !matches!(e.source, Source::Partial(_)))
     }
 
-    /// The manifest of file `id`, if offered.
+    /// The chunks of file `id` offered here, as a bitmap (bit `i`, LSB
+    /// first in byte `i / 8`, set when chunk `i` is): every chunk of a
+    /// complete file, those received so far of a download in progress.
+    pub fn have(&self, id: FileId) -> Option<Bytes> {
+        let entry = self.lock().get(&id).cloned()?;
+        Some(
+            match &entry.source {
+                Source::Partial(p) => p.have.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                _ => all_chunks(entry.manifest.chunks()),
+            }
+            .into(),
+        )
+    }
+
+    /// The manifest of file `id`, if offered (complete or in progress).
     pub fn manifest(&self, id: FileId) -> Option<Manifest> {
         self.lock().get(&id).map(|e| e.manifest.clone())
     }
@@ -225,24 +335,44 @@ impl FileStore {
                 ),
             ));
         };
-        match &entry.source {
-            Source::Memory(content) => Ok(content.slice(start as usize..start as usize + len)),
-            Source::Disk(path) => {
-                let data = read_at(path, start, len).await.map_err(|e| {
-                    Reject::new(
-                        UNAVAILABLE,
-                        format!("file {id}: cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                if !entry.manifest.verify(index, &data) {
-                    return Err(Reject::new(
-                        UNAVAILABLE,
-                        format!("file {id}: {} changed on disk", path.display()),
-                    ));
-                }
-                Ok(data)
+        let not_yet = || {
+            Reject::new(
+                UNAVAILABLE,
+                format!("file {id}: chunk {index} is not here yet"),
+            )
+        };
+        let path = match &entry.source {
+            Source::Memory(content) => {
+                return Ok(content.slice(start as usize..start as usize + len));
             }
+            Source::Disk(path) => path,
+            Source::Partial(partial) => {
+                if !partial.has(index) {
+                    return Err(not_yet());
+                }
+                match (&partial.chunks, &partial.part) {
+                    (Some(chunks), _) => {
+                        let chunks = chunks.lock().unwrap_or_else(|e| e.into_inner());
+                        return chunks.get(&index).cloned().ok_or_else(not_yet);
+                    }
+                    (None, Some(part)) => part,
+                    (None, None) => return Err(not_yet()),
+                }
+            }
+        };
+        let data = read_at(path, start, len).await.map_err(|e| {
+            Reject::new(
+                UNAVAILABLE,
+                format!("file {id}: cannot read {}: {e}", path.display()),
+            )
+        })?;
+        if !entry.manifest.verify(index, &data) {
+            return Err(Reject::new(
+                UNAVAILABLE,
+                format!("file {id}: {} changed on disk", path.display()),
+            ));
         }
+        Ok(data)
     }
 }
 
@@ -266,6 +396,11 @@ impl FileShare for FileStore {
 
     async fn chunk(&self, id: FileId, index: u32) -> Result<Bytes, Reject> {
         self.read_chunk(id, index).await
+    }
+
+    async fn have(&self, id: FileId) -> Result<Bytes, Reject> {
+        FileStore::have(self, id)
+            .ok_or_else(|| Reject::new(NOT_FOUND, format!("file {id} is not offered here")))
     }
 }
 
