@@ -362,6 +362,37 @@ async fn a_download_in_progress_serves_the_chunks_it_has_to_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_game_takes_the_last_chunks_from_another_peer_when_one_is_stuck() {
+    // One seeder answers manifests but never sends a chunk. Without an end
+    // game its chunks would wait for the 30 s chunk timeout; with it, the
+    // other seeder is asked for them once nothing else is left.
+    let data = content(24 * CHUNK as usize);
+    let store = FileStore::with_chunk_size(CHUNK);
+    let info = store.offer_bytes("f.bin", data.clone());
+    let (seeders, downloader, _) = seeders_and_downloader(2, |i| {
+        FileShareHandler::new(Wrapped {
+            hang: i == 0,
+            ..Wrapped::new(&store)
+        })
+    })
+    .await;
+    let stuck = seeders[0].id();
+    let done = bounded(
+        "download",
+        Download::builder(downloader.peers::<FileShareClient>(), info.id)
+            .per_peer(2)
+            .start()
+            .finish(),
+    )
+    .await
+    .expect("downloaded without waiting for the stuck seeder");
+    assert_eq!(done.saved, Saved::Memory(data));
+    assert!(!done.by_peer.contains_key(&stuck), "{:?}", done.by_peer);
+    assert_eq!(done.by_peer[&seeders[1].id()], 24);
+    stop_all(downloader, seeders).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_sending_wrong_bytes_is_dropped_and_the_file_is_still_right() {
     let data = content(20 * CHUNK as usize);
     let store = FileStore::with_chunk_size(CHUNK);

@@ -1,11 +1,12 @@
 //! Downloading one file in chunks from every peer that has it.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -246,6 +247,9 @@ impl DownloadBuilder {
 ///   asked again and used.
 /// - **Checked**: the manifest must match the id asked for, and each chunk
 ///   its hash in the manifest; a peer that sends anything else is dropped.
+/// - **End game**: once every chunk is handed out, chunks still on their way
+///   are also asked of a second peer; the first checked answer wins and the
+///   other call is cancelled, so a stuck peer holds up nothing.
 /// - **Retries**: a failed chunk goes to another peer, up to
 ///   [`attempts`](DownloadBuilder::attempts) tries; a peer that lost the
 ///   file, went away or sent wrong bytes stops being a source.
@@ -366,6 +370,12 @@ struct Run {
     /// Failed tries per chunk, and the peers each failed at.
     failures: BTreeMap<u32, (u32, BTreeSet<NodeId>)>,
     fetches: FuturesUnordered<Fetch>,
+    /// Who is fetching each chunk now (more than one in the end game).
+    fetching: HashMap<u32, Vec<(NodeId, AbortHandle)>>,
+    /// Chunks received and checked.
+    done: Vec<bool>,
+    /// Chunks not yet received.
+    remaining: u32,
     probes: FuturesUnordered<Probe>,
     /// Turn for ties between equally loaded sources.
     turn: usize,
@@ -388,6 +398,9 @@ async fn run(
         pending: VecDeque::new(),
         failures: BTreeMap::new(),
         fetches: FuturesUnordered::new(),
+        fetching: HashMap::new(),
+        done: Vec::new(),
+        remaining: 0,
         probes: FuturesUnordered::new(),
         turn: 0,
     };
@@ -424,7 +437,9 @@ impl Run {
         loop {
             self.schedule();
             if let Some(m) = &self.manifest {
-                if self.pending.is_empty() && self.fetches.is_empty() {
+                if self.remaining == 0 {
+                    // Duplicates still running (end game) are dropped, and
+                    // so cancelled, with this download.
                     let m = m.clone();
                     return self.complete(m).await;
                 }
@@ -607,6 +622,8 @@ impl Run {
             store.begin_partial(manifest.clone(), part);
         }
         self.pending = (0..manifest.chunks()).collect();
+        self.done = vec![false; manifest.chunks() as usize];
+        self.remaining = manifest.chunks();
         self.progress.send_modify(|p| {
             p.total_bytes = manifest.size;
             p.total_chunks = manifest.chunks();
@@ -649,15 +666,66 @@ impl Run {
             };
             self.pending.remove(at);
             self.turn = self.turn.wrapping_add(1);
-            let source = self.sources.get_mut(&peer).expect("picked from sources");
-            source.in_flight += 1;
-            let client = source.client.clone();
-            let id = self.cfg.id;
-            self.fetches.push(Box::pin(async move {
-                let result = client.chunk(id, index).await;
-                (peer, index, result)
-            }));
+            self.fetch(peer, index);
         }
+        if self.pending.is_empty() {
+            self.end_game();
+        }
+    }
+
+    /// End game: nothing is left to hand out but some chunks are still on
+    /// their way — perhaps from a slow or stuck peer. Ask a second source
+    /// with room for each; the first checked answer wins and the other call
+    /// is cancelled.
+    fn end_game(&mut self) {
+        let per_peer = self.cfg.per_peer;
+        let mut waiting: Vec<u32> = self
+            .fetching
+            .iter()
+            .filter(|(_, who)| who.len() == 1)
+            .map(|(index, _)| *index)
+            .collect();
+        waiting.sort_unstable();
+        for index in waiting {
+            let failed_at = self.failures.get(&index).map(|(_, at)| at);
+            let busy = &self.fetching[&index];
+            let pick = self
+                .sources
+                .iter()
+                .filter(|(peer, s)| {
+                    s.in_flight < per_peer
+                        && s.has(index)
+                        && !busy.iter().any(|(p, _)| p == *peer)
+                        && !failed_at.is_some_and(|at| at.contains(peer))
+                })
+                .min_by_key(|(_, s)| s.in_flight)
+                .map(|(peer, _)| *peer);
+            if let Some(peer) = pick {
+                self.fetch(peer, index);
+            }
+        }
+    }
+
+    /// Asks `peer` for chunk `index`.
+    fn fetch(&mut self, peer: NodeId, index: u32) {
+        let source = self.sources.get_mut(&peer).expect("fetching from a source");
+        source.in_flight += 1;
+        let client = source.client.clone();
+        let id = self.cfg.id;
+        let (abort, registration) = AbortHandle::new_pair();
+        self.fetching.entry(index).or_default().push((peer, abort));
+        self.fetches.push(Box::pin(async move {
+            let call = Abortable::new(client.chunk(id, index), registration);
+            let result = match call.await {
+                Ok(result) => result,
+                // Another source sent it first.
+                Err(_) => Err(CallError::Cancelled {
+                    op: "plexus.files.FileShare/chunk".into(),
+                    peer: peer.to_string().into(),
+                }),
+            };
+            (peer, index, result)
+        }));
     }
 
     /// Whether some source has a chunk still to fetch.
@@ -678,10 +746,33 @@ impl Run {
             // chunk was asked of it, with a fresh count.
             s.in_flight = s.in_flight.saturating_sub(1);
         }
+        let others_fetching = match self.fetching.get_mut(&index) {
+            Some(who) => {
+                if let Some(at) = who.iter().position(|(p, _)| *p == peer) {
+                    who.swap_remove(at);
+                }
+                let others = !who.is_empty();
+                if !others {
+                    self.fetching.remove(&index);
+                }
+                others
+            }
+            None => false,
+        };
+        if self.done.get(index as usize).copied().unwrap_or(true) {
+            return Ok(()); // a duplicate that lost the race
+        }
         let manifest = self.manifest.as_ref().expect("fetching means a manifest");
         let result = result.map(|data| (manifest.verify(index, &data), data));
         let failure = match result {
             Ok((true, data)) => {
+                self.done[index as usize] = true;
+                self.remaining -= 1;
+                if let Some(who) = self.fetching.remove(&index) {
+                    for (_, abort) in who {
+                        abort.abort();
+                    }
+                }
                 self.write(index, &data).await?;
                 if let Some(store) = &self.cfg.share {
                     store.add_chunk(self.cfg.id, index, &data);
@@ -720,6 +811,12 @@ impl Run {
         let (tries, at) = self.failures.entry(index).or_default();
         *tries += 1;
         at.insert(peer);
+        if others_fetching {
+            // Another source is on it (end game): no retry needed yet.
+            let sources = self.sources.len();
+            self.progress.send_modify(|p| p.sources = sources);
+            return Ok(());
+        }
         if *tries >= self.cfg.attempts {
             return Err(DownloadError::ChunkFailed {
                 id: self.cfg.id,
