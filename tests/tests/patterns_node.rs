@@ -392,6 +392,37 @@ async fn late_subscriber_gets_only_later_events_matching_its_filters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_filters_pick_topics_across_sites() {
+    let (pub_node, publisher, sub_node) = publisher_and_subscriber_nodes().await;
+    let sub = Subscriber::<Telemetry>::builder()
+        .filter("*/hall")
+        .filter("site-c/")
+        .follow(sub_node.peers::<TopicClient<Telemetry>>());
+    bounded("subscribed", sub.wait_publishers(1)).await;
+    let topics = [
+        ("site-a/hall", true),
+        ("site-a/room", false),
+        ("site-b/hall/t2", true),
+        ("site-b/x/hall", false),
+        ("site-c/room", true),
+    ];
+    for (seq, (topic, wanted)) in topics.iter().enumerate() {
+        let reached = publisher
+            .publish(topic, &reading(seq as u64))
+            .await
+            .expect("publish");
+        assert_eq!(reached, usize::from(*wanted), "{topic}");
+    }
+    for (seq, (topic, _)) in topics.iter().enumerate().filter(|(_, (_, w))| *w) {
+        let got = bounded("event", sub.recv()).await.expect("open");
+        assert_eq!((got.topic.as_str(), got.event.seq), (*topic, seq as u64));
+    }
+    drop(sub);
+    sub_node.stop().await.expect("stops");
+    pub_node.stop().await.expect("stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_in_drop_mode_counts_exact_drops_and_never_slows_the_publisher() {
     for overflow in [Overflow::DropNewest, Overflow::DropOldest] {
         let (pub_node, publisher, sub_node) = publisher_and_subscriber_nodes().await;

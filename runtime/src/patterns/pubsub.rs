@@ -165,10 +165,46 @@ struct SubscribeRequest {
     filters: Vec<String>,
 }
 
-/// Whether `topic` matches any of `filters` (prefix match; no filters, or an
-/// empty one, match everything).
+/// Whether `topic` matches any of `filters` (no filters, or an empty one,
+/// match everything).
+///
+/// A filter matches the topics that start with it, where each `*` in the
+/// filter stands for any run of characters within one `/`-separated
+/// segment (possibly none):
+///
+/// ```
+/// use plexus::patterns::topic_matches;
+///
+/// let f = |s: &str| vec![s.to_owned()];
+/// assert!(topic_matches(&f("site-a/"), "site-a/hall/t1"));
+/// assert!(topic_matches(&f("site-*/hall"), "site-b/hall/t1"));
+/// assert!(topic_matches(&f("*/hall/"), "site-a/hall/t2"));
+/// assert!(!topic_matches(&f("*/hall"), "site-a/b/hall")); // `*` stays in its segment
+/// ```
 pub fn topic_matches(filters: &[String], topic: &str) -> bool {
-    filters.is_empty() || filters.iter().any(|f| topic.starts_with(f.as_str()))
+    filters.is_empty() || filters.iter().any(|f| filter_matches(f, topic))
+}
+
+/// One filter against one topic; see [`topic_matches`].
+fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut parts = filter.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = topic.strip_prefix(first) else {
+        return false;
+    };
+    for part in parts {
+        // The `*` before `part` may skip up to the end of this segment; the
+        // leftmost place `part` fits leaves the most topic for what follows.
+        let segment_end = rest.find('/').unwrap_or(rest.len());
+        let found = (0..=segment_end)
+            .filter(|&skip| rest.is_char_boundary(skip))
+            .find(|&skip| rest[skip..].starts_with(part));
+        match found {
+            Some(skip) => rest = &rest[skip + part.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// Why [`Publisher::publish`] failed. Nothing was sent.
@@ -609,8 +645,9 @@ impl<T> std::fmt::Debug for SubscriberBuilder<T> {
 }
 
 impl<T: Topic> SubscriberBuilder<T> {
-    /// Receives only topics starting with `prefix` (several filters: any of
-    /// them; none: every topic).
+    /// Receives only topics starting with `prefix`, where a `*` stands for
+    /// any run of characters within one `/`-separated segment (see
+    /// [`topic_matches`]). Several filters: any of them; none: every topic.
     pub fn filter(mut self, prefix: impl Into<String>) -> Self {
         self.filters.push(prefix.into());
         self
@@ -961,6 +998,30 @@ mod tests {
         assert!(!topic_matches(&filters, "site-b/room-1"));
         assert!(topic_matches(&[], "anything"));
         assert!(topic_matches(&[String::new()], "anything"));
+    }
+
+    #[test]
+    fn wildcards_match_within_one_segment() {
+        let m = |f: &str, t: &str| topic_matches(&[f.to_owned()], t);
+        assert!(m("site-*/hall", "site-a/hall"));
+        assert!(m("site-*/hall", "site-abc/hall/t1"));
+        assert!(m("site-*/hall", "site-/hall"), "a star may match nothing");
+        assert!(
+            !m("site-*/hall", "site-a/b/hall"),
+            "a star stays in its segment"
+        );
+        assert!(!m("site-*/hall", "site-a/room"));
+        assert!(m("*/*/t1", "site-a/hall/t1"));
+        assert!(!m("*/*/t1", "site-a/t1"));
+        assert!(m("*", "anything/at/all"));
+        assert!(m("a*c*e", "abcde"));
+        assert!(
+            m("a*b/c", "aab/c"),
+            "the leftmost fit is not the only one tried"
+        );
+        assert!(m("a*ab", "aaab"));
+        assert!(!m("a*x", "ab/x"));
+        assert!(m("é*/z", "éà/z"), "multi-byte characters");
     }
 
     #[test]
