@@ -67,8 +67,9 @@ pub const NOT_FOUND: u32 = 404;
 /// Rejection code: the chunk index is past the end of the file.
 pub const OUT_OF_RANGE: u32 = 416;
 
-/// Rejection code: the peer offers the file but could not read it now (e.g.
-/// the file on disk was removed or changed).
+/// Rejection code: the peer offers the file but cannot serve this chunk now
+/// (the file on disk was removed or changed, or a download in progress has
+/// not received the chunk yet).
 pub const UNAVAILABLE: u32 = 503;
 
 /// The contract nodes share files over. Served by [`FileStore`]; called by
