@@ -216,7 +216,7 @@ fn emit_actor(service: &ServiceDef, names: &Names) -> TokenStream {
         " [`{ident}`] on state that handles one call at a time: implement it with `&mut self` methods, and serve `{handler}::new(plexus::node::Actor::spawn(state))`."
     );
     let detail = " The state lives on the actor's task; calls run in arrival order, each to completion (awaits included) before the next starts, with no lock in your code. A panic stops the actor: that call and later ones are rejected as failed handlers.";
-    let state = local("S");
+    let state = local("PlexusActorState");
     let stopped = local("stopped");
     let decls = service.methods.iter().map(|method| {
         let name = &method.name;
