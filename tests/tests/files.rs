@@ -11,7 +11,7 @@ use std::time::Duration;
 use plexus::discovery::Static;
 use plexus::files::{
     Download, DownloadError, FileId, FileInfo, FileShare, FileShareClient, FileShareHandler,
-    FileStore, Manifest, Saved, NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE,
+    FileStore, Manifest, OfferError, Saved, NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE,
 };
 use plexus::node::{Node, NodeBuilder};
 use plexus::{Bytes, CallError, IntoRouter, NodeId, Reject};
@@ -517,6 +517,10 @@ async fn a_file_saved_to_disk_is_shared_on_from_disk() {
         Manifest::of("x", &data, CHUNK).id(),
         "same id as in memory"
     );
+    match store.offer_path(dir.0.join("missing.bin")).await {
+        Err(OfferError::Io { path, .. }) => assert!(path.ends_with("missing.bin")),
+        other => panic!("expected an I/O error naming the file, got {other:?}"),
+    }
 
     let (seeders, downloader, mine) = seeders_and_downloader(1, |_| store.clone()).await;
     let copy = dir.0.join("copy.bin");

@@ -147,7 +147,9 @@ impl FileStore {
     }
 
     /// Offers `content` under `name`, kept in memory. Offering the same
-    /// content again replaces the name.
+    /// content again replaces the name. The content is hashed on the
+    /// calling thread (for large files, see [`offer_path`](Self::offer_path),
+    /// which hashes off the runtime's workers).
     ///
     /// # Panics
     ///
@@ -165,34 +167,21 @@ impl FileStore {
     /// than served wrong.
     pub async fn offer_path(&self, path: impl AsRef<Path>) -> Result<FileInfo, OfferError> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| OfferError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut file = tokio::fs::File::open(&path).await.map_err(io)?;
-        let size = file.metadata().await.map_err(io)?.len();
         let chunk_size = self.chunk_size;
-        if size.div_ceil(u64::from(chunk_size)) > u64::from(u32::MAX) {
-            return Err(OfferError::TooLarge { size, chunk_size });
-        }
-        let mut hashes = Vec::with_capacity((size.div_ceil(u64::from(chunk_size)) * 32) as usize);
-        let mut buf = vec![0u8; chunk_size as usize];
-        let mut read_total = 0u64;
-        while read_total < size {
-            let want = (size - read_total).min(u64::from(chunk_size)) as usize;
-            file.read_exact(&mut buf[..want]).await.map_err(io)?;
-            hashes.extend_from_slice(&Sha256::digest(&buf[..want]));
-            read_total += want as u64;
-        }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let manifest = Manifest {
-            name,
-            size,
-            chunk_size,
-            chunk_hashes: hashes.into(),
+        // Reading and hashing a large file is long, blocking work: keep it
+        // off the runtime's workers.
+        let hashing = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || hash_file(&path, chunk_size))
+        };
+        let manifest = match hashing.await {
+            Ok(result) => result?,
+            Err(e) => {
+                return Err(OfferError::Io {
+                    path,
+                    source: std::io::Error::other(e.to_string()),
+                })
+            }
         };
         Ok(self.insert(manifest, Source::Disk(path)))
     }
@@ -374,6 +363,39 @@ impl FileStore {
         }
         Ok(data)
     }
+}
+
+/// Reads the file at `path` and builds its manifest, named by its file name.
+fn hash_file(path: &Path, chunk_size: u32) -> Result<Manifest, OfferError> {
+    use std::io::Read;
+    let io = |source| OfferError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size.div_ceil(u64::from(chunk_size)) > u64::from(u32::MAX) {
+        return Err(OfferError::TooLarge { size, chunk_size });
+    }
+    let mut hashes = Vec::with_capacity((size.div_ceil(u64::from(chunk_size)) * 32) as usize);
+    let mut buf = vec![0u8; chunk_size as usize];
+    let mut read_total = 0u64;
+    while read_total < size {
+        let want = (size - read_total).min(u64::from(chunk_size)) as usize;
+        file.read_exact(&mut buf[..want]).map_err(io)?;
+        hashes.extend_from_slice(&Sha256::digest(&buf[..want]));
+        read_total += want as u64;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Manifest {
+        name,
+        size,
+        chunk_size,
+        chunk_hashes: hashes.into(),
+    })
 }
 
 async fn read_at(path: &Path, start: u64, len: usize) -> std::io::Result<Bytes> {
