@@ -121,23 +121,10 @@ fn emit_trait(service: &ServiceDef, names: &Names) -> TokenStream {
     let docs = doc_attrs(&service.docs);
     let see_also =
         format!(" Serve an implementation with [`{handler}`]; call it remotely with [`{client}`].");
-    let methods = service.methods.iter().map(|method| {
-        let name = &method.name;
-        let docs = doc_attrs(&method.docs);
-        let attrs = &method.attrs;
-        let Signature {
-            context,
-            params,
-            output,
-            ..
-        } = Signature::of(method);
-        quote! {
-            #docs
-            #(#attrs)*
-            fn #name(&self, #context #(#params),*)
-                -> impl ::core::future::Future<Output = #output> + ::core::marker::Send;
-        }
-    });
+    let methods = service
+        .methods
+        .iter()
+        .map(|method| method_decl(method, quote!(&self)));
     quote! {
         #docs
         #[doc = ""]
@@ -146,6 +133,26 @@ fn emit_trait(service: &ServiceDef, names: &Names) -> TokenStream {
         #vis trait #ident {
             #(#methods)*
         }
+    }
+}
+
+/// One trait method declaration, taking `receiver` (`&self` on the server
+/// trait, `&mut self` on the actor trait).
+fn method_decl(method: &MethodDef, receiver: TokenStream) -> TokenStream {
+    let name = &method.name;
+    let docs = doc_attrs(&method.docs);
+    let attrs = &method.attrs;
+    let Signature {
+        context,
+        params,
+        output,
+        ..
+    } = Signature::of(method);
+    quote! {
+        #docs
+        #(#attrs)*
+        fn #name(#receiver, #context #(#params),*)
+            -> impl ::core::future::Future<Output = #output> + ::core::marker::Send;
     }
 }
 
@@ -218,23 +225,10 @@ fn emit_actor(service: &ServiceDef, names: &Names) -> TokenStream {
     let detail = " The state lives on the actor's task; calls run in arrival order, each to completion (awaits included) before the next starts, with no lock in your code. A panic stops the actor: that call and later ones are rejected as failed handlers.";
     let state = local("PlexusActorState");
     let stopped = local("stopped");
-    let decls = service.methods.iter().map(|method| {
-        let name = &method.name;
-        let docs = doc_attrs(&method.docs);
-        let attrs = &method.attrs;
-        let Signature {
-            context,
-            params,
-            output,
-            ..
-        } = Signature::of(method);
-        quote! {
-            #docs
-            #(#attrs)*
-            fn #name(&mut self, #context #(#params),*)
-                -> impl ::core::future::Future<Output = #output> + ::core::marker::Send;
-        }
-    });
+    let decls = service
+        .methods
+        .iter()
+        .map(|method| method_decl(method, quote!(&mut self)));
     let forwards = service.methods.iter().map(|method| {
         let name = &method.name;
         let attrs = &method.attrs;

@@ -104,16 +104,9 @@ impl Inventory for Warehouse {
     async fn restock(
         &self,
         _ctx: CallContext,
-        mut requests: Streaming<Adjustment>,
+        requests: Streaming<Adjustment>,
     ) -> Result<Summary, Reject> {
-        let mut summary = Summary { count: 0, total: 0 };
-        while let Some(adj) = requests.recv().await {
-            let adj = adj.map_err(|e| Reject::new(400, e.to_string()))?;
-            self.apply(&adj)?;
-            summary.count += 1;
-            summary.total += adj.delta;
-        }
-        Ok(summary)
+        restock_with(requests, |adj| self.apply(adj)).await
     }
 
     async fn sync(
@@ -139,6 +132,21 @@ impl Inventory for Warehouse {
             })
             .boxed())
     }
+}
+
+/// Applies every adjustment of a restock stream; sums them up.
+async fn restock_with(
+    mut requests: Streaming<Adjustment>,
+    mut apply: impl FnMut(&Adjustment) -> Result<Item, Reject>,
+) -> Result<Summary, Reject> {
+    let mut summary = Summary { count: 0, total: 0 };
+    while let Some(adj) = requests.recv().await {
+        let adj = adj.map_err(|e| Reject::new(400, e.to_string()))?;
+        apply(&adj)?;
+        summary.count += 1;
+        summary.total += adj.delta;
+    }
+    Ok(summary)
 }
 
 async fn serve_warehouse() -> (Server, InventoryClient) {
@@ -455,16 +463,9 @@ impl inventory::InventoryActor for Ledger {
     async fn restock(
         &mut self,
         _ctx: CallContext,
-        mut requests: Streaming<Adjustment>,
+        requests: Streaming<Adjustment>,
     ) -> Result<Summary, Reject> {
-        let mut summary = Summary { count: 0, total: 0 };
-        while let Some(adj) = requests.recv().await {
-            let adj = adj.map_err(|e| Reject::new(400, e.to_string()))?;
-            self.apply(&adj)?;
-            summary.count += 1;
-            summary.total += adj.delta;
-        }
-        Ok(summary)
+        restock_with(requests, |adj| self.apply(adj)).await
     }
 
     async fn sync(

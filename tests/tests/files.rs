@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use plexus::discovery::Static;
 use plexus::files::{
-    Download, DownloadError, FileId, FileInfo, FileShare, FileShareClient, FileShareHandler,
-    FileStore, Manifest, OfferError, Saved, NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE,
+    Download, DownloadError, Downloaded, FileId, FileInfo, FileShare, FileShareClient,
+    FileShareHandler, FileStore, Manifest, OfferError, Saved, NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE,
 };
 use plexus::node::{Node, NodeBuilder};
 use plexus::{Bytes, CallError, IntoRouter, NodeId, Reject};
@@ -65,6 +65,27 @@ async fn seeders_and_downloader<R: IntoRouter>(
 }
 
 const CHUNK: u32 = 16 * 1024;
+
+/// `len` bytes of content offered in a fresh store cutting `CHUNK`s.
+fn offered(len: usize) -> (Bytes, FileStore, FileInfo) {
+    let data = content(len);
+    let store = FileStore::with_chunk_size(CHUNK);
+    let info = store.offer_bytes("file.bin", data.clone());
+    (data, store, info)
+}
+
+/// Downloads `id` from the downloader's peers, `per_peer` chunks at a time.
+async fn fetch(downloader: &Node, id: FileId, per_peer: usize) -> Downloaded {
+    bounded(
+        "download",
+        Download::builder(downloader.peers::<FileShareClient>(), id)
+            .per_peer(per_peer)
+            .start()
+            .finish(),
+    )
+    .await
+    .expect("downloaded")
+}
 
 /// Stops the downloader, then every seeder.
 async fn stop_all(downloader: Node, seeders: Vec<Node>) {
@@ -147,9 +168,7 @@ impl FileShare for Wrapped {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_is_downloaded_from_every_seeder_at_once_and_checked() {
-    let data = content(64 * CHUNK as usize + 1000); // 65 chunks, the last short
-    let store = FileStore::with_chunk_size(CHUNK);
-    let info = store.offer_bytes("big.bin", data.clone());
+    let (data, store, info) = offered(64 * CHUNK as usize + 1000);
     // Each seeder takes a moment per chunk, so all of them are kept busy.
     let (seeders, downloader, mine) = seeders_and_downloader(4, |_| {
         FileShareHandler::new(Wrapped {
@@ -204,9 +223,7 @@ async fn a_file_is_downloaded_from_every_seeder_at_once_and_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeder_dying_mid_download_has_its_chunks_fetched_from_the_others() {
-    let data = content(48 * CHUNK as usize);
-    let store = FileStore::with_chunk_size(CHUNK);
-    let info = store.offer_bytes("big.bin", data.clone());
+    let (data, store, info) = offered(48 * CHUNK as usize);
     let (mut seeders, downloader, _) = seeders_and_downloader(3, |_| {
         FileShareHandler::new(Wrapped {
             delay: Duration::from_millis(10),
@@ -240,9 +257,7 @@ async fn a_seeder_dying_mid_download_has_its_chunks_fetched_from_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeder_whose_link_drops_and_returns_is_a_source_again() {
-    let data = content(80 * CHUNK as usize);
-    let store = FileStore::with_chunk_size(CHUNK);
-    let info = store.offer_bytes("big.bin", data.clone());
+    let (data, store, info) = offered(80 * CHUNK as usize);
     let (seeders, downloader, _) = seeders_and_downloader(2, |_| {
         FileShareHandler::new(Wrapped {
             delay: Duration::from_millis(20),
@@ -289,9 +304,7 @@ async fn a_download_in_progress_serves_the_chunks_it_has_to_others() {
     // One slow seeder. A first downloader shares what it gets as it goes;
     // a second one, started halfway, takes chunks from both — from the
     // first downloader while that one is still downloading.
-    let data = content(60 * CHUNK as usize);
-    let store = FileStore::with_chunk_size(CHUNK);
-    let info = store.offer_bytes("big.bin", data.clone());
+    let (data, store, info) = offered(60 * CHUNK as usize);
     let seeder = start(
         builder("seeder", Vec::new()).serve(FileShareHandler::new(Wrapped {
             delay: Duration::from_millis(15),
@@ -366,9 +379,7 @@ async fn the_end_game_takes_the_last_chunks_from_another_peer_when_one_is_stuck(
     // One seeder answers manifests but never sends a chunk. Without an end
     // game its chunks would wait for the 30 s chunk timeout; with it, the
     // other seeder is asked for them once nothing else is left.
-    let data = content(24 * CHUNK as usize);
-    let store = FileStore::with_chunk_size(CHUNK);
-    let info = store.offer_bytes("f.bin", data.clone());
+    let (data, store, info) = offered(24 * CHUNK as usize);
     let (seeders, downloader, _) = seeders_and_downloader(2, |i| {
         FileShareHandler::new(Wrapped {
             hang: i == 0,
@@ -377,15 +388,7 @@ async fn the_end_game_takes_the_last_chunks_from_another_peer_when_one_is_stuck(
     })
     .await;
     let stuck = seeders[0].id();
-    let done = bounded(
-        "download",
-        Download::builder(downloader.peers::<FileShareClient>(), info.id)
-            .per_peer(2)
-            .start()
-            .finish(),
-    )
-    .await
-    .expect("downloaded without waiting for the stuck seeder");
+    let done = fetch(&downloader, info.id, 2).await;
     assert_eq!(done.saved, Saved::Memory(data));
     assert!(!done.by_peer.contains_key(&stuck), "{:?}", done.by_peer);
     assert_eq!(done.by_peer[&seeders[1].id()], 24);
@@ -394,9 +397,7 @@ async fn the_end_game_takes_the_last_chunks_from_another_peer_when_one_is_stuck(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_sending_wrong_bytes_is_dropped_and_the_file_is_still_right() {
-    let data = content(20 * CHUNK as usize);
-    let store = FileStore::with_chunk_size(CHUNK);
-    let info = store.offer_bytes("f.bin", data.clone());
+    let (data, store, info) = offered(20 * CHUNK as usize);
     let liar = Wrapped {
         corrupt: true,
         ..Wrapped::new(&store)
@@ -415,15 +416,7 @@ async fn a_peer_sending_wrong_bytes_is_dropped_and_the_file_is_still_right() {
     })
     .await;
     let liar_id = seeders[0].id();
-    let done = bounded(
-        "download",
-        Download::builder(downloader.peers::<FileShareClient>(), info.id)
-            .per_peer(1)
-            .start()
-            .finish(),
-    )
-    .await
-    .expect("downloaded from the honest seeder");
+    let done = fetch(&downloader, info.id, 1).await;
     assert_eq!(done.saved, Saved::Memory(data));
     assert!(!done.by_peer.contains_key(&liar_id), "{:?}", done.by_peer);
     assert_eq!(done.by_peer[&seeders[1].id()], 20);

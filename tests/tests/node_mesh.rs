@@ -428,22 +428,25 @@ async fn role_rules_connect_only_the_allowed_pairs() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broadcast_returns_every_reply_before_the_deadline_and_times_out_the_hung_peer() {
-    const PEERS: usize = 20;
+/// Chat rooms in session `room`: `peers` nodes serving (the one at `hung`
+/// never answers a post), and a caller built by `caller` linked with all of
+/// them (beacon interval 100 ms).
+async fn caller_and_rooms(
+    caller: impl FnOnce(NodeBuilder) -> NodeBuilder,
+    peers: usize,
+    hung: usize,
+    group: (Ipv4Addr, u16),
+) -> (Node, Vec<Node>) {
     let interval = 100 * MS;
     let bound = 2 * interval + Duration::from_secs(3);
-    let group = private_group();
-    let caller = node("caller".into(), group, interval)
-        .session("room")
-        .serve(ChatHandler::new(Room::new()))
+    let caller = caller(node("caller".into(), group, interval).session("room"))
         .start()
         .await
         .expect("starts");
     let mut others = Vec::new();
-    for i in 0..PEERS {
+    for i in 0..peers {
         let room = Room {
-            hung: i == 7,
+            hung: i == hung,
             ..Room::new()
         };
         others.push(
@@ -455,10 +458,20 @@ async fn broadcast_returns_every_reply_before_the_deadline_and_times_out_the_hun
                 .expect("starts"),
         );
     }
+    let set = caller.peers::<ChatClient>();
+    let reached = timeout(bound, set.wait_until(|ids| ids.len() == peers)).await;
+    assert!(reached.is_ok(), "only {} peers linked", set.len());
+    (caller, others)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_returns_every_reply_before_the_deadline_and_times_out_the_hung_peer() {
+    const PEERS: usize = 20;
+    let interval = 100 * MS;
+    let group = private_group();
+    let (caller, others) =
+        caller_and_rooms(|b| b.serve(ChatHandler::new(Room::new())), PEERS, 7, group).await;
     let hung = others[7].id();
-    let peers = caller.peers::<ChatClient>();
-    let reached = timeout(bound, peers.wait_until(|ids| ids.len() == PEERS)).await;
-    assert!(reached.is_ok(), "only {} peers linked", peers.len());
 
     let deadline = Duration::from_millis(1500);
     let started = Instant::now();
@@ -510,34 +523,10 @@ async fn broadcast_returns_every_reply_before_the_deadline_and_times_out_the_hun
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_calls_every_peer_through_the_generated_methods() {
     const PEERS: usize = 4;
-    let interval = 100 * MS;
-    let bound = 2 * interval + Duration::from_secs(3);
-    let group = private_group();
-    let caller = node("caller".into(), group, interval)
-        .session("room")
-        .uses::<ChatClient>()
-        .start()
-        .await
-        .expect("starts");
-    let mut others = Vec::new();
-    for i in 0..PEERS {
-        let room = Room {
-            hung: i == 2,
-            ..Room::new()
-        };
-        others.push(
-            node(format!("peer-{i}"), group, interval)
-                .session("room")
-                .serve(ChatHandler::new(room))
-                .start()
-                .await
-                .expect("starts"),
-        );
-    }
+    let (caller, others) =
+        caller_and_rooms(|b| b.uses::<ChatClient>(), PEERS, 2, private_group()).await;
     let hung = others[2].id();
     let peers = caller.peers::<ChatClient>();
-    let reached = timeout(bound, peers.wait_until(|ids| ids.len() == PEERS)).await;
-    assert!(reached.is_ok(), "only {} peers linked", peers.len());
 
     let deadline = Duration::from_millis(500);
     let fanout = caller.fanout::<ChatClient>(deadline);
