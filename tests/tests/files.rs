@@ -87,6 +87,17 @@ async fn fetch(downloader: &Node, id: FileId, per_peer: usize) -> Downloaded {
     .expect("downloaded")
 }
 
+/// `n` seeders of `store` that each take `ms` per chunk, and a downloader.
+async fn slow_seeders(n: usize, store: &FileStore, ms: u64) -> (Vec<Node>, Node, FileStore) {
+    seeders_and_downloader(n, |_| {
+        FileShareHandler::new(Wrapped {
+            delay: Duration::from_millis(ms),
+            ..Wrapped::new(store)
+        })
+    })
+    .await
+}
+
 /// Stops the downloader, then every seeder.
 async fn stop_all(downloader: Node, seeders: Vec<Node>) {
     for n in std::iter::once(downloader).chain(seeders) {
@@ -170,13 +181,7 @@ impl FileShare for Wrapped {
 async fn a_file_is_downloaded_from_every_seeder_at_once_and_checked() {
     let (data, store, info) = offered(64 * CHUNK as usize + 1000);
     // Each seeder takes a moment per chunk, so all of them are kept busy.
-    let (seeders, downloader, mine) = seeders_and_downloader(4, |_| {
-        FileShareHandler::new(Wrapped {
-            delay: Duration::from_millis(2),
-            ..Wrapped::new(&store)
-        })
-    })
-    .await;
+    let (seeders, downloader, mine) = slow_seeders(4, &store, 2).await;
 
     // The catalog says who has what.
     let (_, client) = downloader.peers::<FileShareClient>().list().remove(0);
@@ -224,13 +229,7 @@ async fn a_file_is_downloaded_from_every_seeder_at_once_and_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeder_dying_mid_download_has_its_chunks_fetched_from_the_others() {
     let (data, store, info) = offered(48 * CHUNK as usize);
-    let (mut seeders, downloader, _) = seeders_and_downloader(3, |_| {
-        FileShareHandler::new(Wrapped {
-            delay: Duration::from_millis(10),
-            ..Wrapped::new(&store)
-        })
-    })
-    .await;
+    let (mut seeders, downloader, _) = slow_seeders(3, &store, 10).await;
     let download = Download::builder(downloader.peers::<FileShareClient>(), info.id)
         .per_peer(2)
         .start();
@@ -258,13 +257,7 @@ async fn a_seeder_dying_mid_download_has_its_chunks_fetched_from_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeder_whose_link_drops_and_returns_is_a_source_again() {
     let (data, store, info) = offered(80 * CHUNK as usize);
-    let (seeders, downloader, _) = seeders_and_downloader(2, |_| {
-        FileShareHandler::new(Wrapped {
-            delay: Duration::from_millis(20),
-            ..Wrapped::new(&store)
-        })
-    })
-    .await;
+    let (seeders, downloader, _) = slow_seeders(2, &store, 20).await;
     let download = Download::builder(downloader.peers::<FileShareClient>(), info.id)
         .per_peer(2)
         .start();
