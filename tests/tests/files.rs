@@ -179,6 +179,7 @@ impl FileShare for Wrapped {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_is_downloaded_from_every_seeder_at_once_and_checked() {
+    // 65 chunks, the last one short.
     let (data, store, info) = offered(64 * CHUNK as usize + 1000);
     // Each seeder takes a moment per chunk, so all of them are kept busy.
     let (seeders, downloader, mine) = slow_seeders(4, &store, 2).await;
