@@ -430,8 +430,8 @@ impl Run {
         let mut probe_tick = tokio::time::interval(self.cfg.probe_every);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         probe_tick.reset();
-        // Armed while nothing can make progress: no source and nothing in
-        // flight.
+        // Armed while nothing can make progress: nothing in flight and no
+        // source with a chunk still missing.
         let mut stalled_since: Option<tokio::time::Instant> = None;
         let mut peers_open = true;
         loop {
