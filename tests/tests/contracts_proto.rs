@@ -85,20 +85,11 @@ impl Inventory for Warehouse {
     }
 
     async fn list(&self, _ctx: CallContext) -> Result<BoxStream<Result<Item, Reject>>, Reject> {
-        let items: Vec<Result<Item, Reject>> = self
+        let stock = self
             .stock
             .lock()
-            .map_err(|_| Reject::new(500, "poisoned"))?
-            .iter()
-            .map(|(sku, q)| {
-                Ok(Item {
-                    sku: sku.clone(),
-                    name: sku.to_uppercase(),
-                    quantity: *q,
-                })
-            })
-            .collect();
-        Ok(futures_util::stream::iter(items).boxed())
+            .map_err(|_| Reject::new(500, "poisoned"))?;
+        Ok(stream_stock(&stock))
     }
 
     async fn restock(
@@ -132,6 +123,21 @@ impl Inventory for Warehouse {
             })
             .boxed())
     }
+}
+
+/// Every item of `stock`, in sku order, as a reply stream.
+fn stream_stock(stock: &BTreeMap<String, i64>) -> BoxStream<Result<Item, Reject>> {
+    let items: Vec<Result<Item, Reject>> = stock
+        .iter()
+        .map(|(sku, q)| {
+            Ok(Item {
+                sku: sku.clone(),
+                name: sku.to_uppercase(),
+                quantity: *q,
+            })
+        })
+        .collect();
+    futures_util::stream::iter(items).boxed()
 }
 
 /// Applies every adjustment of a restock stream; sums them up.
@@ -446,18 +452,7 @@ impl inventory::InventoryActor for Ledger {
     }
 
     async fn list(&mut self, _ctx: CallContext) -> Result<BoxStream<Result<Item, Reject>>, Reject> {
-        let items: Vec<Result<Item, Reject>> = self
-            .stock
-            .iter()
-            .map(|(sku, q)| {
-                Ok(Item {
-                    sku: sku.clone(),
-                    name: sku.to_uppercase(),
-                    quantity: *q,
-                })
-            })
-            .collect();
-        Ok(futures_util::stream::iter(items).boxed())
+        Ok(stream_stock(&self.stock))
     }
 
     async fn restock(
