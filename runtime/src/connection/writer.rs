@@ -239,6 +239,29 @@ impl WriteQueue {
         self.drained.notify_waiters();
     }
 
+    /// Resolves once the writer (or a write-through) next takes frames from
+    /// the queue. Enable it before checking the queue, or a drain in between
+    /// is missed.
+    pub(crate) fn drained(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drained.notified()
+    }
+
+    /// Gives up on the peer: drops the transport (closing the stream) and
+    /// everything still queued, so a peer that stopped reading holds nothing
+    /// here once the connection has ended. Call it after the writer task
+    /// stopped.
+    pub(crate) async fn abandon(&self) {
+        {
+            let mut out = self.lock();
+            out.closed = true;
+            out.buf = BytesMut::new();
+            out.parts = Vec::new();
+            out.parts_len = 0;
+        }
+        self.io.lock().await.io = None;
+        self.drained.notify_waiters();
+    }
+
     /// Bytes encoded and not yet handed to the transport.
     pub(crate) fn queued(&self) -> usize {
         self.lock().len()

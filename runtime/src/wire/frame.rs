@@ -448,7 +448,10 @@ pub fn decode(src: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, WireE
 
 fn take_str(p: &mut Bytes, field: &'static str, max: usize) -> Result<String, WireError> {
     let n = varint::get(p, field)?;
-    if n > max as u64 || n > p.len() as u64 {
+    if n > max as u64 {
+        return Err(WireError::TooLong { field, len: n, max });
+    }
+    if n > p.len() as u64 {
         return Err(WireError::Truncated { field });
     }
     let raw = p.split_to(n as usize);
@@ -546,8 +549,14 @@ fn parse_payload(kind: Kind, fl: u8, id: u32, mut p: Bytes) -> Result<Frame, Wir
         }
         Kind::Ping | Kind::Pong => {
             if p.len() != 8 {
-                return Err(WireError::Truncated {
-                    field: "ping payload",
+                return Err(WireError::WrongLength {
+                    field: if kind == Kind::Ping {
+                        "ping payload"
+                    } else {
+                        "pong payload"
+                    },
+                    len: p.len(),
+                    expected: 8,
                 });
             }
             let payload = p.get_u64();
