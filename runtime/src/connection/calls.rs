@@ -16,7 +16,7 @@ use super::stream::{CallGuard, Inbound, Outbound, Reply};
 use super::table::{Entry, Failure, InboundTx};
 use super::Shared;
 use crate::error::CallError;
-use crate::wire::frame::{encode_call_open, CallOpenHead};
+use crate::wire::frame::CallOpenHead;
 
 /// Per-call options: a deadline and metadata.
 ///
@@ -136,7 +136,7 @@ impl Shared {
         opts: &CallOptions,
         timeout: Option<Duration>,
         shape: Shape,
-        body: &[u8],
+        body: &Bytes,
     ) -> Result<(), CallError> {
         let probe = CallOpenHead {
             id,
@@ -164,7 +164,7 @@ impl Shared {
                     op_name: name,
                     ..probe
                 };
-                encode_call_open(&mut o.buf, &head, body);
+                o.call_open(&head, body);
             })
             .await
             .map_err(|_| CallError::ConnectionLost {
@@ -348,7 +348,7 @@ impl Shared {
         entry.credit = Some(credit.clone());
         self.register(id, entry);
         let guard = Arc::new(CallGuard::new(self.clone(), id));
-        self.open(id, op, opts, opts.timeout, Shape::Stream, &[])
+        self.open(id, op, opts, opts.timeout, Shape::Stream, &Bytes::new())
             .await?;
         let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
         let out = Outbound::opener(

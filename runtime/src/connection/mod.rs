@@ -85,8 +85,8 @@ pub struct ConnectionConfig {
 
 /// Default [`ConnectionConfig::max_calls`].
 const DEFAULT_MAX_CALLS: u32 = 256;
-/// Default [`ConnectionConfig::memory_budget`]: 32 MiB.
-const DEFAULT_MEMORY_BUDGET: usize = 32 * 1024 * 1024;
+/// Default [`ConnectionConfig::memory_budget`]: 16 MiB.
+const DEFAULT_MEMORY_BUDGET: usize = 16 * 1024 * 1024;
 
 impl Default for ConnectionConfig {
     fn default() -> Self {
@@ -111,7 +111,7 @@ impl ConnectionConfig {
     /// The defaults: 16 MiB frames, 2 MiB stream windows, ping after 5 s of
     /// silence, lost after 15 s, 30 s default timeout for unary calls, 10 s
     /// to dial and 10 s for the handshake, 256 calls served at once, a
-    /// 32 MiB memory budget, and a peer that reads nothing for 10 s while
+    /// 16 MiB memory budget, and a peer that reads nothing for 10 s while
     /// over it cut off.
     pub fn new() -> Self {
         Self::default()
