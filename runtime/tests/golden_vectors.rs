@@ -295,9 +295,11 @@ fn handshakes() -> Vec<(&'static str, &'static str, Message)> {
     ]
 }
 
-/// Inputs a decoder must refuse: name, meaning, bytes, the max frame the
-/// receiver announced (frames only), and the error.
-fn invalid() -> Vec<(&'static str, &'static str, Vec<u8>, Option<u32>, WireError)> {
+/// An input a decoder must refuse: name, meaning, bytes, the max frame the
+/// receiver announced (frames only; `None` for a hello), and the error.
+type Invalid = (&'static str, &'static str, Vec<u8>, Option<u32>, WireError);
+
+fn invalid() -> Vec<Invalid> {
     let mut v = Vec::new();
     let frame = |len: u32, kind: u8, flags: u8, id: u32, payload: &[u8]| {
         let mut out = Vec::new();
