@@ -27,7 +27,8 @@ pub struct BenchArgs {
     /// A unary or one-way operation, `package.Service/method`.
     pub op: String,
     /// The request as JSON, sent with every call.
-    pub json: Option<String>,
+    #[arg(value_name = "JSON")]
+    pub request: Option<String>,
     /// Calls in flight at once.
     #[arg(short = 'c', long, default_value_t = 64)]
     pub concurrency: usize,
@@ -138,7 +139,7 @@ pub async fn run(global: &Global, args: BenchArgs) -> Result<(), CliError> {
             )))
         }
     };
-    let body = plan.encode(args.json.as_deref().unwrap_or(""))?;
+    let body = plan.encode(args.request.as_deref().unwrap_or(""))?;
     let opts = call_options(global, &args.headers)?;
     // One checked call first: a bad argument fails here, with its message,
     // not as a hundred thousand errors.

@@ -27,7 +27,8 @@ pub struct CallArgs {
     /// The request as JSON (stream kinds: one item per argument, or JSON
     /// lines on stdin when none is given). For an operation without a
     /// contract, plain text.
-    pub json: Vec<String>,
+    #[arg(value_name = "JSON")]
+    pub request: Vec<String>,
     /// Metadata sent with the call, `key:value` (repeat for several).
     #[arg(short = 'H', long = "header", value_name = "KEY:VALUE")]
     pub headers: Vec<String>,
@@ -137,14 +138,14 @@ async fn call(global: &Global, args: &CallArgs, conn: &Connection) -> Result<(),
     };
     let failed = |e: CallError| CliError::call(&plan.op, e, Some(&plan.shape));
     let single = || -> Result<bytes::Bytes, CliError> {
-        match args.json.as_slice() {
+        match args.request.as_slice() {
             [] => plan.encode(""),
             [one] => plan.encode(one),
             _ => Err(CliError::usage(format!(
                 "{} is a {} operation and takes one argument, got {}",
                 plan.op,
                 plan.kind,
-                args.json.len()
+                args.request.len()
             ))),
         }
     };
@@ -164,7 +165,7 @@ async fn call(global: &Global, args: &CallArgs, conn: &Connection) -> Result<(),
         }
         "client_stream" => {
             let (mut out, reply) = conn.client_stream(&plan.op, opts).await.map_err(failed)?;
-            send_items(&plan, &args.json, &mut out).await?;
+            send_items(&plan, &args.request, &mut out).await?;
             out.finish().await.map_err(failed)?;
             let reply = reply.await.map_err(failed)?;
             print(plan.decode(&reply)?);
@@ -173,7 +174,7 @@ async fn call(global: &Global, args: &CallArgs, conn: &Connection) -> Result<(),
         "bidi" => {
             let (mut out, inbound) = conn.bidi(&plan.op, opts).await.map_err(failed)?;
             let sending = async {
-                send_items(&plan, &args.json, &mut out).await?;
+                send_items(&plan, &args.request, &mut out).await?;
                 out.finish().await.map_err(failed)
             };
             let (sent, printed) = tokio::join!(sending, print_stream(&plan, inbound, print));

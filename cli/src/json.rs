@@ -235,7 +235,8 @@ mod tests {
                 "reply_to": null, "blob": {"$bin": "AJ//"}
             })
         );
-        assert_eq!(to_msgpack(&json).expect("encodes"), Bytes::from(bytes));
+        let again: Message = rmp_decode(&to_msgpack(&json).expect("encodes"));
+        assert_eq!(again, sample());
     }
 
     #[test]
@@ -263,7 +264,7 @@ mod tests {
         assert!(from_msgpack(&[0xd9]).is_err());
     }
 
-    fn rmp_encode<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    fn rmp_encode<T: Serialize + for<'de> Deserialize<'de>>(value: &T, out: &mut Vec<u8>) {
         let bytes = <plexus::codec::MsgPack as plexus::codec::Codec<T>>::encode(value)
             .expect("plexus encodes");
         out.extend_from_slice(&bytes);

@@ -192,3 +192,13 @@ pub fn print_line(line: &str) {
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_and_flag_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

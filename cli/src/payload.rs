@@ -131,7 +131,12 @@ impl Plan {
         if let Payload::Raw = self.payload {
             return Ok(Bytes::from(text.to_owned()));
         }
-        let text = if text.trim().is_empty() { "null" } else { text };
+        // No argument: an empty message for `.proto`, `()` (nil) otherwise.
+        let text = match (&self.payload, text.trim().is_empty()) {
+            (Payload::Proto { .. }, true) => "{}",
+            (_, true) => "null",
+            _ => text,
+        };
         let value: Json = serde_json::from_str(text).map_err(|e| {
             CliError::usage(format!(
                 "the argument for {} is not valid JSON ({e}): {text}\n  expected: {}",
@@ -279,7 +284,11 @@ pub fn fields_text(message: &MessageDescriptor) -> String {
             format!("{}: {ty}", f.json_name())
         })
         .collect();
-    format!("{{ {} }}", fields.join(", "))
+    if fields.is_empty() {
+        "{}".to_owned()
+    } else {
+        format!("{{ {} }}", fields.join(", "))
+    }
 }
 
 fn kind_name(kind: &Kind) -> String {
