@@ -70,6 +70,9 @@ impl CliError {
             ConnectError::HandshakeTimeout { .. } | ConnectError::Handshake { .. } => {
                 "is the target a Plexus endpoint? for tls:// give --cacert (and --server-name if the certificate names another host)"
             }
+            _ if target.starts_with("tls://") => {
+                "for tls:// give --cacert with the CA that signed the server's certificate (and --server-name if it names another host)"
+            }
             _ => "is a server listening there? `plexus ls` lists the nodes this host can hear",
         };
         let message = format!("cannot connect to {target}: {error}\n  try: {hint}");
