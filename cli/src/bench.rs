@@ -124,7 +124,11 @@ pub async fn run(global: &Global, args: BenchArgs) -> Result<(), CliError> {
     let mut conns = vec![first.conn.clone()];
     let endpoint = target::endpoint(&global.tls)?;
     let url = first.conn.peer().label().to_string();
-    let dial_url = if args.target.contains("://") { args.target.clone() } else { url };
+    let dial_url = if args.target.contains("://") {
+        args.target.clone()
+    } else {
+        url
+    };
     for _ in 1..args.connections {
         conns.push(target::dial(&endpoint, &dial_url, global.connect_timeout).await?);
     }
@@ -158,7 +162,17 @@ pub async fn run(global: &Global, args: BenchArgs) -> Result<(), CliError> {
         errors: AtomicU64::new(0),
         first_error: std::sync::Mutex::new(None),
     });
-    drive(&conns, &plan.op, &body, &opts, oneway, args.concurrency, &warm, false).await;
+    drive(
+        &conns,
+        &plan.op,
+        &body,
+        &opts,
+        oneway,
+        args.concurrency,
+        &warm,
+        false,
+    )
+    .await;
     let load = Arc::new(Load {
         tickets: AtomicU64::new(0),
         limit: args.calls,
@@ -167,7 +181,17 @@ pub async fn run(global: &Global, args: BenchArgs) -> Result<(), CliError> {
         first_error: std::sync::Mutex::new(None),
     });
     let started = Instant::now();
-    let latencies = drive(&conns, &plan.op, &body, &opts, oneway, args.concurrency, &load, true).await;
+    let latencies = drive(
+        &conns,
+        &plan.op,
+        &body,
+        &opts,
+        oneway,
+        args.concurrency,
+        &load,
+        true,
+    )
+    .await;
     let elapsed = started.elapsed();
     for conn in &conns {
         conn.close().await;
@@ -181,10 +205,18 @@ pub async fn run(global: &Global, args: BenchArgs) -> Result<(), CliError> {
         threads: args.threads,
         calls,
         errors,
-        first_error: load.first_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        first_error: load
+            .first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
         seconds: elapsed.as_secs_f64(),
         calls_per_second: calls as f64 / elapsed.as_secs_f64().max(1e-9),
-        latency_us: if oneway { Latency::default() } else { Latency::of(latencies) },
+        latency_us: if oneway {
+            Latency::default()
+        } else {
+            Latency::of(latencies)
+        },
     };
     if global.json {
         print_line(&serde_json::to_string(&report).unwrap_or_default());
@@ -192,7 +224,9 @@ pub async fn run(global: &Global, args: BenchArgs) -> Result<(), CliError> {
         print_report(&report, oneway);
     }
     match &report.first_error {
-        Some(e) => Err(CliError::Call(format!("{errors} of {calls} calls failed; the first: {e}"))),
+        Some(e) => Err(CliError::Call(format!(
+            "{errors} of {calls} calls failed; the first: {e}"
+        ))),
         None => Ok(()),
     }
 }
@@ -229,7 +263,8 @@ async fn drive(
                         Ok(()) => {}
                         Err(e) => {
                             load.errors.fetch_add(1, Ordering::Relaxed);
-                            let mut first = load.first_error.lock().unwrap_or_else(|e| e.into_inner());
+                            let mut first =
+                                load.first_error.lock().unwrap_or_else(|e| e.into_inner());
                             first.get_or_insert_with(|| e.to_string());
                         }
                     }

@@ -55,7 +55,9 @@ pub fn call_options(global: &Global, headers: &[String]) -> Result<CallOptions, 
     }
     for header in headers {
         let (key, value) = header.split_once(':').ok_or_else(|| {
-            CliError::usage(format!("-H {header}: metadata is `key:value`, e.g. -H trace-id:abc"))
+            CliError::usage(format!(
+                "-H {header}: metadata is `key:value`, e.g. -H trace-id:abc"
+            ))
         })?;
         opts = opts.metadata(key.trim(), value.trim_start().to_owned());
     }
@@ -201,7 +203,11 @@ async fn print_stream(
 }
 
 /// Sends `items`, or one item per non-empty line of stdin when there are none.
-async fn send_items(plan: &Plan, items: &[String], out: &mut plexus::Outbound) -> Result<(), CliError> {
+async fn send_items(
+    plan: &Plan,
+    items: &[String],
+    out: &mut plexus::Outbound,
+) -> Result<(), CliError> {
     let failed = |e: CallError| CliError::call(&plan.op, e, Some(&plan.shape));
     if !items.is_empty() {
         for item in items {

@@ -198,13 +198,19 @@ fn print_operation(service: &ServiceReflection, operation: &OperationReflection,
         print_line(&format!("  // {line}"));
     }
     if let Ok(pool) = payload::pool(service) {
-        for (side, name) in [("request", &operation.request.type_name), ("reply", &operation.reply.type_name)] {
+        for (side, name) in [
+            ("request", &operation.request.type_name),
+            ("reply", &operation.reply.type_name),
+        ] {
             if let Some(message) = pool.get_message_by_name(name) {
                 print_line(&format!("  {side}: {name} {}", fields_text(&message)));
             }
         }
     }
-    for (side, schema) in [("request", &operation.request.json_schema), ("reply", &operation.reply.json_schema)] {
+    for (side, schema) in [
+        ("request", &operation.request.json_schema),
+        ("reply", &operation.reply.json_schema),
+    ] {
         if let Some(schema) = schema {
             let schema: Json = serde_json::from_str(schema).unwrap_or(Json::String(schema.clone()));
             print_line(&format!("  {side} JSON Schema: {schema}"));
@@ -258,7 +264,8 @@ fn operation_json(service: &ServiceReflection, operation: &OperationReflection) 
         for side in ["request", "reply"] {
             if let Some(Json::Object(entry)) = map.get_mut(side) {
                 if let Some(Json::String(schema)) = entry.get("json_schema").cloned() {
-                    let parsed: Json = serde_json::from_str(&schema).unwrap_or(Json::String(schema));
+                    let parsed: Json =
+                        serde_json::from_str(&schema).unwrap_or(Json::String(schema));
                     entry.insert("json_schema".into(), parsed);
                 }
             }

@@ -158,7 +158,10 @@ mod tests {
             "greet.Greeter/countdown",
         ];
         assert_eq!(nearest("greet.Greeter/helo", ops)[0], "greet.Greeter/hello");
-        assert_eq!(nearest("greet.Greeter/wav", ops)[..2], ["greet.Greeter/wave", "greet.Greeter/waves"]);
+        assert_eq!(
+            nearest("greet.Greeter/wav", ops)[..2],
+            ["greet.Greeter/wave", "greet.Greeter/waves"]
+        );
         assert!(nearest("zzzz.Qqqq/xxxxxx", ops).is_empty());
     }
 }

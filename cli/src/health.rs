@@ -54,7 +54,9 @@ pub async fn run(global: &Global, args: HealthArgs) -> Result<(), CliError> {
     let conn = connected.conn.clone();
     let label = connected.label.clone();
     let not_served = |e: CallError| match e {
-        CallError::Closing { .. } => CliError::NotServing(format!("{label} is draining: NOT_SERVING")),
+        CallError::Closing { .. } => {
+            CliError::NotServing(format!("{label} is draining: NOT_SERVING"))
+        }
         CallError::NoSuchOperation { .. } => CliError::Call(format!(
             "{label} does not serve health (it was built without_health())"
         )),
@@ -109,7 +111,9 @@ pub async fn run(global: &Global, args: HealthArgs) -> Result<(), CliError> {
 /// every other connection failure stays one.
 fn draining_or(error: CliError, target: &str) -> CliError {
     match error {
-        CliError::Draining(_) => CliError::NotServing(format!("{target} is shutting down: NOT_SERVING")),
+        CliError::Draining(_) => {
+            CliError::NotServing(format!("{target} is shutting down: NOT_SERVING"))
+        }
         other => other,
     }
 }

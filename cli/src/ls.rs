@@ -107,9 +107,8 @@ pub async fn sightings(global: &Global, want: Option<&str>) -> Result<Vec<NodeSi
     let beacon = beacon(args);
     let mut events = observe(&beacon)?;
     let mut nodes: BTreeMap<String, NodeSighting> = BTreeMap::new();
-    let wanted = |n: &NodeSighting| {
-        want.is_some_and(|w| n.name == w || n.id.starts_with(&w.to_lowercase()))
-    };
+    let wanted =
+        |n: &NodeSighting| want.is_some_and(|w| n.name == w || n.id.starts_with(&w.to_lowercase()));
     let deadline = tokio::time::Instant::now() + args.wait;
     while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
         if let Some(found) = apply(&mut nodes, &event) {
@@ -122,7 +121,10 @@ pub async fn sightings(global: &Global, want: Option<&str>) -> Result<Vec<NodeSi
 }
 
 /// Applies one beacon event to the table; returns the node it touched.
-fn apply(nodes: &mut BTreeMap<String, NodeSighting>, event: &DiscoveryEvent) -> Option<NodeSighting> {
+fn apply(
+    nodes: &mut BTreeMap<String, NodeSighting>,
+    event: &DiscoveryEvent,
+) -> Option<NodeSighting> {
     let (id, state, record) = describe_event(event)?;
     match record {
         Some(record) => {
@@ -197,12 +199,18 @@ async fn static_sightings(global: &Global) -> Vec<NodeSighting> {
             let node = description.node.clone();
             NodeSighting {
                 id: description.node_id.clone(),
-                name: node.as_ref().map_or_else(|| url.clone(), |n| n.name.clone()),
+                name: node
+                    .as_ref()
+                    .map_or_else(|| url.clone(), |n| n.name.clone()),
                 session: node.as_ref().and_then(|n| n.session.clone()),
                 endpoints: node
                     .as_ref()
                     .map_or_else(|| vec![url.clone()], |n| n.endpoints.clone()),
-                services: description.services.iter().map(|s| s.full_name.clone()).collect(),
+                services: description
+                    .services
+                    .iter()
+                    .map(|s| s.full_name.clone())
+                    .collect(),
                 state: "reachable".into(),
             }
         }
@@ -227,7 +235,10 @@ async fn etcd_sightings(args: &DiscoveryArgs) -> Result<Vec<NodeSighting>, CliEr
         .map_err(|e| failed("connecting", e))?;
     let prefix = format!("{}/", args.etcd_prefix.trim_end_matches('/'));
     let listed = client
-        .get(prefix.as_str(), Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            prefix.as_str(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await
         .map_err(|e| failed("listing the registrations", e))?;
     Ok(listed

@@ -60,7 +60,9 @@ impl Plan {
                 op: op.to_owned(),
                 kind: "unary".into(),
                 payload: Payload::Raw,
-                shape: format!("{op} has no contract (a raw handler): its argument is sent as plain text"),
+                shape: format!(
+                    "{op} has no contract (a raw handler): its argument is sent as plain text"
+                ),
             });
         }
         let mut candidates: Vec<&str> = description.operations.iter().map(String::as_str).collect();
@@ -75,13 +77,23 @@ impl Plan {
         } else {
             crate::error::did_you_mean(&near)
         };
-        Err(CliError::usage(format!("no operation `{op}` on the target{hint}")))
+        Err(CliError::usage(format!(
+            "no operation `{op}` on the target{hint}"
+        )))
     }
 
-    fn for_operation(service: &ServiceReflection, operation: &OperationReflection) -> Result<Plan, CliError> {
+    fn for_operation(
+        service: &ServiceReflection,
+        operation: &OperationReflection,
+    ) -> Result<Plan, CliError> {
         let payload = match service.codec.as_str() {
             "msgpack" => Payload::MsgPack {
-                params: operation.request.params.iter().map(|p| p.name.clone()).collect(),
+                params: operation
+                    .request
+                    .params
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .collect(),
             },
             "json" => Payload::Json,
             "protobuf" => {
@@ -112,11 +124,9 @@ impl Plan {
             "msgpack" => Payload::MsgPack { params: Vec::new() },
             "json" => Payload::Json,
             "raw" => Payload::Raw,
-            other => {
-                return Err(CliError::usage(format!(
-                    "--codec {other}: without reflection only msgpack, json and raw can be converted"
-                )))
-            }
+            other => return Err(CliError::usage(format!(
+                "--codec {other}: without reflection only msgpack, json and raw can be converted"
+            ))),
         };
         Ok(Plan {
             op: op.to_owned(),
@@ -171,7 +181,12 @@ impl Plan {
 
     /// Decodes one reply (or reply item) to JSON.
     pub fn decode(&self, bytes: &[u8]) -> Result<Json, CliError> {
-        let bad = |e: String| CliError::Call(format!("the reply of {} could not be decoded: {e}", self.op));
+        let bad = |e: String| {
+            CliError::Call(format!(
+                "the reply of {} could not be decoded: {e}",
+                self.op
+            ))
+        };
         match &self.payload {
             Payload::MsgPack { .. } => json::from_msgpack(bytes).map_err(|e| bad(e.to_string())),
             Payload::Json => serde_json::from_slice(bytes).map_err(|e| bad(e.to_string())),
@@ -223,7 +238,11 @@ pub fn pool(service: &ServiceReflection) -> Result<DescriptorPool, CliError> {
     })
 }
 
-fn message(pool: &DescriptorPool, name: &str, service: &ServiceReflection) -> Result<MessageDescriptor, CliError> {
+fn message(
+    pool: &DescriptorPool,
+    name: &str,
+    service: &ServiceReflection,
+) -> Result<MessageDescriptor, CliError> {
     pool.get_message_by_name(name).ok_or_else(|| {
         CliError::Call(format!(
             "message {name} is not in the descriptor set of {}",
@@ -319,7 +338,9 @@ fn example_message(message: &MessageDescriptor, depth: usize) -> String {
                         .map_or("0".into(), |v| format!("\"{}\"", v.name())),
                     Kind::Message(m) if depth < 2 => example_message(&m, depth + 1),
                     Kind::Message(_) => "{}".into(),
-                    Kind::Int64 | Kind::Uint64 | Kind::Sint64 | Kind::Fixed64 | Kind::Sfixed64 => "\"0\"".into(),
+                    Kind::Int64 | Kind::Uint64 | Kind::Sint64 | Kind::Fixed64 | Kind::Sfixed64 => {
+                        "\"0\"".into()
+                    }
                     _ => "0".into(),
                 }
             };
@@ -336,7 +357,8 @@ fn example_rust(ty: &str) -> String {
         "String" | "&str" | "str" => "\"text\"".into(),
         "bool" => "false".into(),
         "f32" | "f64" => "0.5".into(),
-        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" | "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "0".into(),
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" | "i8" | "i16" | "i32" | "i64" | "i128"
+        | "isize" => "0".into(),
         "()" => "null".into(),
         _ if ty.starts_with("Vec<") || ty.starts_with('[') => "[]".into(),
         _ if ty.starts_with("Option<") => "null".into(),

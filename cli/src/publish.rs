@@ -16,8 +16,7 @@ use clap::Args;
 use plexus::discovery::{Beacon, SessionKey, Static};
 use plexus::patterns::{topic_fingerprint, topic_matches};
 use plexus::{
-    CallKind, JsonSchemas, MethodDescriptor, Node, Outbound, Reject, Router,
-    ServiceDescriptor,
+    CallKind, JsonSchemas, MethodDescriptor, Node, Outbound, Reject, Router, ServiceDescriptor,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +76,10 @@ fn leak(text: String) -> &'static str {
 
 /// A descriptor equal (in name, roles, codec and fingerprint) to the one
 /// `plexus::topic!` generates for `full_name`.
-fn topic_descriptor(full_name: &str, codec: &'static str) -> Result<&'static ServiceDescriptor, CliError> {
+fn topic_descriptor(
+    full_name: &str,
+    codec: &'static str,
+) -> Result<&'static ServiceDescriptor, CliError> {
     let (package, name) = full_name.rsplit_once('.').ok_or_else(|| {
         CliError::usage(format!(
             "`{full_name}` is not a topic service name; they look like package.Topic"
@@ -126,7 +128,11 @@ fn topic_router(
                 let filters = request
                     .get("filters")
                     .and_then(|f| f.as_array())
-                    .map(|f| f.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+                    .map(|f| {
+                        f.iter()
+                            .filter_map(|s| s.as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if out.send(Bytes::from_static(&[0])).await.is_err() {
                     return Ok(());
@@ -165,7 +171,10 @@ pub async fn run(global: &Global, args: PubArgs) -> Result<(), CliError> {
     let subscribers = Subscribers::default();
     let done = CancellationToken::new();
     let mut builder = Node::builder(args.name.clone())
-        .serve_as(topic_router(descriptor, subscribers.clone(), done.clone()), "publisher")
+        .serve_as(
+            topic_router(descriptor, subscribers.clone(), done.clone()),
+            "publisher",
+        )
         .without_reflection();
     if let Some(session) = &args.session {
         builder = builder.session(session.clone());
@@ -174,7 +183,9 @@ pub async fn run(global: &Global, args: PubArgs) -> Result<(), CliError> {
     builder = if !d.static_urls.is_empty() {
         builder.discovery(Static::new(d.static_urls.clone()))
     } else if !d.etcd.is_empty() {
-        return Err(CliError::usage("plexus pub finds subscribers by beacon or --static, not etcd"));
+        return Err(CliError::usage(
+            "plexus pub finds subscribers by beacon or --static, not etcd",
+        ));
     } else {
         let mut beacon = Beacon::loopback()
             .group(d.beacon_group)
@@ -210,9 +221,14 @@ pub async fn run(global: &Global, args: PubArgs) -> Result<(), CliError> {
     let _ = node.stop().await;
     let (published, reached) = outcome?;
     if global.json {
-        print_line(&serde_json::json!({ "published": published, "subscribers": reached }).to_string());
+        print_line(
+            &serde_json::json!({ "published": published, "subscribers": reached }).to_string(),
+        );
     } else {
-        eprintln!("published {published} event(s) on {} to {reached} subscriber(s)", args.topic);
+        eprintln!(
+            "published {published} event(s) on {} to {reached} subscriber(s)",
+            args.topic
+        );
     }
     Ok(())
 }

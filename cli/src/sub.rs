@@ -62,8 +62,17 @@ pub fn pick_topic<'a>(
     wanted: Option<&str>,
     label: &str,
 ) -> Result<&'a ServiceReflection, CliError> {
-    let topics: Vec<&ServiceReflection> = description.services.iter().filter(|s| is_topic(s)).collect();
-    let names = || topics.iter().map(|t| t.full_name.as_str()).collect::<Vec<_>>();
+    let topics: Vec<&ServiceReflection> = description
+        .services
+        .iter()
+        .filter(|s| is_topic(s))
+        .collect();
+    let names = || {
+        topics
+            .iter()
+            .map(|t| t.full_name.as_str())
+            .collect::<Vec<_>>()
+    };
     match wanted {
         Some(name) => topics.iter().copied().find(|t| t.full_name == name).ok_or_else(|| {
             CliError::usage(format!(
@@ -96,7 +105,13 @@ fn event_codec(description: &Description, topic: &ServiceReflection) -> EventCod
             let Some(operation) = topic.operations.first() else {
                 return EventCodec::Opaque;
             };
-            let short = operation.reply.type_name.rsplit("::").next().unwrap_or("").trim();
+            let short = operation
+                .reply
+                .type_name
+                .rsplit("::")
+                .next()
+                .unwrap_or("")
+                .trim();
             let full = if topic.package.is_empty() {
                 short.to_owned()
             } else {
@@ -178,16 +193,24 @@ pub async fn run(global: &Global, args: SubArgs) -> Result<(), CliError> {
             Some(1) => {
                 bytes.advance(1);
                 let Ok(len) = plexus::wire::varint::get(&mut bytes, "topic length") else {
-                    break Err(CliError::Call("a malformed event arrived (bad topic length)".into()));
+                    break Err(CliError::Call(
+                        "a malformed event arrived (bad topic length)".into(),
+                    ));
                 };
                 let len = usize::try_from(len).unwrap_or(usize::MAX);
                 if len > bytes.len() {
-                    break Err(CliError::Call("a malformed event arrived (topic past the end)".into()));
+                    break Err(CliError::Call(
+                        "a malformed event arrived (topic past the end)".into(),
+                    ));
                 }
                 let name = String::from_utf8_lossy(&bytes.split_to(len)).into_owned();
                 let event = match decode_event(&codec, &bytes) {
                     Ok(event) => event,
-                    Err(e) => break Err(CliError::Call(format!("event on {name} does not decode: {e}"))),
+                    Err(e) => {
+                        break Err(CliError::Call(format!(
+                            "event on {name} does not decode: {e}"
+                        )))
+                    }
                 };
                 print_line(&json!({ "topic": name, "event": event }).to_string());
                 seen += 1;

@@ -258,7 +258,8 @@ impl Health {
                 .status(service)
                 .unwrap_or(ServingStatus::ServiceUnknown);
             if last != Some(now) {
-                let Ok(item) = <MsgPack as Codec<HealthReply>>::encode(&HealthReply { status: now })
+                let Ok(item) =
+                    <MsgPack as Codec<HealthReply>>::encode(&HealthReply { status: now })
                 else {
                     return;
                 };

@@ -582,9 +582,12 @@ async fn an_observer_hears_every_node_and_is_heard_by_none() {
         }
     }
     assert_eq!(seen, HashSet::from([NodeId(1), NodeId(2)]));
-    expect(&mut alice_events, 20 * interval + SLACK, "bob at alice", |e| {
-        matches!(e, DiscoveryEvent::Discovered(r) if r.node_id == NodeId(2))
-    })
+    expect(
+        &mut alice_events,
+        20 * interval + SLACK,
+        "bob at alice",
+        |e| matches!(e, DiscoveryEvent::Discovered(r) if r.node_id == NodeId(2)),
+    )
     .await;
     // Alice and bob have announced several times by now; neither heard
     // anyone but the other, and the observer sent nothing.
@@ -597,9 +600,12 @@ async fn an_observer_hears_every_node_and_is_heard_by_none() {
     assert_eq!(observer.stats().sent, 0);
     // A leave is seen by the observer without waiting for a timeout.
     alice.leave().await.expect("alice leaves");
-    expect(&mut observed, 10 * interval + SLACK, "alice's leave", |e| {
-        matches!(e, DiscoveryEvent::Left(id) if *id == NodeId(1))
-    })
+    expect(
+        &mut observed,
+        10 * interval + SLACK,
+        "alice's leave",
+        |e| matches!(e, DiscoveryEvent::Left(id) if *id == NodeId(1)),
+    )
     .await;
     observer.leave().await.expect("observer stops");
     assert_eq!(observer.stats().sent, 0);

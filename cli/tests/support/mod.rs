@@ -57,13 +57,19 @@ pub async fn plexus_with_stdin(args: &[&str], stdin: Option<&str>) -> Run {
     command
         .args(args)
         .env("RUST_BACKTRACE", "0")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let mut child = command.spawn().expect("the plexus binary starts");
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).await.expect("stdin written");
+        pipe.write_all(text.as_bytes())
+            .await
+            .expect("stdin written");
         drop(pipe);
     }
     let output = bounded(&format!("plexus {args:?}"), child.wait_with_output())
@@ -73,6 +79,39 @@ pub async fn plexus_with_stdin(args: &[&str], stdin: Option<&str>) -> Run {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A running `plexus` whose stdout is read line by line as it prints.
+pub struct Running {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Running {
+    /// Starts `plexus` with `args`.
+    pub fn start(args: &[&str]) -> Running {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_plexus"))
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the plexus binary starts");
+        let stdout = child.stdout.take().expect("stdout piped");
+        Running {
+            child,
+            lines: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
+        }
+    }
+
+    /// The next line it prints, bounded.
+    pub async fn line(&mut self) -> Option<String> {
+        bounded("plexus prints a line", self.lines.next_line())
+            .await
+            .expect("stdout readable")
     }
 }
 
@@ -90,7 +129,8 @@ fn rand_u32() -> u32 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let mixed = nanos ^ std::process::id().rotate_left(16) ^ NEXT.fetch_add(0x9e37_79b9, Ordering::Relaxed);
+    let mixed =
+        nanos ^ std::process::id().rotate_left(16) ^ NEXT.fetch_add(0x9e37_79b9, Ordering::Relaxed);
     mixed.wrapping_mul(0x85eb_ca6b) ^ (mixed >> 13)
 }
 
@@ -202,7 +242,9 @@ impl Greeter for Host {
     }
 
     async fn shout(&self, words: Streaming<String>) -> Result<BoxStream<String>, Reject> {
-        Ok(words.map(|w| w.map(|w| w.to_uppercase()).unwrap_or_default()).boxed())
+        Ok(words
+            .map(|w| w.map(|w| w.to_uppercase()).unwrap_or_default())
+            .boxed())
     }
 
     async fn whoami(&self, ctx: CallContext) -> Result<Who, Reject> {
@@ -238,7 +280,10 @@ impl Default for Warehouse {
 
 impl Warehouse {
     fn apply(&self, a: &inventory::Adjustment) -> Result<inventory::Item, Reject> {
-        let mut stock = self.stock.lock().map_err(|_| Reject::new(500, "poisoned"))?;
+        let mut stock = self
+            .stock
+            .lock()
+            .map_err(|_| Reject::new(500, "poisoned"))?;
         let quantity = stock.get(&a.sku).copied().unwrap_or(0) + a.delta;
         if quantity < 0 {
             return Err(Reject::new(409, format!("{} would go negative", a.sku)));
@@ -262,14 +307,22 @@ fn item(sku: &str, quantity: i64) -> inventory::Item {
 }
 
 impl inventory::Inventory for Warehouse {
-    async fn lookup(&self, _ctx: CallContext, r: inventory::ItemId) -> Result<inventory::Item, Reject> {
+    async fn lookup(
+        &self,
+        _ctx: CallContext,
+        r: inventory::ItemId,
+    ) -> Result<inventory::Item, Reject> {
         self.items()
             .into_iter()
             .find(|i| i.sku == r.sku)
             .ok_or_else(|| Reject::new(404, format!("no item {}", r.sku)))
     }
 
-    async fn adjust(&self, _ctx: CallContext, r: inventory::Adjustment) -> Result<inventory::Item, Reject> {
+    async fn adjust(
+        &self,
+        _ctx: CallContext,
+        r: inventory::Adjustment,
+    ) -> Result<inventory::Item, Reject> {
         self.apply(&r)
     }
 

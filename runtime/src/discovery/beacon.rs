@@ -246,7 +246,10 @@ impl Beacon {
     /// nothing; [`Discovery::update`] is accepted and ignored.
     pub fn observe(&self) -> Result<DiscoveryEvents, DiscoveryError> {
         // The id only tells our own datagrams apart, and an observer sends none.
-        self.start_task(Announcement::new(crate::NodeId::random(), "observer"), false)
+        self.start_task(
+            Announcement::new(crate::NodeId::random(), "observer"),
+            false,
+        )
     }
 
     fn start_now(&self, announcement: Announcement) -> Result<DiscoveryEvents, DiscoveryError> {

@@ -495,10 +495,7 @@ impl NodeBuilder {
             .config(self.config)
             .serve(self.router)
             .serve(describe_route(Arc::downgrade(&shared)))
-            .node_reflection(node_reflection(
-                Arc::downgrade(&shared),
-                listening.clone(),
-            ));
+            .node_reflection(node_reflection(Arc::downgrade(&shared), listening.clone()));
         if !self.reflection {
             endpoint = endpoint.without_reflection();
         }
