@@ -124,9 +124,11 @@ impl Plan {
             "msgpack" => Payload::MsgPack { params: Vec::new() },
             "json" => Payload::Json,
             "raw" => Payload::Raw,
-            other => return Err(CliError::usage(format!(
+            other => {
+                return Err(CliError::usage(format!(
                 "--codec {other}: without reflection only msgpack, json and raw can be converted"
-            ))),
+            )))
+            }
         };
         Ok(Plan {
             op: op.to_owned(),
