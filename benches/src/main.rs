@@ -112,6 +112,9 @@ struct Args {
     only: Option<String>,
     /// Measure only this system, for profiling; nothing is written.
     system: Option<System>,
+    /// Serve the Plexus echo contract at this URL, on the bench's server
+    /// runtime, until Ctrl-C (for `plexus bench` from another process).
+    serve: Option<String>,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -119,6 +122,7 @@ fn parse_args() -> Result<Args, BoxError> {
         quick: false,
         only: None,
         system: None,
+        serve: None,
         out: Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .map(|root| root.join("BENCHMARKS.md")),
@@ -128,6 +132,7 @@ fn parse_args() -> Result<Args, BoxError> {
         match arg.as_str() {
             "--quick" => args.quick = true,
             "--no-write" => args.out = None,
+            "--serve" => args.serve = Some(it.next().ok_or("--serve needs a URL")?),
             "--out" => args.out = Some(it.next().ok_or("--out needs a path")?.into()),
             "--only" => {
                 let phase = it.next().ok_or("--only needs a phase")?;
@@ -148,7 +153,7 @@ fn parse_args() -> Result<Args, BoxError> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: plexus-bench [--quick] [--out PATH | --no-write] [--only {}] [--system NAME]",
+                    "usage: plexus-bench [--quick] [--out PATH | --no-write] [--only {}] [--system NAME] | --serve URL",
                     PHASES.join("|")
                 );
                 std::process::exit(0);
@@ -170,6 +175,15 @@ fn main() -> Result<(), BoxError> {
         settings.systems = vec![system];
     }
     let rig = Rig::new()?;
+    if let Some(url) = args.serve {
+        return on_server(&rig, async move {
+            let server = plexus_side::start_at(&url).await?;
+            println!("serving bench.Echo at {} until Ctrl-C", server.local_url());
+            tokio::signal::ctrl_c().await?;
+            server.shutdown().await;
+            Ok(())
+        });
+    }
     println!("plexus-bench ({} run): {}", settings.mode, rig::PINNING);
 
     let runs = |phase: &str| args.only.as_deref().is_none_or(|only| only == phase);

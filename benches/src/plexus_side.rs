@@ -33,7 +33,12 @@ impl Echo for Echoing {
 
 /// Starts a server on an ephemeral loopback port.
 pub async fn start() -> Result<Server, BoxError> {
-    Ok(Server::bind("tcp://127.0.0.1:0")
+    start_at("tcp://127.0.0.1:0").await
+}
+
+/// Starts a server listening on `url`.
+pub async fn start_at(url: &str) -> Result<Server, BoxError> {
+    Ok(Server::bind(url)
         .serve(EchoHandler::new(Echoing))
         .start()
         .await?)

@@ -398,6 +398,39 @@ fn emit_descriptor(service: &ServiceDef) -> TokenStream {
         let request = crate::fingerprint::squeeze(&method.request_schema);
         let reply = crate::fingerprint::squeeze(&method.reply_schema);
         let docs = method.docs.join("\n");
+        let (params, json_schemas) = match &service.source {
+            SchemaSource::RustTrait => {
+                let params = method.params.iter().map(|p| {
+                    let pname = p.name.to_string();
+                    let ty = crate::fingerprint::squeeze(&p.ty.to_token_stream().to_string());
+                    quote!(::plexus::ParamDescriptor { name: #pname, ty: #ty })
+                });
+                let request_ty = method.request_type();
+                let reply_ty = &method.reply;
+                // Autoref selects the schemars-backed probe where the type
+                // implements `JsonSchema` (and the feature is on), the
+                // schema-less fallback otherwise.
+                let probe = |ty: TokenStream| {
+                    quote! {{
+                        #[allow(unused_imports)]
+                        use ::plexus::reflection::probe::{Provided as _, Absent as _};
+                        (&::plexus::reflection::probe::Probe::<#ty>::NEW).json_schema()
+                    }}
+                };
+                let request_probe = probe(request_ty.to_token_stream());
+                let reply_probe = probe(reply_ty.to_token_stream());
+                (
+                    quote!(&[#(#params),*]),
+                    quote! {
+                        || ::plexus::JsonSchemas {
+                            request: #request_probe,
+                            reply: #reply_probe,
+                        }
+                    },
+                )
+            }
+            SchemaSource::Proto { .. } => (quote!(&[]), quote!(::plexus::JsonSchemas::none)),
+        };
         quote! {
             ::plexus::MethodDescriptor {
                 name: #name,
@@ -408,6 +441,8 @@ fn emit_descriptor(service: &ServiceDef) -> TokenStream {
                 request: #request,
                 reply: #reply,
                 docs: #docs,
+                params: #params,
+                json_schemas: #json_schemas,
             }
         }
     });

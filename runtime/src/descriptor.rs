@@ -102,6 +102,44 @@ pub struct MethodDescriptor {
     pub reply: &'static str,
     /// The operation's documentation.
     pub docs: &'static str,
+    /// The request's parameters by name and Rust type, as a Rust-trait
+    /// contract declares them; several travel as a tuple in this order, none
+    /// as `()`. Empty for `.proto` operations, whose request is one message.
+    pub params: &'static [ParamDescriptor],
+    /// Builds the JSON Schemas of the request and reply, for types that
+    /// provide one (see [`JsonSchemas`]). Called by reflection on demand,
+    /// never on a call's path.
+    pub json_schemas: fn() -> JsonSchemas,
+}
+
+/// One named parameter of a Rust-trait operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamDescriptor {
+    /// The parameter's name (`name`, `since`).
+    pub name: &'static str,
+    /// Its Rust type as the contract spells it, whitespace removed (`String`, `Vec<u8>`).
+    pub ty: &'static str,
+}
+
+/// JSON Schemas (JSON text) of an operation's request and reply.
+///
+/// A type provides one when the `json-schema` feature of `plexus` is on and
+/// the type implements `schemars::JsonSchema` (e.g. `#[derive(JsonSchema)]`);
+/// otherwise the entry is `None` and tools fall back to the Rust type names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonSchemas {
+    /// The request's (or request item's) schema; for several parameters, the tuple's.
+    pub request: Option<String>,
+    /// The reply's (or reply item's) schema.
+    pub reply: Option<String>,
+}
+
+impl JsonSchemas {
+    /// No schema for either side: what `.proto` operations and types without
+    /// a `JsonSchema` implementation give.
+    pub fn none() -> JsonSchemas {
+        JsonSchemas::default()
+    }
 }
 
 /// Implemented by every generated client and handler: names the contract they speak.

@@ -23,6 +23,7 @@ use crate::connection::{
 use crate::error::ConnectError;
 use crate::error::Reject;
 use crate::events::{Event, EventHub, Events};
+use crate::health::Health;
 use crate::router::{IntoRouter, Router};
 use crate::transport::{self, ReadHalf, TlsConfig, TransportConfig, Url, UrlError, WriteHalf};
 use crate::wire::handshake::{self, Answer, Hello, Refusal, RefusalCode, Welcome};
@@ -97,6 +98,7 @@ struct Inner {
     /// accepting while all are taken.
     handshakes: Arc<tokio::sync::Semaphore>,
     events: Arc<EventHub>,
+    health: Health,
     conns: Mutex<HashMap<u64, Connection>>,
     next_conn: AtomicU64,
     /// Incoming handshakes past the connection-limit check, not yet registered.
@@ -141,6 +143,14 @@ pub struct EndpointBuilder {
     sessions: Option<SessionHook>,
     max_connections: usize,
     max_handshakes: usize,
+    introspection: Introspection,
+}
+
+/// Which built-in operations beyond sessions an endpoint serves.
+struct Introspection {
+    reflection: bool,
+    health: bool,
+    node: Option<crate::reflection::NodeInfo>,
 }
 
 /// Default [`EndpointBuilder::max_connections`].
@@ -232,13 +242,38 @@ impl EndpointBuilder {
         self
     }
 
+    /// Does not serve `plexus.Reflection/describe` (see [`crate::reflection`]).
+    pub fn without_reflection(mut self) -> Self {
+        self.introspection.reflection = false;
+        self
+    }
+
+    /// Does not serve `plexus.Health/check` and `/watch` (see [`crate::health`]).
+    pub fn without_health(mut self) -> Self {
+        self.introspection.health = false;
+        self
+    }
+
+    /// What a node adds to the endpoint's reflection.
+    pub(crate) fn node_reflection(mut self, node: crate::reflection::NodeInfo) -> Self {
+        self.introspection.node = Some(node);
+        self
+    }
+
     /// Builds the endpoint. It listens nowhere until [`Endpoint::listen`].
     pub fn build(self) -> Endpoint {
+        let shutdown = CancellationToken::new();
+        let health = Health::new(
+            self.router.descriptors().iter().map(|d| d.full_name),
+            shutdown.clone(),
+        );
+        let router = self.router.add(builtin_routes(self.sessions));
         Endpoint {
             inner: Arc::new(Inner {
                 node: self.node.unwrap_or_else(NodeId::random),
-                router: self.router.add(builtin_routes(self.sessions)),
+                router: self.introspection.add_routes(router, &health),
                 events: Arc::default(),
+                health,
                 config: self.config,
                 transport: self.transport,
                 hello_data: self.hello_data,
@@ -248,9 +283,24 @@ impl EndpointBuilder {
                 conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(0),
                 handshaking: AtomicUsize::new(0),
-                shutdown: CancellationToken::new(),
+                shutdown,
             }),
         }
+    }
+}
+
+impl Introspection {
+    /// `router` with the health and reflection routes added; reflection
+    /// describes everything else the router serves.
+    fn add_routes(self, mut router: Router, health: &Health) -> Router {
+        if self.health {
+            router = router.add(health.routes());
+        }
+        if self.reflection {
+            let reflection = crate::reflection::routes(&router, self.node);
+            router = router.add(reflection);
+        }
+        router
     }
 }
 
@@ -287,7 +337,18 @@ impl Endpoint {
             sessions: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            introspection: Introspection {
+                reflection: true,
+                health: true,
+                node: None,
+            },
         }
+    }
+
+    /// The endpoint's health table: set a service's status for
+    /// `plexus.Health/check` and `/watch` (see [`crate::health`]).
+    pub fn health(&self) -> &Health {
+        &self.inner.health
     }
 
     /// Subscribes to this endpoint's connection and session events.
@@ -501,8 +562,19 @@ impl Endpoint {
         register(&self.inner, conn)
     }
 
-    /// Stops every listener and closes every connection gracefully.
+    /// Shuts down in two steps, for load balancers: reports `NOT_SERVING`
+    /// on the health service at once while still taking connections and
+    /// calls for `grace`, then [`shutdown`](Self::shutdown).
+    pub async fn drain(&self, grace: Duration) {
+        self.inner.health.drain();
+        tokio::time::sleep(grace).await;
+        self.shutdown().await;
+    }
+
+    /// Stops every listener and closes every connection gracefully (health
+    /// reports `NOT_SERVING` from the start).
     pub async fn shutdown(&self) {
+        self.inner.health.drain();
         self.inner.shutdown.cancel();
         let conns = self.connections();
         let closing = conns.iter().map(|c| c.close());
@@ -811,8 +883,22 @@ impl Server {
         self.endpoint.connections()
     }
 
+    /// The server's health table; see [`Endpoint::health`].
+    pub fn health(&self) -> &Health {
+        self.endpoint.health()
+    }
+
+    /// Reports `NOT_SERVING` at once, keeps serving for `grace`, then shuts
+    /// down; see [`Endpoint::drain`].
+    pub async fn drain(&self, grace: Duration) {
+        self.endpoint.health().drain();
+        tokio::time::sleep(grace).await;
+        self.shutdown().await;
+    }
+
     /// Stops accepting and closes every connection gracefully.
     pub async fn shutdown(&self) {
+        self.endpoint.health().drain();
         self.listening.close();
         self.endpoint.shutdown().await;
     }
@@ -840,6 +926,18 @@ impl ServerBuilder {
     /// A fixed node id.
     pub fn node_id(mut self, id: NodeId) -> Self {
         self.endpoint = self.endpoint.node_id(id);
+        self
+    }
+
+    /// Does not serve reflection; see [`EndpointBuilder::without_reflection`].
+    pub fn without_reflection(mut self) -> Self {
+        self.endpoint = self.endpoint.without_reflection();
+        self
+    }
+
+    /// Does not serve health; see [`EndpointBuilder::without_health`].
+    pub fn without_health(mut self) -> Self {
+        self.endpoint = self.endpoint.without_health();
         self
     }
 

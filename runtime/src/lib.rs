@@ -12,6 +12,7 @@
 //! | endpoint | [`Endpoint`], [`Server`]: identity, handshake, listeners |
 //! | node | [`node`]: [`Node`] — discovery, sessions, roles, [`PeerSet`]s, broadcast, [`Actor`] |
 //! | patterns | [`patterns`]: send to one fairly, publish/subscribe, pipeline, survey over peer sets |
+//! | introspection | [`reflection`] and [`health`]: what an endpoint serves and whether it is serving, over the wire |
 //! | files | [`files`]: offer files, download one in checked chunks from every peer that has it |
 //! | socket | [`socket`]: [`Socket`] — untyped messages to and from peers; a raw byte-stream server |
 //!
@@ -43,8 +44,10 @@ mod endpoint;
 mod error;
 mod events;
 pub mod files;
+pub mod health;
 pub mod node;
 pub mod patterns;
+pub mod reflection;
 mod router;
 pub mod socket;
 pub mod transport;
@@ -71,7 +74,9 @@ pub mod codec;
 mod descriptor;
 pub mod typed;
 
-pub use crate::descriptor::{CallKind, Contract, MethodDescriptor, ServiceDescriptor};
+pub use crate::descriptor::{
+    CallKind, Contract, JsonSchemas, MethodDescriptor, ParamDescriptor, ServiceDescriptor,
+};
 pub use crate::typed::{BoxStream, ReplyFuture, StreamSender, Streaming};
 pub use plexus_macros::service;
 // -- end service-contract layer --

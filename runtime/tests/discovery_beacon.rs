@@ -560,3 +560,53 @@ async fn works_through_a_boxed_trait_object() {
     .await;
     assert!(backends[0].stats().sent >= 1);
 }
+
+#[tokio::test]
+async fn an_observer_hears_every_node_and_is_heard_by_none() {
+    let group = private_group();
+    let interval = 50 * MS;
+    let observer = beacon(group, interval);
+    let mut observed = observer.observe().expect("observe");
+    let alice = beacon(group, interval);
+    let mut alice_events = alice.start(announcement(1, 1)).await.expect("start alice");
+    let bob = beacon(group, interval);
+    let mut bob_events = bob.start(announcement(2, 1)).await.expect("start bob");
+    let mut seen = HashSet::new();
+    while seen.len() < 2 {
+        let event = expect(&mut observed, 20 * interval + SLACK, "both nodes", |e| {
+            matches!(e, DiscoveryEvent::Discovered(_))
+        })
+        .await;
+        if let DiscoveryEvent::Discovered(record) = event {
+            seen.insert(record.node_id);
+        }
+    }
+    assert_eq!(seen, HashSet::from([NodeId(1), NodeId(2)]));
+    expect(
+        &mut alice_events,
+        20 * interval + SLACK,
+        "bob at alice",
+        |e| matches!(e, DiscoveryEvent::Discovered(r) if r.node_id == NodeId(2)),
+    )
+    .await;
+    // Alice and bob have announced several times by now; neither heard
+    // anyone but the other, and the observer sent nothing.
+    while let Some(event) = alice_events.try_recv() {
+        assert_eq!(event.node_id(), Some(NodeId(2)), "alice heard {event:?}");
+    }
+    while let Some(event) = bob_events.try_recv() {
+        assert_eq!(event.node_id(), Some(NodeId(1)), "bob heard {event:?}");
+    }
+    assert_eq!(observer.stats().sent, 0);
+    // A leave is seen by the observer without waiting for a timeout.
+    alice.leave().await.expect("alice leaves");
+    expect(
+        &mut observed,
+        10 * interval + SLACK,
+        "alice's leave",
+        |e| matches!(e, DiscoveryEvent::Left(id) if *id == NodeId(1)),
+    )
+    .await;
+    observer.leave().await.expect("observer stops");
+    assert_eq!(observer.stats().sent, 0);
+}

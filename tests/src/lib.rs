@@ -482,3 +482,11 @@ async fn pump(
         }
     }
 }
+
+/// The example `.proto` contract (`schemas/examples/inventory.proto`),
+/// compiled by this crate's `build.rs`, for suites in other crates (the
+/// `plexus` command's) that need a schema-first service.
+pub mod inventory {
+    #![allow(missing_docs, dead_code, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/inventory.rs"));
+}

@@ -5,6 +5,13 @@
 //! cargo run -p plexus-examples --bin echo -- serve tcp://127.0.0.1:4000
 //! cargo run -p plexus-examples --bin echo -- call tcp://127.0.0.1:4000 hello
 //! ```
+//!
+//! Its operations have no contract (raw bytes), so the `plexus` command sends
+//! its argument as plain text and prints the reply as text:
+//!
+//! ```text
+//! plexus call tcp://127.0.0.1:4000 demo.Echo/shout hello     # "HELLO"
+//! ```
 
 use std::time::Duration;
 

@@ -4,6 +4,16 @@
 //! ```text
 //! cargo run -p plexus-examples --bin greeter            # listens on tcp://127.0.0.1:<any>
 //! cargo run -p plexus-examples --bin greeter -- tcp://127.0.0.1:4000
+//! cargo run -p plexus-examples --bin greeter -- serve tcp://127.0.0.1:4000   # until Ctrl-C
+//! ```
+//!
+//! While it serves, the `plexus` command reaches it from another terminal:
+//!
+//! ```text
+//! plexus describe tcp://127.0.0.1:4000
+//! plexus call tcp://127.0.0.1:4000 greet.Greeter/hello '"ada"'
+//! plexus call tcp://127.0.0.1:4000 greet.Greeter/countdown 3
+//! plexus health tcp://127.0.0.1:4000 greet.Greeter
 //! ```
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -54,8 +64,26 @@ impl Greeter for Host {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let bind = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [serve, url] = args.as_slice() {
+        if serve == "serve" {
+            let server = Server::bind(url.as_str())
+                .serve(GreeterHandler::new(Host::default()))
+                .start()
+                .await?;
+            println!(
+                "serving {} at {} until Ctrl-C",
+                GreeterClient::DESCRIPTOR.full_name,
+                server.local_url()
+            );
+            tokio::signal::ctrl_c().await?;
+            server.drain(std::time::Duration::from_millis(500)).await;
+            return Ok(());
+        }
+    }
+    let bind = args
+        .first()
+        .cloned()
         .unwrap_or_else(|| "tcp://127.0.0.1:0".to_owned());
     let server = Server::bind(bind)
         .serve(GreeterHandler::new(Host::default()))

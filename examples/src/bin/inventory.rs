@@ -5,6 +5,17 @@
 //! ```text
 //! cargo run -p plexus-examples --bin inventory          # listens on tcp://127.0.0.1:<any>
 //! cargo run -p plexus-examples --bin inventory -- tcp://127.0.0.1:4001
+//! cargo run -p plexus-examples --bin inventory -- serve tcp://127.0.0.1:4001   # until Ctrl-C
+//! ```
+//!
+//! While it serves, the `plexus` command converts JSON through the contract's
+//! descriptor set:
+//!
+//! ```text
+//! plexus describe tcp://127.0.0.1:4001 inventory.Inventory/Lookup
+//! plexus call tcp://127.0.0.1:4001 inventory.Inventory/Lookup '{"sku": "apple"}'
+//! plexus call tcp://127.0.0.1:4001 inventory.Inventory/List
+//! printf '{"sku":"pear","delta":2}\n{"sku":"fig","delta":1}\n' | plexus call tcp://127.0.0.1:4001 inventory.Inventory/Restock
 //! ```
 
 use std::collections::BTreeMap;
@@ -125,13 +136,31 @@ impl Inventory for Warehouse {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let bind = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "tcp://127.0.0.1:0".to_owned());
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let warehouse = Warehouse {
         stock: Mutex::new([("apple".to_owned(), 3), ("pear".to_owned(), 1)].into()),
         touches: AtomicU32::new(0),
     };
+    if let [serve, url] = args.as_slice() {
+        if serve == "serve" {
+            let server = Server::bind(url.as_str())
+                .serve(InventoryHandler::new(warehouse))
+                .start()
+                .await?;
+            println!(
+                "serving {} at {} until Ctrl-C",
+                InventoryClient::DESCRIPTOR.full_name,
+                server.local_url()
+            );
+            tokio::signal::ctrl_c().await?;
+            server.drain(std::time::Duration::from_millis(500)).await;
+            return Ok(());
+        }
+    }
+    let bind = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "tcp://127.0.0.1:0".to_owned());
     let server = Server::bind(bind)
         .serve(InventoryHandler::new(warehouse))
         .start()

@@ -240,7 +240,27 @@ impl Beacon {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Listens without announcing: reports every node heard on the group,
+    /// with its liveness, while this process stays invisible to them — for
+    /// observers such as `plexus ls`. [`Discovery::leave`] stops it, sending
+    /// nothing; [`Discovery::update`] is accepted and ignored.
+    pub fn observe(&self) -> Result<DiscoveryEvents, DiscoveryError> {
+        // The id only tells our own datagrams apart, and an observer sends none.
+        self.start_task(
+            Announcement::new(crate::NodeId::random(), "observer"),
+            false,
+        )
+    }
+
     fn start_now(&self, announcement: Announcement) -> Result<DiscoveryEvents, DiscoveryError> {
+        self.start_task(announcement, true)
+    }
+
+    fn start_task(
+        &self,
+        announcement: Announcement,
+        announcing: bool,
+    ) -> Result<DiscoveryEvents, DiscoveryError> {
         let mut running = self.lock();
         if running.as_ref().is_some_and(|r| !r.task.is_finished()) {
             return Err(DiscoveryError::AlreadyStarted { backend: BACKEND });
@@ -264,6 +284,7 @@ impl Beacon {
             current,
             interval: self.config.interval,
             leave_repeats: self.config.leave_repeats.max(1),
+            announcing,
         };
         let task = tokio::spawn(task.run(commands_rx));
         *running = Some(Running { commands, task });
@@ -405,6 +426,8 @@ struct Task {
     current: Announcement,
     interval: Duration,
     leave_repeats: u32,
+    /// `false` for an observer: it hears, and never sends.
+    announcing: bool,
 }
 
 impl Task {
@@ -420,18 +443,22 @@ impl Task {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Update(announcement)) => {
-                        self.adopt(announcement);
-                        self.announce().await;
-                        announce.reset();
+                        if self.announcing {
+                            self.adopt(announcement);
+                            self.announce().await;
+                            announce.reset();
+                        }
                     }
                     Some(Command::Leave(done)) => {
-                        self.leave().await;
+                        if self.announcing {
+                            self.leave().await;
+                        }
                         let _ = done.send(());
                         return;
                     }
                     None => return,
                 },
-                _ = announce.tick() => self.announce().await,
+                _ = announce.tick(), if self.announcing => self.announce().await,
                 _ = check.tick() => {
                     for event in self.liveness.tick(Instant::now().into_std()) {
                         self.emit(event);

@@ -262,6 +262,8 @@ pub struct NodeBuilder {
     config: ConnectionConfig,
     describe_timeout: Duration,
     reconcile_every: Duration,
+    reflection: bool,
+    health: bool,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -397,6 +399,18 @@ impl NodeBuilder {
         self
     }
 
+    /// Does not serve `plexus.Reflection/describe` (see [`crate::reflection`]).
+    pub fn without_reflection(mut self) -> Self {
+        self.reflection = false;
+        self
+    }
+
+    /// Does not serve `plexus.Health/check` and `/watch` (see [`crate::health`]).
+    pub fn without_health(mut self) -> Self {
+        self.health = false;
+        self
+    }
+
     fn service_infos(&self) -> Result<Vec<ServiceInfo>, NodeError> {
         let mut infos: Vec<ServiceInfo> = Vec::new();
         for p in &self.services {
@@ -475,12 +489,20 @@ impl NodeBuilder {
                 .iter()
                 .map(|s| (s.full_name.clone(), BTreeMap::new())),
         );
-        let endpoint = Endpoint::builder()
+        let listening = Arc::new(std::sync::OnceLock::new());
+        let mut endpoint = Endpoint::builder()
             .node_id(id)
             .config(self.config)
             .serve(self.router)
             .serve(describe_route(Arc::downgrade(&shared)))
-            .build();
+            .node_reflection(node_reflection(Arc::downgrade(&shared), listening.clone()));
+        if !self.reflection {
+            endpoint = endpoint.without_reflection();
+        }
+        if !self.health {
+            endpoint = endpoint.without_health();
+        }
+        let endpoint = endpoint.build();
         let urls = if self.listen.is_empty() {
             vec!["tcp://127.0.0.1:0".to_string()]
         } else {
@@ -502,6 +524,7 @@ impl NodeBuilder {
         }
         let mut announcement = announcement;
         announcement.endpoints = local_urls.iter().map(|u| u.to_string()).collect();
+        let _ = listening.set(announcement.endpoints.clone());
         announcement.services = shared
             .services
             .iter()
@@ -545,6 +568,35 @@ impl NodeBuilder {
             }),
         })
     }
+}
+
+/// The node's part of its reflection: name, session, endpoints, roles.
+fn node_reflection(
+    shared: Weak<Shared>,
+    listening: Arc<std::sync::OnceLock<Vec<String>>>,
+) -> crate::reflection::NodeInfo {
+    Arc::new(move || {
+        let shared = shared.upgrade()?;
+        Some(crate::reflection::NodeReflection {
+            name: shared.name.clone(),
+            session: shared.session(),
+            incarnation: shared.incarnation,
+            endpoints: listening.get().cloned().unwrap_or_default(),
+            participation: shared
+                .services
+                .iter()
+                .map(|s| crate::reflection::Participation {
+                    service: s.full_name.clone(),
+                    role: s.role.clone(),
+                    scope: match s.scope {
+                        Scope::Session => "session".into(),
+                        Scope::Global => "global".into(),
+                    },
+                    serves: s.serves,
+                })
+                .collect(),
+        })
+    })
 }
 
 fn check_role(d: &ServiceDescriptor, role: &str) -> Result<(), NodeError> {
@@ -655,7 +707,25 @@ impl Node {
             config: ConnectionConfig::default(),
             describe_timeout: Duration::from_secs(5),
             reconcile_every: Duration::from_secs(1),
+            reflection: true,
+            health: true,
         }
+    }
+
+    /// The node's health table; see [`Endpoint::health`]. It reports
+    /// `NOT_SERVING` from the moment [`stop`](Self::stop) or
+    /// [`drain`](Self::drain) begins.
+    pub fn health(&self) -> &crate::health::Health {
+        self.inner.endpoint.health()
+    }
+
+    /// Stops in two steps, for load balancers and orchestrators: reports
+    /// `NOT_SERVING` at once while still serving for `grace`, then
+    /// [`stop`](Self::stop)s.
+    pub async fn drain(&self, grace: Duration) -> Result<(), NodeError> {
+        self.inner.endpoint.health().drain();
+        tokio::time::sleep(grace).await;
+        self.stop().await
     }
 
     /// The node's id: the endpoint's, the one in its announcements.
@@ -798,6 +868,7 @@ impl Node {
     /// directions finish (up to the connection drain timeout) and closes
     /// every connection and listener. Calling it again does nothing.
     pub async fn stop(&self) -> Result<(), NodeError> {
+        self.inner.endpoint.health().drain();
         let Some(_) = self.inner.announcement.lock().await.take() else {
             return Ok(());
         };

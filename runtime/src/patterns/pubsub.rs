@@ -119,6 +119,8 @@ macro_rules! topic {
                     request: "plexus.Subscribe",
                     reply: stringify!($event),
                     docs: "Events on the topics matching the filters, from now on.",
+                    params: &[],
+                    json_schemas: $crate::JsonSchemas::none,
                 }],
                 codec: <$codec as $crate::codec::Format>::NAME,
                 fingerprint: $crate::patterns::topic_fingerprint(&[
