@@ -536,16 +536,15 @@ async fn health_exit_codes_follow_the_served_status_and_the_drain() {
     // NOT_SERVING; once the server is gone, it is unreachable.
     let watch_url = u.clone();
     let watcher = tokio::spawn(async move { plexus(&["health", &watch_url, "--watch"]).await });
-    let probe = plexus::Connection::connect(server.local_url())
-        .await
-        .expect("probe");
-    bounded("the watcher is on", async {
-        while server.connections().len() < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    // The watch is on once the server serves its call (a connection alone
+    // is not enough: the call may still be on its way).
+    until("the watcher is on", || {
+        server
+            .connections()
+            .iter()
+            .any(|c| c.stats().calls_served > 0)
     })
     .await;
-    drop(probe);
     let server = std::sync::Arc::new(server);
     let draining = tokio::spawn({
         let server = server.clone();

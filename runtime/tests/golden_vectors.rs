@@ -636,15 +636,33 @@ fn document() -> Value {
     })
 }
 
+/// `v` with every object's keys in sorted order, so the file reads the same
+/// whichever way `serde_json` was built (its `preserve_order` feature may be
+/// on in a workspace build).
+fn sorted(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
+
 #[test]
 fn the_vectors_file_is_what_the_vectors_say() {
-    let expected = serde_json::to_string_pretty(&document()).expect("json") + "\n";
+    let expected = sorted(document());
     if std::env::var_os("PLEXUS_WRITE_VECTORS").is_some() {
         std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/vectors"))
             .expect("dir");
-        std::fs::write(PATH, &expected).expect("write vectors");
+        let text = serde_json::to_string_pretty(&expected).expect("json") + "\n";
+        std::fs::write(PATH, text).expect("write vectors");
     }
-    let on_disk = std::fs::read_to_string(PATH).expect("docs/vectors/v2.json exists");
+    let on_disk: Value =
+        serde_json::from_str(&std::fs::read_to_string(PATH).expect("docs/vectors/v2.json exists"))
+            .expect("the vectors file is JSON");
     assert!(
         on_disk == expected,
         "docs/vectors/v2.json is out of date: regenerate it with PLEXUS_WRITE_VECTORS=1 and review the change"

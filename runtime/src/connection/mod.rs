@@ -357,6 +357,9 @@ pub(crate) struct Shared {
     peer_last_id: AtomicU32,
     reason: OnceLock<CloseReason>,
     pub(crate) closed: CancellationToken,
+    /// Cancelled once the writer task is done: what was queued is written
+    /// (or abandoned after the flush grace) and the stream is closed.
+    written_out: CancellationToken,
     epoch: Instant,
     last_heard_ms: AtomicU64,
     pub(crate) frames_received: AtomicU64,
@@ -660,6 +663,7 @@ impl Connection {
             peer_last_id: AtomicU32::new(u32::MAX),
             reason: OnceLock::new(),
             closed: CancellationToken::new(),
+            written_out: CancellationToken::new(),
             epoch: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
             frames_received: AtomicU64::new(0),
@@ -694,6 +698,7 @@ impl Connection {
                 () = ended => {}
             }
             w.out.abandon().await;
+            w.written_out.cancel();
         });
         let r = shared.clone();
         tokio::spawn(reader::run(r, rd, est.leftover));
@@ -964,6 +969,9 @@ impl Shared {
             }
         }
         self.shut(CloseReason::Local);
+        // A graceful close returns once the last answers and the goaway
+        // have left (at most the flush grace later).
+        self.written_out.cancelled().await;
     }
 
     fn calls_in_flight(&self) -> usize {

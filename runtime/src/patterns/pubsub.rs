@@ -1010,18 +1010,20 @@ async fn follow<T: Topic>(
     inbox: Arc<Inbox<T::Event>>,
 ) {
     let mut changes = publishers.changes();
-    let mut readers: HashMap<NodeId, AbortHandle> = HashMap::new();
+    let mut readers: HashMap<NodeId, CancellationToken> = HashMap::new();
     let mut tasks: JoinSet<NodeId> = JoinSet::new();
     let start = |tasks: &mut JoinSet<NodeId>,
-                 readers: &mut HashMap<NodeId, AbortHandle>,
+                 readers: &mut HashMap<NodeId, CancellationToken>,
                  peer: NodeId,
                  conn: Connection| {
         let (request, inbox) = (request.clone(), inbox.clone());
-        let handle = tasks.spawn(async move {
-            read_from::<T>(conn, request, inbox).await;
+        let left = CancellationToken::new();
+        let stop = left.clone();
+        tasks.spawn(async move {
+            read_until::<T>(conn, request, inbox, stop).await;
             peer
         });
-        readers.insert(peer, handle);
+        readers.insert(peer, left);
     };
     for (peer, client) in publishers.list() {
         start(&mut tasks, &mut readers, peer, client.connection);
@@ -1037,15 +1039,20 @@ async fn follow<T: Topic>(
                     }
                 }
                 Some(PeerChange::Left(peer)) => {
-                    if let Some(reader) = readers.remove(&peer) {
-                        reader.abort();
+                    // The reader keeps what already arrived, then ends.
+                    if let Some(left) = readers.remove(&peer) {
+                        left.cancel();
                     }
                 }
                 None => break,
             },
             Some(ended) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok(peer) = ended {
-                    readers.remove(&peer);
+                    // Only if it is this reader's entry: the peer may have
+                    // left and come back, with a new reader, meanwhile.
+                    if readers.get(&peer).is_some_and(CancellationToken::is_cancelled) {
+                        readers.remove(&peer);
+                    }
                 }
             }
         }
@@ -1054,6 +1061,23 @@ async fn follow<T: Topic>(
 
 /// Reads one publisher's stream into the inbox until it ends.
 async fn read_from<T: Topic>(conn: Connection, request: Bytes, inbox: Arc<Inbox<T::Event>>) {
+    read_until::<T>(conn, request, inbox, CancellationToken::new()).await;
+}
+
+/// How long a subscription to a publisher that left the set stays open for
+/// the events it published before it left (its leave can overtake them).
+const LEFT_GRACE: Duration = Duration::from_secs(2);
+
+/// Reads one publisher's stream into the inbox until it ends, or until
+/// `left` (the publisher left the set) and then at most [`LEFT_GRACE`]
+/// more: a publisher that leaves gracefully ends its streams after its last
+/// events, and those still reach the inbox.
+async fn read_until<T: Topic>(
+    conn: Connection,
+    request: Bytes,
+    inbox: Arc<Inbox<T::Event>>,
+    left: CancellationToken,
+) {
     let publisher = conn.peer().node_id();
     let _live = LiveGuard {
         inbox: inbox.clone(),
@@ -1069,7 +1093,23 @@ async fn read_from<T: Topic>(conn: Connection, request: Bytes, inbox: Arc<Inbox<
             return;
         }
     };
-    while let Some(item) = stream.recv().await {
+    let mut until: Option<tokio::time::Instant> = None;
+    loop {
+        let item = match until {
+            None => tokio::select! {
+                biased;
+                item = stream.recv() => item,
+                () = left.cancelled() => {
+                    until = Some(tokio::time::Instant::now() + LEFT_GRACE);
+                    continue;
+                }
+            },
+            Some(at) => match tokio::time::timeout_at(at, stream.recv()).await {
+                Ok(item) => item,
+                Err(_) => return,
+            },
+        };
+        let Some(item) = item else { return };
         let mut item = match item {
             Ok(item) => item,
             Err(e) => {
