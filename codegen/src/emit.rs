@@ -50,12 +50,13 @@ struct Names {
 
 impl Names {
     fn new(service: &ServiceDef) -> Self {
+        let ident = &service.ident;
         Names {
-            service: syn::Ident::new(&service.name, service.span),
-            client: format_ident!("{}Client", service.name, span = service.span),
-            handler: format_ident!("{}Handler", service.name, span = service.span),
-            actor: format_ident!("{}Actor", service.name, span = service.span),
-            fanout: format_ident!("{}Fanout", service.name, span = service.span),
+            service: ident.clone(),
+            client: format_ident!("{}Client", ident, span = service.span),
+            handler: format_ident!("{}Handler", ident, span = service.span),
+            actor: format_ident!("{}Actor", ident, span = service.span),
+            fanout: format_ident!("{}Fanout", ident, span = service.span),
         }
     }
 }
