@@ -30,12 +30,14 @@ pub fn emit_service(service: &ServiceDef) -> TokenStream {
     let handler = emit_handler(service, &names);
     let actor = emit_actor(service, &names);
     let fanout = emit_fanout(service, &names);
+    let carriers = names.carriers.emit(service);
     quote! {
         #server_trait
         #client
         #handler
         #actor
         #fanout
+        #carriers
     }
 }
 
@@ -46,6 +48,7 @@ struct Names {
     handler: syn::Ident,
     actor: syn::Ident,
     fanout: syn::Ident,
+    carriers: Carriers,
 }
 
 impl Names {
@@ -57,8 +60,130 @@ impl Names {
             handler: format_ident!("{}Handler", ident, span = service.span),
             actor: format_ident!("{}Actor", ident, span = service.span),
             fanout: format_ident!("{}Fanout", ident, span = service.span),
+            carriers: Carriers::new(service),
         }
     }
+}
+
+/// The codec generated code names for each message type of a service.
+///
+/// Every use of a message type (client, handler, fanout, streams) goes
+/// through `__<Service>Codec<N>`, which implements `Codec<T>` for exactly
+/// the N-th message type by delegating to the service's codec. Whether that
+/// codec can carry the type is checked in one place, a constant spanned at
+/// the type as the contract spells it: a type that is not serializable is
+/// one error pointing at it, instead of one per generated use.
+struct Carriers {
+    ident: syn::Ident,
+    /// Each distinct message type (by spelling), with the span to blame.
+    types: Vec<(String, syn::Type, Span)>,
+}
+
+impl Carriers {
+    fn new(service: &ServiceDef) -> Self {
+        let mut carriers = Carriers {
+            ident: format_ident!("__{}Codec", service.ident, span = Span::call_site()),
+            types: Vec::new(),
+        };
+        for method in &service.methods {
+            let request_span = method
+                .params
+                .first()
+                .map_or_else(|| method.name.span(), |p| ty_span(&p.ty));
+            carriers.index(&method.request_type(), request_span);
+            carriers.index(&method.reply, ty_span(&method.reply));
+        }
+        carriers
+    }
+
+    fn index(&mut self, ty: &syn::Type, span: Span) {
+        let key = ty.to_token_stream().to_string();
+        if !self.types.iter().any(|(k, _, _)| *k == key) {
+            self.types.push((key, ty.clone(), span));
+        }
+    }
+
+    /// The codec type for `ty`, which [`Carriers::new`] has seen.
+    fn of(&self, ty: &syn::Type) -> TokenStream {
+        let key = ty.to_token_stream().to_string();
+        let ident = &self.ident;
+        let index = self
+            .types
+            .iter()
+            .position(|(k, _, _)| *k == key)
+            .expect("Carriers::new indexes every request and reply type");
+        quote!(#ident<#index>)
+    }
+
+    fn request(&self, method: &MethodDef) -> TokenStream {
+        self.of(&method.request_type())
+    }
+
+    fn reply(&self, method: &MethodDef) -> TokenStream {
+        self.of(&method.reply)
+    }
+
+    fn emit(&self, service: &ServiceDef) -> TokenStream {
+        let ident = &self.ident;
+        let codec = &service.codec;
+        let impls = self.types.iter().enumerate().map(|(index, (_, ty, span))| {
+            // Every token spanned at the type, the codec's path included, so
+            // the one error points there.
+            let codec = respan(codec.to_token_stream(), *span);
+            let carrier =
+                quote_spanned!(*span=> ::plexus::codec::Carrier::<#ty>::of::<#codec>());
+            quote! {
+                impl #ident<#index> {
+                    const CARRIER: ::plexus::codec::Carrier<#ty> = #carrier;
+                }
+
+                #[diagnostic::do_not_recommend]
+                impl ::plexus::codec::Codec<#ty> for #ident<#index> {
+                    fn encode(value: &#ty) -> ::core::result::Result<::plexus::Bytes, ::plexus::codec::CodecError> {
+                        (Self::CARRIER.encode)(value)
+                    }
+
+                    fn decode(bytes: ::plexus::Bytes) -> ::core::result::Result<#ty, ::plexus::codec::CodecError> {
+                        (Self::CARRIER.decode)(bytes)
+                    }
+                }
+            }
+        });
+        let doc = format!(
+            " The codec of the `{}` service's messages, one `N` per message type (generated; not for use).",
+            service.full_name()
+        );
+        quote! {
+            #[doc = #doc]
+            #[doc(hidden)]
+            #[allow(non_camel_case_types)]
+            struct #ident<const N: usize>;
+
+            impl<const N: usize> ::plexus::codec::Format for #ident<N> {
+                const NAME: &'static str = <#codec as ::plexus::codec::Format>::NAME;
+            }
+
+            #(#impls)*
+        }
+    }
+}
+
+/// `tokens` with every span, nested ones included, set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let proc_macro2::TokenTree::Group(group) = &tree {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                tree = proc_macro2::TokenTree::Group(inner);
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
 }
 
 /// A local variable name that user code cannot see or shadow.
@@ -287,7 +412,6 @@ fn emit_fanout(service: &ServiceDef, names: &Names) -> TokenStream {
     let vis = &service.vis;
     let client = &names.client;
     let fanout = &names.fanout;
-    let codec = &service.codec;
     let summary = format!(
         " Every linked peer of the `{}` service at once: `node.fanout::<{client}>(deadline)`. One method per unary operation (a stream of replies, like `Node::broadcast`) and per one-way operation.",
         service.full_name()
@@ -301,19 +425,21 @@ fn emit_fanout(service: &ServiceDef, names: &Names) -> TokenStream {
         let attrs = &method.attrs;
         let reply = &method.reply;
         let request_ty = method.request_type();
+        let request_codec = names.carriers.request(method);
+        let reply_codec = names.carriers.reply(method);
         let params = method.params.iter().map(|p| {
             let (pname, ty) = (&p.name, &p.ty);
             quote!(#pname: #ty)
         });
-        let names: Vec<&syn::Ident> = method.params.iter().map(|p| &p.name).collect();
-        let (pack, packed) = match names.as_slice() {
+        let arg_names: Vec<&syn::Ident> = method.params.iter().map(|p| &p.name).collect();
+        let (pack, packed) = match arg_names.as_slice() {
             [] => (quote!(), quote!(&())),
             [one] => (quote!(), quote!(&#one)),
             many => (quote!(let #request = (#(#many,)*);), quote!(&#request)),
         };
         let encode = quote! {
             #pack
-            let #body = <#codec as ::plexus::codec::Codec<#request_ty>>::encode(#packed);
+            let #body = <#request_codec as ::plexus::codec::Codec<#request_ty>>::encode(#packed);
         };
         match method.kind {
             CallKind::Unary => {
@@ -325,7 +451,7 @@ fn emit_fanout(service: &ServiceDef, names: &Names) -> TokenStream {
                     #(#attrs)*
                     pub fn #name(&self, #(#params),*) -> ::plexus::node::Broadcast<#reply> {
                         #encode
-                        self.#inner.unary::<#codec, #reply>(#op, #body)
+                        self.#inner.unary::<#reply_codec, #reply>(#op, #body)
                     }
                 })
             }
@@ -441,7 +567,7 @@ fn emit_client(service: &ServiceDef, names: &Names) -> TokenStream {
     let methods = service
         .methods
         .iter()
-        .map(|method| emit_client_method(service, method));
+        .map(|method| emit_client_method(service, names, method));
     quote! {
         #[doc = #summary]
         #[doc = ""]
@@ -502,10 +628,11 @@ fn emit_client(service: &ServiceDef, names: &Names) -> TokenStream {
     }
 }
 
-fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
+fn emit_client_method(service: &ServiceDef, names: &Names, method: &MethodDef) -> TokenStream {
     let name = &method.name;
     let op = service.op_id(method);
-    let codec = &service.codec;
+    let request_codec = names.carriers.request(method);
+    let reply_codec = names.carriers.reply(method);
     let attrs = &method.attrs;
     let mut docs = method.docs.clone();
     if !docs.is_empty() {
@@ -542,9 +669,18 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
     };
     let encode = quote! {
         #pack
-        let #body = ::plexus::codec::encode_request::<#codec, #request_ty>(#op, #peer, #packed)?;
+        let #body = ::plexus::codec::encode_request::<#request_codec, #request_ty>(#op, #peer, #packed)?;
     };
-    let options = quote!(::core::clone::Clone::clone(&self.options));
+    // An idempotent operation may be retried by a reconnecting connection
+    // when its link drops mid-call; the flag travels in the call's options.
+    let options = if method.idempotent {
+        quote!(::plexus::CallOptions::idempotent(
+            ::core::clone::Clone::clone(&self.options),
+            true
+        ))
+    } else {
+        quote!(::core::clone::Clone::clone(&self.options))
+    };
 
     let (output, call) = match method.kind {
         CallKind::Unary => (
@@ -552,7 +688,7 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
             quote! {
                 #encode
                 let #body = self.connection.call(#op, #body, #options).await?;
-                ::plexus::codec::decode_reply::<#codec, #reply>(#op, #peer, #body)
+                ::plexus::codec::decode_reply::<#reply_codec, #reply>(#op, #peer, #body)
             },
         ),
         CallKind::OneWay => (
@@ -567,7 +703,7 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
             quote! {
                 #encode
                 let inbound = self.connection.server_stream(#op, #body, #options).await?;
-                ::core::result::Result::Ok(::plexus::Streaming::new::<#codec>(inbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())))
+                ::core::result::Result::Ok(::plexus::Streaming::new::<#reply_codec>(inbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())))
             },
         ),
         CallKind::ClientStream => (
@@ -575,8 +711,8 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
             quote! {
                 let (outbound, reply) = self.connection.client_stream(#op, #options).await?;
                 ::core::result::Result::Ok((
-                    ::plexus::StreamSender::new::<#codec>(outbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
-                    ::plexus::ReplyFuture::new::<#codec>(reply, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
+                    ::plexus::StreamSender::new::<#request_codec>(outbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
+                    ::plexus::ReplyFuture::new::<#reply_codec>(reply, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
                 ))
             },
         ),
@@ -585,8 +721,8 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
             quote! {
                 let (outbound, inbound) = self.connection.bidi(#op, #options).await?;
                 ::core::result::Result::Ok((
-                    ::plexus::StreamSender::new::<#codec>(outbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
-                    ::plexus::Streaming::new::<#codec>(inbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
+                    ::plexus::StreamSender::new::<#request_codec>(outbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
+                    ::plexus::Streaming::new::<#reply_codec>(inbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
                 ))
             },
         ),
@@ -613,7 +749,7 @@ fn emit_handler(service: &ServiceDef, names: &Names) -> TokenStream {
     let routes = service
         .methods
         .iter()
-        .map(|method| emit_route(service, method, &names.service, &router));
+        .map(|method| emit_route(service, names, method, &router));
     quote! {
         #[doc = #summary]
         #[doc = ""]
@@ -670,13 +806,15 @@ fn emit_handler(service: &ServiceDef, names: &Names) -> TokenStream {
 /// One `router.<kind>(op, handler)` registration.
 fn emit_route(
     service: &ServiceDef,
+    names: &Names,
     method: &MethodDef,
-    trait_ident: &syn::Ident,
     router: &syn::Ident,
 ) -> TokenStream {
     let name = &method.name;
+    let trait_ident = &names.service;
     let op = service.op_id(method);
-    let codec = &service.codec;
+    let request_codec = names.carriers.request(method);
+    let reply_codec = names.carriers.reply(method);
     let reply = &method.reply;
     let request_ty = method.request_type();
     let shared = local("shared");
@@ -701,13 +839,13 @@ fn emit_route(
     let decode = match unpack_names.as_slice() {
         // No arguments: the (empty) request is still decoded, to refuse garbage.
         [] => quote! {
-            ::plexus::codec::decode_request::<#codec, #request_ty>(#body)?;
+            ::plexus::codec::decode_request::<#request_codec, #request_ty>(#body)?;
         },
         [one] => quote! {
-            let #one = ::plexus::codec::decode_request::<#codec, #request_ty>(#body)?;
+            let #one = ::plexus::codec::decode_request::<#request_codec, #request_ty>(#body)?;
         },
         _ => quote! {
-            let #request = ::plexus::codec::decode_request::<#codec, #request_ty>(#body)?;
+            let #request = ::plexus::codec::decode_request::<#request_codec, #request_ty>(#body)?;
             #unpack
         },
     };
@@ -718,9 +856,9 @@ fn emit_route(
         quote!(_)
     };
     let forward = if method.fallible_items {
-        quote!(::plexus::typed::forward_fallible::<#codec, #reply>)
+        quote!(::plexus::typed::forward_fallible::<#reply_codec, #reply>)
     } else {
-        quote!(::plexus::typed::forward::<#codec, #reply>)
+        quote!(::plexus::typed::forward::<#reply_codec, #reply>)
     };
 
     let (register, params, body_code) = match method.kind {
@@ -730,14 +868,14 @@ fn emit_route(
             quote! {
                 #decode
                 let #result = #invoke?;
-                ::plexus::codec::encode_reply::<#codec, #reply>(&#result)
+                ::plexus::codec::encode_reply::<#reply_codec, #reply>(&#result)
             },
         ),
         CallKind::OneWay => (
             quote!(oneway),
             quote!(#ctx_param, #body),
             quote! {
-                match ::plexus::codec::decode_request::<#codec, #request_ty>(#body) {
+                match ::plexus::codec::decode_request::<#request_codec, #request_ty>(#body) {
                     ::core::result::Result::Ok(#request) => {
                         #unpack
                         #invoke
@@ -759,21 +897,21 @@ fn emit_route(
             quote!(client_stream),
             quote!(#ctx_param, #inbound),
             quote! {
-                let #request = ::plexus::Streaming::<#request_ty>::new::<#codec>(
+                let #request = ::plexus::Streaming::<#request_ty>::new::<#request_codec>(
                     #inbound,
                     #ctx.op(),
                     ::core::clone::Clone::clone(#ctx.peer().label()),
                 );
                 #unpack
                 let #result = #invoke?;
-                ::plexus::codec::encode_reply::<#codec, #reply>(&#result)
+                ::plexus::codec::encode_reply::<#reply_codec, #reply>(&#result)
             },
         ),
         CallKind::Bidi => (
             quote!(bidi),
             quote!(#ctx_param, #inbound, #outbound),
             quote! {
-                let #request = ::plexus::Streaming::<#request_ty>::new::<#codec>(
+                let #request = ::plexus::Streaming::<#request_ty>::new::<#request_codec>(
                     #inbound,
                     #ctx.op(),
                     ::core::clone::Clone::clone(#ctx.peer().label()),
