@@ -64,7 +64,9 @@ pub use crate::events::{Event, Events};
 pub use crate::node::{Actor, Node, NodeBuilder, NodeError, NodeEvent, PeerSet, Scope};
 pub use crate::router::{CallContext, IntoRouter, Router};
 pub use crate::socket::{Message, PeerId, Socket, SocketError};
-pub use crate::transport::{TlsConfig, Url};
+#[cfg(feature = "tls")]
+pub use crate::transport::TlsConfig;
+pub use crate::transport::Url;
 
 // -- service-contract layer (descriptor, codecs, typed wrappers) --
 pub mod codec;
