@@ -745,11 +745,11 @@ fn emit_handler(service: &ServiceDef, names: &Names) -> TokenStream {
         " Serves an implementation of [`{ident}`] as the `{}` service: decodes each request, calls the trait method, encodes the reply.",
         service.full_name()
     );
-    let router = local("router");
+    let shared_service = local("service");
     let routes = service
         .methods
         .iter()
-        .map(|method| emit_route(service, names, method, &router));
+        .map(|method| emit_route(service, names, method, &shared_service));
     quote! {
         #[doc = #summary]
         #[doc = ""]
@@ -795,20 +795,22 @@ fn emit_handler(service: &ServiceDef, names: &Names) -> TokenStream {
             T: #ident + ::core::marker::Send + ::core::marker::Sync + 'static,
         {
             fn into_router(self) -> ::plexus::Router {
-                let #router = ::plexus::Router::new().with_descriptor(#client::DESCRIPTOR);
-                #(#routes)*
-                #router
+                let #shared_service = self.service;
+                ::plexus::Router::new()
+                    .with_descriptor(#client::DESCRIPTOR)
+                    #(#routes)*
             }
         }
     }
 }
 
-/// One `router.<kind>(op, handler)` registration.
+/// One `.<kind>(op, handler)` registration on the router, the handler
+/// holding its own reference to the shared implementation `service`.
 fn emit_route(
     service: &ServiceDef,
     names: &Names,
     method: &MethodDef,
-    router: &syn::Ident,
+    shared_service: &syn::Ident,
 ) -> TokenStream {
     let name = &method.name;
     let trait_ident = &names.service;
@@ -923,12 +925,12 @@ fn emit_route(
         ),
     };
     quote! {
-        let #router = {
-            let #shared = ::std::sync::Arc::clone(&self.service);
-            #router.#register(#op, move |#params| {
+        .#register(#op, {
+            let #shared = ::std::sync::Arc::clone(&#shared_service);
+            move |#params| {
                 let #svc = ::std::sync::Arc::clone(&#shared);
                 async move { #body_code }
-            })
-        };
+            }
+        })
     }
 }
