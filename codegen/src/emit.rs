@@ -826,7 +826,6 @@ fn emit_route(
     let inbound = local("inbound");
     let outbound = local("outbound");
     let request = local("request");
-    let result = local("result");
 
     // The arguments the trait method receives, in order.
     let context_arg = method.takes_context.then(|| quote!(#ctx,));
@@ -869,8 +868,7 @@ fn emit_route(
             quote!(#ctx_param, #body),
             quote! {
                 #decode
-                let #result = #invoke?;
-                ::plexus::codec::encode_reply::<#reply_codec, #reply>(&#result)
+                ::plexus::codec::encode_reply::<#reply_codec, #reply>(&#invoke?)
             },
         ),
         CallKind::OneWay => (
@@ -891,8 +889,7 @@ fn emit_route(
             quote!(#ctx_param, #body, #outbound),
             quote! {
                 #decode
-                let #result = #invoke?;
-                #forward(#result, #outbound).await
+                #forward(#invoke?, #outbound).await
             },
         ),
         CallKind::ClientStream => (
@@ -905,8 +902,7 @@ fn emit_route(
                     ::core::clone::Clone::clone(#ctx.peer().label()),
                 );
                 #unpack
-                let #result = #invoke?;
-                ::plexus::codec::encode_reply::<#reply_codec, #reply>(&#result)
+                ::plexus::codec::encode_reply::<#reply_codec, #reply>(&#invoke?)
             },
         ),
         CallKind::Bidi => (
@@ -919,8 +915,7 @@ fn emit_route(
                     ::core::clone::Clone::clone(#ctx.peer().label()),
                 );
                 #unpack
-                let #result = #invoke?;
-                #forward(#result, #outbound).await
+                #forward(#invoke?, #outbound).await
             },
         ),
     };

@@ -145,7 +145,7 @@ fn file_outside_the_includes_says_so_and_names_the_directory_to_add() {
     );
     let protos = dir.join("protos").display().to_string();
     assert!(
-        text.contains(&format!("hint: ")) && text.contains(&protos),
+        text.contains(&format!("hint: imports inside a file are resolved against the include directories, so every file to compile lives under one: add `{protos}`")),
         "{text}"
     );
 }
