@@ -10,10 +10,13 @@
 //! - the actor trait `ChatActor`: the same operations on `&mut self`, for
 //!   state owned by a `plexus::node::Actor` (which then implements `Chat`),
 //! - `ChatFanout`: the unary and one-way operations called on every linked
-//!   peer at once (`node.fanout::<ChatClient>(deadline).post(msg)`).
+//!   peer at once (`node.fanout::<ChatClient>(deadline).post(msg)`),
+//! - the private `__ChatCodec<N>` every use of a message type goes through,
+//!   so a type the codec cannot carry is one error at the type ([`Carriers`]).
 //!
 //! Generated code names the runtime only as `::plexus::...` and uses only its
-//! public API. Local variables are created with `Span::mixed_site()` so they
+//! public API, and the hidden items made for it (`plexus::codec::Carrier`,
+//! `plexus::codegen`). Local variables are created with `Span::mixed_site()` so they
 //! can never shadow, or be shadowed by, the user's parameter names.
 
 use proc_macro2::{Span, TokenStream};
