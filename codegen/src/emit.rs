@@ -10,10 +10,13 @@
 //! - the actor trait `ChatActor`: the same operations on `&mut self`, for
 //!   state owned by a `plexus::node::Actor` (which then implements `Chat`),
 //! - `ChatFanout`: the unary and one-way operations called on every linked
-//!   peer at once (`node.fanout::<ChatClient>(deadline).post(msg)`).
+//!   peer at once (`node.fanout::<ChatClient>(deadline).post(msg)`),
+//! - the private `__ChatCodec<N>` every use of a message type goes through,
+//!   so a type the codec cannot carry is one error at the type ([`Carriers`]).
 //!
 //! Generated code names the runtime only as `::plexus::...` and uses only its
-//! public API. Local variables are created with `Span::mixed_site()` so they
+//! public API, and the hidden items made for it (`plexus::codec::Carrier`,
+//! `plexus::codegen`). Local variables are created with `Span::mixed_site()` so they
 //! can never shadow, or be shadowed by, the user's parameter names.
 
 use proc_macro2::{Span, TokenStream};
@@ -30,12 +33,14 @@ pub fn emit_service(service: &ServiceDef) -> TokenStream {
     let handler = emit_handler(service, &names);
     let actor = emit_actor(service, &names);
     let fanout = emit_fanout(service, &names);
+    let carriers = names.carriers.emit(service);
     quote! {
         #server_trait
         #client
         #handler
         #actor
         #fanout
+        #carriers
     }
 }
 
@@ -46,18 +51,142 @@ struct Names {
     handler: syn::Ident,
     actor: syn::Ident,
     fanout: syn::Ident,
+    carriers: Carriers,
 }
 
 impl Names {
     fn new(service: &ServiceDef) -> Self {
+        let ident = &service.ident;
         Names {
-            service: syn::Ident::new(&service.name, service.span),
-            client: format_ident!("{}Client", service.name, span = service.span),
-            handler: format_ident!("{}Handler", service.name, span = service.span),
-            actor: format_ident!("{}Actor", service.name, span = service.span),
-            fanout: format_ident!("{}Fanout", service.name, span = service.span),
+            service: ident.clone(),
+            client: format_ident!("{}Client", ident, span = service.span),
+            handler: format_ident!("{}Handler", ident, span = service.span),
+            actor: format_ident!("{}Actor", ident, span = service.span),
+            fanout: format_ident!("{}Fanout", ident, span = service.span),
+            carriers: Carriers::new(service),
         }
     }
+}
+
+/// The codec generated code names for each message type of a service.
+///
+/// Every use of a message type (client, handler, fanout, streams) goes
+/// through `__<Service>Codec<N>`, which implements `Codec<T>` for exactly
+/// the N-th message type by delegating to the service's codec. Whether that
+/// codec can carry the type is checked in one place, a constant spanned at
+/// the type as the contract spells it: a type that is not serializable is
+/// one error pointing at it, instead of one per generated use.
+struct Carriers {
+    ident: syn::Ident,
+    /// Each distinct message type (by spelling), with the span to blame.
+    types: Vec<(String, syn::Type, Span)>,
+}
+
+impl Carriers {
+    fn new(service: &ServiceDef) -> Self {
+        let mut carriers = Carriers {
+            ident: format_ident!("__{}Codec", service.ident, span = Span::call_site()),
+            types: Vec::new(),
+        };
+        for method in &service.methods {
+            let request_span = method
+                .params
+                .first()
+                .map_or_else(|| method.name.span(), |p| ty_span(&p.ty));
+            carriers.index(&method.request_type(), request_span);
+            carriers.index(&method.reply, ty_span(&method.reply));
+        }
+        carriers
+    }
+
+    fn index(&mut self, ty: &syn::Type, span: Span) {
+        let key = ty.to_token_stream().to_string();
+        if !self.types.iter().any(|(k, _, _)| *k == key) {
+            self.types.push((key, ty.clone(), span));
+        }
+    }
+
+    /// The codec type for `ty`, which [`Carriers::new`] has seen.
+    fn of(&self, ty: &syn::Type) -> TokenStream {
+        let key = ty.to_token_stream().to_string();
+        let ident = &self.ident;
+        let index = self
+            .types
+            .iter()
+            .position(|(k, _, _)| *k == key)
+            .expect("Carriers::new indexes every request and reply type");
+        quote!(#ident<#index>)
+    }
+
+    fn request(&self, method: &MethodDef) -> TokenStream {
+        self.of(&method.request_type())
+    }
+
+    fn reply(&self, method: &MethodDef) -> TokenStream {
+        self.of(&method.reply)
+    }
+
+    fn emit(&self, service: &ServiceDef) -> TokenStream {
+        let ident = &self.ident;
+        let codec = &service.codec;
+        let impls = self.types.iter().enumerate().map(|(index, (_, ty, span))| {
+            // Every token spanned at the type, the codec's path included, so
+            // the one error points there.
+            let codec = respan(codec.to_token_stream(), *span);
+            let carrier =
+                quote_spanned!(*span=> ::plexus::codec::Carrier::<#ty>::of::<#codec>());
+            quote! {
+                impl #ident<#index> {
+                    const CARRIER: ::plexus::codec::Carrier<#ty> = #carrier;
+                }
+
+                #[diagnostic::do_not_recommend]
+                impl ::plexus::codec::Codec<#ty> for #ident<#index> {
+                    fn encode(value: &#ty) -> ::core::result::Result<::plexus::Bytes, ::plexus::codec::CodecError> {
+                        (Self::CARRIER.encode)(value)
+                    }
+
+                    fn decode(bytes: ::plexus::Bytes) -> ::core::result::Result<#ty, ::plexus::codec::CodecError> {
+                        (Self::CARRIER.decode)(bytes)
+                    }
+                }
+            }
+        });
+        let doc = format!(
+            " The codec of the `{}` service's messages, one `N` per message type (generated; not for use).",
+            service.full_name()
+        );
+        quote! {
+            #[doc = #doc]
+            #[doc(hidden)]
+            #[allow(non_camel_case_types)]
+            struct #ident<const N: usize>;
+
+            impl<const N: usize> ::plexus::codec::Format for #ident<N> {
+                const NAME: &'static str = <#codec as ::plexus::codec::Format>::NAME;
+            }
+
+            #(#impls)*
+        }
+    }
+}
+
+/// `tokens` with every span, nested ones included, set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let proc_macro2::TokenTree::Group(group) = &tree {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                tree = proc_macro2::TokenTree::Group(inner);
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
 }
 
 /// A local variable name that user code cannot see or shadow.
@@ -286,7 +415,6 @@ fn emit_fanout(service: &ServiceDef, names: &Names) -> TokenStream {
     let vis = &service.vis;
     let client = &names.client;
     let fanout = &names.fanout;
-    let codec = &service.codec;
     let summary = format!(
         " Every linked peer of the `{}` service at once: `node.fanout::<{client}>(deadline)`. One method per unary operation (a stream of replies, like `Node::broadcast`) and per one-way operation.",
         service.full_name()
@@ -300,19 +428,21 @@ fn emit_fanout(service: &ServiceDef, names: &Names) -> TokenStream {
         let attrs = &method.attrs;
         let reply = &method.reply;
         let request_ty = method.request_type();
+        let request_codec = names.carriers.request(method);
+        let reply_codec = names.carriers.reply(method);
         let params = method.params.iter().map(|p| {
             let (pname, ty) = (&p.name, &p.ty);
             quote!(#pname: #ty)
         });
-        let names: Vec<&syn::Ident> = method.params.iter().map(|p| &p.name).collect();
-        let (pack, packed) = match names.as_slice() {
+        let arg_names: Vec<&syn::Ident> = method.params.iter().map(|p| &p.name).collect();
+        let (pack, packed) = match arg_names.as_slice() {
             [] => (quote!(), quote!(&())),
             [one] => (quote!(), quote!(&#one)),
             many => (quote!(let #request = (#(#many,)*);), quote!(&#request)),
         };
         let encode = quote! {
             #pack
-            let #body = <#codec as ::plexus::codec::Codec<#request_ty>>::encode(#packed);
+            let #body = <#request_codec as ::plexus::codec::Codec<#request_ty>>::encode(#packed);
         };
         match method.kind {
             CallKind::Unary => {
@@ -324,7 +454,7 @@ fn emit_fanout(service: &ServiceDef, names: &Names) -> TokenStream {
                     #(#attrs)*
                     pub fn #name(&self, #(#params),*) -> ::plexus::node::Broadcast<#reply> {
                         #encode
-                        self.#inner.unary::<#codec, #reply>(#op, #body)
+                        self.#inner.unary::<#reply_codec, #reply>(#op, #body)
                     }
                 })
             }
@@ -475,7 +605,7 @@ fn emit_client(service: &ServiceDef, names: &Names) -> TokenStream {
     let methods = service
         .methods
         .iter()
-        .map(|method| emit_client_method(service, method));
+        .map(|method| emit_client_method(service, names, method));
     quote! {
         #[doc = #summary]
         #[doc = ""]
@@ -536,10 +666,11 @@ fn emit_client(service: &ServiceDef, names: &Names) -> TokenStream {
     }
 }
 
-fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
+fn emit_client_method(service: &ServiceDef, names: &Names, method: &MethodDef) -> TokenStream {
     let name = &method.name;
     let op = service.op_id(method);
-    let codec = &service.codec;
+    let request_codec = names.carriers.request(method);
+    let reply_codec = names.carriers.reply(method);
     let attrs = &method.attrs;
     let mut docs = method.docs.clone();
     if !docs.is_empty() {
@@ -576,9 +707,18 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
     };
     let encode = quote! {
         #pack
-        let #body = ::plexus::codec::encode_request::<#codec, #request_ty>(#op, #peer, #packed)?;
+        let #body = ::plexus::codec::encode_request::<#request_codec, #request_ty>(#op, #peer, #packed)?;
     };
-    let options = quote!(::core::clone::Clone::clone(&self.options));
+    // An idempotent operation may be retried by a reconnecting connection
+    // when its link drops mid-call; the flag travels in the call's options.
+    let options = if method.idempotent {
+        quote!(::plexus::CallOptions::idempotent(
+            ::core::clone::Clone::clone(&self.options),
+            true
+        ))
+    } else {
+        quote!(::core::clone::Clone::clone(&self.options))
+    };
 
     let (output, call) = match method.kind {
         CallKind::Unary => (
@@ -586,7 +726,7 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
             quote! {
                 #encode
                 let #body = self.connection.call(#op, #body, #options).await?;
-                ::plexus::codec::decode_reply::<#codec, #reply>(#op, #peer, #body)
+                ::plexus::codec::decode_reply::<#reply_codec, #reply>(#op, #peer, #body)
             },
         ),
         CallKind::OneWay => (
@@ -601,7 +741,7 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
             quote! {
                 #encode
                 let inbound = self.connection.server_stream(#op, #body, #options).await?;
-                ::core::result::Result::Ok(::plexus::Streaming::new::<#codec>(inbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())))
+                ::core::result::Result::Ok(::plexus::Streaming::new::<#reply_codec>(inbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())))
             },
         ),
         CallKind::ClientStream => (
@@ -609,8 +749,8 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
             quote! {
                 let (outbound, reply) = self.connection.client_stream(#op, #options).await?;
                 ::core::result::Result::Ok((
-                    ::plexus::StreamSender::new::<#codec>(outbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
-                    ::plexus::ReplyFuture::new::<#codec>(reply, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
+                    ::plexus::StreamSender::new::<#request_codec>(outbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
+                    ::plexus::ReplyFuture::new::<#reply_codec>(reply, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
                 ))
             },
         ),
@@ -619,8 +759,8 @@ fn emit_client_method(service: &ServiceDef, method: &MethodDef) -> TokenStream {
             quote! {
                 let (outbound, inbound) = self.connection.bidi(#op, #options).await?;
                 ::core::result::Result::Ok((
-                    ::plexus::StreamSender::new::<#codec>(outbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
-                    ::plexus::Streaming::new::<#codec>(inbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
+                    ::plexus::StreamSender::new::<#request_codec>(outbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
+                    ::plexus::Streaming::new::<#reply_codec>(inbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
                 ))
             },
         ),
@@ -643,11 +783,11 @@ fn emit_handler(service: &ServiceDef, names: &Names) -> TokenStream {
         " Serves an implementation of [`{ident}`] as the `{}` service: decodes each request, calls the trait method, encodes the reply.",
         service.full_name()
     );
-    let router = local("router");
+    let shared_service = local("service");
     let routes = service
         .methods
         .iter()
-        .map(|method| emit_route(service, method, &names.service, &router));
+        .map(|method| emit_route(service, names, method, &shared_service));
     quote! {
         #[doc = #summary]
         #[doc = ""]
@@ -693,24 +833,28 @@ fn emit_handler(service: &ServiceDef, names: &Names) -> TokenStream {
             T: #ident + ::core::marker::Send + ::core::marker::Sync + 'static,
         {
             fn into_router(self) -> ::plexus::Router {
-                let #router = ::plexus::Router::new().with_descriptor(#client::DESCRIPTOR);
-                #(#routes)*
-                #router
+                let #shared_service = self.service;
+                ::plexus::Router::new()
+                    .with_descriptor(#client::DESCRIPTOR)
+                    #(#routes)*
             }
         }
     }
 }
 
-/// One `router.<kind>(op, handler)` registration.
+/// One `.<kind>(op, handler)` registration on the router, the handler
+/// holding its own reference to the shared implementation `service`.
 fn emit_route(
     service: &ServiceDef,
+    names: &Names,
     method: &MethodDef,
-    trait_ident: &syn::Ident,
-    router: &syn::Ident,
+    shared_service: &syn::Ident,
 ) -> TokenStream {
     let name = &method.name;
+    let trait_ident = &names.service;
     let op = service.op_id(method);
-    let codec = &service.codec;
+    let request_codec = names.carriers.request(method);
+    let reply_codec = names.carriers.reply(method);
     let reply = &method.reply;
     let request_ty = method.request_type();
     let shared = local("shared");
@@ -720,7 +864,6 @@ fn emit_route(
     let inbound = local("inbound");
     let outbound = local("outbound");
     let request = local("request");
-    let result = local("result");
 
     // The arguments the trait method receives, in order.
     let context_arg = method.takes_context.then(|| quote!(#ctx,));
@@ -735,13 +878,13 @@ fn emit_route(
     let decode = match unpack_names.as_slice() {
         // No arguments: the (empty) request is still decoded, to refuse garbage.
         [] => quote! {
-            ::plexus::codec::decode_request::<#codec, #request_ty>(#body)?;
+            ::plexus::codec::decode_request::<#request_codec, #request_ty>(#body)?;
         },
         [one] => quote! {
-            let #one = ::plexus::codec::decode_request::<#codec, #request_ty>(#body)?;
+            let #one = ::plexus::codec::decode_request::<#request_codec, #request_ty>(#body)?;
         },
         _ => quote! {
-            let #request = ::plexus::codec::decode_request::<#codec, #request_ty>(#body)?;
+            let #request = ::plexus::codec::decode_request::<#request_codec, #request_ty>(#body)?;
             #unpack
         },
     };
@@ -752,9 +895,9 @@ fn emit_route(
         quote!(_)
     };
     let forward = if method.fallible_items {
-        quote!(::plexus::typed::forward_fallible::<#codec, #reply>)
+        quote!(::plexus::typed::forward_fallible::<#reply_codec, #reply>)
     } else {
-        quote!(::plexus::typed::forward::<#codec, #reply>)
+        quote!(::plexus::typed::forward::<#reply_codec, #reply>)
     };
 
     let (register, params, body_code) = match method.kind {
@@ -763,15 +906,14 @@ fn emit_route(
             quote!(#ctx_param, #body),
             quote! {
                 #decode
-                let #result = #invoke?;
-                ::plexus::codec::encode_reply::<#codec, #reply>(&#result)
+                ::plexus::codec::encode_reply::<#reply_codec, #reply>(&#invoke?)
             },
         ),
         CallKind::OneWay => (
             quote!(oneway),
             quote!(#ctx_param, #body),
             quote! {
-                match ::plexus::codec::decode_request::<#codec, #request_ty>(#body) {
+                match ::plexus::codec::decode_request::<#request_codec, #request_ty>(#body) {
                     ::core::result::Result::Ok(#request) => {
                         #unpack
                         #invoke
@@ -785,46 +927,43 @@ fn emit_route(
             quote!(#ctx_param, #body, #outbound),
             quote! {
                 #decode
-                let #result = #invoke?;
-                #forward(#result, #outbound).await
+                #forward(#invoke?, #outbound).await
             },
         ),
         CallKind::ClientStream => (
             quote!(client_stream),
             quote!(#ctx_param, #inbound),
             quote! {
-                let #request = ::plexus::Streaming::<#request_ty>::new::<#codec>(
+                let #request = ::plexus::Streaming::<#request_ty>::new::<#request_codec>(
                     #inbound,
                     #ctx.op(),
                     ::core::clone::Clone::clone(#ctx.peer().label()),
                 );
                 #unpack
-                let #result = #invoke?;
-                ::plexus::codec::encode_reply::<#codec, #reply>(&#result)
+                ::plexus::codec::encode_reply::<#reply_codec, #reply>(&#invoke?)
             },
         ),
         CallKind::Bidi => (
             quote!(bidi),
             quote!(#ctx_param, #inbound, #outbound),
             quote! {
-                let #request = ::plexus::Streaming::<#request_ty>::new::<#codec>(
+                let #request = ::plexus::Streaming::<#request_ty>::new::<#request_codec>(
                     #inbound,
                     #ctx.op(),
                     ::core::clone::Clone::clone(#ctx.peer().label()),
                 );
                 #unpack
-                let #result = #invoke?;
-                #forward(#result, #outbound).await
+                #forward(#invoke?, #outbound).await
             },
         ),
     };
     quote! {
-        let #router = {
-            let #shared = ::std::sync::Arc::clone(&self.service);
-            #router.#register(#op, move |#params| {
+        .#register(#op, {
+            let #shared = ::std::sync::Arc::clone(&#shared_service);
+            move |#params| {
                 let #svc = ::std::sync::Arc::clone(&#shared);
                 async move { #body_code }
-            })
-        };
+            }
+        })
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! // build.rs
-//! fn main() -> std::io::Result<()> {
+//! fn main() -> Result<(), plexus_codegen::Error> {
 //!     plexus_codegen::compile_protos(&["schemas/chat.proto"], &["schemas"])
 //! }
 //! ```
@@ -22,6 +22,8 @@ mod proto;
 
 pub use emit::emit_service;
 pub use fingerprint::{canonical_text, fingerprint};
-pub use model::{CallKind, DeclaredSignature, MethodDef, Param, SchemaSource, ServiceDef};
+pub use model::{
+    CallKind, DeclaredSignature, MethodDef, Param, SchemaSource, ServiceDef, RESERVED_METHOD_NAMES,
+};
 #[cfg(feature = "proto")]
-pub use proto::{compile_protos, Builder};
+pub use proto::{compile_protos, Builder, Error, Location, Problem};

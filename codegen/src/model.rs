@@ -14,8 +14,12 @@ use quote::quote;
 pub struct ServiceDef {
     /// Dotted package (`chat`, `acme.inventory`); empty for none. Prefixes every op id.
     pub package: String,
-    /// The service name in UpperCamelCase (`Chat`); generated items are named after it.
+    /// The service name as the schema spells it (`Chat`); it is part of every
+    /// op id and of the descriptor.
     pub name: String,
+    /// The Rust name the generated items are named after (`Chat` gives
+    /// `ChatClient`, `ChatHandler`, ...); UpperCamelCase.
+    pub ident: syn::Ident,
     /// Contract version, announced with the descriptor. Starts at 1.
     pub version: u32,
     /// Documentation lines, carried onto the generated trait, client and handler.
@@ -37,6 +41,12 @@ pub struct ServiceDef {
     /// Span generated items point at in diagnostics (the trait name for the macro).
     pub span: Span,
 }
+
+/// Methods every generated client (`new`, `connect`, `with_options`,
+/// `connection`) or fanout (`peers`) has besides the operations: an
+/// operation may not take one of these names.
+pub const RESERVED_METHOD_NAMES: &[&str] =
+    &["new", "connect", "with_options", "connection", "peers"];
 
 /// Where a contract was written, and what the descriptor carries because of it.
 #[derive(Debug, Clone)]

@@ -51,6 +51,7 @@ pub fn lower(args: ServiceArgs, checked: Checked) -> ServiceDef {
     ServiceDef {
         package,
         name: contract.item.ident.to_string(),
+        ident: contract.item.ident.clone(),
         version,
         docs: contract.docs,
         roles,

@@ -11,8 +11,7 @@ use crate::args::ServiceArgs;
 use crate::ast::{Contract, Method};
 use plexus_codegen::model::CallKind;
 
-/// Client methods the generator defines itself; an operation may not reuse them.
-const RESERVED: &[&str] = &["new", "connect", "with_options", "connection"];
+use plexus_codegen::RESERVED_METHOD_NAMES as RESERVED;
 
 /// A contract that passed every check.
 pub struct Checked {
@@ -205,7 +204,7 @@ fn check_method(method: &Method, roles: &[String], errors: &mut Errors) -> Optio
         errors.push(
             &name,
             format!(
-                "`{name}` is a method of every generated client; give this operation another name"
+                "`{name}` is a method of every generated client or fanout; give this operation another name"
             ),
         );
     }

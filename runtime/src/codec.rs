@@ -32,6 +32,11 @@ pub trait Format: Send + Sync + 'static {
 }
 
 /// Encodes values of `T` to bytes and decodes them back under one [`Format`].
+#[diagnostic::on_unimplemented(
+    message = "`{T}` is not a message type the codec `{Self}` can carry",
+    label = "a message of this service, carried by `{Self}`",
+    note = "`MsgPack` and `Json` carry serde types: derive them with `#[derive(serde::Serialize, serde::Deserialize)]` (serde with its `derive` feature); `Prost` carries messages generated from .proto files"
+)]
 pub trait Codec<T>: Format {
     /// Encodes `value`.
     fn encode(value: &T) -> Result<Bytes, CodecError>;
@@ -90,6 +95,9 @@ impl Format for MsgPack {
     const NAME: &'static str = "msgpack";
 }
 
+// Not recommended in errors: a failed bound then reads "not a message type
+// the codec can carry" at the type, instead of one error per serde trait.
+#[diagnostic::do_not_recommend]
 impl<T> Codec<T> for MsgPack
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
@@ -116,6 +124,9 @@ impl Format for Json {
     const NAME: &'static str = "json";
 }
 
+// Not recommended in errors: a failed bound then reads "not a message type
+// the codec can carry" at the type, instead of one error per serde trait.
+#[diagnostic::do_not_recommend]
 impl<T> Codec<T> for Json
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
@@ -139,6 +150,7 @@ impl Format for Prost {
     const NAME: &'static str = "protobuf";
 }
 
+#[diagnostic::do_not_recommend]
 impl<T> Codec<T> for Prost
 where
     T: prost::Message + Default,
@@ -149,6 +161,29 @@ where
 
     fn decode(bytes: Bytes) -> Result<T, CodecError> {
         T::decode(bytes).map_err(|e| CodecError::decode(Self::NAME, e))
+    }
+}
+
+/// A codec's two functions for one message type, taken in a constant.
+///
+/// Generated contracts reach their codec through one `Carrier` per message
+/// type, so whether the codec can carry the type is checked once, where the
+/// constant is defined, rather than at every generated use.
+#[doc(hidden)]
+pub struct Carrier<T> {
+    /// `C::encode`.
+    pub encode: fn(&T) -> Result<Bytes, CodecError>,
+    /// `C::decode`.
+    pub decode: fn(Bytes) -> Result<T, CodecError>,
+}
+
+impl<T> Carrier<T> {
+    /// The functions of `C` for `T`.
+    pub const fn of<C: Codec<T>>() -> Self {
+        Carrier {
+            encode: C::encode,
+            decode: C::decode,
+        }
     }
 }
 

@@ -25,7 +25,9 @@ use crate::error::Reject;
 use crate::events::{Event, EventHub, Events};
 use crate::health::Health;
 use crate::router::{IntoRouter, Router};
-use crate::transport::{self, ReadHalf, TlsConfig, TransportConfig, Url, UrlError, WriteHalf};
+#[cfg(feature = "tls")]
+use crate::transport::TlsConfig;
+use crate::transport::{self, ReadHalf, TransportConfig, Url, UrlError, WriteHalf};
 use crate::wire::handshake::{self, Answer, Hello, Refusal, RefusalCode, Welcome};
 use crate::wire::WireError;
 
@@ -187,6 +189,7 @@ impl EndpointBuilder {
     }
 
     /// TLS settings for `tls://` URLs.
+    #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.transport.tls = Some(tls);
         self
@@ -918,6 +921,7 @@ impl ServerBuilder {
     }
 
     /// TLS settings (required for `tls://`).
+    #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.endpoint = self.endpoint.tls(tls);
         self

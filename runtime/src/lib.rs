@@ -67,7 +67,9 @@ pub use crate::events::{Event, Events};
 pub use crate::node::{Actor, Node, NodeBuilder, NodeError, NodeEvent, PeerSet, Scope};
 pub use crate::router::{CallContext, IntoRouter, Router};
 pub use crate::socket::{Message, PeerId, Socket, SocketError};
-pub use crate::transport::{TlsConfig, Url};
+#[cfg(feature = "tls")]
+pub use crate::transport::TlsConfig;
+pub use crate::transport::Url;
 
 // -- service-contract layer (descriptor, codecs, typed wrappers) --
 pub mod codec;
@@ -79,4 +81,33 @@ pub use crate::descriptor::{
 };
 pub use crate::typed::{BoxStream, ReplyFuture, StreamSender, Streaming};
 pub use plexus_macros::service;
+
+/// The crates generated code reaches through `plexus`, so that a crate with
+/// generated contracts needs `plexus` as its only dependency for them:
+/// `plexus_codegen` points prost's derives and well-known types here. Not an
+/// API of its own; use the crates directly if you need them.
+#[doc(hidden)]
+pub mod codegen {
+    pub use prost;
+    pub use prost_types;
+}
+
+/// Includes the code `plexus_codegen::compile_protos` generated from
+/// `build.rs` for one package: `plexus::include_proto!("chat");` in a module
+/// is `include!(concat!(env!("OUT_DIR"), "/chat.rs"));`.
+///
+/// ```ignore
+/// mod chat {
+///     plexus::include_proto!("chat");
+/// }
+/// ```
+///
+/// Files of several packages refer to each other through the module tree;
+/// include them all at once with `plexus_codegen::Builder::include_file`.
+#[macro_export]
+macro_rules! include_proto {
+    ($package:literal) => {
+        include!(concat!(env!("OUT_DIR"), "/", $package, ".rs"));
+    };
+}
 // -- end service-contract layer --

@@ -29,7 +29,7 @@ use plexus::{BoxStream, CallContext, Reject, Server, Streaming};
 mod inventory {
     // The whole generated API is here; this example uses only part of it.
     #![allow(dead_code)]
-    include!(concat!(env!("OUT_DIR"), "/inventory.rs"));
+    plexus::include_proto!("inventory");
 }
 
 use inventory::{Adjustment, Inventory, InventoryClient, InventoryHandler, Item, ItemId, Summary};

@@ -37,7 +37,9 @@ use crate::connection::{Backoff, CallOptions, Connection, ConnectionConfig, Inbo
 use crate::endpoint::{Endpoint, Listening, ToUrl};
 use crate::error::{ConnectError, Reject};
 use crate::router::{CallContext, Router};
-use crate::transport::{TlsConfig, TransportError, Url};
+#[cfg(feature = "tls")]
+use crate::transport::TlsConfig;
+use crate::transport::{TransportError, Url};
 use crate::wire::RefusalCode;
 
 /// The operation id of a socket's pipe: the one bidi stream per connection,
@@ -203,6 +205,7 @@ pub struct SocketBuilder {
     recv_mode: RecvMode,
     recv_queue: usize,
     config: ConnectionConfig,
+    #[cfg(feature = "tls")]
     tls: Option<TlsConfig>,
 }
 
@@ -215,6 +218,7 @@ impl Default for SocketBuilder {
             recv_mode: RecvMode::default(),
             recv_queue: DEFAULT_RECV_QUEUE,
             config: ConnectionConfig::default(),
+            #[cfg(feature = "tls")]
             tls: None,
         }
     }
@@ -269,6 +273,7 @@ impl SocketBuilder {
     }
 
     /// TLS settings for `tls://` URLs.
+    #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
         self
@@ -303,6 +308,7 @@ impl SocketBuilder {
                 }
             })
             .serve(pipe_route(state.clone()));
+        #[cfg(feature = "tls")]
         if let Some(tls) = self.tls {
             endpoint = endpoint.tls(tls);
         }

@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::transport::{
-    self, Connected, TlsConfig, TransportConfig, TransportError, Url, WriteHalf,
-};
+#[cfg(feature = "tls")]
+use crate::transport::TlsConfig;
+use crate::transport::{self, Connected, TransportConfig, TransportError, Url, WriteHalf};
 
 /// One connection of a [`RawServer`], numbered from 1 in accept order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -396,6 +396,7 @@ impl RawServerBuilder {
     }
 
     /// TLS settings, required for `tls://`.
+    #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.transport.tls = Some(tls);
         self

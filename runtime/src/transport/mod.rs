@@ -8,13 +8,14 @@
 //! | scheme | address form | module |
 //! |---|---|---|
 //! | `tcp` | `tcp://127.0.0.1:4000`, `tcp://[::1]:0`, `tcp://localhost:4000` | `tcp` |
-//! | `tls` | `tls://127.0.0.1:4443` (TCP + rustls; see [`TlsConfig`]) | `tls` |
+//! | `tls` | `tls://127.0.0.1:4443` (TCP + rustls; see `TlsConfig`; cargo feature `tls`, on by default) | `tls` |
 //! | `unix` | `unix:///run/app.sock` | `unix` |
 //! | `inproc` | `inproc://name` (same process, no socket) | `inproc` |
 
 mod explain;
 mod inproc;
 mod tcp;
+#[cfg(feature = "tls")]
 mod tls;
 #[cfg(unix)]
 mod unix;
@@ -25,6 +26,7 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+#[cfg(feature = "tls")]
 pub use self::tls::{TlsConfig, TlsConfigError};
 pub use self::url::{Host, Scheme, Url, UrlError};
 
@@ -75,6 +77,15 @@ pub enum TransportError {
         url: String,
         /// What is missing, naming the [`TlsConfig`] constructor that provides it.
         what: &'static str,
+    },
+    /// `tls://` was used in a build of plexus without its `tls` feature.
+    #[error(
+        "{url}: this build of plexus has no TLS — enable the `tls` feature of the \
+         plexus crate (on by default; turned off by `default-features = false`)"
+    )]
+    TlsNotBuilt {
+        /// The URL being bound or dialed.
+        url: String,
     },
     /// An inproc name is already bound in this process.
     #[error("{url}: an inproc listener with this name already exists in this process")]
@@ -128,6 +139,7 @@ pub enum TransportError {
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
     /// TLS settings for `tls://`; `None` makes `tls://` an error.
+    #[cfg(feature = "tls")]
     pub tls: Option<TlsConfig>,
     /// Sets `TCP_NODELAY` on TCP and TLS sockets (default true via [`TransportConfig::new`]).
     pub nodelay: bool,
@@ -137,12 +149,14 @@ impl TransportConfig {
     /// Defaults: no TLS, `TCP_NODELAY` on.
     pub fn new() -> Self {
         Self {
+            #[cfg(feature = "tls")]
             tls: None,
             nodelay: true,
         }
     }
 
     /// Uses `tls` for `tls://` URLs.
+    #[cfg(feature = "tls")]
     pub fn with_tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
         self
@@ -164,6 +178,7 @@ pub struct Listener {
 
 enum ListenerKind {
     Tcp(tcp::TcpListener),
+    #[cfg(feature = "tls")]
     Tls(tls::TlsListener),
     #[cfg(unix)]
     Unix(unix::UnixListener),
@@ -197,6 +212,7 @@ impl Listener {
     pub async fn accept(&mut self) -> Result<Connected, TransportError> {
         match &mut self.inner {
             ListenerKind::Tcp(l) => l.accept().await,
+            #[cfg(feature = "tls")]
             ListenerKind::Tls(l) => l.accept().await,
             #[cfg(unix)]
             ListenerKind::Unix(l) => l.accept().await,
@@ -213,11 +229,14 @@ pub async fn listen(url: &Url, config: &TransportConfig) -> Result<Listener, Tra
             let local = l.local_url();
             (ListenerKind::Tcp(l), local)
         }
+        #[cfg(feature = "tls")]
         Scheme::Tls => {
             let l = tls::TlsListener::bind(url, config).await?;
             let local = l.local_url();
             (ListenerKind::Tls(l), local)
         }
+        #[cfg(not(feature = "tls"))]
+        Scheme::Tls => return Err(tls_not_built(url)),
         #[cfg(unix)]
         Scheme::Unix => {
             let l = unix::UnixListener::bind(url).await?;
@@ -239,7 +258,10 @@ pub async fn listen(url: &Url, config: &TransportConfig) -> Result<Listener, Tra
 pub async fn dial(url: &Url, config: &TransportConfig) -> Result<Connected, TransportError> {
     match url.scheme() {
         Scheme::Tcp => tcp::dial(url, config).await,
+        #[cfg(feature = "tls")]
         Scheme::Tls => tls::dial(url, config).await,
+        #[cfg(not(feature = "tls"))]
+        Scheme::Tls => Err(tls_not_built(url)),
         #[cfg(unix)]
         Scheme::Unix => unix::dial(url).await,
         #[cfg(not(unix))]
@@ -248,10 +270,34 @@ pub async fn dial(url: &Url, config: &TransportConfig) -> Result<Connected, Tran
     }
 }
 
+#[cfg(not(feature = "tls"))]
+fn tls_not_built(url: &Url) -> TransportError {
+    TransportError::TlsNotBuilt {
+        url: url.to_string(),
+    }
+}
+
 #[cfg(not(unix))]
 fn unsupported(url: &Url) -> TransportError {
     TransportError::Unsupported {
         url: url.to_string(),
         scheme: url.scheme(),
+    }
+}
+
+#[cfg(all(test, not(feature = "tls")))]
+mod without_tls {
+    use super::*;
+
+    #[tokio::test]
+    async fn tls_urls_are_refused_naming_the_feature() {
+        let url = Url::parse("tls://127.0.0.1:0").expect("a tls url still parses");
+        let config = TransportConfig::new();
+        let listen_err = listen(&url, &config).await.expect_err("no tls listener");
+        let dial_err = dial(&url, &config).await.expect_err("no tls dialer");
+        for err in [listen_err, dial_err] {
+            assert!(matches!(err, TransportError::TlsNotBuilt { .. }), "{err:?}");
+            assert!(err.to_string().contains("`tls` feature"), "{err}");
+        }
     }
 }

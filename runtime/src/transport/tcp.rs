@@ -247,10 +247,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn tcp_remote_names_the_peer_address() {
-        let config = TransportConfig {
-            nodelay: false,
-            ..TransportConfig::new()
-        };
+        let mut config = TransportConfig::new();
+        config.nodelay = false;
         let mut listener = listen(&Url::parse("tcp://127.0.0.1:0").expect("url"), &config)
             .await
             .expect("listen");

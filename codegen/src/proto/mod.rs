@@ -9,9 +9,10 @@
 //! custom options survive; `prost-types` would drop them. This module runs
 //! only in build scripts and never at a program's run time.
 
+mod error;
+
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -25,32 +26,52 @@ use protox::file::{
 };
 use quote::quote;
 
-use crate::model::{CallKind, MethodDef, Param, SchemaSource, ServiceDef};
+use crate::model::{CallKind, MethodDef, Param, SchemaSource, ServiceDef, RESERVED_METHOD_NAMES};
+
+use self::error::Places;
+pub use self::error::{Error, Location, Problem};
 
 /// Name under which `import "plexus/options.proto";` finds the bundled options.
 const OPTIONS_FILE: &str = "plexus/options.proto";
-const OPTIONS_SOURCE: &str = include_str!("../../schemas/plexus/options.proto");
+const OPTIONS_SOURCE: &str = include_str!("../../../schemas/plexus/options.proto");
 
 /// Compiles `.proto` files into Rust: prost messages plus, for every
 /// `service`, a Plexus server trait, client, handler and descriptor.
 ///
 /// Call it from `build.rs`; the output goes to `OUT_DIR`, one file per
-/// package, to be included with
-/// `include!(concat!(env!("OUT_DIR"), "/<package>.rs"))`.
+/// package, to be included with `plexus::include_proto!("<package>")`
+/// (or `include!(concat!(env!("OUT_DIR"), "/<package>.rs"))`). For files of
+/// several packages, [`Builder::include_file`] writes one file declaring the
+/// whole module tree.
 ///
 /// `protos` are the files to compile and `includes` the directories imports
 /// are resolved against (every proto must be under one of them).
-/// `plexus/options.proto` and the Google well-known types are always
-/// available to import.
+/// `plexus/options.proto` and the Google well-known types
+/// (`google/protobuf/*.proto`) are always available to import, and usable
+/// anywhere a message is: as fields, in maps, oneofs and repeated fields,
+/// and as requests and replies.
+///
+/// The generated code names only `::plexus` (messages reach `prost` and
+/// `prost-types` through it), so the crate needs `plexus` as its one
+/// dependency for them and `plexus-codegen` as its build dependency.
 ///
 /// # Errors
-/// An `io::Error` whose message names the file, the line and the problem
-/// when a schema does not parse, does not type-check, or misuses a Plexus
-/// option; or the I/O error if the output cannot be written.
+/// An [`Error`] listing every problem found, each with file, line, column
+/// and, where one is known, a hint: a file that does not exist or is not
+/// under an include directory, a syntax or type error, an import that is not
+/// found, a misused Plexus option, or output that cannot be written. Its
+/// `Debug` is the readable text, so return it from `main`:
+///
+/// ```no_run
+/// // build.rs
+/// fn main() -> Result<(), plexus_codegen::Error> {
+///     plexus_codegen::compile_protos(&["schemas/chat.proto"], &["schemas"])
+/// }
+/// ```
 pub fn compile_protos(
     protos: &[impl AsRef<Path>],
     includes: &[impl AsRef<Path>],
-) -> io::Result<()> {
+) -> Result<(), Error> {
     Builder::new().compile(protos, includes)
 }
 
@@ -60,6 +81,7 @@ pub fn compile_protos(
 pub struct Builder {
     out_dir: Option<PathBuf>,
     cargo_directives: Option<bool>,
+    include_file: Option<PathBuf>,
 }
 
 impl Builder {
@@ -81,6 +103,23 @@ impl Builder {
         self
     }
 
+    /// Also writes `name` (relative to the output directory) declaring one
+    /// nested `pub mod` per package, each including its generated file, so
+    /// packages `acme.shop.v1` and `acme.billing` become `acme::shop::v1` and
+    /// `acme::billing`, and the paths between them resolve:
+    ///
+    /// ```ignore
+    /// // build.rs: Builder::new().include_file("protos.rs").compile(&protos, &["schemas"])?;
+    /// mod protos {
+    ///     include!(concat!(env!("OUT_DIR"), "/protos.rs"));
+    /// }
+    /// use protos::acme::shop::v1::CatalogClient;
+    /// ```
+    pub fn include_file(mut self, name: impl Into<PathBuf>) -> Self {
+        self.include_file = Some(name.into());
+        self
+    }
+
     /// Compiles `protos`, resolving imports against `includes`.
     ///
     /// # Errors
@@ -89,28 +128,42 @@ impl Builder {
         &self,
         protos: &[impl AsRef<Path>],
         includes: &[impl AsRef<Path>],
-    ) -> io::Result<()> {
-        let out_dir = match &self.out_dir {
-            Some(dir) => dir.clone(),
-            None => std::env::var_os("OUT_DIR").map(PathBuf::from).ok_or_else(|| {
-                io::Error::other(
-                    "OUT_DIR is not set: call compile_protos from build.rs, or set Builder::out_dir",
-                )
-            })?,
+    ) -> Result<(), Error> {
+        let protos: Vec<&Path> = protos.iter().map(AsRef::as_ref).collect();
+        let includes: Vec<PathBuf> = includes.iter().map(|p| p.as_ref().to_path_buf()).collect();
+        let places = Places {
+            includes: &includes,
         };
-        std::fs::create_dir_all(&out_dir)?;
+        let (out_dir, out_dir_from_env) = match &self.out_dir {
+            Some(dir) => (dir.clone(), false),
+            None => match std::env::var_os("OUT_DIR") {
+                Some(dir) => (PathBuf::from(dir), true),
+                None => {
+                    return Err(Error::one(
+                        Problem::new("OUT_DIR is not set, so there is nowhere to write the generated code")
+                            .hint("call compile_protos from build.rs, where cargo sets OUT_DIR, or give Builder::out_dir"),
+                    ))
+                }
+            },
+        };
+        let mut problems = check_includes(&includes);
+        problems.extend(error::check_inputs(&protos, &places));
+        if !problems.is_empty() {
+            return Err(Error::new(problems));
+        }
+        std::fs::create_dir_all(&out_dir).map_err(|e| write_failed(&out_dir, &e))?;
 
         let mut resolver = ChainFileResolver::new();
-        for include in includes {
-            resolver.add(IncludeFileResolver::new(include.as_ref().to_path_buf()));
+        for include in &includes {
+            resolver.add(IncludeFileResolver::new(include.clone()));
         }
         resolver.add(BundledOptions);
         resolver.add(GoogleFileResolver::new());
         let mut compiler = protox::Compiler::with_file_resolver(resolver);
         compiler.include_imports(true).include_source_info(true);
         compiler
-            .open_files(protos.iter().map(AsRef::as_ref))
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}")))?;
+            .open_files(&protos)
+            .map_err(|e| Error::new(error::from_protox(&e, &places)))?;
 
         let emit_directives = self
             .cargo_directives
@@ -132,7 +185,7 @@ impl Builder {
             if is_bundled(service.parent_file().name()) {
                 continue;
             }
-            match ProtoContract::read(&service, &options) {
+            match ProtoContract::read(&service, &options, &places) {
                 Ok(contract) => {
                     packages_with_services.insert(service.package_name().to_owned());
                     contracts.insert(service.full_name().to_owned(), contract);
@@ -141,10 +194,7 @@ impl Builder {
             }
         }
         if !problems.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                problems.join("\n"),
-            ));
+            return Err(Error::new(problems));
         }
 
         let mut descriptor_sets = HashMap::new();
@@ -153,30 +203,67 @@ impl Builder {
             std::fs::write(
                 &path,
                 package_descriptor_set(&pool, package).encode_to_vec(),
-            )?;
-            let absolute = std::fs::canonicalize(&path)?;
+            )
+            .map_err(|e| write_failed(&path, &e))?;
+            let absolute = std::fs::canonicalize(&path).map_err(|e| write_failed(&path, &e))?;
             descriptor_sets.insert(package.clone(), absolute);
         }
 
-        let mut fds = compiler.file_descriptor_set();
-        fds.file.retain(|file| !is_bundled(file.name()));
+        // prost-build gets every file, the bundled ones included: it needs
+        // their messages to lay out fields of well-known types, and writes no
+        // code for them (they are extern, reached through `plexus::codegen`).
+        let fds = compiler.file_descriptor_set();
         let generator = PlexusServices {
             contracts,
             descriptor_sets,
             errors: Rc::new(RefCell::new(Vec::new())),
         };
         let errors = Rc::clone(&generator.errors);
-        prost_build::Config::new()
-            .out_dir(&out_dir)
-            .service_generator(Box::new(generator))
-            .compile_fds(fds)?;
-        let errors = errors.borrow();
+        let mut config = prost_build::Config::new();
+        config
+            .prost_path("::plexus::codegen::prost")
+            .prost_types_path("::plexus::codegen::prost_types")
+            .service_generator(Box::new(generator));
+        // With OUT_DIR left to prost-build, its include file names the files
+        // relative to `env!("OUT_DIR")` instead of by absolute path.
+        if !out_dir_from_env {
+            config.out_dir(&out_dir);
+        }
+        if let Some(include_file) = &self.include_file {
+            config.include_file(include_file);
+        }
+        config.compile_fds(fds).map_err(|e| {
+            Error::one(Problem::new(format!(
+                "prost-build could not write the generated code to {}: {e}",
+                out_dir.display()
+            )))
+        })?;
+        let errors = errors.take();
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(io::Error::other(errors.join("\n")))
+            Err(Error::new(errors))
         }
     }
+}
+
+fn write_failed(path: &Path, error: &std::io::Error) -> Error {
+    Error::one(Problem::new(format!(
+        "could not write {}: {error}",
+        path.display()
+    )))
+}
+
+fn check_includes(includes: &[PathBuf]) -> Vec<Problem> {
+    includes
+        .iter()
+        .filter(|dir| !dir.is_dir())
+        .map(|dir| {
+            Problem::new("include directory not found")
+                .at(Location::file(dir))
+                .hint("check the path; relative paths are resolved from the crate's directory (the one with Cargo.toml) when run from build.rs")
+        })
+        .collect()
 }
 
 /// Files Plexus supplies itself; prost-build must not generate them.
@@ -286,8 +373,19 @@ struct ProtoMethod {
 }
 
 impl ProtoContract {
-    fn read(service: &ServiceDescriptor, plexus: &PlexusOptions) -> Result<Self, Vec<String>> {
+    fn read(
+        service: &ServiceDescriptor,
+        plexus: &PlexusOptions,
+        places: &Places<'_>,
+    ) -> Result<Self, Vec<Problem>> {
         let mut problems = Vec::new();
+        let here = |message: String| {
+            Problem::new(format!("service {}: {message}", service.name())).at(location(
+                &service.parent_file(),
+                service.path(),
+                places,
+            ))
+        };
         let options = service.options();
         let roles: Vec<String> = extension(&options, &plexus.roles)
             .and_then(|v| {
@@ -301,11 +399,10 @@ impl ProtoContract {
         let version = match extension(&options, &plexus.version).and_then(|v| v.as_u32()) {
             None => 1,
             Some(0) => {
-                problems.push(format!(
-                    "{}: service {}: (plexus.version) starts at 1",
-                    location(&service.parent_file(), service.path()),
-                    service.name()
-                ));
+                problems.push(
+                    here("(plexus.version) starts at 1".to_owned())
+                        .hint("write `option (plexus.version) = 1;`, or leave it out for 1"),
+                );
                 1
             }
             Some(v) => v,
@@ -326,32 +423,36 @@ impl ProtoContract {
                 .collect();
             let fits = matches!(shape.as_slice(), [(name, false, true)] if name == "Subscribe");
             if !fits {
-                problems.push(format!(
-                    "{}: service {}: a (plexus.topic) has exactly one method, `rpc Subscribe(google.protobuf.Empty) returns (stream Event)`; found {}",
-                    location(&service.parent_file(), service.path()),
-                    service.name(),
-                    if shape.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        shape
-                            .iter()
-                            .map(|(n, c, s)| format!("{n}{}{}", if *c { " (client stream)" } else { "" }, if *s { " (server stream)" } else { "" }))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
-                ));
+                let found = if shape.is_empty() {
+                    "none".to_owned()
+                } else {
+                    shape
+                        .iter()
+                        .map(|(n, c, s)| {
+                            format!(
+                                "{n}{}{}",
+                                if *c { " (client stream)" } else { "" },
+                                if *s { " (server stream)" } else { "" }
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                problems.push(
+                    here(format!("a (plexus.topic) has exactly one method; found {found}"))
+                        .hint("declare it as `rpc Subscribe(google.protobuf.Empty) returns (stream Event);`, where Event is the topic's message"),
+                );
             }
             if !roles.is_empty() {
-                problems.push(format!(
-                    "{}: service {}: a (plexus.topic) has the roles publisher and subscriber; remove (plexus.roles)",
-                    location(&service.parent_file(), service.path()),
-                    service.name()
-                ));
+                problems.push(
+                    here("a (plexus.topic) has the roles publisher and subscriber".to_owned())
+                        .hint("remove the (plexus.roles) options"),
+                );
             }
         }
         let mut methods = HashMap::new();
         for method in service.methods() {
-            match ProtoMethod::read(&method, plexus, &roles) {
+            match ProtoMethod::read(&method, plexus, &roles, places) {
                 Ok(m) => {
                     methods.insert(method.name().to_owned(), m);
                 }
@@ -378,13 +479,14 @@ impl ProtoMethod {
         method: &MethodDescriptor,
         plexus: &PlexusOptions,
         roles: &[String],
-    ) -> Result<Self, String> {
-        let here = || {
-            format!(
-                "{}: rpc {}",
-                location(&method.parent_file(), method.path()),
-                method.name()
-            )
+        places: &Places<'_>,
+    ) -> Result<Self, Problem> {
+        let here = |message: String| {
+            Problem::new(format!("rpc {}: {message}", method.name())).at(location(
+                &method.parent_file(),
+                method.path(),
+                places,
+            ))
         };
         let options = method.options();
         let oneway = extension(&options, &plexus.oneway)
@@ -401,29 +503,45 @@ impl ProtoMethod {
         let role = extension(&options, &plexus.role).and_then(|v| v.as_str().map(str::to_owned));
         if let Some(role) = &role {
             if !roles.contains(role) {
-                return Err(format!(
-                    "{}: role \"{role}\" is not one of the service's roles; declare it with `option (plexus.roles) = \"{role}\";`",
-                    here()
-                ));
+                let declared = if roles.is_empty() {
+                    "the service declares no roles".to_owned()
+                } else {
+                    format!(
+                        "the service's roles are {}",
+                        roles
+                            .iter()
+                            .map(|r| format!("\"{r}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                return Err(here(format!(
+                    "role \"{role}\" is not one of the service's roles ({declared})"
+                ))
+                .hint(format!(
+                    "declare it in the service with `option (plexus.roles) = \"{role}\";`"
+                )));
             }
         }
         let streams = (method.is_client_streaming(), method.is_server_streaming());
         let kind = match (oneway, streams) {
             (true, (false, false)) => {
                 if method.output().full_name() != "google.protobuf.Empty" {
-                    return Err(format!(
-                        "{}: a (plexus.oneway) method has no reply; return google.protobuf.Empty instead of {}",
-                        here(),
+                    return Err(here(format!(
+                        "a (plexus.oneway) method has no reply, but this one returns {}",
                         method.output().full_name()
+                    ))
+                    .hint(
+                        "return google.protobuf.Empty, or drop (plexus.oneway) for an acked call",
                     ));
                 }
                 CallKind::OneWay
             }
             (true, _) => {
-                return Err(format!(
-                    "{}: a (plexus.oneway) method sends one message and cannot stream",
-                    here()
-                ))
+                return Err(here(
+                    "a (plexus.oneway) method sends one message and cannot stream".to_owned(),
+                )
+                .hint("drop `stream`, or drop (plexus.oneway) for a streaming call"))
             }
             (false, (false, false)) => CallKind::Unary,
             (false, (true, false)) => CallKind::ClientStream,
@@ -441,17 +559,21 @@ impl ProtoMethod {
     }
 }
 
-/// `file:line` of the element at `path` in `file`'s source info.
-fn location(file: &FileDescriptor, path: &[i32]) -> String {
-    let line = file
+/// Where the element at `path` in `file` starts, from the file's source info.
+fn location(file: &FileDescriptor, path: &[i32], places: &Places<'_>) -> Location {
+    let span = file
         .file_descriptor_proto()
         .source_code_info
         .as_ref()
         .and_then(|info| info.location.iter().find(|l| l.path == path))
-        .and_then(|l| l.span.first())
-        .map(|line| format!(":{}", line + 1))
+        .map(|l| l.span.clone())
         .unwrap_or_default();
-    format!("{}{line}", file.name())
+    let from_zero = |n: Option<&i32>| n.and_then(|n| u32::try_from(*n).ok()).map(|n| n + 1);
+    Location {
+        file: places.path_of(file.name()),
+        line: from_zero(span.first()),
+        column: from_zero(span.get(1)),
+    }
 }
 
 /// A canonical text of a message's structure (names, numbers and types of
@@ -504,7 +626,21 @@ fn write_shape(message: &MessageDescriptor, text: &mut String, seen: &mut BTreeS
 struct PlexusServices {
     contracts: HashMap<String, ProtoContract>,
     descriptor_sets: HashMap<String, PathBuf>,
-    errors: Rc<RefCell<Vec<String>>>,
+    errors: Rc<RefCell<Vec<Problem>>>,
+}
+
+/// The Rust name of an operation: prost-build's snake_case name, with `_`
+/// appended when a generated client or fanout already has a method of that
+/// name (`rpc Connect` becomes `connect_`, beside `XClient::connect`).
+fn method_ident(rust_name: &str) -> Result<syn::Ident, syn::Error> {
+    if RESERVED_METHOD_NAMES.contains(&rust_name) {
+        Ok(syn::Ident::new(
+            &format!("{rust_name}_"),
+            proc_macro2::Span::call_site(),
+        ))
+    } else {
+        syn::parse_str(rust_name)
+    }
 }
 
 impl PlexusServices {
@@ -541,7 +677,7 @@ impl PlexusServices {
                 }]
             };
             methods.push(MethodDef {
-                name: syn::parse_str(&method.name)
+                name: method_ident(&method.name)
                     .map_err(|e| format!("{full_name}/{}: {e}", method.proto_name))?,
                 schema_name: method.proto_name.clone(),
                 kind: proto.kind,
@@ -568,6 +704,8 @@ impl PlexusServices {
         Ok(ServiceDef {
             package: contract.package.clone(),
             name: contract.name.clone(),
+            ident: syn::parse_str(&service.name)
+                .map_err(|e| format!("service {full_name}: {e}"))?,
             version: contract.version,
             docs: comment_lines(&service.comments),
             roles: contract.roles.clone(),
@@ -616,7 +754,7 @@ impl prost_build::ServiceGenerator for PlexusServices {
         if let Some(code) = self.topic(&service) {
             match code {
                 Ok(code) => buf.push_str(&code),
-                Err(problem) => self.errors.borrow_mut().push(problem),
+                Err(problem) => self.errors.borrow_mut().push(internal(problem)),
             }
             return;
         }
@@ -628,9 +766,15 @@ impl prost_build::ServiceGenerator for PlexusServices {
         });
         match generated {
             Ok(code) => buf.push_str(&code),
-            Err(problem) => self.errors.borrow_mut().push(problem),
+            Err(problem) => self.errors.borrow_mut().push(internal(problem)),
         }
     }
+}
+
+/// A failure of the generator itself rather than of the schema.
+fn internal(message: String) -> Problem {
+    Problem::new(message)
+        .hint("this is a bug in plexus-codegen; please report it with the .proto file")
 }
 
 fn parse_type(rust: &str) -> Result<syn::Type, String> {
