@@ -892,3 +892,39 @@ async fn offering_a_file_with_too_many_chunks_is_refused_before_reading_it() {
         Err(plexus::files::OfferError::TooLarge { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_keeping_to_the_limit_is_never_refused() {
+    let _serial = SERIAL.lock().await;
+    // One call at a time: every answer frees the place the next call takes
+    // at once, so the server must stop counting a call by the time its
+    // answer can reach the caller.
+    let slow = Router::new().unary(SLOW, |_ctx, body: Bytes| async move {
+        tokio::task::yield_now().await;
+        Ok::<_, Reject>(body)
+    });
+    let server = server(ConnectionConfig::new().max_calls(1), echo().add(slow)).await;
+    let conn = Connection::connect(server.local_url())
+        .await
+        .expect("connect");
+    let callers: Vec<_> = (0..16)
+        .map(|i| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                for n in 0..200 {
+                    let op = if (i + n) % 2 == 0 { ECHO } else { SLOW };
+                    conn.call(op, Bytes::from_static(b"x"), CallOptions::new())
+                        .await?;
+                }
+                Ok::<_, CallError>(())
+            })
+        })
+        .collect();
+    for c in callers {
+        bounded("caller", c)
+            .await
+            .expect("no panic")
+            .expect("never refused");
+    }
+    server.shutdown().await;
+}

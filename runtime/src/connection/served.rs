@@ -101,7 +101,7 @@ impl Shared {
                     // limit before it gets here), its body charged until the
                     // handler ends.
                     self.serving.fetch_add(1, Ordering::AcqRel);
-                    let serving = Serving(self.clone());
+                    let serving = Serving(self.clone(), std::cell::Cell::new(false));
                     let charge = Charge::new(&self.budget, open.body.len());
                     let fut = AssertUnwindSafe(f(ctx, open.body)).catch_unwind();
                     tokio::spawn(async move {
@@ -294,7 +294,7 @@ impl Shared {
         if let Some(entry) = entry {
             table.insert(id, entry);
         }
-        Ok(Some(Serving(self.clone())))
+        Ok(Some(Serving(self.clone(), std::cell::Cell::new(false))))
     }
 
     /// Serves a unary call: its handler is polled once right here, and a
@@ -338,7 +338,10 @@ impl Shared {
         // Answers go straight into the queue: it counts against the budget,
         // and the reader stops taking new calls while the budget is full.
         if let Some(answer) = Answer::of(self, outcome) {
-            let _ = self.out.push(|o| answer.encode(o, id));
+            let _ = self.out.push(|o| {
+                answer.encode(o, id);
+                serving.end();
+            });
         }
         drop(serving);
         Ok(())
@@ -405,17 +408,33 @@ async fn run(
     // Straight into the queue, which counts against the budget (see
     // `serve_unary`).
     if let Some(answer) = Answer::of(shared, outcome) {
-        let _ = shared.out.push(|o| answer.encode(o, id));
+        let _ = shared.out.push(|o| {
+            answer.encode(o, id);
+            serving.end();
+        });
     }
 }
 
 /// Counts a call as served, against the call limit and for a graceful
-/// close, until it is dropped, however serving it ends.
-pub(crate) struct Serving(Arc<Shared>);
+/// close, until [`end`](Self::end) or its drop, however serving it ends.
+pub(crate) struct Serving(Arc<Shared>, std::cell::Cell<bool>);
+
+impl Serving {
+    /// Stops counting the call. Called under the write queue's lock as its
+    /// answer is queued, so the count drops exactly when the answer can
+    /// leave: the peer, which counts the call until the answer arrives,
+    /// never sees this side over the limit it announced, and a graceful
+    /// close that sees the count at zero finds the answer already queued.
+    fn end(&self) {
+        if !self.1.replace(true) {
+            self.0.end_serving();
+        }
+    }
+}
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        self.0.end_serving();
+        self.end();
     }
 }
 
