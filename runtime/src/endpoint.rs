@@ -92,7 +92,10 @@ struct Inner {
     transport: TransportConfig,
     hello_data: Bytes,
     accept: Option<AcceptHook>,
-    max_connections: Option<usize>,
+    max_connections: usize,
+    /// Incoming handshakes that may run at once; the listeners stop
+    /// accepting while all are taken.
+    handshakes: Arc<tokio::sync::Semaphore>,
     events: Arc<EventHub>,
     conns: Mutex<HashMap<u64, Connection>>,
     next_conn: AtomicU64,
@@ -136,8 +139,14 @@ pub struct EndpointBuilder {
     hello_data: Bytes,
     accept: Option<AcceptHook>,
     sessions: Option<SessionHook>,
-    max_connections: Option<usize>,
+    max_connections: usize,
+    max_handshakes: usize,
 }
+
+/// Default [`EndpointBuilder::max_connections`].
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default [`EndpointBuilder::max_handshakes`].
+const DEFAULT_MAX_HANDSHAKES: usize = 128;
 
 impl fmt::Debug for EndpointBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -205,9 +214,21 @@ impl EndpointBuilder {
 
     /// Refuses incoming connections (with `RefusalCode::TooManyConnections`)
     /// while `max` connections are open on this endpoint, counting both
-    /// directions.
+    /// directions. 4096 by default;
+    /// `usize::MAX` for no limit.
     pub fn max_connections(mut self, max: usize) -> Self {
-        self.max_connections = Some(max);
+        self.max_connections = max;
+        self
+    }
+
+    /// Most incoming handshakes in progress at once, across the endpoint's
+    /// listeners (at least 1). While all are taken the listeners accept
+    /// nothing more, so a flood of dialers that never finish their hello
+    /// waits in the kernel's backlog instead of holding tasks and buffers
+    /// here; each handshake is bounded by the handshake timeout.
+    /// 128 by default.
+    pub fn max_handshakes(mut self, max: usize) -> Self {
+        self.max_handshakes = max.max(1);
         self
     }
 
@@ -223,6 +244,7 @@ impl EndpointBuilder {
                 hello_data: self.hello_data,
                 accept: self.accept,
                 max_connections: self.max_connections,
+                handshakes: Arc::new(tokio::sync::Semaphore::new(self.max_handshakes)),
                 conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(0),
                 handshaking: AtomicUsize::new(0),
@@ -263,7 +285,8 @@ impl Endpoint {
             hello_data: Bytes::new(),
             accept: None,
             sessions: None,
-            max_connections: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
         }
     }
 
@@ -319,6 +342,13 @@ impl Endpoint {
         let stop2 = stop.clone();
         tokio::spawn(async move {
             loop {
+                // A place among the handshakes in progress first: without
+                // one, nothing more is accepted.
+                let place = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    p = inner.handshakes.clone().acquire_owned() => p,
+                };
+                let Ok(place) = place else { return };
                 let accepted = tokio::select! {
                     _ = stop2.cancelled() => return,
                     a = listener.accept() => a,
@@ -327,6 +357,7 @@ impl Endpoint {
                     Ok(c) => {
                         let inner = inner.clone();
                         tokio::spawn(async move {
+                            let _place = place;
                             let remote = c.remote.clone();
                             if let Err(e) = accept_one(&inner, c).await {
                                 tracing::debug!(remote = %remote, "incoming connection failed: {e}");
@@ -369,7 +400,13 @@ impl Endpoint {
                 },
             });
         }
-        let connected = transport::dial(&url, &self.inner.transport).await?;
+        let reach = self.inner.config.connect_timeout;
+        let connected = tokio::time::timeout(reach, transport::dial(&url, &self.inner.transport))
+            .await
+            .map_err(|_| ConnectError::ConnectTimeout {
+                url: url.to_string(),
+                after: reach,
+            })??;
         let (mut rd, mut wr) = connected.stream.split();
         let label = url.to_string();
         let limit = self.inner.config.handshake_timeout;
@@ -378,6 +415,8 @@ impl Endpoint {
             node_id: self.inner.node.0,
             max_frame: self.inner.config.max_frame,
             window: self.inner.config.window,
+            max_calls: self.inner.config.max_calls,
+            extensions: Vec::new(),
             data,
         };
         let (welcome, leftover) = tokio::time::timeout(limit, async {
@@ -390,6 +429,13 @@ impl Endpoint {
                 match Answer::decode(&mut buf) {
                     Ok(Some(a)) => break a,
                     Ok(None) => {}
+                    Err(WireError::UnsupportedVersion(theirs)) => {
+                        return Err(ConnectError::VersionMismatch {
+                            url: label.clone(),
+                            ours: handshake::VERSION,
+                            theirs,
+                        })
+                    }
                     Err(source) => {
                         return Err(ConnectError::Handshake {
                             url: label.clone(),
@@ -439,6 +485,7 @@ impl Endpoint {
             dialer: true,
             peer_max_frame: welcome.max_frame,
             peer_window: welcome.window,
+            peer_max_calls: welcome.max_calls,
             leftover,
         };
         Ok(self.register(Connection::start(
@@ -588,21 +635,15 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
     }
     // Held until the connection is registered, so handshakes running side
     // by side cannot all pass the limit check before any of them counts.
-    let _slot = match inner.max_connections {
-        None => None,
-        Some(max) => match HandshakeSlot::take(inner, max) {
-            Ok(slot) => Some(slot),
-            Err(()) => {
-                let reason =
-                    format!("at its limit of {max} connections; try again later or elsewhere");
-                refuse(&mut wr, RefusalCode::TooManyConnections, reason.clone()).await;
-                return Err(ConnectError::Refused {
-                    url: remote,
-                    code: RefusalCode::TooManyConnections,
-                    reason,
-                });
-            }
-        },
+    let max = inner.max_connections;
+    let Ok(_slot) = HandshakeSlot::take(inner, max) else {
+        let reason = format!("at its limit of {max} connections; try again later or elsewhere");
+        refuse(&mut wr, RefusalCode::TooManyConnections, reason.clone()).await;
+        return Err(ConnectError::Refused {
+            url: remote,
+            code: RefusalCode::TooManyConnections,
+            reason,
+        });
     };
     if inner.shutdown.is_cancelled() {
         refuse(
@@ -654,6 +695,8 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
         node_id: inner.node.0,
         max_frame: inner.config.max_frame,
         window: inner.config.window,
+        max_calls: inner.config.max_calls,
+        extensions: Vec::new(),
         data: reply,
     };
     let mut out = BytesMut::new();
@@ -666,6 +709,7 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
         dialer: false,
         peer_max_frame: hello.max_frame,
         peer_window: hello.window,
+        peer_max_calls: hello.max_calls,
         leftover,
     };
     let conn = Connection::start(

@@ -64,6 +64,12 @@ impl Reject {
         Self::system(crate::wire::SystemCode::HandlerFailed, message)
     }
 
+    /// The refusal for a call that would pass one of this side's limits;
+    /// the caller receives [`CallError::Overloaded`].
+    pub(crate) fn overloaded(message: impl Into<String>) -> Self {
+        Self::system(crate::wire::SystemCode::ResourceExhausted, message)
+    }
+
     fn system(code: crate::wire::SystemCode, message: impl Into<String>) -> Self {
         Reject {
             code: code as u32,
@@ -209,6 +215,22 @@ pub enum CallError {
         /// The peer.
         peer: Arc<str>,
     },
+    /// The peer was at one of its limits (calls served at once for this
+    /// side, sessions, memory) and refused the call before running it; safe
+    /// to retry after a pause. A Plexus caller keeps within the limit the
+    /// peer announced, so seeing this means another caller ignored it, or a
+    /// session limit was reached.
+    #[error(
+        "{op} on {peer}: the peer is at a limit and did not run the call: {message} (retry later)"
+    )]
+    Overloaded {
+        /// Operation id.
+        op: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+        /// Which limit.
+        message: String,
+    },
     /// The peer neither accepted nor rejected a session within the settle timeout.
     #[error("session `{session}` with {peer}: neither accepted nor rejected within {after:?}")]
     SessionTimeout {
@@ -236,9 +258,11 @@ pub enum CallError {
         op: Arc<str>,
         /// The peer.
         peer: Arc<str>,
-        /// The message size.
+        /// The message's size.
         size: usize,
-        /// The limit.
+        /// The largest message the peer takes here: its frame limit, less
+        /// what the call's own fields (operation, deadline, metadata) take
+        /// of the call-open frame.
         limit: usize,
     },
     /// A call meant for one peer of a set found no peer to take it: the set
@@ -298,7 +322,9 @@ impl CallError {
     pub fn is_safe_to_retry(&self) -> bool {
         matches!(
             self,
-            CallError::Closing { .. } | CallError::NoSuchOperation { .. }
+            CallError::Closing { .. }
+                | CallError::NoSuchOperation { .. }
+                | CallError::Overloaded { .. }
         )
     }
 }
@@ -348,6 +374,15 @@ pub enum ConnectError {
         /// What was wrong.
         #[source]
         source: WireError,
+    },
+    /// The dial did not reach the peer in time (no answer to the TCP
+    /// connect, or for `tls://` to the TLS handshake).
+    #[error("{url}: no connection within {after:?} (is the address right and the peer up? raise ConnectionConfig::connect_timeout for slow links)")]
+    ConnectTimeout {
+        /// Where we dialed.
+        url: String,
+        /// The limit.
+        after: Duration,
     },
     /// The handshake did not complete in time.
     #[error("{url}: handshake did not complete within {after:?}")]

@@ -152,7 +152,7 @@ impl Route {
 /// ```
 #[derive(Clone, Default)]
 pub struct Router {
-    routes: Arc<HashMap<Box<str>, Route>>,
+    routes: Arc<HashMap<Arc<str>, Route>>,
     /// The contracts of the services merged in, so a node can announce them.
     descriptors: Vec<&'static ServiceDescriptor>,
 }
@@ -192,7 +192,7 @@ impl Router {
         if routes.contains_key(op.as_str()) {
             panic!("operation `{op}` is registered twice on one router; each operation id must be unique");
         }
-        routes.insert(op.into_boxed_str(), route);
+        routes.insert(Arc::from(op), route);
         self
     }
 
@@ -229,8 +229,11 @@ impl Router {
         &self.descriptors
     }
 
-    pub(crate) fn route(&self, op: &str) -> Option<Route> {
-        self.routes.get(op).cloned()
+    /// The handler for `op`, with the router's own copy of the name.
+    pub(crate) fn route_named(&self, op: &str) -> Option<(Arc<str>, Route)> {
+        self.routes
+            .get_key_value(op)
+            .map(|(name, route)| (name.clone(), route.clone()))
     }
 
     /// Registers an acked call: one request, one reply or a rejection.

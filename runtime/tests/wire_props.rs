@@ -11,8 +11,8 @@ use bytes::{Bytes, BytesMut};
 use plexus::wire::frame::{MAX_METADATA_PAIRS, MAX_OP_NAME};
 use plexus::wire::handshake::{self, MAX_HANDSHAKE_DATA, MIN_FRAME};
 use plexus::wire::{
-    decode, varint, Answer, CallOpen, Frame, Hello, OpRef, Refusal, RefusalCode, Welcome,
-    WireError, HEADER_LEN,
+    decode, varint, Answer, CallOpen, Extension, Frame, Hello, OpRef, Refusal, RefusalCode,
+    Welcome, WireError, HEADER_LEN,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -124,21 +124,36 @@ fn announced_max_frame() -> impl Strategy<Value = u32> {
     MIN_FRAME..=u32::MAX
 }
 
+fn extensions() -> impl Strategy<Value = Vec<Extension>> {
+    // Distinct types, each value within its u16 length and the whole area
+    // within the handshake's limit.
+    proptest::collection::btree_map(any::<u16>(), bytes(64), 0..8).prop_map(|m| {
+        m.into_iter()
+            .map(|(kind, value)| Extension { kind, value })
+            .collect()
+    })
+}
+
 fn hello() -> impl Strategy<Value = Hello> {
     (
-        any::<u16>(),
         any::<u128>(),
         announced_max_frame(),
         any::<u32>(),
+        1..=u32::MAX,
+        extensions(),
         bytes(256),
     )
-        .prop_map(|(version, node_id, max_frame, window, data)| Hello {
-            version,
-            node_id,
-            max_frame,
-            window,
-            data,
-        })
+        .prop_map(
+            |(node_id, max_frame, window, max_calls, extensions, data)| Hello {
+                version: handshake::VERSION,
+                node_id,
+                max_frame,
+                window,
+                max_calls,
+                extensions,
+                data,
+            },
+        )
 }
 
 fn refusal_code() -> impl Strategy<Value = RefusalCode> {
@@ -156,21 +171,26 @@ fn refusal_code() -> impl Strategy<Value = RefusalCode> {
 fn answer() -> impl Strategy<Value = Answer> {
     prop_oneof![
         (
-            any::<u16>(),
             any::<u128>(),
             announced_max_frame(),
             any::<u32>(),
+            1..=u32::MAX,
+            extensions(),
             bytes(256)
         )
-            .prop_map(|(version, node_id, max_frame, window, data)| {
-                Answer::Welcome(Welcome {
-                    version,
-                    node_id,
-                    max_frame,
-                    window,
-                    data,
-                })
-            }),
+            .prop_map(
+                |(node_id, max_frame, window, max_calls, extensions, data)| {
+                    Answer::Welcome(Welcome {
+                        version: handshake::VERSION,
+                        node_id,
+                        max_frame,
+                        window,
+                        max_calls,
+                        extensions,
+                        data,
+                    })
+                }
+            ),
         (any::<u16>(), refusal_code(), text(64)).prop_map(|(version, code, reason)| {
             Answer::Refusal(Refusal {
                 version,
@@ -513,8 +533,10 @@ fn operation_names_are_limited_to_1024_bytes() {
     let mut over = call_open_frame("o".repeat(MAX_OP_NAME + 1), Vec::new());
     assert!(matches!(
         decode(&mut over, NO_LIMIT),
-        Err(WireError::Truncated {
-            field: "operation name"
+        Err(WireError::TooLong {
+            field: "operation name",
+            len: 1025,
+            max: MAX_OP_NAME,
         })
     ));
 }
@@ -545,6 +567,8 @@ fn handshake_data_is_limited_to_64_kib() {
         node_id: 7,
         max_frame: MIN_FRAME,
         window: 1024,
+        max_calls: 256,
+        extensions: Vec::new(),
         data: Bytes::from(vec![0u8; len as usize]),
     };
     let mut at_limit = BytesMut::new();
@@ -554,7 +578,7 @@ fn handshake_data_is_limited_to_64_kib() {
     // Refused from the fixed part alone, before the data arrives.
     let mut over = BytesMut::new();
     hello(MAX_HANDSHAKE_DATA + 1).encode(&mut over);
-    over.truncate(36);
+    over.truncate(42);
     assert_eq!(
         Hello::decode(&mut over),
         Err(WireError::HandshakeDataTooLarge {
@@ -572,6 +596,8 @@ fn a_max_frame_below_1024_is_refused() {
         node_id: 7,
         max_frame: MIN_FRAME - 1,
         window: 1024,
+        max_calls: 256,
+        extensions: Vec::new(),
         data: Bytes::new(),
     }
     .encode(&mut buf);
@@ -602,18 +628,20 @@ fn encoded(f: Frame) -> Vec<u8> {
 fn protocol_document_examples_are_byte_exact() {
     let mut hello = BytesMut::new();
     Hello {
-        version: 1,
+        version: 2,
         node_id: 0x0001_0203_0405_0607_0809_0a0b_0c0d_0e0f,
         max_frame: 16 * 1024 * 1024,
         window: 256 * 1024,
+        max_calls: 256,
+        extensions: Vec::new(),
         data: Bytes::new(),
     }
     .encode(&mut hello);
     assert_eq!(
         hello.to_vec(),
-        hex("50 4c 58 53 00 01 00 00 \
+        hex("50 4c 58 53 00 02 00 00 \
              00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f \
-             01 00 00 00 00 04 00 00 00 00 00 00")
+             01 00 00 00 00 04 00 00 00 00 01 00 00 00 00 00 00 00")
     );
 
     let open = |id, name: Option<&str>, body: &'static [u8]| {

@@ -261,3 +261,241 @@ impl Pair {
         })
     }
 }
+
+/// A peer that speaks the wire protocol by hand, for tests that play a
+/// careless or hostile client: it completes the dialer's handshake, then
+/// writes and reads raw frames.
+pub mod raw {
+    use bytes::{Bytes, BytesMut};
+    use plexus::wire::{self, Answer, Frame, Hello, Welcome};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::bounded;
+
+    /// A hand-driven dialer after its handshake.
+    pub struct RawPeer {
+        /// The stream, positioned after the welcome.
+        pub stream: TcpStream,
+        /// The listener's welcome.
+        pub welcome: Welcome,
+        /// Bytes read past the welcome.
+        pub buf: BytesMut,
+    }
+
+    /// The hello a raw peer sends: node id 7, 1 MiB frames, 64 KiB windows.
+    pub fn hello(version: u16) -> BytesMut {
+        let mut out = BytesMut::new();
+        Hello {
+            version,
+            node_id: 7,
+            max_frame: 1 << 20,
+            window: 1 << 16,
+            max_calls: 256,
+            extensions: Vec::new(),
+            data: Bytes::new(),
+        }
+        .encode(&mut out);
+        out
+    }
+
+    impl RawPeer {
+        /// Dials `addr` (host:port) and completes the handshake.
+        pub async fn connect(addr: &str) -> RawPeer {
+            let mut stream = TcpStream::connect(addr).await.expect("dial");
+            stream
+                .write_all(&hello(wire::handshake::VERSION))
+                .await
+                .expect("hello");
+            let mut buf = BytesMut::new();
+            let welcome = bounded("welcome", async {
+                loop {
+                    if let Some(a) = Answer::decode(&mut buf).expect("answer") {
+                        match a {
+                            Answer::Welcome(w) => break w,
+                            Answer::Refusal(r) => panic!("refused: {r:?}"),
+                        }
+                    }
+                    assert_ne!(
+                        stream.read_buf(&mut buf).await.expect("read"),
+                        0,
+                        "closed during handshake"
+                    );
+                }
+            })
+            .await;
+            RawPeer {
+                stream,
+                welcome,
+                buf,
+            }
+        }
+
+        /// Writes `frames`, encoded back to back.
+        pub async fn send(&mut self, frames: &[Frame]) -> std::io::Result<()> {
+            let mut out = BytesMut::new();
+            for f in frames {
+                f.encode(&mut out);
+            }
+            self.stream.write_all(&out).await
+        }
+
+        /// Reads until at least `n` frames have come, or the stream ends.
+        pub async fn frames(&mut self, n: usize) -> Vec<Frame> {
+            let mut got = Vec::new();
+            bounded("frames", async {
+                loop {
+                    while let Ok(Some(f)) = wire::decode(&mut self.buf, u32::MAX) {
+                        got.push(f);
+                    }
+                    if got.len() >= n {
+                        return;
+                    }
+                    match self.stream.read_buf(&mut self.buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            got
+        }
+    }
+
+    /// A call-open frame: unary (`END`), op index `index`, defining `name`
+    /// when given.
+    pub fn call(id: u32, index: u32, name: Option<&str>, body: Bytes) -> Frame {
+        Frame::CallOpen(wire::CallOpen {
+            id,
+            op: wire::OpRef {
+                index,
+                name: name.map(str::to_owned),
+            },
+            deadline: None,
+            metadata: Vec::new(),
+            session: None,
+            end: true,
+            oneway: false,
+            body,
+        })
+    }
+}
+
+/// The resident set size of this process, in bytes (Linux; 0 elsewhere).
+pub fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Samples [`rss_bytes`] every 5 ms in the background and keeps the peak.
+pub struct RssPeak {
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssPeak {
+    /// Starts sampling.
+    pub fn start() -> RssPeak {
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(rss_bytes()));
+        let p = peak.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                p.fetch_max(rss_bytes(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        RssPeak { peak, task }
+    }
+
+    /// The highest RSS seen so far.
+    pub fn peak(&self) -> usize {
+        self.peak.fetch_max(rss_bytes(), Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssPeak {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP relay between a client and `target` that can be frozen: it then
+/// stops moving bytes either way, as a peer whose process was stopped
+/// (SIGSTOP) looks from the network — its socket buffers fill, it returns no
+/// credit and answers no ping.
+pub struct FreezableProxy {
+    /// Where clients connect (`tcp://127.0.0.1:port`).
+    pub url: String,
+    frozen: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezableProxy {
+    /// Relays every connection made to the proxy to `target` (host:port).
+    pub async fn start(target: String) -> FreezableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("tcp://{}", listener.local_addr().expect("addr"));
+        let frozen = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
+        let f = frozen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, f.subscribe()));
+                tokio::spawn(pump(sr, cw, f.subscribe()));
+            }
+        });
+        FreezableProxy { url, frozen, task }
+    }
+
+    /// Stops moving bytes (until [`thaw`](Self::thaw)).
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    /// Moves bytes again.
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            // Frozen mid-wait: stop reading at once.
+            _ = frozen.wait_for(|f| *f) => continue,
+        };
+        if frozen.wait_for(|f| !*f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

@@ -184,3 +184,48 @@ fn measure_serde_formats() {
     table("Post (7 fields, strings, list, bytes, option)", &post());
     table("Echo (64-byte body)", &Echo { body: vec![7; 64] });
 }
+
+/// The byte table in docs/CONTRACTS.md ("Arguments"), through the codec a
+/// `#[plexus::service]` uses by default.
+#[test]
+fn msgpack_arguments_have_the_documented_bytes() {
+    #[derive(Serialize, Deserialize)]
+    struct Seq {
+        seq: u64,
+        who: String,
+    }
+    #[derive(Serialize, Deserialize)]
+    enum E {
+        A,
+        B(u8),
+        C { x: u8 },
+    }
+    fn bytes<T: Serialize + serde::de::DeserializeOwned>(v: &T) -> Vec<u8> {
+        <MsgPack as Codec<T>>::encode(v).expect("encodes").to_vec()
+    }
+    assert_eq!(bytes(&()), [0xc0]);
+    assert_eq!(bytes(&7u32), [0x07]);
+    assert_eq!(bytes(&(7u32, "a".to_owned())), [0x92, 0x07, 0xa1, 0x61]);
+    assert_eq!(
+        bytes(&Seq {
+            seq: 1,
+            who: "x".into()
+        }),
+        [0x82, 0xa3, b's', b'e', b'q', 0x01, 0xa3, b'w', b'h', b'o', 0xa1, b'x']
+    );
+    assert_eq!(bytes(&Option::<u8>::None), [0xc0]);
+    assert_eq!(bytes(&E::A), [0xa1, b'A']);
+    assert_eq!(bytes(&E::B(1)), [0x81, 0xa1, b'B', 0x01]);
+    assert_eq!(
+        bytes(&E::C { x: 2 }),
+        [0x81, 0xa1, b'C', 0x81, 0xa1, b'x', 0x02]
+    );
+    assert_eq!(bytes(&vec![1u8, 2]), [0x92, 0x01, 0x02]);
+    assert_eq!(
+        bytes(&plexus::Bytes::from_static(&[1, 2])),
+        [0xc4, 0x02, 0x01, 0x02]
+    );
+    // And a `()` request is nil, not an empty body.
+    assert!(<MsgPack as Codec<()>>::decode(plexus::Bytes::new()).is_err());
+    assert!(<MsgPack as Codec<()>>::decode(plexus::Bytes::from_static(&[0xc0])).is_ok());
+}

@@ -70,7 +70,9 @@ const CHUNK: u32 = 16 * 1024;
 fn offered(len: usize) -> (Bytes, FileStore, FileInfo) {
     let data = content(len);
     let store = FileStore::with_chunk_size(CHUNK);
-    let info = store.offer_bytes("file.bin", data.clone());
+    let info = store
+        .offer_bytes("file.bin", data.clone())
+        .expect("offered");
     (data, store, info)
 }
 
@@ -447,7 +449,7 @@ async fn a_file_nobody_offers_is_not_found_after_the_wait() {
         .probe_every(Duration::from_millis(50))
         .start();
     tokio::time::sleep(Duration::from_millis(120)).await;
-    store.offer_bytes("late", late.clone());
+    store.offer_bytes("late", late.clone()).expect("offered");
     let done = bounded("late download", download.finish())
         .await
         .expect("found on a later probe");
@@ -459,7 +461,7 @@ async fn a_file_nobody_offers_is_not_found_after_the_wait() {
 async fn cancelling_stops_the_download_and_removes_the_partial_file() {
     let data = content(8 * CHUNK as usize);
     let store = FileStore::with_chunk_size(CHUNK);
-    let info = store.offer_bytes("f.bin", data);
+    let info = store.offer_bytes("f.bin", data).expect("offered");
     let (seeders, downloader, _) = seeders_and_downloader(1, |_| {
         FileShareHandler::new(Wrapped {
             hang: true,
@@ -562,7 +564,7 @@ async fn a_file_saved_to_disk_is_shared_on_from_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_rejects_unknown_files_and_chunks_past_the_end() {
     let store = FileStore::with_chunk_size(CHUNK);
-    let info = store.offer_bytes("small", content(100));
+    let info = store.offer_bytes("small", content(100)).expect("offered");
     let (seeders, downloader, _) = seeders_and_downloader(1, |_| store.clone()).await;
     let (_, client) = downloader.peers::<FileShareClient>().list().remove(0);
     let unknown = Manifest::of("x", b"other", CHUNK).id();

@@ -59,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = content(mib << 20);
 
     let original = FileStore::new();
-    let info = original.offer_bytes("dataset.bin", data.clone());
+    let info = original.offer_bytes("dataset.bin", data.clone())?;
     println!(
         "offering {} ({} MiB) as {}",
         info.name,

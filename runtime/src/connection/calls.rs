@@ -10,12 +10,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::budget::Slot;
 use super::flow::{RecvWindow, SendCredit};
 use super::stream::{CallGuard, Inbound, Outbound, Reply};
 use super::table::{Entry, Failure, InboundTx};
 use super::Shared;
 use crate::error::CallError;
-use crate::wire::frame::{encode_call_open, CallOpenHead};
+use crate::wire::frame::CallOpenHead;
 
 /// Per-call options: a deadline and metadata.
 ///
@@ -112,14 +113,15 @@ impl Shared {
     }
 
     fn check_size(&self, op: &str, head: &CallOpenHead<'_>, body: &[u8]) -> Result<(), CallError> {
-        let size = head.encoded_len() + body.len();
-        let limit = self.peer_max_frame as usize;
-        if size > limit {
+        // The frame carries the call's header fields besides the message;
+        // the error speaks of the message, which is what the caller sized.
+        let room = (self.peer_max_frame as usize).saturating_sub(head.encoded_len());
+        if body.len() > room {
             return Err(CallError::MessageTooLarge {
                 op: op.into(),
                 peer: self.peer.label.clone(),
-                size,
-                limit,
+                size: body.len(),
+                limit: room,
             });
         }
         Ok(())
@@ -134,7 +136,7 @@ impl Shared {
         opts: &CallOptions,
         timeout: Option<Duration>,
         shape: Shape,
-        body: &[u8],
+        body: &Bytes,
     ) -> Result<(), CallError> {
         let probe = CallOpenHead {
             id,
@@ -162,7 +164,7 @@ impl Shared {
                     op_name: name,
                     ..probe
                 };
-                encode_call_open(&mut o.buf, &head, body);
+                o.call_open(&head, body);
             })
             .await
             .map_err(|_| CallError::ConnectionLost {
@@ -179,6 +181,31 @@ impl Shared {
         self.table().insert(id, entry);
     }
 
+    /// One of the peer's call slots (see `CallSlots`): at once when the peer
+    /// has room for another call, otherwise after waiting — at most `timeout`,
+    /// which counts towards the call's own.
+    async fn slot(&self, op: &str, timeout: Option<Duration>) -> Result<Slot, CallError> {
+        if let Some(slot) = self.slots.try_take() {
+            return Ok(slot);
+        }
+        let wait = async {
+            tokio::select! {
+                slot = self.slots.take() => Ok(slot),
+                _ = self.closed.cancelled() => Err(self.name(op).error(self.lost(), timeout)),
+            }
+        };
+        match timeout {
+            None => wait.await,
+            Some(t) => tokio::time::timeout(t, wait)
+                .await
+                .map_err(|_| CallError::Timeout {
+                    op: op.into(),
+                    peer: self.peer.label.clone(),
+                    after: t,
+                })?,
+        }
+    }
+
     fn new_inbound(
         &self,
     ) -> (
@@ -187,7 +214,11 @@ impl Shared {
         Arc<RecvWindow>,
     ) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let window = Arc::new(RecvWindow::new(self.config.window, self.config.max_frame));
+        let window = Arc::new(RecvWindow::new(
+            self.config.window,
+            self.config.max_frame,
+            self.budget.clone(),
+        ));
         (
             InboundTx {
                 tx,
@@ -219,6 +250,7 @@ impl Shared {
         let s = self;
         s.refuse_if_closing(op)?;
         let timeout = opts.timeout.or(s.config.default_timeout);
+        let slot = s.slot(op, timeout).await?;
         let id = s.next_call_id();
         let (tx, rx) = oneshot::channel();
         // The connection's sweeper fails the call at its deadline (and
@@ -229,6 +261,7 @@ impl Shared {
             Entry {
                 reply: Some(tx),
                 deadline,
+                slot: Some(slot),
                 ..Entry::default()
             },
         );
@@ -275,12 +308,14 @@ impl Shared {
     ) -> Result<Inbound, CallError> {
         let s = self;
         s.refuse_if_closing(op)?;
+        let slot = s.slot(op, opts.timeout).await?;
         let id = s.next_call_id();
         let (inbound_tx, rx, window) = s.new_inbound();
         s.register(
             id,
             Entry {
                 inbound: Some(inbound_tx),
+                slot: Some(slot),
                 ..Entry::default()
             },
         );
@@ -307,12 +342,13 @@ impl Shared {
         mut entry: Entry,
     ) -> Result<(Outbound, Arc<CallGuard>, Option<tokio::time::Instant>), CallError> {
         self.refuse_if_closing(op)?;
+        entry.slot = Some(self.slot(op, opts.timeout).await?);
         let id = self.next_call_id();
         let credit = Arc::new(SendCredit::new(self.peer_window));
         entry.credit = Some(credit.clone());
         self.register(id, entry);
         let guard = Arc::new(CallGuard::new(self.clone(), id));
-        self.open(id, op, opts, opts.timeout, Shape::Stream, &[])
+        self.open(id, op, opts, opts.timeout, Shape::Stream, &Bytes::new())
             .await?;
         let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
         let out = Outbound::opener(

@@ -7,7 +7,9 @@
 //! instead of growing memory on either side.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use super::budget::Budget;
 
 use tokio::sync::Notify;
 
@@ -120,36 +122,50 @@ impl SendCredit {
 
 /// The receiving side's account of one stream: bytes received and not yet
 /// returned as credit. The reader checks it against the window so a peer that
-/// ignores flow control is caught, not buffered.
+/// ignores flow control is caught, not buffered. The same bytes count against
+/// the connection's memory budget until they are credited back or the stream
+/// is gone.
 #[derive(Debug)]
 pub(crate) struct RecvWindow {
     outstanding: AtomicU64,
     limit: u64,
+    budget: Arc<Budget>,
 }
 
 impl RecvWindow {
     /// `window` is what we announced; `slack` admits one oversized message.
-    pub(crate) fn new(window: u32, slack: u32) -> Self {
+    pub(crate) fn new(window: u32, slack: u32, budget: Arc<Budget>) -> Self {
         RecvWindow {
             outstanding: AtomicU64::new(0),
             limit: u64::from(window) + u64::from(slack),
+            budget,
         }
     }
 
     /// Records `n` received bytes; `false` if the peer exceeded its credit.
     pub(crate) fn receive(&self, n: usize) -> bool {
+        self.budget.charge(n);
         let now = self.outstanding.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
         now <= self.limit
     }
 
-    /// Records `n` bytes returned to the peer as credit.
+    /// Records `n` bytes returned to the peer as credit, or dropped unread.
     pub(crate) fn release(&self, n: u32) {
         self.outstanding.fetch_sub(u64::from(n), Ordering::AcqRel);
+        self.budget.release(n as usize);
     }
 
     /// Bytes received and not yet credited back.
     pub(crate) fn outstanding(&self) -> u64 {
         self.outstanding.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for RecvWindow {
+    fn drop(&mut self) {
+        // Whatever was never credited back is gone with the stream.
+        let left = usize::try_from(*self.outstanding.get_mut()).unwrap_or(usize::MAX);
+        self.budget.release(left);
     }
 }
 
@@ -208,11 +224,23 @@ mod tests {
 
     #[test]
     fn receiver_catches_a_peer_over_its_window() {
-        let w = RecvWindow::new(100, 10);
+        let w = RecvWindow::new(100, 10, Arc::new(Budget::new(1 << 20)));
         assert!(w.receive(100));
         assert!(w.receive(10));
         assert!(!w.receive(1));
         w.release(50);
         assert_eq!(w.outstanding(), 61);
+    }
+
+    #[test]
+    fn unread_stream_bytes_count_against_the_budget_until_credited_or_dropped() {
+        let budget = Arc::new(Budget::new(1 << 20));
+        let w = RecvWindow::new(100, 10, budget.clone());
+        assert!(w.receive(80));
+        assert_eq!(budget.held(), 80);
+        w.release(50);
+        assert_eq!(budget.held(), 30);
+        drop(w);
+        assert_eq!(budget.held(), 0, "a dropped stream gives its bytes back");
     }
 }

@@ -8,6 +8,7 @@
 //! [`Connection`] is the cheap, cloneable handle to all of it. It never
 //! touches the socket itself.
 
+mod budget;
 mod calls;
 mod flow;
 mod reader;
@@ -76,7 +77,16 @@ pub struct ConnectionConfig {
     pub(crate) default_timeout: Option<Duration>,
     pub(crate) write_high_water: usize,
     pub(crate) drain_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_calls: u32,
+    pub(crate) memory_budget: usize,
+    pub(crate) stall_timeout: Duration,
 }
+
+/// Default [`ConnectionConfig::max_calls`].
+const DEFAULT_MAX_CALLS: u32 = 256;
+/// Default [`ConnectionConfig::memory_budget`]: 16 MiB.
+const DEFAULT_MEMORY_BUDGET: usize = 16 * 1024 * 1024;
 
 impl Default for ConnectionConfig {
     fn default() -> Self {
@@ -89,15 +99,63 @@ impl Default for ConnectionConfig {
             default_timeout: Some(Duration::from_secs(30)),
             write_high_water: 1024 * 1024,
             drain_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_calls: DEFAULT_MAX_CALLS,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            stall_timeout: Duration::from_secs(10),
         }
     }
 }
 
 impl ConnectionConfig {
     /// The defaults: 16 MiB frames, 2 MiB stream windows, ping after 5 s of
-    /// silence, lost after 15 s, 30 s default timeout for unary calls.
+    /// silence, lost after 15 s, 30 s default timeout for unary calls, 10 s
+    /// to dial and 10 s for the handshake, 256 calls served at once, a
+    /// 16 MiB memory budget, and a peer that reads nothing for 10 s while
+    /// over it cut off.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How long a dial may take to reach the peer (TCP connect, and for
+    /// `tls://` the TLS handshake) before it fails with
+    /// [`ConnectError::ConnectTimeout`](crate::ConnectError::ConnectTimeout).
+    /// Every dial of an endpoint uses it: direct, reconnecting and a node's.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Most calls this side serves at once for one peer (at least 1),
+    /// announced in the handshake. A Plexus peer keeps its calls within the
+    /// limit by queueing them locally; calls from a peer that ignores it are
+    /// refused with [`CallError::Overloaded`](crate::CallError::Overloaded)
+    /// before they run, and its one-way messages wait (the connection stops
+    /// reading) until a call ends.
+    pub fn max_calls(mut self, calls: u32) -> Self {
+        self.max_calls = calls.max(1);
+        self
+    }
+
+    /// Bytes one peer may make this side hold through one connection: request
+    /// bodies of calls being served, stream messages not yet read, interned
+    /// operation names, open sessions, and everything queued for the peer.
+    /// At the budget this side stops reading from the peer until memory is
+    /// freed (the peer is held back by TCP); see
+    /// [`stall_timeout`](Self::stall_timeout) for a peer that never drains.
+    /// `docs/PROTOCOL.md` §13 gives the arithmetic.
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = bytes.max(64 * 1024);
+        self
+    }
+
+    /// How long this side waits, over its memory budget with answers queued
+    /// for the peer, for the peer to read any of them. A peer that reads
+    /// nothing for this long is sent a goaway saying why and cut off
+    /// ([`CloseReason::PeerNotReading`]).
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
     }
 
     /// Largest frame (and so largest single message) this side accepts.
@@ -209,6 +267,16 @@ pub enum CloseReason {
     Io(String),
     /// This side aborted it.
     Aborted,
+    /// The peer left `queued` bytes unread for `after` while this side was
+    /// over its memory budget, and was cut off.
+    PeerNotReading {
+        /// Bytes queued for the peer when it was cut off.
+        queued: usize,
+        /// How long nothing of them was read.
+        after: Duration,
+    },
+    /// The peer cut this side off for exceeding one of its limits.
+    CutOff(String),
 }
 
 impl fmt::Display for CloseReason {
@@ -221,6 +289,11 @@ impl fmt::Display for CloseReason {
             CloseReason::Protocol(m) => write!(f, "protocol error: {m}"),
             CloseReason::Io(m) => write!(f, "transport error: {m}"),
             CloseReason::Aborted => f.write_str("aborted by this side"),
+            CloseReason::PeerNotReading { queued, after } => write!(
+                f,
+                "the peer read none of the {queued} bytes queued for it for {after:?}; cut off"
+            ),
+            CloseReason::CutOff(m) => write!(f, "cut off by the peer: {m}"),
         }
     }
 }
@@ -237,7 +310,20 @@ pub struct ConnectionStats {
     pub calls_in_flight: usize,
     /// Frames received so far.
     pub frames_received: u64,
+    /// Bytes the peer's traffic holds on this side right now, the write
+    /// queue included: what counts against the memory budget.
+    pub budget_used: usize,
+    /// The memory budget.
+    pub budget_limit: usize,
+    /// Calls this side is serving for the peer right now.
+    pub calls_served: u32,
+    /// Whether the reader is holding the peer back right now (over the
+    /// budget, or at the call limit with a one-way message waiting).
+    pub held_back: bool,
 }
+
+/// How long a connection that has ended keeps writing what was queued.
+const FLUSH_GRACE: Duration = Duration::from_secs(1);
 
 const OPEN: u8 = 0;
 const DRAINING: u8 = 1;
@@ -264,8 +350,8 @@ pub(crate) struct Shared {
     peer_draining: std::sync::atomic::AtomicBool,
     /// Highest call id the peer opened that this side took on.
     pub(crate) highest_peer_id: AtomicU32,
-    /// The reason in a goaway the peer sent because of an error.
-    pub(crate) peer_goaway_error: OnceLock<String>,
+    /// What a goaway the peer sent because of an error makes the close reason.
+    pub(crate) peer_goaway_error: OnceLock<CloseReason>,
     /// From the peer's goaway: calls this side opened above it were not
     /// processed (`u32::MAX` until a goaway arrives).
     peer_last_id: AtomicU32,
@@ -281,9 +367,16 @@ pub(crate) struct Shared {
     deadline_armed: tokio::sync::Notify,
     /// What deadlines count from: tokio's clock, so paused test time holds.
     deadline_epoch: tokio::time::Instant,
-    /// Unary calls admitted and being served on the spot, which have no
-    /// table entry: a graceful close waits for them like for entries.
-    pub(crate) serving_inline: AtomicU32,
+    /// Calls of the peer's being served right now, of every kind (a unary
+    /// call answered on the spot has no table entry, so a graceful close
+    /// waits for this count as well as for the table).
+    pub(crate) serving: AtomicU32,
+    /// What the peer's traffic holds on this side, against the budget.
+    pub(crate) budget: Arc<budget::Budget>,
+    /// This side's calls to the peer, within the peer's announced limit.
+    pub(crate) slots: Arc<budget::CallSlots>,
+    /// The reader is not reading: over the budget, or at the call limit.
+    held_back: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -364,6 +457,20 @@ impl Shared {
         if next != u64::MAX {
             self.arm_deadline(next);
         }
+    }
+
+    pub(crate) fn is_held_back(&self) -> bool {
+        self.held_back.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_held_back(&self, held: bool) {
+        self.held_back.store(held, Ordering::Release);
+    }
+
+    /// A served call ended: one more may be admitted.
+    pub(crate) fn end_serving(&self) {
+        self.serving.fetch_sub(1, Ordering::AcqRel);
+        self.budget.wake();
     }
 
     fn silent_for(&self) -> Duration {
@@ -473,6 +580,8 @@ pub(crate) struct Established {
     pub(crate) dialer: bool,
     pub(crate) peer_max_frame: u32,
     pub(crate) peer_window: u32,
+    /// Most calls the peer serves at once.
+    pub(crate) peer_max_calls: u32,
     /// Bytes read past the handshake (the first frames, if the peer was quick).
     pub(crate) leftover: bytes::BytesMut,
 }
@@ -557,7 +666,10 @@ impl Connection {
             earliest_deadline: AtomicU64::new(u64::MAX),
             deadline_armed: tokio::sync::Notify::new(),
             deadline_epoch: tokio::time::Instant::now(),
-            serving_inline: AtomicU32::new(0),
+            serving: AtomicU32::new(0),
+            budget: Arc::new(budget::Budget::new(config.memory_budget)),
+            slots: Arc::new(budget::CallSlots::new(est.peer_max_calls)),
+            held_back: std::sync::atomic::AtomicBool::new(false),
             events,
             config,
         });
@@ -565,10 +677,23 @@ impl Connection {
         tokio::spawn(async move {
             // Coalescing pays only when several calls may be about to send.
             let busy = || w.table().len() > 1;
-            match w.out.run(wr, busy).await {
-                Ok(()) => {}
-                Err(e) => w.shut(CloseReason::Io(e.to_string())),
+            let run = w.out.run(wr, busy);
+            // Once the connection has ended, what is still queued (a goaway,
+            // last answers) gets a short grace to leave; a peer that does not
+            // read must not keep the writer, the stream and the queue alive.
+            let ended = async {
+                w.closed.cancelled().await;
+                tokio::time::sleep(FLUSH_GRACE).await;
+            };
+            tokio::select! {
+                r = run => {
+                    if let Err(e) = r {
+                        w.shut(CloseReason::Io(e.to_string()));
+                    }
+                }
+                () = ended => {}
             }
+            w.out.abandon().await;
         });
         let r = shared.clone();
         tokio::spawn(reader::run(r, rd, est.leftover));
@@ -660,11 +785,16 @@ impl Connection {
         let Some(s) = self.direct_shared() else {
             return ConnectionStats::default();
         };
+        let queued = s.out.queued();
         ConnectionStats {
-            queued_bytes: s.out.queued(),
+            queued_bytes: queued,
             bytes_written: s.out.written(),
             calls_in_flight: s.calls_in_flight(),
             frames_received: s.frames_received.load(Ordering::Relaxed),
+            budget_used: s.budget.held() + queued,
+            budget_limit: s.budget.limit(),
+            calls_served: s.serving.load(Ordering::Acquire),
+            held_back: s.held_back.load(Ordering::Acquire),
         }
     }
 
@@ -822,7 +952,7 @@ impl Shared {
         }
         let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
         loop {
-            let idle = self.table().is_empty() && self.serving_inline.load(Ordering::Acquire) == 0;
+            let idle = self.table().is_empty() && self.serving.load(Ordering::Acquire) == 0;
             if idle || self.closed.is_cancelled() {
                 break;
             }
@@ -876,7 +1006,10 @@ async fn keepalive(s: Arc<Shared>) {
             _ = tick.tick() => {}
         }
         let silent = s.silent_for();
-        if silent >= timeout {
+        // A reader holding the peer back is not listening, so silence says
+        // nothing about the peer then; the stall rule covers a peer that
+        // does not read. Pings still go out, so the peer hears this side.
+        if silent >= timeout && !s.is_held_back() {
             s.shut(CloseReason::KeepaliveTimeout(silent));
             return;
         }

@@ -6,8 +6,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
 
 use super::served::Violation;
 use super::table::{Failure, InItem};
@@ -19,19 +22,31 @@ use crate::wire::frame::{encode_goaway, encode_ping};
 use crate::wire::{self, Frame, Kind, SystemCode};
 
 /// Most distinct operations a peer may define on one connection.
-const MAX_OPS: usize = 65_536;
+pub(crate) const MAX_OPS: usize = 4096;
+/// Most bytes of operation names a peer may define on one connection.
+pub(crate) const MAX_OP_BYTES: usize = 256 * 1024;
+/// What one interned operation costs besides its name (table slot, route,
+/// shared string header), as charged to the budget.
+const OP_OVERHEAD: usize = 64;
 /// Read buffer kept free before each read, at first: small, so an idle
 /// connection holds little.
 const READ_RESERVE_MIN: usize = 2 * 1024;
 /// ... and at most, once reads keep filling it: bulk streams then take a
 /// few 64 KiB messages per read instead of a message in two reads.
 const READ_RESERVE_MAX: usize = 512 * 1024;
+/// While holding the peer back, how often the reader looks again even
+/// without a wake-up (a safety net; releases and drains wake it).
+const HOLD_RECHECK: Duration = Duration::from_millis(250);
 
 /// Operations the peer has defined, by index, with the handler resolved once.
-type OpTable = Vec<(Arc<str>, Option<Route>)>;
+#[derive(Default)]
+struct OpTable {
+    ops: Vec<(Arc<str>, Option<Route>)>,
+    name_bytes: usize,
+}
 
 pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut) {
-    let mut ops = OpTable::new();
+    let mut ops = OpTable::default();
     let max = shared.config.max_frame;
     let mut reserve = READ_RESERVE_MIN;
     shared.note_heard();
@@ -40,6 +55,14 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
             match wire::decode(&mut buf, max) {
                 Ok(Some(frame)) => {
                     shared.frames_received.fetch_add(1, Ordering::Relaxed);
+                    // A one-way message cannot be refused, so at the call
+                    // limit it waits here, and the peer with it.
+                    if matches!(&frame, Frame::CallOpen(o) if o.oneway) && at_call_limit(&shared) {
+                        if let Err(stall) = hold_back(&shared, |s| !at_call_limit(s)).await {
+                            cut_off(&shared, stall);
+                            return;
+                        }
+                    }
                     if let Err(Violation(m)) = dispatch(&shared, &mut ops, frame) {
                         protocol_close(&shared, m);
                         return;
@@ -55,11 +78,15 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
         // What this batch answered on the spot leaves now, before the next
         // read (which on a drained socket is a syscall that finds nothing).
         shared.out.write_through();
-        // Answers the reader queues itself (pongs, refusals) skip the
-        // high-water wait; a peer that keeps sending without ever reading
-        // would grow them without end. Past this cap it is cut off.
-        if shared.out.queued() > queue_cap(&shared) {
-            protocol_close(&shared, "the peer keeps sending but does not read".into());
+        // At the budget, stop reading: the peer is held back by TCP until
+        // handlers, stream readers or the writer free memory.
+        if over_budget(&shared) {
+            if let Err(stall) = hold_back(&shared, |s| !over_budget(s)).await {
+                cut_off(&shared, stall);
+                return;
+            }
+        }
+        if shared.closed.is_cancelled() {
             return;
         }
         if buf.capacity() - buf.len() < reserve / 2 {
@@ -73,7 +100,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
         match read {
             Ok(0) => {
                 let reason = if let Some(r) = shared.peer_goaway_error.get() {
-                    CloseReason::Protocol(format!("reported by the peer: {r}"))
+                    r.clone()
                 } else if shared.serving_new_calls() && !shared.peer_draining() {
                     CloseReason::PeerGone
                 } else {
@@ -108,11 +135,94 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
     }
 }
 
-/// Most bytes the write queue may hold before the peer is deemed not to read:
-/// what bounded senders may queue (the high-water mark plus one message),
-/// and as much again for control answers.
-fn queue_cap(shared: &Shared) -> usize {
-    2 * shared.config.write_high_water + shared.peer_max_frame as usize + 1024 * 1024
+fn over_budget(shared: &Shared) -> bool {
+    shared.budget.is_full(shared.out.queued())
+}
+
+fn at_call_limit(shared: &Shared) -> bool {
+    shared.serving.load(Ordering::Acquire) >= shared.config.max_calls
+}
+
+/// A peer that read nothing of what is queued for it for `after`.
+struct Stall {
+    queued: usize,
+    after: Duration,
+}
+
+/// Stops reading until `room` holds. Gives up with a [`Stall`] when bytes
+/// are queued for the peer and none of them has left for the stall timeout:
+/// a peer that is held back but does not drain is cut off, one that drains
+/// slowly never is, and neither is one held back only by this side's own
+/// handlers or stream readers (nothing queued for it).
+async fn hold_back(shared: &Shared, room: impl Fn(&Shared) -> bool) -> Result<(), Stall> {
+    shared.set_held_back(true);
+    shared.budget.set_waiting(true);
+    let limit = shared.config.stall_timeout;
+    let mut written = shared.out.written();
+    let mut progress = Instant::now();
+    let outcome = loop {
+        // Registered before the checks, so a release or a drain in between
+        // is not missed.
+        let freed = shared.budget.freed();
+        let drained = shared.out.drained();
+        tokio::pin!(freed, drained);
+        drained.as_mut().enable();
+        if room(shared) || shared.closed.is_cancelled() {
+            break Ok(());
+        }
+        let now = Instant::now();
+        let queued = shared.out.queued();
+        let now_written = shared.out.written();
+        if now_written != written || queued == 0 {
+            written = now_written;
+            progress = now;
+        }
+        let stalled = now.duration_since(progress);
+        if stalled >= limit {
+            break Err(Stall {
+                queued,
+                after: stalled,
+            });
+        }
+        let wake = now + (limit - stalled).min(HOLD_RECHECK);
+        tokio::select! {
+            biased;
+            _ = shared.closed.cancelled() => {}
+            () = &mut freed => {}
+            () = &mut drained => {}
+            () = tokio::time::sleep_until(wake) => {}
+        }
+    };
+    shared.budget.set_waiting(false);
+    shared.set_held_back(false);
+    // Not reading is not the peer's silence.
+    shared.note_heard();
+    outcome
+}
+
+/// Cuts off a peer that does not read: a goaway saying why (which it may
+/// never read), then the connection ends and its queue is dropped.
+fn cut_off(shared: &Shared, stall: Stall) {
+    let message = format!(
+        "read none of the {} bytes queued for it for {:?} while over this side's memory budget of {} bytes",
+        stall.queued,
+        stall.after,
+        shared.budget.limit()
+    );
+    tracing::warn!(peer = %shared.peer.label(), "cutting off the peer: it {message}");
+    let last = shared.highest_peer_id.load(Ordering::Acquire);
+    let _ = shared.out.push(|o| {
+        encode_goaway(
+            &mut o.buf,
+            last,
+            SystemCode::ResourceExhausted as u32,
+            &format!("cut off: {message}"),
+        )
+    });
+    shared.shut(CloseReason::PeerNotReading {
+        queued: stall.queued,
+        after: stall.after,
+    });
 }
 
 /// Tells the peer why (best effort) and closes the connection.
@@ -130,19 +240,33 @@ fn dispatch(shared: &Arc<Shared>, ops: &mut OpTable, frame: Frame) -> Result<(),
         Frame::CallOpen(open) => {
             let index = open.op.index as usize;
             if let Some(name) = &open.op.name {
-                if index != ops.len() {
+                if index != ops.ops.len() {
                     return Err(Violation(format!(
                         "operation `{name}` defined as index {index}, expected {}",
-                        ops.len()
+                        ops.ops.len()
                     )));
                 }
-                if ops.len() >= MAX_OPS {
-                    return Err(Violation(format!("more than {MAX_OPS} operations defined")));
+                if ops.ops.len() >= MAX_OPS {
+                    return Err(Violation(format!(
+                        "more than {MAX_OPS} operations defined on one connection"
+                    )));
                 }
-                let route = shared.router.route(name);
-                ops.push((Arc::from(name.as_str()), route));
+                if ops.name_bytes + name.len() > MAX_OP_BYTES {
+                    return Err(Violation(format!(
+                        "operation names on one connection exceed {MAX_OP_BYTES} bytes"
+                    )));
+                }
+                // A name the router knows is shared with it, not stored again.
+                let (name, route) = match shared.router.route_named(name) {
+                    Some((known, route)) => (known, Some(route)),
+                    None => (Arc::from(name.as_str()), None),
+                };
+                ops.name_bytes += name.len();
+                // Held for the connection's life, so never released.
+                shared.budget.charge(name.len() + OP_OVERHEAD);
+                ops.ops.push((name, route));
             }
-            let Some((op, route)) = ops.get(index) else {
+            let Some((op, route)) = ops.ops.get(index) else {
                 return Err(Violation(format!(
                     "call uses undefined operation index {index}"
                 )));
@@ -159,7 +283,12 @@ fn dispatch(shared: &Arc<Shared>, ops: &mut OpTable, frame: Frame) -> Result<(),
                             "stream {id} sent beyond its flow-control window"
                         )));
                     }
-                    let _ = inbound.tx.send(InItem::Data(body));
+                    let len = body.len();
+                    if inbound.tx.send(InItem::Data(body)).is_err() {
+                        // Nobody reads this stream any more: the bytes are
+                        // dropped here, not held.
+                        inbound.window.release(len as u32);
+                    }
                     Ok(())
                 }
                 Some(None) => Err(Violation(format!(
@@ -252,7 +381,12 @@ fn dispatch(shared: &Arc<Shared>, ops: &mut OpTable, frame: Frame) -> Result<(),
         } => {
             if code != 0 {
                 tracing::warn!(peer = %shared.peer.label(), code, "peer is going away: {reason}");
-                let _ = shared.peer_goaway_error.set(reason);
+                let why = if code == SystemCode::ResourceExhausted as u32 {
+                    CloseReason::CutOff(reason)
+                } else {
+                    CloseReason::Protocol(format!("reported by the peer: {reason}"))
+                };
+                let _ = shared.peer_goaway_error.set(why);
             }
             shared.peer_going_away(last_id);
             Ok(())

@@ -15,6 +15,7 @@ use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::budget::Charge;
 use super::calls::CallName;
 use super::flow::{RecvWindow, SendCredit};
 use super::stream::{Inbound, Outbound};
@@ -96,8 +97,16 @@ impl Shared {
                         });
                     }
                     let deadline = open.deadline;
+                    // Counted like any served call (the reader waits at the
+                    // limit before it gets here), its body charged until the
+                    // handler ends.
+                    self.serving.fetch_add(1, Ordering::AcqRel);
+                    let serving = Serving(self.clone());
+                    let charge = Charge::new(&self.budget, open.body.len());
                     let fut = AssertUnwindSafe(f(ctx, open.body)).catch_unwind();
                     tokio::spawn(async move {
+                        let _serving = serving;
+                        let _charge = charge;
                         let outcome = match deadline {
                             Some(d) => match tokio::time::timeout(d, fut).await {
                                 Ok(r) => r,
@@ -183,9 +192,14 @@ impl Shared {
         };
         let credit = || Arc::new(SendCredit::new(self.peer_window));
         let first = open.body.clone();
+        let body_len = open.body.len();
         let inbound = |entry: &mut Entry| {
             let (tx, rx) = mpsc::unbounded_channel();
-            let window = Arc::new(RecvWindow::new(self.config.window, self.config.max_frame));
+            let window = Arc::new(RecvWindow::new(
+                self.config.window,
+                self.config.max_frame,
+                self.budget.clone(),
+            ));
             // A body on the opening frame of a request stream is its first message.
             if !first.is_empty() {
                 window.receive(first.len());
@@ -200,7 +214,7 @@ impl Shared {
         let fut: BoxFuture<'static, Result<Bytes, Reject>> = match route {
             Route::Unary(f) => {
                 let fut = f(ctx, open.body);
-                return self.serve_unary(id, token, open.deadline, fut);
+                return self.serve_unary(id, token, open.deadline, body_len, fut);
             }
             Route::OneWay(f) => {
                 let fut = f(ctx, open.body);
@@ -232,15 +246,23 @@ impl Shared {
             }
         };
         entry.cancel = Some(token.clone());
-        if self.admit(id, Some(entry))? {
-            tokio::spawn(run(self.clone(), id, token, open.deadline, fut));
+        if let Some(serving) = self.admit(id, Some(entry))? {
+            let charge = Charge::new(&self.budget, body_len);
+            tokio::spawn(run(serving, charge, id, token, open.deadline, fut));
         }
         Ok(())
     }
 
-    /// Admits call `id` — counted for the goaway, its entry (if any) in the
-    /// table — or refuses it because the connection is closing (`false`).
-    fn admit(&self, id: u32, entry: Option<Entry>) -> Result<bool, Violation> {
+    /// Admits call `id` — counted for the goaway and against the call limit,
+    /// its entry (if any) in the table — or refuses it because the connection
+    /// is closing or the peer already has as many calls served as this side
+    /// allows (`None`). The returned guard counts the call as served until
+    /// it is dropped.
+    fn admit(
+        self: &Arc<Self>,
+        id: u32,
+        entry: Option<Entry>,
+    ) -> Result<Option<Serving>, Violation> {
         let mut table = self.table();
         if table.contains_key(&id) {
             return Err(Violation(format!("call id {id} opened twice")));
@@ -255,13 +277,24 @@ impl Shared {
                 SystemCode::GoingAway,
                 "connection is closing; no new calls",
             );
-            return Ok(false);
+            return Ok(None);
+        }
+        let max = self.config.max_calls;
+        if self.serving.fetch_add(1, Ordering::AcqRel) >= max {
+            self.serving.fetch_sub(1, Ordering::AcqRel);
+            drop(table);
+            self.reject_now(
+                id,
+                SystemCode::ResourceExhausted,
+                &format!("{max} calls already served at once for this peer, the limit it was told in the handshake"),
+            );
+            return Ok(None);
         }
         self.highest_peer_id.fetch_max(id, Ordering::Relaxed);
         if let Some(entry) = entry {
             table.insert(id, entry);
         }
-        Ok(true)
+        Ok(Some(Serving(self.clone())))
     }
 
     /// Serves a unary call: its handler is polled once right here, and a
@@ -274,15 +307,14 @@ impl Shared {
         id: u32,
         token: CancellationToken,
         deadline: Option<Duration>,
+        body_len: usize,
         mut fut: BoxFuture<'static, Result<Bytes, Reject>>,
     ) -> Result<(), Violation> {
-        // Counted from before admission until the call has an entry or its
-        // answer is queued, so a graceful close cannot slip in between.
-        self.serving_inline.fetch_add(1, Ordering::AcqRel);
-        let _inline = InlineGuard(self);
-        if !self.admit(id, None)? {
+        // Counted from admission until its answer is queued, so a graceful
+        // close cannot slip in between.
+        let Some(serving) = self.admit(id, None)? else {
             return Ok(());
-        }
+        };
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let outcome =
             match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
@@ -297,26 +329,18 @@ impl Shared {
                         ..Entry::default()
                     };
                     self.table().insert(id, entry);
-                    tokio::spawn(run(self.clone(), id, token, deadline, fut));
+                    let charge = Charge::new(&self.budget, body_len);
+                    tokio::spawn(run(serving, charge, id, token, deadline, fut));
                     return Ok(());
                 }
             };
         token.cancel();
+        // Answers go straight into the queue: it counts against the budget,
+        // and the reader stops taking new calls while the budget is full.
         if let Some(answer) = Answer::of(self, outcome) {
-            match self.out.try_push_bounded(|o| answer.encode(o, id)) {
-                Ok(Some(())) | Err(_) => {}
-                // The queue is above its high-water mark: wait for room on a
-                // task of its own, never in the reader.
-                Ok(None) => {
-                    let shared = self.clone();
-                    shared.serving_inline.fetch_add(1, Ordering::AcqRel);
-                    tokio::spawn(async move {
-                        let _inline = InlineGuard(&shared);
-                        let _ = shared.out.push_bounded(|o| answer.encode(o, id)).await;
-                    });
-                }
-            }
+            let _ = self.out.push(|o| answer.encode(o, id));
         }
+        drop(serving);
         Ok(())
     }
 
@@ -339,7 +363,8 @@ impl Shared {
 }
 
 async fn run(
-    shared: Arc<Shared>,
+    serving: Serving,
+    charge: Charge,
     id: u32,
     token: CancellationToken,
     deadline: Option<Duration>,
@@ -364,6 +389,10 @@ async fn run(
         _ = token.cancelled() => Outcome::Cancelled,
         o = guarded => o,
     };
+    // The handler is done with the request; its memory is no longer the
+    // peer's to hold.
+    drop(charge);
+    let shared = &serving.0;
     // Whoever removes the entry answers the call; if the caller cancelled or
     // the connection closed, it is already gone and nothing is sent.
     let Some(entry) = shared.table().remove(&id) else {
@@ -373,17 +402,20 @@ async fn run(
         c.close();
     }
     token.cancel();
-    if let Some(answer) = Answer::of(&shared, outcome) {
-        let _ = shared.out.push_bounded(|o| answer.encode(o, id)).await;
+    // Straight into the queue, which counts against the budget (see
+    // `serve_unary`).
+    if let Some(answer) = Answer::of(shared, outcome) {
+        let _ = shared.out.push(|o| answer.encode(o, id));
     }
 }
 
-/// Uncounts a unary call served on the spot, however serving it ends.
-struct InlineGuard<'a>(&'a Shared);
+/// Counts a call as served, against the call limit and for a graceful
+/// close, until it is dropped, however serving it ends.
+pub(crate) struct Serving(Arc<Shared>);
 
-impl Drop for InlineGuard<'_> {
+impl Drop for Serving {
     fn drop(&mut self) {
-        self.0.serving_inline.fetch_sub(1, Ordering::AcqRel);
+        self.0.end_serving();
     }
 }
 

@@ -18,6 +18,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
+use super::budget::Charge;
 use super::{CallOptions, Connection, Inbound, Outbound, PeerInfo, Reply, Shared};
 use crate::error::{CallError, Reject};
 use crate::events::Event;
@@ -30,6 +31,12 @@ pub(crate) const OPEN_OP: &str = "plexus.Session/open";
 pub(crate) const CLOSE_OP: &str = "plexus.Session/close";
 /// Reject code used when the peer has no session hook.
 pub const NO_SESSIONS: u32 = 0xffff_0001;
+/// Most sessions a peer may have open on one connection; a further open is
+/// refused with [`CallError::Overloaded`].
+pub const MAX_SESSIONS: usize = 1024;
+/// What one open session costs besides its name and data, as charged to the
+/// budget.
+const SESSION_OVERHEAD: usize = 256;
 
 /// Decides whether to accept a session: `Ok(data)` accepts and sends `data`
 /// back to the opener, `Err(reject)` refuses.
@@ -44,6 +51,9 @@ pub(crate) struct SessionState {
     pub(crate) peer_data: OnceLock<Bytes>,
     pub(crate) token: CancellationToken,
     reason: OnceLock<String>,
+    /// A session the peer opened counts against the connection's budget
+    /// while it lives.
+    _charge: Option<Charge>,
 }
 
 /// The sessions open on one connection.
@@ -185,6 +195,7 @@ impl Shared {
             peer_data: OnceLock::new(),
             token: CancellationToken::new(),
             reason: OnceLock::new(),
+            _charge: None,
         });
         // Registered before asking, so the acceptor may call into the session
         // as soon as it has said yes.
@@ -240,6 +251,11 @@ pub(crate) fn builtin_routes(hook: Option<SessionHook>) -> Router {
                         "session id {id} is not available"
                     )));
                 }
+                if shared.sessions().len() >= MAX_SESSIONS {
+                    return Err(Reject::overloaded(format!(
+                        "{MAX_SESSIONS} sessions already open on this connection"
+                    )));
+                }
                 let Some(hook) = hook else {
                     return Err(Reject::new(
                         NO_SESSIONS,
@@ -249,9 +265,12 @@ pub(crate) fn builtin_routes(hook: Option<SessionHook>) -> Router {
                         ),
                     ));
                 };
+                let charge =
+                    Charge::new(&shared.budget, name.len() + data.len() + SESSION_OVERHEAD);
                 let state = Arc::new(SessionState {
                     id,
                     name: name.into(),
+                    _charge: Some(charge),
                     peer_data: OnceLock::from(data.clone()),
                     token: CancellationToken::new(),
                     reason: OnceLock::new(),

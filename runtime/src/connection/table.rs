@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::budget::Slot;
 use super::flow::{RecvWindow, SendCredit};
 use crate::error::{CallError, Reject};
 use crate::wire::SystemCode;
@@ -56,6 +57,7 @@ impl Failure {
                     peer,
                     session: message.into(),
                 },
+                SystemCode::ResourceExhausted => CallError::Overloaded { op, peer, message },
                 SystemCode::Protocol | SystemCode::TooLarge => {
                     CallError::Protocol { op, peer, message }
                 }
@@ -97,6 +99,9 @@ pub(crate) struct Entry {
     /// Unary calls we opened: when the connection's sweeper fails them
     /// (µs since the connection's epoch).
     pub(crate) deadline: Option<u64>,
+    /// Calls we opened: their place within the peer's call limit, given
+    /// back when the entry leaves the table.
+    pub(crate) slot: Option<Slot>,
 }
 
 impl Entry {

@@ -17,7 +17,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::transport::WriteHalf;
-use crate::wire::frame::{encode_body, encode_header};
+use crate::wire::frame::{
+    encode_body, encode_call_open, encode_call_open_head, encode_header, CallOpenHead,
+};
 use crate::wire::Kind;
 
 /// Capacity kept between batches; a batch that grew the buffer beyond this
@@ -35,6 +37,9 @@ const LONE_BATCH: usize = 512;
 /// Bodies at least this large are queued by reference and written with a
 /// vectored write instead of being copied into the buffer.
 const SHARE_BODY_FROM: usize = 16 * 1024;
+
+/// A buffer of small frames this large is moved to the parts as one chunk.
+const SEAL_AT: usize = 256 * 1024;
 
 /// FNV-1a for the operation names this side calls: short strings of our own
 /// choosing (never the peer's), so a fast hash with no DoS guard is right.
@@ -93,10 +98,36 @@ impl Outgoing {
             return;
         }
         encode_header(&mut self.buf, body.len(), kind, 0, id);
+        self.share(body);
+    }
+
+    /// Queues a call-open frame: a large request body by reference.
+    pub(crate) fn call_open(&mut self, head: &CallOpenHead<'_>, body: &Bytes) {
+        if body.len() < SHARE_BODY_FROM {
+            encode_call_open(&mut self.buf, head, body);
+            return;
+        }
+        encode_call_open_head(&mut self.buf, head, body.len());
+        self.share(body);
+    }
+
+    /// Queues what `buf` holds, then `body`, without copying it.
+    fn share(&mut self, body: &Bytes) {
         let head = self.buf.split().freeze();
         self.parts_len += head.len() + body.len();
         self.parts.push(head);
         self.parts.push(body.clone());
+    }
+
+    /// Moves a large `buf` to the parts, so a long queue is a list of
+    /// chunks rather than one buffer that doubles (and is copied) as it
+    /// grows.
+    fn seal_if_large(&mut self) {
+        if self.buf.len() >= SEAL_AT {
+            let chunk = self.buf.split().freeze();
+            self.parts_len += chunk.len();
+            self.parts.push(chunk);
+        }
     }
 }
 
@@ -170,6 +201,7 @@ impl WriteQueue {
         }
         let was_empty = out.is_empty();
         let r = encode(&mut out);
+        out.seal_if_large();
         drop(out);
         if was_empty {
             self.wake.notify_one();
@@ -216,6 +248,7 @@ impl WriteQueue {
         let was_empty = out.is_empty();
         let f = encode.take().ok_or(QueueClosed)?;
         let r = f(&mut out);
+        out.seal_if_large();
         drop(out);
         if was_empty {
             self.wake.notify_one();
@@ -236,6 +269,29 @@ impl WriteQueue {
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.wake.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    /// Resolves once the writer (or a write-through) next takes frames from
+    /// the queue. Enable it before checking the queue, or a drain in between
+    /// is missed.
+    pub(crate) fn drained(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drained.notified()
+    }
+
+    /// Gives up on the peer: drops the transport (closing the stream) and
+    /// everything still queued, so a peer that stopped reading holds nothing
+    /// here once the connection has ended. Call it after the writer task
+    /// stopped.
+    pub(crate) async fn abandon(&self) {
+        {
+            let mut out = self.lock();
+            out.closed = true;
+            out.buf = BytesMut::new();
+            out.parts = Vec::new();
+            out.parts_len = 0;
+        }
+        self.io.lock().await.io = None;
         self.drained.notify_waiters();
     }
 

@@ -19,7 +19,7 @@
 //! use plexus::files::{Download, FileShareClient};
 //!
 //! // Seeder: offer a file (the node serves `store`).
-//! let info = store.offer_bytes("notes.txt", plexus::Bytes::from_static(b"hello"));
+//! let info = store.offer_bytes("notes.txt", plexus::Bytes::from_static(b"hello"))?;
 //!
 //! // Elsewhere: fetch it from every peer that has it.
 //! let download = Download::builder(node.peers::<FileShareClient>(), info.id)
@@ -60,6 +60,12 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
 /// The largest chunk size a store accepts: 4 MiB (a chunk travels as one
 /// message, well under the default 16 MiB frame limit).
 pub const MAX_CHUNK_SIZE: u32 = 4 * 1024 * 1024;
+
+/// Most chunks one file may have: its manifest (32 bytes a chunk) then stays
+/// within 8 MiB, so it travels as one reply under the default 16 MiB frame
+/// limit and is never a large allocation. With [`DEFAULT_CHUNK_SIZE`] that is
+/// 64 GiB a file; larger files need larger chunks.
+pub const MAX_CHUNKS: u32 = 256 * 1024;
 
 /// Rejection code: the peer does not offer this file.
 pub const NOT_FOUND: u32 = 404;
@@ -236,7 +242,7 @@ impl Manifest {
     /// one hash per chunk.
     pub fn is_well_formed(&self) -> bool {
         (1..=MAX_CHUNK_SIZE).contains(&self.chunk_size)
-            && self.size.div_ceil(u64::from(self.chunk_size)) <= u64::from(u32::MAX)
+            && self.size.div_ceil(u64::from(self.chunk_size)) <= u64::from(MAX_CHUNKS)
             && self.chunk_hashes.len() as u64 == u64::from(self.chunks()) * 32
     }
 }
@@ -280,14 +286,14 @@ mod tests {
     #[test]
     fn a_complete_file_has_every_chunk_and_nothing_past_the_end() {
         let store = FileStore::with_chunk_size(1);
-        let info = store.offer_bytes("x", &b"hello world"[..]);
+        let info = store.offer_bytes("x", &b"hello world"[..]).expect("small");
         let have = store.have(info.id).expect("offered");
         assert_eq!(&have[..], [0xff, 0x07]);
         assert!((0..11).all(|i| store::has_chunk(&have, i)));
         assert!(!store::has_chunk(&have, 11) && !store::has_chunk(&have, 99));
-        let eight = store.offer_bytes("y", &b"12345678"[..]);
+        let eight = store.offer_bytes("y", &b"12345678"[..]).expect("small");
         assert_eq!(&store.have(eight.id).expect("offered")[..], [0xff]);
-        let empty = store.offer_bytes("z", Bytes::new());
+        let empty = store.offer_bytes("z", Bytes::new()).expect("empty");
         assert!(store.have(empty.id).expect("offered").is_empty());
     }
 

@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{
-    FileId, FileInfo, FileShare, FileShareHandler, Manifest, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE,
-    NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE,
+    FileId, FileInfo, FileShare, FileShareHandler, Manifest, DEFAULT_CHUNK_SIZE, MAX_CHUNKS,
+    MAX_CHUNK_SIZE, NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE,
 };
 use crate::{IntoRouter, Reject, Router};
 
@@ -27,8 +27,8 @@ pub enum OfferError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// The file has more chunks than a manifest can list (2^32 - 1).
-    #[error("{size} bytes is too large for chunks of {chunk_size} bytes")]
+    /// The file has more chunks than a manifest may list ([`MAX_CHUNKS`]).
+    #[error("{size} bytes make more than {max} chunks of {chunk_size} bytes; offer it from a store with larger chunks (FileStore::with_chunk_size)", max = MAX_CHUNKS)]
     TooLarge {
         /// The file's size.
         size: u64,
@@ -95,7 +95,7 @@ struct Entry {
 /// use plexus::files::FileStore;
 ///
 /// let store = FileStore::with_chunk_size(4);
-/// let info = store.offer_bytes("greeting.txt", "hello world");
+/// let info = store.offer_bytes("greeting.txt", "hello world").expect("three chunks");
 /// assert_eq!(info.size, 11);
 /// assert_eq!(store.manifest(info.id).map(|m| m.chunks()), Some(3));
 /// ```
@@ -151,14 +151,17 @@ impl FileStore {
     /// calling thread (for large files, see [`offer_path`](Self::offer_path),
     /// which hashes off the runtime's workers).
     ///
-    /// # Panics
-    ///
-    /// If `content` has more than 2^32 - 1 chunks (only with tiny chunks).
-    pub fn offer_bytes(&self, name: impl Into<String>, content: impl Into<Bytes>) -> FileInfo {
+    /// Fails with [`OfferError::TooLarge`] if `content` has more than
+    /// [`MAX_CHUNKS`] chunks.
+    pub fn offer_bytes(
+        &self,
+        name: impl Into<String>,
+        content: impl Into<Bytes>,
+    ) -> Result<FileInfo, OfferError> {
         let content = content.into();
+        check_chunks(content.len() as u64, self.chunk_size)?;
         let manifest = Manifest::of(name, &content, self.chunk_size);
-        assert!(manifest.is_well_formed(), "too many chunks");
-        self.insert(manifest, Source::Memory(content))
+        Ok(self.insert(manifest, Source::Memory(content)))
     }
 
     /// Offers the file at `path`, named by its file name. Its chunks are
@@ -365,6 +368,14 @@ impl FileStore {
     }
 }
 
+/// Refuses a file of `size` bytes whose manifest would list too many chunks.
+fn check_chunks(size: u64, chunk_size: u32) -> Result<(), OfferError> {
+    if size.div_ceil(u64::from(chunk_size)) > u64::from(MAX_CHUNKS) {
+        return Err(OfferError::TooLarge { size, chunk_size });
+    }
+    Ok(())
+}
+
 /// Reads the file at `path` and builds its manifest, named by its file name.
 fn hash_file(path: &Path, chunk_size: u32) -> Result<Manifest, OfferError> {
     use std::io::Read;
@@ -374,9 +385,8 @@ fn hash_file(path: &Path, chunk_size: u32) -> Result<Manifest, OfferError> {
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
-    if size.div_ceil(u64::from(chunk_size)) > u64::from(u32::MAX) {
-        return Err(OfferError::TooLarge { size, chunk_size });
-    }
+    // Checked from the size alone, before anything is read or allocated.
+    check_chunks(size, chunk_size)?;
     let mut hashes = Vec::with_capacity((size.div_ceil(u64::from(chunk_size)) * 32) as usize);
     let mut buf = vec![0u8; chunk_size as usize];
     let mut read_total = 0u64;

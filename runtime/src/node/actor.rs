@@ -7,30 +7,50 @@
 //! service/shim split of LightImage.Networking. This module knows nothing of
 //! connections or nodes.
 
+use std::any::Any;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Reject;
-use crate::wire::SystemCode;
 
 /// The future an [`Actor::call_async`] closure returns: it may borrow the
 /// state for as long as it runs.
 pub type ActorFuture<'a, R> = Pin<Box<dyn Future<Output = R> + Send + 'a>>;
 
-/// A job that borrows the state until its future completes.
-type AsyncJob<S> = Box<dyn for<'a> FnOnce(&'a mut S) -> ActorFuture<'a, ()> + Send>;
+/// A job that borrows the state until its future completes; it resolves
+/// to whether the caller's closure panicked.
+type AsyncJob<S> = Box<dyn for<'a> FnOnce(&'a mut S) -> ActorFuture<'a, bool> + Send>;
 
+/// A job returns whether the caller's closure panicked (the caller has
+/// been told already; the actor decides what becomes of the state).
 enum Job<S> {
-    Sync(Box<dyn FnOnce(&mut S) + Send>),
+    Sync(Box<dyn FnOnce(&mut S) -> bool + Send>),
     Async(AsyncJob<S>),
+}
+
+/// What an actor does with its state after a call panicked.
+enum OnPanic<S> {
+    /// Keep serving with the state as the call left it.
+    Keep,
+    /// Replace the state with a fresh one and keep serving.
+    Restart(Box<dyn Fn() -> S + Send>),
+}
+
+fn panic_message(p: Box<dyn Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Pins down the higher-ranked signature of an async job's closure.
 fn async_job<S, F>(f: F) -> F
 where
-    F: for<'a> FnOnce(&'a mut S) -> ActorFuture<'a, ()>,
+    F: for<'a> FnOnce(&'a mut S) -> ActorFuture<'a, bool>,
 {
     f
 }
@@ -65,8 +85,13 @@ pub const DEFAULT_MAILBOX: usize = 1024;
 ///
 /// The closures are synchronous: the state is never held across an await,
 /// so a slow peer cannot stall the actor. Do async work (calling other
-/// peers, I/O) before or after `call`. If a closure panics the actor stops:
-/// that call and every later one fail with [`ActorStopped`].
+/// peers, I/O) before or after `call`.
+///
+/// A closure that panics fails its own call with [`ActorError::Panicked`]
+/// (a `HandlerFailed` rejection for the peer) and nothing else: the actor
+/// keeps serving the calls behind it. Its state keeps whatever the closure
+/// changed before it panicked; an actor made with [`Actor::restarting`]
+/// starts again from a fresh state instead.
 pub struct Actor<S> {
     mailbox: mpsc::Sender<Job<S>>,
 }
@@ -96,13 +121,32 @@ impl<S: Send + 'static> Actor<S> {
     }
 
     /// Like [`Actor::spawn`] with a mailbox of `capacity` calls (at least 1).
-    pub fn with_mailbox(mut state: S, capacity: usize) -> Self {
+    pub fn with_mailbox(state: S, capacity: usize) -> Self {
+        Actor::start(state, capacity, OnPanic::Keep)
+    }
+
+    /// An actor whose state is made by `init`, and made afresh by it after
+    /// a call panicked (the panicking call fails with
+    /// [`ActorError::Panicked`]; calls behind it see the new state). Mailbox
+    /// of [`DEFAULT_MAILBOX`] calls.
+    pub fn restarting(init: impl Fn() -> S + Send + 'static) -> Self {
+        Actor::start(init(), DEFAULT_MAILBOX, OnPanic::Restart(Box::new(init)))
+    }
+
+    fn start(mut state: S, capacity: usize, on_panic: OnPanic<S>) -> Self {
         let (mailbox, mut jobs) = mpsc::channel::<Job<S>>(capacity.max(1));
         tokio::spawn(async move {
             while let Some(job) = jobs.recv().await {
-                match job {
+                let panicked = match job {
                     Job::Sync(f) => f(&mut state),
                     Job::Async(f) => f(&mut state).await,
+                };
+                if panicked {
+                    if let OnPanic::Restart(init) = &on_panic {
+                        // A panicking `init` stops the actor: every later
+                        // call sees `Stopped`.
+                        state = init();
+                    }
                 }
             }
         });
@@ -111,19 +155,28 @@ impl<S: Send + 'static> Actor<S> {
 
     /// Runs `f` on the state after every call that arrived before it, and
     /// returns its result.
-    pub async fn call<R, F>(&self, f: F) -> Result<R, ActorStopped>
+    pub async fn call<R, F>(&self, f: F) -> Result<R, ActorError>
     where
         F: FnOnce(&mut S) -> R + Send + 'static,
         R: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job = Job::Sync(Box::new(move |state| {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(state)));
+            let panicked = outcome.is_err();
             // The caller may have given up (its call was cancelled); the
             // change to the state stands either way.
-            let _ = reply.send(f(state));
+            let _ = reply.send(outcome.map_err(panic_message));
+            panicked
         }));
-        self.mailbox.send(job).await.map_err(|_| ActorStopped)?;
-        answer.await.map_err(|_| ActorStopped)
+        self.mailbox
+            .send(job)
+            .await
+            .map_err(|_| ActorError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| ActorError::Stopped)?
+            .map_err(ActorError::Panicked)
     }
 
     /// Runs the async `f` on the state after every call that arrived before
@@ -148,7 +201,7 @@ impl<S: Send + 'static> Actor<S> {
     /// assert_eq!(len, 1);
     /// # }
     /// ```
-    pub async fn call_async<R, F>(&self, f: F) -> Result<R, ActorStopped>
+    pub async fn call_async<R, F>(&self, f: F) -> Result<R, ActorError>
     where
         F: for<'a> FnOnce(&'a mut S) -> ActorFuture<'a, R> + Send + 'static,
         R: Send + 'static,
@@ -156,41 +209,73 @@ impl<S: Send + 'static> Actor<S> {
         let (reply, answer) = oneshot::channel();
         let job = Job::Async(Box::new(async_job(move |state: &mut S| {
             Box::pin(async move {
+                // Building the future may panic as well as running it.
+                let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| f(state))) {
+                    Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+                    Err(p) => Err(p),
+                };
+                let panicked = outcome.is_err();
                 // As with `call`: the change stands even if the caller left.
-                let _ = reply.send(f(state).await);
-            }) as ActorFuture<'_, ()>
+                let _ = reply.send(outcome.map_err(panic_message));
+                panicked
+            }) as ActorFuture<'_, bool>
         })));
-        self.mailbox.send(job).await.map_err(|_| ActorStopped)?;
-        answer.await.map_err(|_| ActorStopped)
+        self.mailbox
+            .send(job)
+            .await
+            .map_err(|_| ActorError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| ActorError::Stopped)?
+            .map_err(ActorError::Panicked)
     }
 
     /// Queues `f` without waiting for it to run; it still runs in arrival order.
-    pub async fn tell<F>(&self, f: F) -> Result<(), ActorStopped>
+    /// A panic in `f` is logged; nobody waits to be told.
+    pub async fn tell<F>(&self, f: F) -> Result<(), ActorError>
     where
         F: FnOnce(&mut S) + Send + 'static,
     {
+        let job = Job::Sync(Box::new(move |state| {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| f(state))) {
+                Ok(()) => false,
+                Err(p) => {
+                    tracing::warn!("an actor job panicked: {}", panic_message(p));
+                    true
+                }
+            }
+        }));
         self.mailbox
-            .send(Job::Sync(Box::new(f)))
+            .send(job)
             .await
-            .map_err(|_| ActorStopped)
+            .map_err(|_| ActorError::Stopped)
     }
 
-    /// Whether the actor's task has ended (a closure panicked).
+    /// Whether the actor's task has ended (the runtime is shutting down, or
+    /// a restarting actor's `init` panicked).
     pub fn is_stopped(&self) -> bool {
         self.mailbox.is_closed()
     }
 }
 
-/// The actor's task has ended: a closure panicked, or the runtime is shutting
-/// down. Its state is gone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the actor holding this service's state has stopped (a handler panicked while changing it, or the runtime is shutting down)")]
-pub struct ActorStopped;
+/// Why a call into an [`Actor`] did not return a value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActorError {
+    /// The call's closure panicked; the actor went on serving.
+    #[error("the handler panicked while changing the service's state: {0}")]
+    Panicked(String),
+    /// The actor's task has ended (the runtime is shutting down, or a
+    /// restarting actor's `init` panicked); its state is gone.
+    #[error("the actor holding this service's state has stopped (the runtime is shutting down, or its state could not be made afresh)")]
+    Stopped,
+}
 
-impl From<ActorStopped> for Reject {
-    /// A caller sees the stopped actor as a failed handler.
-    fn from(e: ActorStopped) -> Reject {
-        Reject::new(SystemCode::HandlerFailed as u32, e.to_string())
+impl From<ActorError> for Reject {
+    /// A caller sees either as a failed handler
+    /// ([`CallError::HandlerFailed`](crate::CallError::HandlerFailed)).
+    fn from(e: ActorError) -> Reject {
+        Reject::handler_failed(e.to_string())
     }
 }
 
@@ -209,14 +294,54 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_panicking_closure_stops_the_actor() {
+    async fn a_panicking_call_fails_alone_and_the_actor_keeps_its_state() {
         let actor = Actor::spawn(0u32);
+        assert_eq!(
+            actor
+                .call(|n| {
+                    *n += 1;
+                    *n
+                })
+                .await,
+            Ok(1)
+        );
         let failed = actor.call(|_| -> u32 { panic!("boom") }).await;
-        assert_eq!(failed, Err(ActorStopped));
-        assert_eq!(actor.call(|n| *n).await, Err(ActorStopped));
-        assert!(actor.is_stopped());
-        let reject: Reject = ActorStopped.into();
-        assert_eq!(reject.code(), SystemCode::HandlerFailed as u32);
+        assert_eq!(failed, Err(ActorError::Panicked("boom".into())));
+        assert!(!actor.is_stopped());
+        assert_eq!(
+            actor
+                .call(|n| {
+                    *n += 1;
+                    *n
+                })
+                .await,
+            Ok(2),
+            "state as it was"
+        );
+        let reject: Reject = ActorError::Panicked("boom".into()).into();
+        assert_eq!(
+            reject.system_code(),
+            Some(crate::wire::SystemCode::HandlerFailed)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restarting_actor_starts_afresh_after_a_panic() {
+        let actor = Actor::restarting(|| 10u32);
+        assert_eq!(
+            actor
+                .call(|n| {
+                    *n += 1;
+                    *n
+                })
+                .await,
+            Ok(11)
+        );
+        let failed = actor
+            .call_async(|_| -> ActorFuture<'_, u32> { Box::pin(async { panic!("boom") }) })
+            .await;
+        assert!(matches!(failed, Err(ActorError::Panicked(m)) if m == "boom"));
+        assert_eq!(actor.call(|n| *n).await, Ok(10));
     }
 
     #[tokio::test]
@@ -245,7 +370,7 @@ mod tests {
         let failed = log
             .call_async(|_| -> ActorFuture<'_, ()> { Box::pin(async { panic!("boom") }) })
             .await;
-        assert_eq!(failed, Err(ActorStopped));
-        assert!(log.is_stopped());
+        assert_eq!(failed, Err(ActorError::Panicked("boom".into())));
+        assert_eq!(log.call(|v| v.len()).await, Ok(2), "still serving");
     }
 }

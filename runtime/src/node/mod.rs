@@ -61,7 +61,7 @@ use tokio::sync::{broadcast as channel, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use self::actor::{Actor, ActorFuture, ActorStopped, DEFAULT_MAILBOX};
+pub use self::actor::{Actor, ActorError, ActorFuture, DEFAULT_MAILBOX};
 pub use self::broadcast::{Broadcast, Fanout};
 pub use self::description::{
     services_link, MethodInfo, NodeDescription, RoleRule, Scope, ServiceInfo, DESCRIBE_OP,

@@ -4,21 +4,30 @@
 //! serving side [`Publisher`], the receiving side [`Subscriber`], and the
 //! little wire format between them. A subscription is one server stream per
 //! publisher (`<package>.<Topic>/subscribe`), so every event rides the
-//! connection's per-stream credit: a subscriber that stops reading stops
-//! returning credit, and the publisher waits — unless the subscriber asked to
-//! drop, in which case it keeps draining the stream into a bounded queue and
-//! counts what it throws away.
+//! connection's per-stream credit. The publisher keeps a bounded queue per
+//! subscription, filled by `publish` and drained into its stream by the
+//! subscription's own task, so subscribers never wait on one another. A
+//! subscriber in block mode that stops reading stops returning credit, its
+//! queue fills, and `publish` waits for it — at most the send timeout, after
+//! which it is dropped. One that asked to drop keeps draining its stream into
+//! its own bounded queue and counts what it throws away; if it falls behind
+//! anyway (or hangs), the publisher's queue for it drops by the same policy
+//! and tells it how many, and a hung one is dropped after the send timeout.
 //!
-//! Wire: the request is a MessagePack map `{ filters: [string] }`. Each
-//! stream item starts with a tag byte: `0` — subscribed (sent once, before any
-//! event, when the publisher registered the subscription); `1` — an event:
-//! varint topic length, the topic's UTF-8 bytes, then the event encoded by the
-//! topic's codec.
+//! Wire: the request is a MessagePack map `{ filters: [string], overflow:
+//! u8 }` (overflow `0` block, `1` drop oldest, `2` drop newest; absent means
+//! block). Each stream item starts with a tag byte: `0` — subscribed (sent
+//! once, before any event, when the publisher registered the subscription);
+//! `1` — an event: varint topic length, the topic's UTF-8 bytes, then the
+//! event encoded by the topic's codec; `2` — skipped: a varint count of events
+//! the publisher dropped for this subscriber (under its drop policy) since
+//! the previous item.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::Notify;
@@ -42,6 +51,7 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 
 const TAG_SUBSCRIBED: u8 = 0;
 const TAG_EVENT: u8 = 1;
+const TAG_SKIPPED: u8 = 2;
 
 /// A topic contract: a named stream of typed events. Declare one with
 /// [`topic!`](crate::topic); the event type may be a serde type (MessagePack,
@@ -163,6 +173,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SubscribeRequest {
     filters: Vec<String>,
+    /// The subscriber's [`Overflow`], as [`Overflow::to_wire`]; absent
+    /// (older subscribers) means block.
+    #[serde(default)]
+    overflow: u8,
 }
 
 /// Whether `topic` matches any of `filters` (no filters, or an empty one,
@@ -227,13 +241,104 @@ pub enum PublishError {
     Closed,
 }
 
-/// One registered subscriber, as the publisher holds it.
+/// The default [`PublisherBuilder::queue`]: events queued per subscriber.
+pub const DEFAULT_PUBLISHER_QUEUE: usize = 256;
+
+/// The default [`PublisherBuilder::send_timeout`].
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most bytes of events queued for one subscriber, whatever the count.
+const QUEUE_BYTES: usize = 8 * 1024 * 1024;
+
+/// A subscriber the publisher gave up on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Eviction {
+    /// The subscribing node.
+    pub peer: NodeId,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// The publisher's side of one subscription: the events queued for it and
+/// how it wants overflow handled.
 struct Subscription {
     peer: NodeId,
     filters: Vec<String>,
-    out: tokio::sync::Mutex<Outbound>,
-    /// Cancelled when a send to it fails: the handler then ends.
+    overflow: Overflow,
+    queue: Mutex<Queued>,
+    /// Something was queued (the subscription's sender waits on it).
+    ready: Notify,
+    /// Something was sent (block-mode publishes wait on it).
+    room: Notify,
+    /// Cancelled when the subscriber is gone or evicted: its handler ends.
     gone: CancellationToken,
+}
+
+#[derive(Default)]
+struct Queued {
+    items: VecDeque<Bytes>,
+    bytes: usize,
+    /// Events dropped here since the last one sent, reported to the
+    /// subscriber before the next.
+    skipped: u64,
+}
+
+/// What became of an event offered to one subscription.
+enum Offer {
+    Queued,
+    /// Dropped (or made room by dropping another) under the subscriber's
+    /// drop policy.
+    Dropped,
+    /// Block mode and no room.
+    Full,
+}
+
+impl Subscription {
+    fn offer(&self, item: &Bytes, capacity: usize) -> Offer {
+        let mut q = lock(&self.queue);
+        let full = q.items.len() >= capacity || q.bytes + item.len() > QUEUE_BYTES;
+        if full && !q.items.is_empty() {
+            match self.overflow {
+                Overflow::Block => return Offer::Full,
+                Overflow::DropNewest => {
+                    q.skipped += 1;
+                    return Offer::Dropped;
+                }
+                Overflow::DropOldest => {
+                    if let Some(old) = q.items.pop_front() {
+                        q.bytes -= old.len();
+                        q.skipped += 1;
+                    }
+                }
+            }
+        }
+        q.bytes += item.len();
+        q.items.push_back(item.clone());
+        drop(q);
+        self.ready.notify_one();
+        if full {
+            Offer::Dropped
+        } else {
+            Offer::Queued
+        }
+    }
+
+    /// The next thing to send: a skipped-events report first, if any.
+    fn next(&self) -> Option<Bytes> {
+        let mut q = lock(&self.queue);
+        if q.skipped > 0 {
+            let mut marker = BytesMut::with_capacity(11);
+            marker.put_u8(TAG_SKIPPED);
+            varint::put(&mut marker, q.skipped);
+            q.skipped = 0;
+            return Some(marker.freeze());
+        }
+        let item = q.items.pop_front()?;
+        q.bytes -= item.len();
+        drop(q);
+        self.room.notify_waiters();
+        Some(item)
+    }
 }
 
 #[derive(Default)]
@@ -242,6 +347,32 @@ struct Hub {
     next: AtomicU64,
     closed: CancellationToken,
     published: AtomicU64,
+    evicted: AtomicU64,
+    evictions: std::sync::OnceLock<tokio::sync::broadcast::Sender<Eviction>>,
+    queue: usize,
+    send_timeout: Duration,
+}
+
+impl Hub {
+    fn evictions(&self) -> &tokio::sync::broadcast::Sender<Eviction> {
+        self.evictions
+            .get_or_init(|| tokio::sync::broadcast::channel(64).0)
+    }
+
+    /// Gives up on a subscriber that holds its events up: it is dropped,
+    /// counted and reported.
+    fn evict(&self, sub: &Subscription, reason: String) {
+        if sub.gone.is_cancelled() {
+            return;
+        }
+        sub.gone.cancel();
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(peer = %sub.peer, "subscriber dropped: {reason}");
+        let _ = self.evictions().send(Eviction {
+            peer: sub.peer,
+            reason,
+        });
+    }
 }
 
 /// Removes a subscription from the hub when its handler ends, however it ends.
@@ -256,16 +387,79 @@ impl Drop for Registered {
     }
 }
 
+/// A publisher's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublisherStats {
+    /// Events published so far.
+    pub published: u64,
+    /// Subscribers registered right now.
+    pub subscribers: usize,
+    /// Subscribers dropped for holding their events up longer than the
+    /// send timeout.
+    pub evicted: u64,
+}
+
+/// Configures a [`Publisher`]; see [`Publisher::builder`].
+#[must_use]
+#[derive(Debug)]
+pub struct PublisherBuilder<T> {
+    queue: usize,
+    send_timeout: Duration,
+    topic: PhantomData<fn() -> T>,
+}
+
+impl<T: Topic> PublisherBuilder<T> {
+    /// Events queued per subscriber between `publish` and its stream (at
+    /// least 1); [`DEFAULT_PUBLISHER_QUEUE`] by default, and never more than
+    /// 8 MiB of them. A subscriber in drop mode that falls this far behind
+    /// loses events here, by its own policy, and is told how many; one in
+    /// block mode makes `publish` wait.
+    pub fn queue(mut self, events: usize) -> Self {
+        self.queue = events.max(1);
+        self
+    }
+
+    /// How long one subscriber may hold its events up before it is dropped
+    /// (counted in [`PublisherStats::evicted`], reported by
+    /// [`Publisher::evictions`]): in drop mode, a send to it that gets no
+    /// credit (its process or link is hung — a slow reader in drop mode
+    /// keeps draining its stream); in block mode, a `publish` waiting for
+    /// room in its queue. So a block-mode subscriber stalls publishing for
+    /// at most this long. [`DEFAULT_SEND_TIMEOUT`] (5 s) by default.
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = timeout;
+        self
+    }
+
+    /// The publisher.
+    pub fn build(self) -> Publisher<T> {
+        Publisher {
+            hub: Arc::new(Hub {
+                queue: self.queue,
+                send_timeout: self.send_timeout,
+                ..Hub::default()
+            }),
+            topic: PhantomData,
+        }
+    }
+}
+
 /// The serving side of a [`Topic`]: serve it on a node (`serve_as(publisher.clone(),
 /// "publisher")`) or any endpoint, then [`publish`](Self::publish). Clones
 /// share the subscribers.
 ///
-/// Each event is encoded once and sent to every subscriber whose filters
-/// match its topic, all at once; `publish` returns when it is queued for
-/// each of them. A subscriber in block mode that falls behind makes
-/// `publish` wait for it (backpressure); subscribers in drop mode never do.
-/// Events a subscriber registered after `publish` started do not reach it;
-/// events from one publishing task reach each subscriber in order.
+/// Each event is encoded once and queued for every subscriber whose filters
+/// match its topic; each subscription sends from its own queue, so one
+/// subscriber never holds up another. `publish` returns once the event is
+/// queued for each of them. A subscriber in block mode whose queue is full
+/// makes `publish` wait for it (backpressure), at most the send timeout;
+/// subscribers in drop mode never do — when one falls behind, its queue
+/// drops by its own policy and it is told how many it missed. A subscriber
+/// that holds its events up longer than the send timeout (a hung process or
+/// link) is dropped. Events a subscriber registered after `publish` started
+/// do not reach it; events from one publishing task reach each subscriber in
+/// order.
 pub struct Publisher<T> {
     hub: Arc<Hub>,
     topic: PhantomData<fn() -> T>,
@@ -290,16 +484,23 @@ impl<T: Topic> std::fmt::Debug for Publisher<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
             .field("topic", &T::DESCRIPTOR.full_name)
-            .field("subscribers", &self.subscribers())
+            .field("stats", &self.stats())
             .finish()
     }
 }
 
 impl<T: Topic> Publisher<T> {
-    /// A publisher with no subscribers yet.
+    /// A publisher with no subscribers yet and the default queue and send
+    /// timeout.
     pub fn new() -> Self {
-        Publisher {
-            hub: Arc::default(),
+        Self::builder().build()
+    }
+
+    /// Starts configuring a publisher.
+    pub fn builder() -> PublisherBuilder<T> {
+        PublisherBuilder {
+            queue: DEFAULT_PUBLISHER_QUEUE,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             topic: PhantomData,
         }
     }
@@ -319,9 +520,24 @@ impl<T: Topic> Publisher<T> {
         self.hub.published.load(Ordering::Relaxed)
     }
 
+    /// All counters.
+    pub fn stats(&self) -> PublisherStats {
+        PublisherStats {
+            published: self.published(),
+            subscribers: self.subscribers(),
+            evicted: self.hub.evicted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Every subscriber dropped for holding its events up, from now on.
+    pub fn evictions(&self) -> tokio::sync::broadcast::Receiver<Eviction> {
+        self.hub.evictions().subscribe()
+    }
+
     /// Publishes `event` on `topic` to every subscriber whose filters match;
-    /// returns how many it was queued for. A subscriber whose stream fails is
-    /// dropped (it is gone) and not counted.
+    /// returns how many subscribers it was handed to (queued, or dropped
+    /// under a subscriber's own drop policy). A subscriber that is gone, or
+    /// is dropped now for stalling, is not counted.
     pub async fn publish(&self, topic: &str, event: &T::Event) -> Result<usize, PublishError> {
         if self.hub.closed.is_cancelled() {
             return Err(PublishError::Closed);
@@ -343,26 +559,61 @@ impl<T: Topic> Publisher<T> {
         let item = item.freeze();
         let targets: Vec<Arc<Subscription>> = lock(&self.hub.subs)
             .iter()
-            .filter(|(_, s)| topic_matches(&s.filters, topic))
+            .filter(|(_, s)| !s.gone.is_cancelled() && topic_matches(&s.filters, topic))
             .map(|(_, s)| s.clone())
             .collect();
         self.hub.published.fetch_add(1, Ordering::Relaxed);
-        let sends = targets.iter().map(|sub| {
-            let item = item.clone();
-            async move {
-                let mut out = sub.out.lock().await;
-                match out.send(item).await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::debug!(peer = %sub.peer, error = %e, "subscriber gone");
-                        sub.gone.cancel();
-                        false
-                    }
+        let mut handed = 0;
+        let mut blocked = Vec::new();
+        for sub in targets {
+            match sub.offer(&item, self.hub.queue) {
+                Offer::Queued | Offer::Dropped => handed += 1,
+                Offer::Full => blocked.push(sub),
+            }
+        }
+        if !blocked.is_empty() {
+            let waits = blocked.iter().map(|sub| self.wait_for_room(sub, &item));
+            let queued = futures_util::future::join_all(waits).await;
+            handed += queued.into_iter().filter(|ok| *ok).count();
+        }
+        Ok(handed)
+    }
+
+    /// Block mode: waits for room in `sub`'s queue for `item`, at most the
+    /// send timeout, then drops the subscriber.
+    async fn wait_for_room(&self, sub: &Subscription, item: &Bytes) -> bool {
+        let hub = &self.hub;
+        let waited = tokio::time::timeout(hub.send_timeout, async {
+            loop {
+                let room = sub.room.notified();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                if sub.gone.is_cancelled() {
+                    return false;
+                }
+                if !matches!(sub.offer(item, hub.queue), Offer::Full) {
+                    return true;
+                }
+                tokio::select! {
+                    () = room => {}
+                    () = sub.gone.cancelled() => return false,
                 }
             }
-        });
-        let sent = futures_util::future::join_all(sends).await;
-        Ok(sent.into_iter().filter(|ok| *ok).count())
+        })
+        .await;
+        match waited {
+            Ok(queued) => queued,
+            Err(_) => {
+                hub.evict(
+                    sub,
+                    format!(
+                        "block-mode subscriber read nothing for {:?} with its queue full",
+                        hub.send_timeout
+                    ),
+                );
+                false
+            }
+        }
     }
 
     /// Ends every subscription (their streams end cleanly) and refuses
@@ -399,38 +650,66 @@ impl<T: Topic> Publisher<T> {
                     let sub = Arc::new(Subscription {
                         peer: ctx.peer().node_id(),
                         filters: request.filters,
-                        out: tokio::sync::Mutex::new(out),
+                        overflow: Overflow::from_wire(request.overflow),
+                        queue: Mutex::default(),
+                        ready: Notify::new(),
+                        room: Notify::new(),
                         gone: CancellationToken::new(),
                     });
-                    // Register and announce under the stream's lock, so the
-                    // "subscribed" marker precedes every event sent to it.
-                    let registered = {
-                        let mut out = sub.out.lock().await;
-                        let id = hub.next.fetch_add(1, Ordering::Relaxed);
-                        lock(&hub.subs).push((id, sub.clone()));
-                        let registered = Registered {
-                            hub: hub.clone(),
-                            id,
-                        };
-                        if out
-                            .send(Bytes::from_static(&[TAG_SUBSCRIBED]))
-                            .await
-                            .is_err()
-                        {
-                            return Ok(());
-                        }
-                        registered
+                    let id = hub.next.fetch_add(1, Ordering::Relaxed);
+                    lock(&hub.subs).push((id, sub.clone()));
+                    let _registered = Registered {
+                        hub: hub.clone(),
+                        id,
                     };
                     tokio::select! {
                         () = ctx.cancelled() => {}
                         () = sub.gone.cancelled() => {}
                         () = hub.closed.cancelled() => {}
+                        () = send_queued(&hub, &sub, out) => {}
                     }
-                    drop(registered);
                     Ok(())
                 }
             })
             .with_descriptor(T::DESCRIPTOR)
+    }
+}
+
+/// A subscription's sender: the "subscribed" marker (before any event:
+/// events published from registration on are queued behind it), then
+/// whatever is queued, as credit allows. Ends when the stream fails, or when
+/// one send waits longer than the send timeout (the subscriber is dropped).
+async fn send_queued(hub: &Hub, sub: &Subscription, mut out: Outbound) {
+    let timeout = hub.send_timeout;
+    let mut next = Some(Bytes::from_static(&[TAG_SUBSCRIBED]));
+    loop {
+        let Some(item) = next.take().or_else(|| sub.next()) else {
+            let ready = sub.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            next = sub.next();
+            if next.is_none() {
+                ready.await;
+            }
+            continue;
+        };
+        match tokio::time::timeout(timeout, out.send(item)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %sub.peer, error = %e, "subscriber gone");
+                sub.gone.cancel();
+                return;
+            }
+            Err(_) => {
+                hub.evict(
+                    sub,
+                    format!(
+                        "the subscriber returned no credit for {timeout:?} (hung or unreachable)"
+                    ),
+                );
+                return;
+            }
+        }
     }
 }
 
@@ -459,6 +738,24 @@ pub enum Overflow {
     DropNewest,
 }
 
+impl Overflow {
+    fn to_wire(self) -> u8 {
+        match self {
+            Overflow::Block => 0,
+            Overflow::DropOldest => 1,
+            Overflow::DropNewest => 2,
+        }
+    }
+
+    fn from_wire(v: u8) -> Overflow {
+        match v {
+            1 => Overflow::DropOldest,
+            2 => Overflow::DropNewest,
+            _ => Overflow::Block,
+        }
+    }
+}
+
 /// An event as a subscriber receives it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Received<E> {
@@ -471,12 +768,14 @@ pub struct Received<E> {
 }
 
 /// A subscriber's counters; `arrived == taken + queued + dropped` at all times
-/// (`taken` being what [`Subscriber::recv`] returned).
+/// (`taken` being what [`Subscriber::recv`] returned). Events a publisher
+/// dropped for this subscriber under its drop policy while it was behind
+/// (the publisher reports how many) count as arrived and dropped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SubscriberStats {
     /// Events that arrived and decoded.
     pub arrived: u64,
-    /// Events thrown away by the overflow policy.
+    /// Events thrown away by the overflow policy, here or at a publisher.
     pub dropped: u64,
     /// Events waiting in the queue.
     pub queued: usize,
@@ -669,6 +968,7 @@ impl<T: Topic> SubscriberBuilder<T> {
     fn request(&self) -> Bytes {
         let request = SubscribeRequest {
             filters: self.filters.clone(),
+            overflow: self.overflow.to_wire(),
         };
         // A struct of strings always encodes.
         <MsgPack as Codec<SubscribeRequest>>::encode(&request).unwrap_or_default()
@@ -776,8 +1076,15 @@ async fn read_from<T: Topic>(conn: Connection, request: Bytes, inbox: Arc<Inbox<
             }
         };
         match parse_item(&mut item) {
-            Some(None) => inbox.set_live(publisher, true),
-            Some(Some(topic)) => match T::Codec::decode(item) {
+            Some(Item::Subscribed) => inbox.set_live(publisher, true),
+            Some(Item::Skipped(n)) => {
+                // Dropped at the publisher, by this subscriber's own policy,
+                // while it was behind: counted as if they arrived and were
+                // dropped here.
+                inbox.arrived.fetch_add(n, Ordering::Relaxed);
+                inbox.dropped.fetch_add(n, Ordering::Relaxed);
+            }
+            Some(Item::Event(topic)) => match T::Codec::decode(item) {
                 Ok(event) => {
                     inbox
                         .push(Received {
@@ -800,12 +1107,21 @@ async fn read_from<T: Topic>(conn: Connection, request: Bytes, inbox: Arc<Inbox<
     }
 }
 
-/// Splits a stream item: `Some(None)` for the subscribed marker,
-/// `Some(Some(topic))` for an event (leaving the payload in `item`), `None`
-/// when malformed.
-fn parse_item(item: &mut Bytes) -> Option<Option<String>> {
+/// One item of a subscription stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Item {
+    /// The publisher registered the subscription.
+    Subscribed,
+    /// An event on this topic; its payload is left in the item.
+    Event(String),
+    /// The publisher dropped this many events for this subscriber.
+    Skipped(u64),
+}
+
+/// Splits a stream item; `None` when malformed.
+fn parse_item(item: &mut Bytes) -> Option<Item> {
     match *item.first()? {
-        TAG_SUBSCRIBED if item.len() == 1 => Some(None),
+        TAG_SUBSCRIBED if item.len() == 1 => Some(Item::Subscribed),
         TAG_EVENT => {
             item.advance(1);
             let len = usize::try_from(varint::get(item, "topic length").ok()?).ok()?;
@@ -814,7 +1130,12 @@ fn parse_item(item: &mut Bytes) -> Option<Option<String>> {
             }
             let topic = std::str::from_utf8(&item[..len]).ok()?.to_owned();
             item.advance(len);
-            Some(Some(topic))
+            Some(Item::Event(topic))
+        }
+        TAG_SKIPPED => {
+            item.advance(1);
+            let n = varint::get(item, "skipped").ok()?;
+            item.is_empty().then_some(Item::Skipped(n))
         }
         _ => None,
     }
@@ -1027,13 +1348,17 @@ mod tests {
     #[test]
     fn items_parse_and_malformed_ones_are_refused() {
         let mut marker = Bytes::from_static(&[TAG_SUBSCRIBED]);
-        assert_eq!(parse_item(&mut marker), Some(None));
+        assert_eq!(parse_item(&mut marker), Some(Item::Subscribed));
         let mut event = Bytes::from_static(b"\x01\x03a/bpayload");
-        assert_eq!(parse_item(&mut event), Some(Some("a/b".to_owned())));
+        assert_eq!(parse_item(&mut event), Some(Item::Event("a/b".to_owned())));
+        let mut skipped = Bytes::from_static(b"\x02\xac\x02");
+        assert_eq!(parse_item(&mut skipped), Some(Item::Skipped(300)));
         assert_eq!(&event[..], b"payload");
         for bad in [
             &b""[..],
             b"\x02",
+            b"\x02\x01x",
+            b"\x03",
             b"\x00x",
             b"\x01\x05ab",
             b"\x01\x02\xff\xfe",

@@ -386,7 +386,8 @@ impl RawServerBuilder {
         self
     }
 
-    /// At most `max` connections at once. One beyond is accepted and closed
+    /// At most `max` connections at once (4096 by default; `usize::MAX` for
+    /// no limit). One beyond is accepted and closed
     /// at once (the peer sees the stream end) and counted in
     /// [`RawStats::refused`]; no callback sees it.
     pub fn max_connections(mut self, max: usize) -> Self {
@@ -513,7 +514,7 @@ impl RawServer {
         RawServerBuilder {
             url: url.into(),
             transport: TransportConfig::new(),
-            max_connections: None,
+            max_connections: Some(crate::endpoint::DEFAULT_MAX_CONNECTIONS),
             read_buffer: 64 * 1024,
             write_backlog: 1024 * 1024,
             drain_timeout: Duration::from_secs(5),

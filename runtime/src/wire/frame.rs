@@ -306,6 +306,14 @@ fn deadline_micros(d: Duration) -> u64 {
 
 /// Appends a call-open frame.
 pub fn encode_call_open(dst: &mut BytesMut, head: &CallOpenHead<'_>, body: &[u8]) {
+    encode_call_open_head(dst, head, body.len());
+    dst.put_slice(body);
+}
+
+/// Appends a call-open frame's header and fields, announcing a body of
+/// `body_len` bytes that the caller sends itself (the writer does, for large
+/// bodies, without copying).
+pub fn encode_call_open_head(dst: &mut BytesMut, head: &CallOpenHead<'_>, body_len: usize) {
     let mut fl = 0;
     if head.end {
         fl |= flags::END;
@@ -325,8 +333,8 @@ pub fn encode_call_open(dst: &mut BytesMut, head: &CallOpenHead<'_>, body: &[u8]
     if head.session.is_some() {
         fl |= flags::SESSION;
     }
-    let len = head.encoded_len() + body.len();
-    dst.reserve(HEADER_LEN + len);
+    let len = head.encoded_len() + body_len;
+    dst.reserve(HEADER_LEN + head.encoded_len());
     put_header(dst, len, Kind::CallOpen, fl, head.id);
     varint::put(dst, u64::from(head.op_index));
     if let Some(name) = head.op_name {
@@ -348,7 +356,6 @@ pub fn encode_call_open(dst: &mut BytesMut, head: &CallOpenHead<'_>, body: &[u8]
     if let Some(id) = head.session {
         varint::put(dst, u64::from(id));
     }
-    dst.put_slice(body);
 }
 
 /// Appends a frame whose payload is `body` as is (data, ack).
@@ -434,7 +441,7 @@ pub fn decode(src: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, WireE
     }
     let total = HEADER_LEN + len as usize;
     if src.len() < total {
-        src.reserve(total - src.len());
+        reserve_frame(src, total);
         return Ok(None);
     }
     let kind_byte = src[4];
@@ -446,9 +453,32 @@ pub fn decode(src: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, WireE
     parse_payload(kind, fl, id, frame.freeze()).map(Some)
 }
 
+/// Frames at least this large get a buffer of exactly their size.
+const EXACT_FROM: usize = 1024 * 1024;
+
+/// Makes room for a frame of `total` bytes of which `src` holds the start.
+/// A large frame gets a buffer of exactly its size (the few bytes already in
+/// are copied), so a big message costs one allocation of its own size, not
+/// a doubled buffer.
+fn reserve_frame(src: &mut BytesMut, total: usize) {
+    if src.capacity() >= total {
+        return;
+    }
+    if total >= EXACT_FROM {
+        let mut exact = BytesMut::with_capacity(total);
+        exact.extend_from_slice(src);
+        *src = exact;
+    } else {
+        src.reserve(total - src.len());
+    }
+}
+
 fn take_str(p: &mut Bytes, field: &'static str, max: usize) -> Result<String, WireError> {
     let n = varint::get(p, field)?;
-    if n > max as u64 || n > p.len() as u64 {
+    if n > max as u64 {
+        return Err(WireError::TooLong { field, len: n, max });
+    }
+    if n > p.len() as u64 {
         return Err(WireError::Truncated { field });
     }
     let raw = p.split_to(n as usize);
@@ -546,8 +576,14 @@ fn parse_payload(kind: Kind, fl: u8, id: u32, mut p: Bytes) -> Result<Frame, Wir
         }
         Kind::Ping | Kind::Pong => {
             if p.len() != 8 {
-                return Err(WireError::Truncated {
-                    field: "ping payload",
+                return Err(WireError::WrongLength {
+                    field: if kind == Kind::Ping {
+                        "ping payload"
+                    } else {
+                        "pong payload"
+                    },
+                    len: p.len(),
+                    expected: 8,
                 });
             }
             let payload = p.get_u64();

@@ -10,7 +10,7 @@ pub mod handshake;
 pub mod varint;
 
 pub use self::frame::{decode, CallOpen, Frame, Kind, OpRef, HEADER_LEN};
-pub use self::handshake::{Answer, Hello, Refusal, RefusalCode, Welcome};
+pub use self::handshake::{Answer, Extension, Hello, Refusal, RefusalCode, Welcome};
 
 /// Default largest frame payload a side accepts (announced in the handshake).
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
@@ -38,6 +38,10 @@ pub enum SystemCode {
     TooLarge = 8,
     /// The call names a session that is not open (closed, never opened, or rejected).
     SessionClosed = 9,
+    /// The receiver is at a limit (calls served at once, sessions, memory)
+    /// and did not run the call; safe to retry later. In a goaway: the
+    /// sender cut this side off for exceeding a limit.
+    ResourceExhausted = 10,
     /// A code this implementation does not know.
     Unknown = 0xffff,
 }
@@ -55,6 +59,7 @@ impl SystemCode {
             7 => SystemCode::Protocol,
             8 => SystemCode::TooLarge,
             9 => SystemCode::SessionClosed,
+            10 => SystemCode::ResourceExhausted,
             _ => SystemCode::Unknown,
         }
     }
@@ -130,4 +135,42 @@ pub enum WireError {
     /// The answer's status byte is neither welcome nor refusal.
     #[error("handshake answer has unknown status {0}")]
     BadAnswerStatus(u8),
+    /// A hello or welcome of a protocol version this implementation does not
+    /// speak (only its prefix can be read).
+    #[error("handshake of protocol version {0}; this side speaks version {v}", v = handshake::VERSION)]
+    UnsupportedVersion(u16),
+    /// A handshake's extension area is larger than accepted.
+    #[error("handshake extensions of {len} bytes exceed the limit of {max} bytes")]
+    HandshakeExtensionsTooLarge {
+        /// Announced length.
+        len: u16,
+        /// The limit.
+        max: u16,
+    },
+    /// The same extension type twice in one handshake message.
+    #[error("handshake extension type {0} appears twice")]
+    DuplicateExtension(u16),
+    /// A peer announced that it serves no calls at all.
+    #[error("announced max calls is 0; a peer must serve at least one call at a time")]
+    NoCallsAllowed,
+    /// A fixed-size field of the wrong size.
+    #[error("{field} is {len} bytes; it must be exactly {expected}")]
+    WrongLength {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The only length allowed.
+        expected: usize,
+    },
+    /// A name or key longer than its limit.
+    #[error("{field} of {len} bytes is longer than the limit of {max} bytes")]
+    TooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its announced length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
 }
