@@ -17,10 +17,13 @@ from plexus import wire
 class FakePeer:
     """A listener that speaks frames by hand, one connection at a time."""
 
-    def __init__(self, answer: Optional[bytes] = None, window: int = 1 << 20, max_frame: int = 1 << 20) -> None:
+    def __init__(
+        self, answer: Optional[bytes] = None, window: int = 1 << 20, max_frame: int = 1 << 20, max_calls: int = 256
+    ) -> None:
         self.answer = answer
         self.window = window
         self.max_frame = max_frame
+        self.max_calls = max_calls
         self.hello: Optional[wire.Hello] = None
         self.frames: asyncio.Queue[wire.Frame] = asyncio.Queue()
         self.connected = asyncio.Event()
@@ -47,7 +50,7 @@ class FakePeer:
                 return
             buf += chunk
         if self.answer is None:
-            writer.write(wire.Welcome(0xABCD << 100, self.max_frame, self.window, b"welcome").encode())
+            writer.write(wire.Welcome(0xABCD << 100, self.max_frame, self.window, self.max_calls, b"welcome").encode())
         elif self.answer:
             writer.write(self.answer)
         self.connected.set()
@@ -113,7 +116,8 @@ def test_hello_carries_data_and_the_welcome_answers_with_its_own() -> None:
         conn = await plexus.connect(url, b"token-ok", config=quiet(window=4096, max_frame=2048))
         assert peer.hello is not None
         assert (peer.hello.data, peer.hello.window, peer.hello.max_frame) == (b"token-ok", 4096, 2048)
-        assert peer.hello.version == 1 and peer.hello.node_id == conn.node_id
+        assert peer.hello.version == 2 and peer.hello.node_id == conn.node_id
+        assert peer.hello.max_calls == 256 and peer.hello.extensions == []
         assert conn.peer_data == b"welcome"
         assert conn.peer.startswith("node 000abcd0 at tcp://127.0.0.1:")
         await conn.abort()
@@ -128,7 +132,7 @@ def test_hello_carries_data_and_the_welcome_answers_with_its_own() -> None:
         (wire.Refusal(wire.RefusalCode.REJECTED, "bad token").encode(), plexus.Refused, "bad token"),
         (wire.Refusal(wire.RefusalCode.VERSION_MISMATCH, "v7 only", version=7).encode(), plexus.VersionMismatch, "v7"),
         (wire.Refusal(wire.RefusalCode.SHUTTING_DOWN, "bye").encode(), plexus.Refused, "SHUTTING_DOWN"),
-        (wire.Welcome(1, 1 << 20, 1 << 20, version=2).encode(), plexus.VersionMismatch, "v2"),
+        (wire.Welcome(1, 1 << 20, 1 << 20, version=3).encode(), plexus.VersionMismatch, "v3"),
         (b"HTTP/1.1 400 Bad Request\r\n\r\n", plexus.HandshakeError, "not a Plexus handshake"),
         (wire.MAGIC + b"\x00\x01\x09", plexus.HandshakeError, "status"),
     ],
@@ -361,6 +365,74 @@ def test_a_graceful_close_sends_goaway_and_waits_for_calls_in_flight() -> None:
         assert await call == b"done"
         await asyncio.wait_for(closing, 5)
         await asyncio.wait_for(peer.closed.wait(), 5)
+        await peer.stop()
+
+    run(scenario())
+
+
+def test_callers_keep_within_the_peers_max_calls() -> None:
+    async def scenario() -> None:
+        peer = FakePeer(max_calls=2)
+        url = await peer.start()
+        conn = await plexus.connect(url, config=quiet())
+        assert conn.peer_max_calls == 2
+        calls = [asyncio.ensure_future(conn.call("a.B/c", bytes([i]))) for i in range(3)]
+        first = await peer.next(wire.CallOpen)
+        await peer.next(wire.CallOpen)
+        await asyncio.sleep(0.1)
+        assert peer.frames.empty(), "the third call waits for a free place"
+        peer.send(wire.Ack(first.id, b""))  # type: ignore[union-attr]
+        third = await peer.next(wire.CallOpen)
+        assert isinstance(third, wire.CallOpen) and third.body == b"\x02"
+        # Waiting counts against the call's timeout.
+        with pytest.raises(plexus.Timeout, match="free call place"):
+            await conn.call("a.B/c", b"", timeout=0.1)
+        peer.send(wire.Reject(third.id, 10, "2 calls already served", b"", system=True))
+        with pytest.raises(plexus.Overloaded):
+            await calls[2]
+        await conn.abort()
+        assert await calls[0] == b""
+        with pytest.raises(plexus.ConnectionLost):
+            await calls[1]
+        await peer.stop()
+
+    run(scenario())
+
+
+def test_calls_beyond_this_sides_max_calls_are_refused_as_overloaded() -> None:
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def hold(body: bytes, ctx: plexus.CallContext) -> bytes:
+            await release.wait()
+            return body
+
+        peer = FakePeer()
+        url = await peer.start()
+        handlers = plexus.Handlers(unary={"py.Hold/hold": hold})
+        conn = await plexus.connect(url, config=quiet(max_calls=1), handlers=handlers)
+        await peer.connected.wait()
+        assert peer.hello is not None and peer.hello.max_calls == 1
+        peer.send(wire.CallOpen(id=2, index=0, name="py.Hold/hold", body=b"a"), wire.CallOpen(id=4, index=0, body=b"b"))
+        refused = await peer.next(wire.Reject)
+        assert isinstance(refused, wire.Reject) and (refused.id, refused.code) == (4, wire.SystemCode.RESOURCE_EXHAUSTED)
+        release.set()
+        assert await peer.next(wire.Ack) == wire.Ack(2, b"a")
+        await conn.abort()
+        await peer.stop()
+
+    run(scenario())
+
+
+def test_a_cut_off_names_the_peers_reason() -> None:
+    async def scenario() -> None:
+        peer = FakePeer()
+        url = await peer.start()
+        conn = await plexus.connect(url, config=quiet())
+        await peer.connected.wait()
+        peer.send(wire.GoAway(0, 10, "read nothing"))
+        peer.hang_up()
+        assert "cut off by the peer: read nothing" in await asyncio.wait_for(conn.wait_closed(), 5)
         await peer.stop()
 
     run(scenario())

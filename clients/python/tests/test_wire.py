@@ -37,11 +37,11 @@ def test_varints_encode_shortest_and_decode_non_minimal_forms() -> None:
 def test_protocol_document_examples_are_byte_exact() -> None:
     hello = wire.Hello(node_id=0x000102030405060708090A0B0C0D0E0F, max_frame=16 << 20, window=256 << 10)
     assert hello.encode() == hexbytes(
-        """50 4c 58 53  00 01  00 00
+        """50 4c 58 53  00 02  00 00
         00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f
-        01 00 00 00  00 04 00 00  00 00 00 00"""
+        01 00 00 00  00 04 00 00  00 00 01 00  00 00  00 00 00 00"""
     )
-    assert wire.Hello.decode(hello.encode()) == (hello, 36)
+    assert wire.Hello.decode(hello.encode()) == (hello, 42)
 
     first = wire.CallOpen(id=1, index=0, name="demo.Echo/echo", deadline_us=30_000_000, body=b"hi")
     first_bytes = hexbytes(
@@ -95,35 +95,38 @@ def test_every_frame_round_trips(frame: wire.Frame) -> None:
 
 
 def test_handshake_answers_round_trip() -> None:
-    welcome = wire.Welcome(node_id=5, max_frame=1024, window=10, data=b"hey")
-    assert wire.decode_answer(welcome.encode()) == (welcome, 38)
+    welcome = wire.Welcome(node_id=5, max_frame=1024, window=10, data=b"hey", extensions=[wire.Extension(0x7F00, b"x")])
+    assert wire.decode_answer(welcome.encode()) == (welcome, 41 + 5 + 3)
     refusal = wire.Refusal(wire.RefusalCode.REJECTED, "bad token")
     assert wire.decode_answer(refusal.encode()) == (refusal, 11 + 9)
-    unknown = wire.MAGIC + b"\x00\x01\x01\x00\x63\x00\x00"
+    unknown = wire.MAGIC + b"\x00\x02\x01\x00\x63\x00\x00"
     assert wire.decode_answer(unknown) == (wire.Refusal(wire.RefusalCode.OTHER, ""), 11)
-    lenient = wire.MAGIC + b"\x00\x01\x01\x00\x03\x00\x01\xff"
+    lenient = wire.MAGIC + b"\x00\x02\x01\x00\x03\x00\x01\xff"
     answer = wire.decode_answer(lenient)
     assert answer is not None and answer[0].reason == "\ufffd"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
-    "raw, why",
+    "raw, kind",
     [
-        (b"\x00\x00\x00\x00\xc8\x00\x00\x00\x00\x01", "unknown frame kind"),
-        (b"\x00\x00\x00\x01\x03\x00\x00\x00\x00\x01\x00", "trailing bytes on END"),
-        (b"\x00\x00\x00\x01\x06\x00\x00\x00\x00\x01\x00", "trailing bytes on CANCEL"),
-        (b"\x00\x00\x00\x02\x07\x00\x00\x00\x00\x01\x01\x00", "trailing bytes on CREDIT"),
-        (b"\x00\x00\x00\x07\x08\x00\x00\x00\x00\x00" + b"\x00" * 7, "must be 8"),
-        (b"\x00\x00\x00\x03\x0a\x00\x00\x00\x00\x00\x00\x00\x00", "last id"),
-        (b"\x00\x00\x00\x06\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff", "UTF-8"),
-        (b"\x00\x00\x00\x03\x01\x04\x00\x00\x00\x01\x00\x32\x78", "operation name"),
-        (b"\x00\x00\x00\x03\x01\x10\x00\x00\x00\x01\x00\x41\x00", "metadata pairs"),
-        (b"\x00\x00\x00\x03\x05\x00\x00\x00\x00\x01\x01\x01\xff", "UTF-8"),
+        (b"\x00\x00\x00\x00\xc8\x00\x00\x00\x00\x01", "UnknownKind"),
+        (b"\x00\x00\x00\x01\x03\x00\x00\x00\x00\x01\x00", "TrailingBytes"),
+        (b"\x00\x00\x00\x01\x06\x00\x00\x00\x00\x01\x00", "TrailingBytes"),
+        (b"\x00\x00\x00\x02\x07\x00\x00\x00\x00\x01\x01\x00", "TrailingBytes"),
+        (b"\x00\x00\x00\x07\x08\x00\x00\x00\x00\x00" + b"\x00" * 7, "WrongLength"),
+        (b"\x00\x00\x00\x03\x0a\x00\x00\x00\x00\x00\x00\x00\x00", "Truncated"),
+        (b"\x00\x00\x00\x06\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff", "InvalidUtf8"),
+        (b"\x00\x00\x00\x03\x01\x04\x00\x00\x00\x01\x00\x32\x78", "Truncated"),
+        (b"\x00\x00\x00\x04\x01\x04\x00\x00\x00\x01\x00\x81\x08\x78", "TooLong"),
+        (b"\x00\x00\x00\x03\x01\x10\x00\x00\x00\x01\x00\x41\x00", "TooManyMetadata"),
+        (b"\x00\x00\x00\x03\x05\x00\x00\x00\x00\x01\x01\x01\xff", "InvalidUtf8"),
+        (b"\x00\x00\x00\x05\x07\x00\x00\x00\x00\x01\x80\x80\x80\x80\x10", "VarintOverflow"),
     ],
 )
-def test_malformed_frames_are_errors(raw: bytes, why: str) -> None:
-    with pytest.raises(wire.WireError, match=why):
+def test_malformed_frames_are_errors(raw: bytes, kind: str) -> None:
+    with pytest.raises(wire.WireError) as refused:
         wire.decode(raw, 1 << 20)
+    assert refused.value.kind == kind, str(refused.value)
 
 
 def test_a_frame_above_the_limit_is_refused_from_its_header_alone() -> None:
@@ -135,13 +138,20 @@ def test_bad_handshakes_are_errors() -> None:
     with pytest.raises(wire.WireError, match="magic"):
         wire.decode_answer(b"HTTP/1.1 400")
     with pytest.raises(wire.WireError, match="status"):
-        wire.decode_answer(wire.MAGIC + b"\x00\x01\x07")
-    too_long = wire.MAGIC + b"\x00\x01\x00" + b"\x00" * 16 + b"\x00\x00\x04\x00" + b"\x00" * 4 + b"\x00\x01\x00\x01"
-    with pytest.raises(wire.WireError, match="exceeds"):
+        wire.decode_answer(wire.MAGIC + b"\x00\x02\x07")
+    fixed = wire.Welcome(1, 1 << 20, 1).encode()
+    too_long = fixed[:37] + b"\x00\x01\x00\x01"
+    with pytest.raises(wire.WireError, match="exceeds") as raised:
         wire.decode_answer(too_long)
-    small = wire.Welcome(1, 1023, 1).encode()
+    assert raised.value.kind == "HandshakeDataTooLarge"
     with pytest.raises(wire.WireError, match="below"):
-        wire.decode_answer(small)
+        wire.decode_answer(wire.Welcome(1, 1023, 1).encode())
+    with pytest.raises(wire.WireError) as raised:
+        wire.decode_answer(wire.Welcome(1, 1024, 1, max_calls=0).encode())
+    assert raised.value.kind == "NoCallsAllowed"
+    with pytest.raises(wire.WireError) as raised:
+        wire.decode_answer(wire.Welcome(1, 1024, 1, version=1).encode())
+    assert raised.value.kind == "UnsupportedVersion"
 
 
 def test_random_bytes_never_crash_the_decoders() -> None:

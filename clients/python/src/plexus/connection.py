@@ -46,8 +46,10 @@ SESSION_OPEN = "plexus.Session/open"
 SESSION_CLOSE = "plexus.Session/close"
 #: The Reject code of a peer with no session hook.
 NO_SESSIONS = 0xFFFF_0001
-#: Interned operations accepted per connection and direction (§5).
-MAX_INTERNED = 65536
+#: Interned operations accepted per connection and direction (§5, §13).
+MAX_INTERNED = 4096
+#: Bytes of interned names accepted per connection and direction.
+MAX_INTERNED_BYTES = 256 * 1024
 #: Bytes queued for the writer before callers wait for it.
 WRITE_HIGH_WATER = 1 << 20
 
@@ -60,7 +62,11 @@ class Config:
     max_frame: int = 16 << 20
     #: Per-stream receive window (announced in the Hello).
     window: int = 2 << 20
-    #: Bounds the transport setup and the handshake, in seconds.
+    #: Calls of the peer's this side serves at once (announced in the Hello, §7.8).
+    max_calls: int = 256
+    #: Bounds reaching the listener (connect, TLS, WebSocket upgrade), in seconds.
+    connect_timeout: float = 10.0
+    #: Bounds the Plexus handshake once connected, in seconds.
     handshake_timeout: float = 10.0
     #: Timeout (and deadline sent) for unary calls that set none; ``None`` for none.
     default_timeout: Optional[float] = 30.0
@@ -99,6 +105,11 @@ class Handlers:
     unary: dict[str, Handler] = field(default_factory=dict)
     oneway: dict[str, Handler] = field(default_factory=dict)
     on_session: Optional[SessionHook] = None
+
+
+def _broken(message: str) -> wire.WireError:
+    """A rule of the protocol broken by the peer (beyond the codec's)."""
+    return wire.WireError("Protocol", message)
 
 
 class _Outbound:
@@ -315,6 +326,8 @@ class Connection:
         self.peer_data = welcome.data
         self.peer_max_frame = welcome.max_frame
         self.peer_window = welcome.window
+        #: How many of this side's calls the peer serves at once; callers wait beyond it.
+        self.peer_max_calls = welcome.max_calls
         self.node_id = node_id
         self.config = config
         self.handlers = handlers
@@ -326,6 +339,10 @@ class Connection:
         self._out_drained.set()
         self._send_ops: dict[str, int] = {}
         self._recv_ops: list[str] = []
+        self._recv_op_bytes = 0
+        self._call_left = asyncio.Event()
+        self._serving = 0
+        self._served_left = asyncio.Event()
         self._next_id = 1
         self._next_session = 1
         self._calls: dict[int, _Outbound] = {}
@@ -334,6 +351,7 @@ class Connection:
         self._highest_admitted = 0
         self._peer_last_id: Optional[int] = None
         self._peer_draining = False
+        self._cut_off: Optional[str] = None
         self._draining = False
         self._ping = 0
         self._heard = self._loop.time()
@@ -542,6 +560,8 @@ class Connection:
     ) -> _Outbound:
         self._check_open(op)
         session_id = self._session_id(op, session)
+        if len(self._calls) >= self.peer_max_calls:
+            timeout = await self._wait_for_a_place(op, timeout)
         id = self._next_id
         self._next_id = (self._next_id + 2) & wire.U32_MAX or 1
         frame = wire.CallOpen(
@@ -563,6 +583,22 @@ class Connection:
             self._forget(call)
             raise
         return call
+
+    async def _wait_for_a_place(self, op: str, timeout: Optional[float]) -> Optional[float]:
+        """Waits until fewer of this side's calls are open than the peer
+        serves at once (§7.8); returns what is left of ``timeout``."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while len(self._calls) >= self.peer_max_calls:
+            self._call_left.clear()
+            remaining = None if deadline is None else deadline - self._loop.time()
+            if remaining is not None and remaining <= 0:
+                raise Timeout(op, self.peer, f"no free call place within {timeout:g} s (the peer serves {self.peer_max_calls} at once)")
+            try:
+                await asyncio.wait_for(self._call_left.wait(), remaining)
+            except asyncio.TimeoutError:
+                continue
+            self._check_open(op)
+        return None if deadline is None else max(0.0, deadline - self._loop.time())
 
     async def _queue_open(self, op: str, frame: wire.CallOpen) -> None:
         # Index and frame are queued together with no await between them, so
@@ -600,7 +636,8 @@ class Connection:
     def _forget(self, call: _Outbound) -> None:
         if call.timer is not None:
             call.timer.cancel()
-        self._calls.pop(call.id, None)
+        if self._calls.pop(call.id, None) is not None:
+            self._call_left.set()
 
     # -- streams -------------------------------------------------------
 
@@ -625,7 +662,9 @@ class Connection:
         """The application took ``n`` bytes: return credit in half-window steps."""
         call.unreturned -= n
         call.consumed += n
-        if call.consumed >= self.config.window // 2 and not call.done:
+        # ``>=`` with a floored half: a window of 0 or 1 returns credit
+        # after every message (§9).
+        if call.consumed > 0 and call.consumed >= self.config.window // 2 and not call.done:
             amount, call.consumed = call.consumed, 0
             self._queue_nowait(wire.Credit(call.id, amount))
 
@@ -678,6 +717,12 @@ class Connection:
                         break
                     frame, used = decoded
                     del self._inbuf[:used]
+                    if isinstance(frame, wire.CallOpen) and frame.oneway:
+                        # Nothing can refuse a one-way message: hold the
+                        # peer back by reading no further (§7.8).
+                        while self._serving >= self.config.max_calls:
+                            self._served_left.clear()
+                            await self._served_left.wait()
                     self._on_frame(frame)
                 chunk = await self._stream.read()
                 if not chunk:
@@ -699,6 +744,7 @@ class Connection:
         await self._shutdown(f"protocol error: {reason}", ConnectionLost, f"protocol error: {reason}")
 
     async def _ended(self, reason: str) -> None:
+        reason = self._cut_off or reason
         await self._shutdown(reason, ConnectionLost, reason, flush=False)
 
     def _on_frame(self, frame: wire.Frame) -> None:
@@ -708,22 +754,21 @@ class Connection:
             call = self._calls.get(frame.id)
             if call is not None:
                 if call.kind not in ("server", "bidi"):
-                    raise wire.WireError(f"Data on call {frame.id}, which takes no reply stream")
+                    raise _broken(f"Data on call {frame.id}, which takes no reply stream")
                 call.unreturned += len(frame.body)
                 if call.unreturned > self.config.window + self.config.max_frame:
-                    raise wire.WireError(f"call {frame.id} sent more than its flow-control window")
+                    raise _broken(f"call {frame.id} sent more than its flow-control window")
                 call.messages.append(frame.body)
                 call.arrived.set()
             elif frame.id in self._served:
-                raise wire.WireError(f"Data on call {frame.id}, which takes no request stream")
+                raise _broken(f"Data on call {frame.id}, which takes no request stream")
         elif isinstance(frame, (wire.Ack, wire.Reject)):
             if frame.id % 2 == 0:
-                raise wire.WireError(f"an answer for call {frame.id}, which this side did not open")
-            call = self._calls.pop(frame.id, None)
+                raise _broken(f"an answer for call {frame.id}, which this side did not open")
+            call = self._calls.get(frame.id)
             if call is None:
                 return
-            if call.timer is not None:
-                call.timer.cancel()
+            self._forget(call)
             if isinstance(frame, wire.Ack):
                 call.reply.set_result(frame.body)
                 call.arrived.set()
@@ -734,8 +779,9 @@ class Connection:
             served = self._served.pop(frame.id, None)
             if served is not None:
                 served.task.cancel()
-            call = self._calls.pop(frame.id, None)
+            call = self._calls.get(frame.id)
             if call is not None:
+                self._forget(call)
                 call.fail(Cancelled(call.op, self.peer, "cancelled by the peer"))
         elif isinstance(frame, wire.Credit):
             call = self._calls.get(frame.id)
@@ -750,26 +796,31 @@ class Connection:
                 self._peer_last_id = frame.last_id
             if frame.code != 0:
                 log.warning("%s is going away with code %d: %s", self.peer, frame.code, frame.reason)
+                if frame.code == SystemCode.RESOURCE_EXHAUSTED:
+                    self._cut_off = f"cut off by the peer: {frame.reason}"
+                else:
+                    self._cut_off = f"protocol error reported by the peer: {frame.reason}"
         # End and Pong need nothing: this side serves no request streams, and
         # any traffic counts as hearing from the peer.
 
     def _on_call_open(self, frame: wire.CallOpen) -> None:
         if frame.name is not None:
             if frame.index != len(self._recv_ops):
-                raise wire.WireError(f"operation index {frame.index} defined out of order")
-            if len(self._recv_ops) >= MAX_INTERNED:
-                raise wire.WireError(f"more than {MAX_INTERNED} interned operations")
+                raise _broken(f"operation index {frame.index} defined out of order")
+            self._recv_op_bytes += len(frame.name.encode("utf-8"))
+            if len(self._recv_ops) >= MAX_INTERNED or self._recv_op_bytes > MAX_INTERNED_BYTES:
+                raise _broken(f"more than {MAX_INTERNED} interned operations or {MAX_INTERNED_BYTES} bytes of names")
             self._recv_ops.append(frame.name)
         elif frame.index >= len(self._recv_ops):
-            raise wire.WireError(f"undefined operation index {frame.index}")
+            raise _broken(f"undefined operation index {frame.index}")
         op = self._recv_ops[frame.index]
         if frame.oneway:
             if frame.id != 0:
-                raise wire.WireError("a one-way CallOpen with a non-zero id")
+                raise _broken("a one-way CallOpen with a non-zero id")
         elif frame.id == 0 or frame.id % 2 == 1:
-            raise wire.WireError(f"CallOpen with id {frame.id}, which is not the listener's to open")
+            raise _broken(f"CallOpen with id {frame.id}, which is not the listener's to open")
         elif frame.id in self._served:
-            raise wire.WireError(f"CallOpen reuses call id {frame.id}, still open")
+            raise _broken(f"CallOpen reuses call id {frame.id}, still open")
 
         def refuse(code: SystemCode, message: str) -> None:
             if not frame.oneway:
@@ -791,10 +842,13 @@ class Connection:
             session = self._sessions.get(frame.session)
             if session is None or session.closed:
                 return refuse(SystemCode.SESSION_CLOSED, str(frame.session))
+        if not frame.oneway and self._serving >= self.config.max_calls:
+            return refuse(SystemCode.RESOURCE_EXHAUSTED, f"{self._serving} calls already served")
         deadline = None if frame.deadline_us is None else frame.deadline_us / 1e6
         ctx = CallContext(op, frame.metadata, session, deadline)
         if not frame.oneway:
             self._highest_admitted = max(self._highest_admitted, frame.id)
+        self._serving += 1
         task = self._loop.create_task(self._serve(frame, op, handler, ctx))
         if not frame.oneway:
             self._served[frame.id] = _Served(task, frame.session)
@@ -828,6 +882,8 @@ class Connection:
             log.exception("handler for %s failed", op)
             answer = wire.Reject(frame.id, SystemCode.HANDLER_FAILED, f"the handler failed: {e}", b"", True)
         finally:
+            self._serving -= 1
+            self._served_left.set()
             if not frame.oneway:
                 self._served.pop(frame.id, None)
         if not frame.oneway and answer is not None and not self._closed.done():
@@ -838,7 +894,7 @@ class Connection:
             id, at = wire.get_varint_u32(body, 0, len(body), "session id")
             n, at = wire.get_varint(body, at, len(body), "session name")
             if n > wire.MAX_OP_NAME or at + n > len(body):
-                raise wire.WireError("bad session name")
+                raise _broken("bad session name")
             name = body[at : at + n].decode("utf-8")
             data = body[at + n :]
         except (wire.WireError, UnicodeDecodeError) as e:
@@ -950,14 +1006,14 @@ async def connect(
     if tls is None and ca_file is not None:
         tls = ssl.create_default_context(cafile=ca_file)
     node = node_id if node_id is not None else secrets.randbits(128)
-    hello = wire.Hello(node, config.max_frame, config.window, bytes(data))
+    hello = wire.Hello(node, config.max_frame, config.window, config.max_calls, bytes(data))
     hello_bytes = hello.encode()
     label = str(parsed)
     stream = await open_stream(
         parsed,
         tls=tls,
         server_hostname=server_hostname,
-        timeout=config.handshake_timeout,
+        timeout=config.connect_timeout,
         ws_max_message=config.ws_max_message,
     )
     try:
@@ -984,6 +1040,8 @@ async def _handshake(stream: ByteStream, hello: bytes, label: str) -> tuple[wire
         try:
             decoded = wire.decode_answer(buf)
         except wire.WireError as e:
+            if e.kind == "UnsupportedVersion":
+                raise VersionMismatch(label, wire.VERSION, int.from_bytes(buf[4:6], "big")) from None
             raise HandshakeError(label, f"the peer's answer is not a Plexus handshake: {e}") from None
         if decoded is not None:
             answer, used = decoded

@@ -131,6 +131,11 @@ class TooLarge(Rejected):
     """The reply was larger than this client's max frame."""
 
 
+class Overloaded(Rejected):
+    """The peer is at one of its limits (calls served at once, sessions) and
+    did not run the call; safe to retry later."""
+
+
 class SessionClosed(CallError):
     """The call ran in a session that is not (or no longer) open."""
 
@@ -171,6 +176,7 @@ _SYSTEM_REJECTS: dict[int, type[Rejected]] = {
     SystemCode.GOING_AWAY: GoingAway,
     SystemCode.PROTOCOL: ProtocolViolation,
     SystemCode.TOO_LARGE: TooLarge,
+    SystemCode.RESOURCE_EXHAUSTED: Overloaded,
 }
 
 

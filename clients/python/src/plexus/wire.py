@@ -1,4 +1,4 @@
-"""The Plexus wire protocol, version 1: the handshake and the frames.
+"""The Plexus wire protocol, version 2: the handshake and the frames.
 
 Pure functions over bytes, no I/O; written from ``docs/PROTOCOL.md``. Every
 decoder is "check, then parse": it returns ``None`` while the buffer holds too
@@ -14,14 +14,18 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 MAGIC = b"PLXS"
-VERSION = 1
+VERSION = 2
 
-#: The fixed part of a Hello, before its data.
-HELLO_LEN = 36
+#: The fixed part of a Hello, before its extensions and data.
+HELLO_LEN = 42
+#: The fixed part of a Welcome, before its extensions and data.
+WELCOME_LEN = 41
 #: Bytes of every frame header.
 HEADER_LEN = 10
 #: Longest handshake data either side accepts.
 MAX_HANDSHAKE_DATA = 65536
+#: Longest handshake extension area either side accepts.
+MAX_EXTENSIONS = 4096
 #: Smallest max frame a peer may announce.
 MIN_MAX_FRAME = 1024
 #: Longest operation name (and metadata key), in bytes.
@@ -35,7 +39,20 @@ U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 
 
 class WireError(Exception):
-    """Bytes that break the protocol: the connection carrying them must close."""
+    """Bytes that break the protocol: the connection carrying them must close.
+
+    ``kind`` names the violation as the Rust codec's ``WireError`` variant
+    does (``Truncated``, ``FrameTooLarge``, ...), which is what the golden
+    vectors name.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _truncated(what: str) -> WireError:
+    return WireError("Truncated", f"truncated {what}")
 
 
 class Kind(enum.IntEnum):
@@ -100,6 +117,7 @@ class SystemCode(enum.IntEnum):
     PROTOCOL = 7
     TOO_LARGE = 8
     SESSION_CLOSED = 9
+    RESOURCE_EXHAUSTED = 10
 
 
 # -- varint ---------------------------------------------------------------
@@ -126,23 +144,23 @@ def get_varint(buf: Union[bytes, bytearray, memoryview], at: int, end: int, what
     shift = 0
     for i in range(10):
         if at >= end:
-            raise WireError(f"truncated {what}")
+            raise _truncated(what)
         byte = buf[at]
         at += 1
         if i == 9 and byte > 1:
-            raise WireError(f"overlong {what}")
+            raise WireError("VarintOverflow", f"{what} does not fit its integer type")
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
             return value, at
         shift += 7
-    raise WireError(f"overlong {what}")
+    raise WireError("VarintOverflow", f"{what} does not fit its integer type")
 
 
 def get_varint_u32(buf: Union[bytes, bytearray, memoryview], at: int, end: int, what: str) -> tuple[int, int]:
     """Like :func:`get_varint`, for a field that must fit in 32 bits."""
     value, at = get_varint(buf, at, end, what)
     if value > U32_MAX:
-        raise WireError(f"{what} {value} does not fit in 32 bits")
+        raise WireError("VarintOverflow", f"{what} does not fit its integer type")
     return value, at
 
 
@@ -159,22 +177,79 @@ def _put_bytes(out: bytearray, raw: bytes) -> None:
 
 def _get_str(buf: bytes, at: int, end: int, what: str, limit: Optional[int] = None) -> tuple[str, int]:
     n, at = get_varint(buf, at, end, what)
-    if (limit is not None and n > limit) or n > end - at:
-        raise WireError(f"truncated or too long {what}")
+    if limit is not None and n > limit:
+        raise WireError("TooLong", f"{what} of {n} bytes is longer than the limit of {limit} bytes")
+    if n > end - at:
+        raise _truncated(what)
     try:
         return bytes(buf[at : at + n]).decode("utf-8"), at + n
     except UnicodeDecodeError:
-        raise WireError(f"{what} is not valid UTF-8") from None
+        raise WireError("InvalidUtf8", f"{what} is not valid UTF-8") from None
 
 
 def _get_bytes(buf: bytes, at: int, end: int, what: str) -> tuple[bytes, int]:
     n, at = get_varint(buf, at, end, what)
     if n > end - at:
-        raise WireError(f"truncated {what}")
+        raise _truncated(what)
     return bytes(buf[at : at + n]), at + n
 
 
 # -- handshake ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Extension:
+    """One entry of a handshake's extension area (§3.5)."""
+
+    type: int
+    value: bytes
+
+
+def _put_extensions(extensions: list[Extension]) -> bytes:
+    out = bytearray()
+    for entry in extensions:
+        out += struct.pack(">HH", entry.type, len(entry.value)) + entry.value
+    if len(out) > MAX_EXTENSIONS:
+        raise ValueError(f"extensions of {len(out)} bytes, at most {MAX_EXTENSIONS}")
+    return bytes(out)
+
+
+def _parse_extensions(area: bytes) -> list[Extension]:
+    out: list[Extension] = []
+    at = 0
+    while at < len(area):
+        if len(area) - at < 4:
+            raise _truncated("handshake extension header")
+        kind, length = struct.unpack_from(">HH", area, at)
+        at += 4
+        if len(area) - at < length:
+            raise _truncated("handshake extension value")
+        if any(e.type == kind for e in out):
+            raise WireError("DuplicateExtension", f"handshake extension type {kind} appears twice")
+        out.append(Extension(kind, bytes(area[at : at + length])))
+        at += length
+    return out
+
+
+def _lengths(buf: Union[bytes, bytearray], at: int) -> tuple[int, int]:
+    ext_len, data_len = struct.unpack_from(">HI", buf, at)
+    if ext_len > MAX_EXTENSIONS:
+        raise WireError(
+            "HandshakeExtensionsTooLarge",
+            f"handshake extensions of {ext_len} bytes exceed the limit of {MAX_EXTENSIONS} bytes",
+        )
+    if data_len > MAX_HANDSHAKE_DATA:
+        raise WireError(
+            "HandshakeDataTooLarge", f"handshake data of {data_len} bytes exceeds the limit of {MAX_HANDSHAKE_DATA} bytes"
+        )
+    return int(ext_len), int(data_len)
+
+
+def _check_limits(max_frame: int, max_calls: int) -> None:
+    if max_frame < MIN_MAX_FRAME:
+        raise WireError("MaxFrameTooSmall", f"announced max frame size {max_frame} is below the minimum {MIN_MAX_FRAME}")
+    if max_calls == 0:
+        raise WireError("NoCallsAllowed", "announced max calls is 0; a peer must serve at least one call at a time")
 
 
 @dataclass(frozen=True)
@@ -184,18 +259,22 @@ class Hello:
     node_id: int
     max_frame: int
     window: int
+    max_calls: int = 256
     data: bytes = b""
+    extensions: list[Extension] = field(default_factory=list)
     version: int = VERSION
     flags: int = 0
 
     def encode(self) -> bytes:
         if len(self.data) > MAX_HANDSHAKE_DATA:
             raise ValueError(f"hello data is {len(self.data)} bytes, at most {MAX_HANDSHAKE_DATA}")
+        area = _put_extensions(self.extensions)
         return (
             MAGIC
             + struct.pack(">HH", self.version, self.flags)
             + self.node_id.to_bytes(16, "big")
-            + struct.pack(">III", self.max_frame, self.window, len(self.data))
+            + struct.pack(">IIIHI", self.max_frame, self.window, self.max_calls, len(area), len(self.data))
+            + area
             + self.data
         )
 
@@ -205,17 +284,19 @@ class Hello:
         version = peek_version(buf)
         if version is None or len(buf) < HELLO_LEN:
             return None
+        if version != VERSION:
+            raise WireError("UnsupportedVersion", f"handshake of protocol version {version}; this side speaks version {VERSION}")
+        ext_len, data_len = _lengths(buf, HELLO_LEN - 6)
+        total = HELLO_LEN + ext_len + data_len
+        if len(buf) < total:
+            return None
         (flags,) = struct.unpack_from(">H", buf, 6)
         node_id = int.from_bytes(buf[8:24], "big")
-        max_frame, window, length = struct.unpack_from(">III", buf, 24)
-        if length > MAX_HANDSHAKE_DATA:
-            raise WireError(f"hello data length {length} exceeds {MAX_HANDSHAKE_DATA}")
-        if len(buf) < HELLO_LEN + length:
-            return None
-        if max_frame < MIN_MAX_FRAME:
-            raise WireError(f"max frame {max_frame} is below {MIN_MAX_FRAME}")
-        data = bytes(buf[HELLO_LEN : HELLO_LEN + length])
-        return Hello(node_id, max_frame, window, data, version, flags), HELLO_LEN + length
+        max_frame, window, max_calls = struct.unpack_from(">III", buf, 24)
+        _check_limits(max_frame, max_calls)
+        extensions = _parse_extensions(bytes(buf[HELLO_LEN : HELLO_LEN + ext_len]))
+        data = bytes(buf[HELLO_LEN + ext_len : total])
+        return Hello(node_id, max_frame, window, max_calls, data, extensions, version, flags), total
 
 
 @dataclass(frozen=True)
@@ -225,24 +306,29 @@ class Welcome:
     node_id: int
     max_frame: int
     window: int
+    max_calls: int = 256
     data: bytes = b""
+    extensions: list[Extension] = field(default_factory=list)
     version: int = VERSION
 
     def encode(self) -> bytes:
         if len(self.data) > MAX_HANDSHAKE_DATA:
             raise ValueError(f"welcome data is {len(self.data)} bytes, at most {MAX_HANDSHAKE_DATA}")
+        area = _put_extensions(self.extensions)
         return (
             MAGIC
             + struct.pack(">HB", self.version, 0)
             + self.node_id.to_bytes(16, "big")
-            + struct.pack(">III", self.max_frame, self.window, len(self.data))
+            + struct.pack(">IIIHI", self.max_frame, self.window, self.max_calls, len(area), len(self.data))
+            + area
             + self.data
         )
 
 
 @dataclass(frozen=True)
 class Refusal:
-    """The listener's refusal (§3.2, status 1); it closes the stream after."""
+    """The listener's refusal (§3.2, status 1); it closes the stream after.
+    ``version`` is the listener's own. The layout is the same in every version."""
 
     code: RefusalCode
     reason: str
@@ -261,36 +347,40 @@ Answer = Union[Welcome, Refusal]
 
 def peek_version(buf: Union[bytes, bytearray]) -> Optional[int]:
     """The version in the six-byte prefix, or ``None`` before six bytes; a wrong magic is an error."""
-    if len(buf) < 4:
-        if bytes(buf) != MAGIC[: len(buf)]:
-            raise WireError("bad magic: not a Plexus peer")
-        return None
-    if bytes(buf[:4]) != MAGIC:
-        raise WireError("bad magic: not a Plexus peer")
     if len(buf) < 6:
         return None
+    if bytes(buf[:4]) != MAGIC:
+        got = ", ".join(f"{b:02x}" for b in buf[:4])
+        raise WireError("BadMagic", f'not a Plexus peer: expected magic "PLXS", got [{got}]')
     (version,) = struct.unpack_from(">H", buf, 4)
     return int(version)
 
 
 def decode_answer(buf: Union[bytes, bytearray]) -> Optional[tuple[Answer, int]]:
-    """The Welcome or Refusal at the start of ``buf`` and its length, or ``None``."""
+    """The Welcome or Refusal at the start of ``buf`` and its length, or ``None``.
+
+    A Welcome of another version is ``UnsupportedVersion``: its layout past
+    the prefix is that version's. A Refusal of any version decodes.
+    """
     version = peek_version(buf)
     if version is None or len(buf) < 7:
         return None
     status = buf[6]
     if status == 0:
-        if len(buf) < 35:
+        if version != VERSION:
+            raise WireError("UnsupportedVersion", f"handshake of protocol version {version}; this side speaks version {VERSION}")
+        if len(buf) < WELCOME_LEN:
+            return None
+        ext_len, data_len = _lengths(buf, WELCOME_LEN - 6)
+        total = WELCOME_LEN + ext_len + data_len
+        if len(buf) < total:
             return None
         node_id = int.from_bytes(buf[7:23], "big")
-        max_frame, window, length = struct.unpack_from(">III", buf, 23)
-        if length > MAX_HANDSHAKE_DATA:
-            raise WireError(f"welcome data length {length} exceeds {MAX_HANDSHAKE_DATA}")
-        if len(buf) < 35 + length:
-            return None
-        if max_frame < MIN_MAX_FRAME:
-            raise WireError(f"max frame {max_frame} is below {MIN_MAX_FRAME}")
-        return Welcome(node_id, max_frame, window, bytes(buf[35 : 35 + length]), version), 35 + length
+        max_frame, window, max_calls = struct.unpack_from(">III", buf, 23)
+        _check_limits(max_frame, max_calls)
+        extensions = _parse_extensions(bytes(buf[WELCOME_LEN : WELCOME_LEN + ext_len]))
+        data = bytes(buf[WELCOME_LEN + ext_len : total])
+        return Welcome(node_id, max_frame, window, max_calls, data, extensions, version), total
     if status == 1:
         if len(buf) < 11:
             return None
@@ -299,7 +389,7 @@ def decode_answer(buf: Union[bytes, bytearray]) -> Optional[tuple[Answer, int]]:
             return None
         reason = bytes(buf[11 : 11 + length]).decode("utf-8", errors="replace")
         return Refusal(RefusalCode.of(code), reason, version), 11 + length
-    raise WireError(f"unknown handshake status {status}")
+    raise WireError("BadAnswerStatus", f"handshake answer has unknown status {status}")
 
 
 # -- frames ---------------------------------------------------------------
@@ -451,7 +541,7 @@ def frame_length(buf: Union[bytes, bytearray], max_frame: int) -> Optional[int]:
         return None
     (length,) = struct.unpack_from(">I", buf, 0)
     if length > max_frame:
-        raise WireError(f"frame of {length} bytes exceeds the max frame of {max_frame}")
+        raise WireError("FrameTooLarge", f"frame of {length} bytes exceeds the limit of {max_frame} bytes")
     return HEADER_LEN + int(length)
 
 
@@ -464,7 +554,7 @@ def decode(buf: Union[bytes, bytearray], max_frame: int) -> Optional[tuple[Frame
     try:
         kind = Kind(kind_byte)
     except ValueError:
-        raise WireError(f"unknown frame kind {kind_byte}") from None
+        raise WireError("UnknownKind", f"unknown frame kind {kind_byte}") from None
     payload = bytes(buf[HEADER_LEN:total])
     return _parse(kind, flags, id, payload), total
 
@@ -483,7 +573,7 @@ def _parse(kind: Kind, flags: int, id: int, p: bytes) -> Frame:
         if flags & Flag.METADATA:
             count, at = get_varint(p, at, end, "metadata count")
             if count > MAX_METADATA_PAIRS:
-                raise WireError(f"{count} metadata pairs, at most {MAX_METADATA_PAIRS}")
+                raise WireError("TooManyMetadata", f"{count} metadata pairs exceed the limit of {MAX_METADATA_PAIRS}")
             for _ in range(count):
                 key, at = _get_str(p, at, end, "metadata key", MAX_OP_NAME)
                 value, at = _get_bytes(p, at, end, "metadata value")
@@ -506,7 +596,7 @@ def _parse(kind: Kind, flags: int, id: int, p: bytes) -> Frame:
         return Data(id, p)
     if kind in (Kind.END, Kind.CANCEL):
         if p:
-            raise WireError(f"trailing bytes on {kind.name}")
+            raise WireError("TrailingBytes", f"{kind.name.title()} frame carries unexpected payload bytes")
         return End(id) if kind == Kind.END else Cancel(id)
     if kind == Kind.ACK:
         return Ack(id, p)
@@ -517,20 +607,20 @@ def _parse(kind: Kind, flags: int, id: int, p: bytes) -> Frame:
     if kind == Kind.CREDIT:
         amount, at = get_varint_u32(p, 0, end, "credit")
         if at != end:
-            raise WireError("trailing bytes on CREDIT")
+            raise WireError("TrailingBytes", "Credit frame carries unexpected payload bytes")
         return Credit(id, amount)
     if kind in (Kind.PING, Kind.PONG):
         if len(p) != 8:
-            raise WireError(f"{kind.name} payload of {len(p)} bytes, must be 8")
+            raise WireError("WrongLength", f"{kind.name.lower()} payload is {len(p)} bytes; it must be exactly 8")
         (value,) = struct.unpack(">Q", p)
         return Ping(value) if kind == Kind.PING else Pong(value)
     # GOAWAY
     if len(p) < 4:
-        raise WireError("truncated goaway last id")
+        raise _truncated("goaway last id")
     (last_id,) = struct.unpack_from(">I", p, 0)
     code, at = get_varint_u32(p, 4, end, "goaway code")
     try:
         reason = p[at:].decode("utf-8")
     except UnicodeDecodeError:
-        raise WireError("goaway reason is not valid UTF-8") from None
+        raise WireError("InvalidUtf8", "goaway reason is not valid UTF-8") from None
     return GoAway(last_id, code, reason)
