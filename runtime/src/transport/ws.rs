@@ -36,7 +36,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{
+    Callback, ErrorResponse, Request, Response,
+};
 use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -173,9 +175,9 @@ impl Upgrade {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let path = Arc::clone(&self.path);
-        let check =
-            move |request: &Request, response: Response| check_request(&path, request, response);
+        let check = UpgradeCheck {
+            path: Arc::clone(&self.path),
+        };
         let upgraded = tokio::time::timeout(
             self.limit,
             tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(self.config)),
@@ -196,11 +198,21 @@ impl Upgrade {
 
 /// Decides an upgrade request: the path must be the listener's, and a
 /// request that names subprotocols must name `plexus`.
+struct UpgradeCheck {
+    path: Arc<str>,
+}
+
+impl Callback for UpgradeCheck {
+    fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+        check_request(&self.path, request, response).map_err(|refusal| *refusal)
+    }
+}
+
 fn check_request(
     path: &str,
     request: &Request,
     mut response: Response,
-) -> Result<Response, ErrorResponse> {
+) -> Result<Response, Box<ErrorResponse>> {
     if request.uri().path() != path {
         return Err(refusal(
             StatusCode::NOT_FOUND,
@@ -231,10 +243,10 @@ fn check_request(
     Ok(response)
 }
 
-fn refusal(status: StatusCode, text: String) -> ErrorResponse {
+fn refusal(status: StatusCode, text: String) -> Box<ErrorResponse> {
     let mut response = ErrorResponse::new(Some(text));
     *response.status_mut() = status;
-    response
+    Box::new(response)
 }
 
 /// Dials a `ws://` or `wss://` URL: TCP, TLS for `wss://`, then the upgrade
