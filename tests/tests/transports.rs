@@ -13,6 +13,7 @@ use plexus::{
     Bytes, CallError, CallOptions, ConnectError, ConnectionConfig, Endpoint, Reject, Router,
     Server, TlsConfig, Url,
 };
+use plexus_tests::raw::hello;
 use plexus_tests::{bounded, tempdir, until, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -135,21 +136,6 @@ impl Target {
         .await;
         assert_eq!(reply.expect("echo"), Bytes::from("ok"));
     }
-}
-
-fn hello(version: u16) -> BytesMut {
-    let mut out = BytesMut::new();
-    Hello {
-        version,
-        node_id: 7,
-        max_frame: 1 << 20,
-        window: 1 << 16,
-        max_calls: 256,
-        extensions: Vec::new(),
-        data: Bytes::new(),
-    }
-    .encode(&mut out);
-    out
 }
 
 /// Writes `bytes` (ignoring a peer that already closed) and reads until the
