@@ -130,17 +130,46 @@ pub enum Transport {
     Inproc,
     /// `tls://127.0.0.1:0` with a test CA
     Tls,
+    /// `ws://127.0.0.1:0/plexus`
+    Ws,
+    /// `wss://127.0.0.1:0` with a test CA
+    Wss,
+    /// `quic://127.0.0.1:0` with a test CA
+    Quic,
 }
 
 impl Transport {
     /// Every transport, in the order tests run them.
-    pub const ALL: [Transport; 5] = [
+    pub const ALL: [Transport; 8] = [
         Transport::Tcp,
         Transport::Tcp6,
         Transport::Unix,
         Transport::Inproc,
         Transport::Tls,
+        Transport::Ws,
+        Transport::Wss,
+        Transport::Quic,
     ];
+
+    /// The URL a listener on this transport binds, and the TLS configs
+    /// (server, client) it needs, if any. `dir` holds unix sockets.
+    pub fn listen_url(self, dir: &std::path::Path) -> (String, Option<(TlsConfig, TlsConfig)>) {
+        let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+        let tls = || {
+            let pki = TestPki::new("pair ca");
+            Some((pki.server_tls(), pki.client_tls()))
+        };
+        match self {
+            Transport::Tcp => ("tcp://127.0.0.1:0".to_string(), None),
+            Transport::Tcp6 => ("tcp://[::1]:0".to_string(), None),
+            Transport::Unix => (format!("unix://{}", dir.join("s.sock").display()), None),
+            Transport::Inproc => (format!("inproc://pair-{}-{n}", std::process::id()), None),
+            Transport::Tls => ("tls://127.0.0.1:0".to_string(), tls()),
+            Transport::Ws => ("ws://127.0.0.1:0/plexus".to_string(), None),
+            Transport::Wss => ("wss://127.0.0.1:0".to_string(), tls()),
+            Transport::Quic => ("quic://127.0.0.1:0".to_string(), tls()),
+        }
+    }
 }
 
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
@@ -203,27 +232,15 @@ impl Pair {
         server_hook: impl FnOnce(EndpointBuilder) -> EndpointBuilder,
         client_hook: impl FnOnce(EndpointBuilder) -> EndpointBuilder,
     ) -> Option<Pair> {
-        let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
         let mut server = Endpoint::builder().config(config.clone()).serve(service);
         let mut client = Endpoint::builder().config(config).serve(client_service);
-        let mut dir = None;
-        let url = match transport {
-            Transport::Tcp => "tcp://127.0.0.1:0".to_string(),
-            Transport::Tcp6 => "tcp://[::1]:0".to_string(),
-            Transport::Unix => {
-                let d = tempdir::Dir::new("unix");
-                let u = format!("unix://{}", d.0.join("s.sock").display());
-                dir = Some(d);
-                u
-            }
-            Transport::Inproc => format!("inproc://pair-{}-{n}", std::process::id()),
-            Transport::Tls => {
-                let pki = TestPki::new("pair ca");
-                server = server.tls(pki.server_tls());
-                client = client.tls(pki.client_tls());
-                "tls://127.0.0.1:0".to_string()
-            }
-        };
+        let dir = (transport == Transport::Unix).then(|| tempdir::Dir::new("unix"));
+        let scratch = std::env::temp_dir();
+        let (url, tls) = transport.listen_url(dir.as_ref().map_or(&scratch, |d| &d.0));
+        if let Some((server_tls, client_tls)) = tls {
+            server = server.tls(server_tls);
+            client = client.tls(client_tls);
+        }
         let server = server_hook(server).build();
         let client = client_hook(client).build();
         let listening = match server.listen(url.as_str()).await {

@@ -4,7 +4,14 @@
 //! cargo run -p plexus-examples --bin echo                      # serve and call in one process
 //! cargo run -p plexus-examples --bin echo -- serve tcp://127.0.0.1:4000
 //! cargo run -p plexus-examples --bin echo -- call tcp://127.0.0.1:4000 hello
+//! cargo run -p plexus-examples --bin echo -- serve ws://127.0.0.1:4001
+//! cargo run -p plexus-examples --bin echo -- serve quic://127.0.0.1:4433 --tls-dir target/dev-tls
+//! cargo run -p plexus-examples --bin echo -- call quic://127.0.0.1:4433 hi --tls-dir target/dev-tls
 //! ```
+//!
+//! `tls://`, `wss://` and `quic://` need `--tls-dir DIR` on both sides: the
+//! server makes a development CA and certificate there, the caller trusts it.
+//! `serve --quiet` does not log every call (for load tests).
 //!
 //! Its operations have no contract (raw bytes), so the `plexus` command sends
 //! its argument as plain text and prints the reply as text:
@@ -13,22 +20,25 @@
 //! plexus call tcp://127.0.0.1:4000 demo.Echo/shout hello     # "HELLO"
 //! ```
 
+use std::path::Path;
 use std::time::Duration;
 
-use plexus::{Bytes, CallError, CallOptions, Connection, Reject, Router, Server};
+use plexus::{Bytes, CallError, CallOptions, Endpoint, Reject, Router, Server};
 
 const ECHO: &str = "demo.Echo/echo";
 const SHOUT: &str = "demo.Echo/shout";
 
-fn echo_service() -> Router {
+fn echo_service(quiet: bool) -> Router {
     Router::new()
-        .unary(ECHO, |ctx, body: Bytes| async move {
-            println!(
-                "[server] {} from {}: {:?}",
-                ctx.op(),
-                ctx.peer().remote(),
-                String::from_utf8_lossy(&body)
-            );
+        .unary(ECHO, move |ctx, body: Bytes| async move {
+            if !quiet {
+                println!(
+                    "[server] {} from {}: {:?}",
+                    ctx.op(),
+                    ctx.peer().remote(),
+                    String::from_utf8_lossy(&body)
+                );
+            }
             Ok::<_, Reject>(body)
         })
         .unary(SHOUT, |_ctx, body: Bytes| async move {
@@ -39,14 +49,30 @@ fn echo_service() -> Router {
         })
 }
 
-async fn serve(url: &str) -> Result<Server, Box<dyn std::error::Error>> {
-    let server = Server::bind(url).serve(echo_service()).start().await?;
+async fn serve(
+    url: &str,
+    tls_dir: Option<&Path>,
+    quiet: bool,
+) -> Result<Server, Box<dyn std::error::Error>> {
+    let mut server = Server::bind(url).serve(echo_service(quiet));
+    if let Some(dir) = tls_dir {
+        server = server.tls(plexus_examples::server_tls(dir)?);
+    }
+    let server = server.start().await?;
     println!("[server] listening on {}", server.local_url());
     Ok(server)
 }
 
-async fn call(url: &str, text: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let conn = Connection::connect(url).await?;
+async fn call(
+    url: &str,
+    text: &str,
+    tls_dir: Option<&Path>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut client = Endpoint::builder();
+    if let Some(dir) = tls_dir {
+        client = client.tls(plexus_examples::client_tls(dir)?);
+    }
+    let conn = client.build().connect(url).await?;
     let opts = CallOptions::new().timeout(Duration::from_secs(5));
     let reply = conn
         .call(ECHO, Bytes::from(text.to_owned()), opts.clone())
@@ -74,7 +100,10 @@ async fn call(url: &str, text: &str) -> Result<(), Box<dyn std::error::Error>> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let tls_dir = plexus_examples::take_tls_dir(&mut args)?;
+    let tls_dir = tls_dir.as_deref();
+    let quiet = plexus_examples::take_flag(&mut args, "--quiet");
     match args
         .iter()
         .map(String::as_str)
@@ -82,17 +111,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .as_slice()
     {
         [] => {
-            let server = serve("tcp://127.0.0.1:0").await?;
-            call(&server.local_url().to_string(), "hello, plexus").await?;
+            let server = serve("tcp://127.0.0.1:0", None, quiet).await?;
+            call(&server.local_url().to_string(), "hello, plexus", None).await?;
             server.shutdown().await;
         }
         ["serve", url] => {
-            let _server = serve(url).await?;
+            let _server = serve(url, tls_dir, quiet).await?;
             tokio::signal::ctrl_c().await?;
         }
-        ["call", url, text @ ..] => call(url, &text.join(" ")).await?,
+        ["call", url, text @ ..] => call(url, &text.join(" "), tls_dir).await?,
         _ => {
-            eprintln!("usage: echo [serve <url> | call <url> <text>]");
+            eprintln!("usage: echo [serve <url> [--quiet] | call <url> <text>] [--tls-dir DIR]");
             std::process::exit(2);
         }
     }

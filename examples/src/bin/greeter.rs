@@ -1,10 +1,14 @@
 //! A service defined as a Rust trait with `#[plexus::service]`, served and
-//! called over TCP in one process.
+//! called over TCP in one process, or across processes over any transport.
 //!
 //! ```text
 //! cargo run -p plexus-examples --bin greeter            # listens on tcp://127.0.0.1:<any>
 //! cargo run -p plexus-examples --bin greeter -- tcp://127.0.0.1:4000
 //! cargo run -p plexus-examples --bin greeter -- serve tcp://127.0.0.1:4000   # until Ctrl-C
+//! cargo run -p plexus-examples --bin greeter -- serve ws://127.0.0.1:4000
+//! cargo run -p plexus-examples --bin greeter -- call ws://127.0.0.1:4000
+//! cargo run -p plexus-examples --bin greeter -- serve wss://127.0.0.1:4443 --tls-dir target/dev-tls
+//! cargo run -p plexus-examples --bin greeter -- call wss://127.0.0.1:4443 --tls-dir target/dev-tls
 //! ```
 //!
 //! While it serves, the `plexus` command reaches it from another terminal:
@@ -15,11 +19,15 @@
 //! plexus call tcp://127.0.0.1:4000 greet.Greeter/countdown 3
 //! plexus health tcp://127.0.0.1:4000 greet.Greeter
 //! ```
+//!
+//! `tls://`, `wss://` and `quic://` need `--tls-dir DIR` on both sides: the
+//! server makes a development CA and certificate there, the caller trusts it.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::StreamExt;
-use plexus::{BoxStream, CallError, Reject, Server};
+use plexus::{BoxStream, CallError, Endpoint, Reject, Server};
 
 /// Greets people. The contract: one trait, three call kinds.
 #[plexus::service(package = "greet", version = 1)]
@@ -62,40 +70,22 @@ impl Greeter for Host {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [serve, url] = args.as_slice() {
-        if serve == "serve" {
-            let server = Server::bind(url.as_str())
-                .serve(GreeterHandler::new(Host::default()))
-                .start()
-                .await?;
-            println!(
-                "serving {} at {} until Ctrl-C",
-                GreeterClient::DESCRIPTOR.full_name,
-                server.local_url()
-            );
-            tokio::signal::ctrl_c().await?;
-            server.drain(std::time::Duration::from_millis(500)).await;
-            return Ok(());
-        }
+async fn serve(url: &str, tls_dir: Option<&Path>) -> Result<Server, Box<dyn std::error::Error>> {
+    let mut server = Server::bind(url).serve(GreeterHandler::new(Host::default()));
+    if let Some(dir) = tls_dir {
+        server = server.tls(plexus_examples::server_tls(dir)?);
     }
-    let bind = args
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "tcp://127.0.0.1:0".to_owned());
-    let server = Server::bind(bind)
-        .serve(GreeterHandler::new(Host::default()))
-        .start()
-        .await?;
+    let server = server.start().await?;
     println!(
         "serving {} at {}",
         GreeterClient::DESCRIPTOR.full_name,
         server.local_url()
     );
+    Ok(server)
+}
 
-    let greeter = GreeterClient::connect(server.local_url()).await?;
+/// Every call kind of the contract, with a rejection on the way.
+async fn call(greeter: &GreeterClient) -> Result<(), Box<dyn std::error::Error>> {
     println!("{}", greeter.hello("ada".to_owned()).await?);
 
     match greeter.hello(String::new()).await {
@@ -109,6 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => println!("unexpected: {other:?}"),
     }
 
+    let before = greeter.waves().await?;
     greeter.wave("ada".to_owned()).await?;
     let mut countdown = greeter.countdown(3).await?;
     while let Some(n) = countdown.next().await {
@@ -116,16 +107,63 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // One-way calls are not acked: give the wave a moment to land.
     for _ in 0..100 {
-        if greeter.waves().await? > 0 {
+        if greeter.waves().await? > before {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     println!("waves so far: {}", greeter.waves().await?);
+    Ok(())
+}
 
+/// Serves and calls in one process.
+async fn demo(bind: &str, tls_dir: Option<&Path>) -> Result<(), Box<dyn std::error::Error>> {
+    let server = serve(bind, tls_dir).await?;
+    let mut client = Endpoint::builder();
+    if let Some(dir) = tls_dir {
+        client = client.tls(plexus_examples::client_tls(dir)?);
+    }
+    let conn = client.build().connect(server.local_url()).await?;
+    call(&GreeterClient::new(conn)).await?;
     for method in GreeterClient::DESCRIPTOR.methods {
         println!("  {:<26} {}", method.op, method.kind);
     }
     server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let tls_dir = plexus_examples::take_tls_dir(&mut args)?;
+    let tls_dir = tls_dir.as_deref();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["serve", url] => {
+            let server = serve(url, tls_dir).await?;
+            tokio::signal::ctrl_c().await?;
+            // Health says NOT_SERVING at once; calls in flight finish.
+            server.drain(std::time::Duration::from_millis(500)).await;
+        }
+        ["call", url] => {
+            let mut client = Endpoint::builder();
+            if let Some(dir) = tls_dir {
+                client = client.tls(plexus_examples::client_tls(dir)?);
+            }
+            let conn = client.build().connect(*url).await?;
+            call(&GreeterClient::new(conn.clone())).await?;
+            conn.close().await;
+        }
+        [] => demo("tcp://127.0.0.1:0", tls_dir).await?,
+        [url] if !["serve", "call"].contains(url) => demo(url, tls_dir).await?,
+        _ => {
+            eprintln!("usage: greeter [<url> | serve <url> | call <url>] [--tls-dir DIR]");
+            std::process::exit(2);
+        }
+    }
     Ok(())
 }

@@ -6,6 +6,8 @@
 //! cargo run -p plexus-examples --bin inventory          # listens on tcp://127.0.0.1:<any>
 //! cargo run -p plexus-examples --bin inventory -- tcp://127.0.0.1:4001
 //! cargo run -p plexus-examples --bin inventory -- serve tcp://127.0.0.1:4001   # until Ctrl-C
+//! cargo run -p plexus-examples --bin inventory -- serve ws://127.0.0.1:4001 [--tls-dir DIR]
+//! cargo run -p plexus-examples --bin inventory -- descriptor-set inventory.fds
 //! ```
 //!
 //! While it serves, the `plexus` command converts JSON through the contract's
@@ -17,8 +19,14 @@
 //! plexus call tcp://127.0.0.1:4001 inventory.Inventory/List
 //! printf '{"sku":"pear","delta":2}\n{"sku":"fig","delta":1}\n' | plexus call tcp://127.0.0.1:4001 inventory.Inventory/Restock
 //! ```
+//!
+//! `serve` only serves (for clients in other processes and languages);
+//! `descriptor-set` writes the contract's protobuf `FileDescriptorSet`, from
+//! which a client without the `.proto` (the Python client, say) builds the
+//! message classes.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
@@ -134,42 +142,58 @@ impl Inventory for Warehouse {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+async fn serve(bind: &str, tls_dir: Option<&Path>) -> Result<Server, Box<dyn std::error::Error>> {
     let warehouse = Warehouse {
         stock: Mutex::new([("apple".to_owned(), 3), ("pear".to_owned(), 1)].into()),
         touches: AtomicU32::new(0),
     };
-    if let [serve, url] = args.as_slice() {
-        if serve == "serve" {
-            let server = Server::bind(url.as_str())
-                .serve(InventoryHandler::new(warehouse))
-                .start()
-                .await?;
-            println!(
-                "serving {} at {} until Ctrl-C",
-                InventoryClient::DESCRIPTOR.full_name,
-                server.local_url()
-            );
-            tokio::signal::ctrl_c().await?;
-            server.drain(std::time::Duration::from_millis(500)).await;
-            return Ok(());
-        }
+    let mut server = Server::bind(bind).serve(InventoryHandler::new(warehouse));
+    if let Some(dir) = tls_dir {
+        server = server.tls(plexus_examples::server_tls(dir)?);
     }
-    let bind = args
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "tcp://127.0.0.1:0".to_owned());
-    let server = Server::bind(bind)
-        .serve(InventoryHandler::new(warehouse))
-        .start()
-        .await?;
+    let server = server.start().await?;
     println!(
         "serving {} at {}",
         InventoryClient::DESCRIPTOR.full_name,
         server.local_url()
     );
+    Ok(server)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let tls_dir = plexus_examples::take_tls_dir(&mut args)?;
+    let bind = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["serve", url] => {
+            let server = serve(url, tls_dir.as_deref()).await?;
+            tokio::signal::ctrl_c().await?;
+            server.drain(std::time::Duration::from_millis(500)).await;
+            return Ok(());
+        }
+        ["descriptor-set", file] => {
+            let set = InventoryClient::DESCRIPTOR
+                .file_descriptor_set
+                .ok_or("the contract carries no descriptor set")?;
+            std::fs::write(file, set)?;
+            println!("wrote {} bytes to {file}", set.len());
+            return Ok(());
+        }
+        [] => "tcp://127.0.0.1:0".to_owned(),
+        [url] => (*url).to_owned(),
+        _ => {
+            eprintln!(
+                "usage: inventory [<url> | serve <url> | descriptor-set <file>] [--tls-dir DIR]"
+            );
+            std::process::exit(2);
+        }
+    };
+    let server = serve(&bind, tls_dir.as_deref()).await?;
 
     let inventory = InventoryClient::connect(server.local_url()).await?;
     let apple = inventory

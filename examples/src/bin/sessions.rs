@@ -7,9 +7,15 @@
 //!
 //! ```text
 //! cargo run -p plexus-examples --bin sessions
+//! cargo run -p plexus-examples --bin sessions -- serve tcp://127.0.0.1:4002 [--tls-dir DIR]
 //! ```
+//!
+//! `serve` runs only the depot, for clients in other processes and
+//! languages: sessions need the token `token:<name>`, and after an upload the
+//! depot pushes a `depot.Notices/notice` to the caller.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -110,9 +116,9 @@ impl Notices for Printer {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let server = Endpoint::builder()
+/// The depot: accepts a session whose data is `token:<its name>`.
+fn depot(tls_dir: Option<&Path>) -> Result<Endpoint, Box<dyn std::error::Error>> {
+    let mut server = Endpoint::builder()
         .serve(DepotHandler::new(Arc::new(Store::default())))
         .on_session(|req| async move {
             println!(
@@ -120,13 +126,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 req.name(),
                 String::from_utf8_lossy(req.data())
             );
-            if req.data().as_ref() == b"token:team-a" {
+            if req.data().as_ref() == format!("token:{}", req.name()).as_bytes() {
                 Ok(Bytes::from(format!("welcome, {}", req.name())))
             } else {
                 Err(Reject::new(403, "unknown team token"))
             }
-        })
-        .build();
+        });
+    if let Some(dir) = tls_dir {
+        server = server.tls(plexus_examples::server_tls(dir)?);
+    }
+    Ok(server.build())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let tls_dir = plexus_examples::take_tls_dir(&mut args)?;
+    if let ["serve", url] = args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        let server = depot(tls_dir.as_deref())?;
+        let listening = server.listen(*url).await?;
+        println!("[server] listening on {}", listening.local_url());
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
+    let server = depot(None)?;
     let listening = server.listen("tcp://127.0.0.1:0").await?;
     println!("[server] listening on {}", listening.local_url());
 

@@ -11,18 +11,31 @@
 //! | `tls` | `tls://127.0.0.1:4443` (TCP + rustls; see `TlsConfig`; cargo feature `tls`, on by default) | `tls` |
 //! | `unix` | `unix:///run/app.sock` | `unix` |
 //! | `inproc` | `inproc://name` (same process, no socket) | `inproc` |
+//! | `ws` | `ws://127.0.0.1:8080`, `ws://localhost:8080/plexus` (binary WebSocket messages) | `ws` |
+//! | `wss` | `wss://127.0.0.1:8443/plexus` (WebSocket over TLS; see [`TlsConfig`]) | `ws` |
+//! | `quic` | `quic://127.0.0.1:4433` (QUIC over UDP, TLS 1.3; see [`TlsConfig`]) | `quic` |
+//!
+//! Every transport carries one ordered, reliable byte stream per connection;
+//! the protocol above never knows which one it runs on. `ws`/`wss` carry it
+//! in binary WebSocket messages whose boundaries mean nothing, and `quic` in
+//! one bidirectional QUIC stream per QUIC connection (the module docs say why).
 
 mod explain;
 mod inproc;
+mod pending;
+#[cfg(feature = "tls")]
+mod quic;
 mod tcp;
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(unix)]
 mod unix;
 mod url;
+mod ws;
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -67,10 +80,11 @@ pub enum TransportError {
     /// The URL could not be parsed or names an unknown scheme.
     #[error(transparent)]
     Url(#[from] UrlError),
-    /// `tls://` was used without the TLS configuration it needs.
+    /// `tls://`, `wss://` or `quic://` was used without the TLS
+    /// configuration it needs.
     #[error(
-        "{url}: tls:// needs {what} — pass a TlsConfig that has it \
-         (TransportConfig::with_tls, or the endpoint builder)"
+        "{url}: this scheme is secured by TLS and needs {what} — pass a TlsConfig that has it \
+         (TransportConfig::with_tls, or the endpoint builder's tls)"
     )]
     TlsNotConfigured {
         /// The URL being bound or dialed.
@@ -113,6 +127,36 @@ pub enum TransportError {
         #[source]
         source: io::Error,
     },
+    /// The WebSocket upgrade of `ws://` or `wss://` failed: the far side is
+    /// not a WebSocket server (or client), it serves another path or
+    /// subprotocol, a message broke the WebSocket rules, or the upgrade timed
+    /// out. On a listener this concerns one peer only.
+    #[error(
+        "{url}: WebSocket upgrade failed: {source} — check that the far side is a Plexus \
+         ws:// or wss:// endpoint and that the URL's path is the one it listens on"
+    )]
+    WebSocket {
+        /// The URL being dialed or the remote address being accepted.
+        url: String,
+        /// The underlying failure.
+        #[source]
+        source: io::Error,
+    },
+    /// A `quic://` connection could not be set up or lost its stream: no QUIC
+    /// listener answered, the peer closed the connection, or it opened no
+    /// stream in time. Certificate failures are [`TransportError::Tls`]. On a
+    /// listener this concerns one peer only.
+    #[error(
+        "{url}: QUIC connection failed: {source} — check that a Plexus quic:// listener runs \
+         there (QUIC runs over UDP, which a firewall may drop)"
+    )]
+    Quic {
+        /// The URL being dialed or the remote address being accepted.
+        url: String,
+        /// The underlying failure.
+        #[source]
+        source: io::Error,
+    },
     /// The scheme is known but not available on this platform (e.g. `unix://`
     /// on Windows).
     #[error(
@@ -138,24 +182,41 @@ pub enum TransportError {
 /// Options a transport may need beyond the URL.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
-    /// TLS settings for `tls://`; `None` makes `tls://` an error.
+    /// TLS settings for `tls://`, `wss://` and `quic://`; `None` makes those
+    /// schemes an error.
     #[cfg(feature = "tls")]
     pub tls: Option<TlsConfig>,
-    /// Sets `TCP_NODELAY` on TCP and TLS sockets (default true via [`TransportConfig::new`]).
+    /// Sets `TCP_NODELAY` on the TCP sockets of `tcp://`, `tls://`, `ws://`
+    /// and `wss://` (default true via [`TransportConfig::new`]).
     pub nodelay: bool,
+    /// Bounds the part of a transport's handshake that is not TLS: the HTTP
+    /// upgrade of `ws://` and `wss://`, and a `quic://` listener's wait for
+    /// the dialer's stream (default 10 s). TLS itself, including QUIC's, is
+    /// bounded by [`TlsConfig::handshake_timeout`].
+    pub handshake_timeout: Duration,
+    /// The largest WebSocket message `ws://` and `wss://` accept, in bytes
+    /// (default 16 MiB + 64 KiB: one default-sized Plexus frame with its
+    /// header, with room to spare). A larger message closes the connection.
+    /// Raise it with the connection's max frame if peers send one frame per
+    /// message, as the browser client does. Plexus itself sends messages of
+    /// at most 1 MiB.
+    pub ws_max_message: usize,
 }
 
 impl TransportConfig {
-    /// Defaults: no TLS, `TCP_NODELAY` on.
+    /// Defaults: no TLS, `TCP_NODELAY` on, 10 s handshakes, WebSocket
+    /// messages up to 16 MiB + 64 KiB.
     pub fn new() -> Self {
         Self {
             #[cfg(feature = "tls")]
             tls: None,
             nodelay: true,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            ws_max_message: ws::DEFAULT_MAX_MESSAGE,
         }
     }
 
-    /// Uses `tls` for `tls://` URLs.
+    /// Uses `tls` for `tls://`, `wss://` and `quic://` URLs.
     #[cfg(feature = "tls")]
     pub fn with_tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
@@ -164,7 +225,7 @@ impl TransportConfig {
 }
 
 impl Default for TransportConfig {
-    /// The same as [`TransportConfig::new`]: no TLS, `TCP_NODELAY` on.
+    /// The same as [`TransportConfig::new`].
     fn default() -> Self {
         Self::new()
     }
@@ -183,6 +244,9 @@ enum ListenerKind {
     #[cfg(unix)]
     Unix(unix::UnixListener),
     Inproc(inproc::InprocListener),
+    Ws(ws::WsListener),
+    #[cfg(feature = "tls")]
+    Quic(quic::QuicListener),
 }
 
 impl fmt::Debug for Listener {
@@ -203,10 +267,13 @@ impl Listener {
     /// Waits for the next connection.
     ///
     /// An error concerns one connection attempt, never the listener: log it
-    /// and call `accept` again. For TLS, handshakes run concurrently in tasks
-    /// the listener owns (each bounded by [`TlsConfig::handshake_timeout`]),
-    /// so a silent peer cannot hold up others; a peer that fails or times out
-    /// yields [`TransportError::Tls`] naming it.
+    /// and call `accept` again. For TLS, WebSocket and QUIC, handshakes run
+    /// concurrently in tasks the listener owns (each bounded by
+    /// [`TlsConfig::handshake_timeout`] and
+    /// [`TransportConfig::handshake_timeout`]), so a silent peer cannot hold
+    /// up others; a peer that fails or times out yields
+    /// [`TransportError::Tls`], [`TransportError::WebSocket`] or
+    /// [`TransportError::Quic`] naming it.
     ///
     /// Cancel-safe: dropping the future loses no accepted connection.
     pub async fn accept(&mut self) -> Result<Connected, TransportError> {
@@ -217,6 +284,9 @@ impl Listener {
             #[cfg(unix)]
             ListenerKind::Unix(l) => l.accept().await,
             ListenerKind::Inproc(l) => l.accept().await,
+            ListenerKind::Ws(l) => l.accept().await,
+            #[cfg(feature = "tls")]
+            ListenerKind::Quic(l) => l.accept().await,
         }
     }
 }
@@ -250,6 +320,26 @@ pub async fn listen(url: &Url, config: &TransportConfig) -> Result<Listener, Tra
             let local = l.local_url();
             (ListenerKind::Inproc(l), local)
         }
+        #[cfg(not(feature = "tls"))]
+        Scheme::Wss | Scheme::Quic => return Err(tls_not_built(url)),
+        #[cfg(not(feature = "tls"))]
+        Scheme::Ws => {
+            let l = ws::WsListener::bind(url, config).await?;
+            let local = l.local_url();
+            (ListenerKind::Ws(l), local)
+        }
+        #[cfg(feature = "tls")]
+        Scheme::Ws | Scheme::Wss => {
+            let l = ws::WsListener::bind(url, config).await?;
+            let local = l.local_url();
+            (ListenerKind::Ws(l), local)
+        }
+        #[cfg(feature = "tls")]
+        Scheme::Quic => {
+            let l = quic::QuicListener::bind(url, config).await?;
+            let local = l.local_url();
+            (ListenerKind::Quic(l), local)
+        }
     };
     Ok(Listener { inner, local })
 }
@@ -267,7 +357,27 @@ pub async fn dial(url: &Url, config: &TransportConfig) -> Result<Connected, Tran
         #[cfg(not(unix))]
         Scheme::Unix => Err(unsupported(url)),
         Scheme::Inproc => inproc::dial(url).await,
+        Scheme::Ws => ws::dial(url, config).await,
+        #[cfg(feature = "tls")]
+        Scheme::Wss => ws::dial(url, config).await,
+        #[cfg(feature = "tls")]
+        Scheme::Quic => quic::dial(url, config).await,
+        #[cfg(not(feature = "tls"))]
+        Scheme::Wss | Scheme::Quic => Err(tls_not_built(url)),
     }
+}
+
+/// How long a transport's own handshake (TLS, a WebSocket upgrade, QUIC)
+/// may take unless configured otherwise.
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_secs(10);
+
+/// The error of a transport handshake that ran out of time.
+pub(crate) fn timed_out(limit: std::time::Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the handshake did not finish within {limit:?}"),
+    )
 }
 
 #[cfg(not(feature = "tls"))]

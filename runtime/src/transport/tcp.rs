@@ -65,7 +65,7 @@ pub(crate) async fn dial(url: &Url, config: &TransportConfig) -> Result<Connecte
 
 /// Resolves the host of a tcp/tls URL: a literal IP as is, a name through the
 /// system resolver.
-async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, TransportError> {
+pub(crate) async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, TransportError> {
     let io_error = |source| TransportError::Io {
         url: url.to_string(),
         source,

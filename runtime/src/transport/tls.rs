@@ -1,10 +1,11 @@
 //! `tls://`: TCP wrapped in TLS by rustls, with optional client certificates.
 //!
 //! Owns [`TlsConfig`] (certificates, keys, trust roots and the rustls
-//! configurations built from them) and the handshake on both sides. TCP
-//! itself comes from the `tcp` module. Every configuration is built with the
-//! `ring` provider named explicitly, so nothing depends on a process-wide
-//! default provider being installed.
+//! configurations built from them) and the TLS handshake over TCP on both
+//! sides, which `wss://` reuses; `quic://` takes the rustls configurations
+//! from here too. TCP itself comes from the `tcp` module. Every configuration
+//! is built with the `ring` provider named explicitly, so nothing depends on
+//! a process-wide default provider being installed.
 
 use std::fmt;
 use std::io;
@@ -18,19 +19,15 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, InvalidDnsNameError, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use super::pending::PendingHandshakes;
 use super::url::Host;
 use super::{tcp, Connected, ReadHalf, Stream, TransportConfig, TransportError, Url, WriteHalf};
 
 /// How long a handshake may take before the peer is dropped, unless
 /// [`TlsConfig::handshake_timeout`] says otherwise.
-const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Handshakes a listener runs at once; beyond this it stops accepting TCP
-/// connections until one finishes, bounding the memory strangers can claim.
-const MAX_PENDING_HANDSHAKES: usize = 128;
+pub(crate) use super::DEFAULT_HANDSHAKE_TIMEOUT;
 
 /// TLS settings for `tls://` listeners (the server side) and dialers (the
 /// client side). One value may carry both, as a node that listens and dials does.
@@ -510,27 +507,21 @@ pub(crate) struct TlsListener {
     local: Url,
     nodelay: bool,
     handshake_timeout: Duration,
-    handshakes: JoinSet<Result<Connected, TransportError>>,
+    handshakes: PendingHandshakes,
 }
 
 impl TlsListener {
     /// Binds `url`; needs a server side in `config.tls`.
     pub(crate) async fn bind(url: &Url, config: &TransportConfig) -> Result<Self, TransportError> {
-        let tls = config.tls.as_ref();
-        let server = tls.and_then(TlsConfig::server_config).ok_or_else(|| {
-            TransportError::TlsNotConfigured {
-                url: url.to_string(),
-                what: "a server certificate (TlsConfig::server)",
-            }
-        })?;
+        let (server, handshake_timeout) = server_side(url, config)?;
         let (socket, addr) = tcp::bind_socket(url).await?;
         Ok(TlsListener {
             socket,
             acceptor: TlsAcceptor::from(Arc::clone(server)),
             local: Url::tls(addr),
             nodelay: config.nodelay,
-            handshake_timeout: tls.map_or(DEFAULT_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout),
-            handshakes: JoinSet::new(),
+            handshake_timeout,
+            handshakes: PendingHandshakes::new(),
         })
     }
 
@@ -545,86 +536,88 @@ impl TlsListener {
     ///
     /// Cancel-safe: pending handshakes live in the listener, not in this future.
     pub(crate) async fn accept(&mut self) -> Result<Connected, TransportError> {
-        loop {
-            if self.handshakes.len() >= MAX_PENDING_HANDSHAKES {
-                if let Some(done) = self.handshakes.join_next().await {
-                    return self.finished(done);
-                }
-                continue;
-            }
-            tokio::select! {
-                // Finished handshakes first, so a flood of new connections
-                // cannot starve peers that are ready. An empty set yields
-                // `None`, which disables this branch for this round.
-                biased;
-                Some(done) = self.handshakes.join_next() => return self.finished(done),
-                accepted = tcp::accept_socket(&self.socket, &self.local, self.nodelay) => {
-                    let (stream, peer) = accepted?;
-                    self.handshakes.spawn(handshake(
-                        self.acceptor.clone(),
-                        stream,
-                        peer,
-                        self.handshake_timeout,
-                    ));
-                }
-            }
-        }
-    }
-
-    fn finished(
-        &self,
-        done: Result<Result<Connected, TransportError>, tokio::task::JoinError>,
-    ) -> Result<Connected, TransportError> {
-        done.unwrap_or_else(|join_error| {
-            Err(TransportError::Tls {
-                url: self.local.to_string(),
-                source: io::Error::other(format!(
-                    "a handshake task ended abnormally: {join_error}"
-                )),
-            })
-        })
+        let TlsListener {
+            socket,
+            acceptor,
+            local,
+            nodelay,
+            handshake_timeout,
+            handshakes,
+        } = self;
+        handshakes
+            .next(
+                local,
+                || tcp::accept_socket(socket, local, *nodelay),
+                |(stream, peer): (TcpStream, SocketAddr)| {
+                    let acceptor = acceptor.clone();
+                    let limit = *handshake_timeout;
+                    async move {
+                        let remote = Url::tls(peer).to_string();
+                        let stream = accept_tls(&acceptor, stream, &remote, limit).await?;
+                        Ok(Connected {
+                            stream: Box::new(stream),
+                            remote,
+                        })
+                    }
+                },
+            )
+            .await
     }
 }
 
-/// Runs the server side of one handshake, bounded by `limit`.
-async fn handshake(
-    acceptor: TlsAcceptor,
+/// The listening side of `config`, and its handshake timeout; an error
+/// naming `url` when there is none.
+pub(crate) fn server_side<'a>(
+    url: &Url,
+    config: &'a TransportConfig,
+) -> Result<(&'a Arc<ServerConfig>, Duration), TransportError> {
+    let tls = config.tls.as_ref();
+    let server =
+        tls.and_then(TlsConfig::server_config)
+            .ok_or_else(|| TransportError::TlsNotConfigured {
+                url: url.to_string(),
+                what: "a server certificate (TlsConfig::server)",
+            })?;
+    Ok((
+        server,
+        tls.map_or(DEFAULT_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout),
+    ))
+}
+
+/// Runs the server side of one TLS handshake over `stream`, bounded by
+/// `limit`. `remote` names the peer in errors.
+pub(crate) async fn accept_tls(
+    acceptor: &TlsAcceptor,
     stream: TcpStream,
-    peer: SocketAddr,
+    remote: &str,
     limit: Duration,
-) -> Result<Connected, TransportError> {
-    let remote = Url::tls(peer).to_string();
-    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => Ok(Connected {
-            stream: Box::new(stream),
-            remote,
-        }),
-        Ok(Err(source)) => Err(TransportError::Tls {
-            url: remote,
-            source,
-        }),
-        Err(_) => Err(TransportError::Tls {
-            url: remote,
-            source: timed_out(limit),
-        }),
-    }
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, TransportError> {
+    let tls_error = |source| TransportError::Tls {
+        url: remote.to_owned(),
+        source,
+    };
+    tokio::time::timeout(limit, acceptor.accept(stream))
+        .await
+        .map_err(|_| tls_error(timed_out(limit)))?
+        .map_err(tls_error)
 }
 
-fn timed_out(limit: Duration) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        format!("the handshake did not finish within {limit:?}"),
-    )
+pub(crate) use super::timed_out;
+
+/// The dialing side of a TLS configuration, resolved for one URL: what to
+/// trust, which name to expect, and how long the handshake may take.
+pub(crate) struct ClientSideFor<'a> {
+    pub(crate) config: &'a Arc<ClientConfig>,
+    pub(crate) server_name: ServerName<'static>,
+    pub(crate) handshake_timeout: Duration,
 }
 
-/// Dials a `tls://` URL: TCP, then the client handshake bounded by the
-/// configured timeout. The server name is the configured override or the
-/// URL's host.
-///
-/// With TLS 1.3 a server that refuses the client's certificate does so after
-/// the client has finished its side of the handshake, so such a refusal shows
-/// up as an error on the first read rather than here.
-pub(crate) async fn dial(url: &Url, config: &TransportConfig) -> Result<Connected, TransportError> {
+/// The dialing side of `config` for `url`. The server name is the configured
+/// override or the URL's host.
+pub(crate) fn client_side<'a>(
+    url: &Url,
+    config: &'a TransportConfig,
+) -> Result<ClientSideFor<'a>, TransportError> {
     let tls = config.tls.as_ref();
     let client =
         tls.and_then(TlsConfig::client_config)
@@ -654,13 +647,42 @@ pub(crate) async fn dial(url: &Url, config: &TransportConfig) -> Result<Connecte
             )))
         }
     };
-    let limit = tls.map_or(DEFAULT_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout);
-    let (stream, peer) = tcp::connect(url, config).await?;
-    let connector = TlsConnector::from(Arc::clone(client));
-    let stream = tokio::time::timeout(limit, connector.connect(server_name, stream))
+    Ok(ClientSideFor {
+        config: client,
+        server_name,
+        handshake_timeout: tls.map_or(DEFAULT_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout),
+    })
+}
+
+/// Runs the client side of one TLS handshake over a connected `stream`,
+/// bounded by the configured timeout. `url` names the peer in errors.
+pub(crate) async fn connect_tls(
+    side: ClientSideFor<'_>,
+    stream: TcpStream,
+    url: &Url,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TransportError> {
+    let tls_error = |source| TransportError::Tls {
+        url: url.to_string(),
+        source,
+    };
+    let limit = side.handshake_timeout;
+    let connector = TlsConnector::from(Arc::clone(side.config));
+    tokio::time::timeout(limit, connector.connect(side.server_name, stream))
         .await
         .map_err(|_| tls_error(timed_out(limit)))?
-        .map_err(tls_error)?;
+        .map_err(tls_error)
+}
+
+/// Dials a `tls://` URL: TCP, then the client handshake bounded by the
+/// configured timeout.
+///
+/// With TLS 1.3 a server that refuses the client's certificate does so after
+/// the client has finished its side of the handshake, so such a refusal shows
+/// up as an error on the first read rather than here.
+pub(crate) async fn dial(url: &Url, config: &TransportConfig) -> Result<Connected, TransportError> {
+    let side = client_side(url, config)?;
+    let (stream, peer) = tcp::connect(url, config).await?;
+    let stream = connect_tls(side, stream, url).await?;
     Ok(Connected {
         stream: Box::new(stream),
         remote: Url::tls(peer).to_string(),
@@ -668,7 +690,7 @@ pub(crate) async fn dial(url: &Url, config: &TransportConfig) -> Result<Connecte
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
         IsCa, KeyPair, KeyUsagePurpose,
@@ -681,19 +703,19 @@ mod tests {
     use crate::transport::{dial, listen, Listener, Scheme};
 
     /// A certificate authority and PEM identities it issued, made per test.
-    struct TestPki {
-        ca_pem: String,
+    pub(crate) struct TestPki {
+        pub(crate) ca_pem: String,
         issuer: CertifiedIssuer<'static, KeyPair>,
     }
 
     /// A PEM certificate and its private key.
-    struct Identity {
-        cert_pem: String,
-        key_pem: String,
+    pub(crate) struct Identity {
+        pub(crate) cert_pem: String,
+        pub(crate) key_pem: String,
     }
 
     impl TestPki {
-        fn new(name: &str) -> TestPki {
+        pub(crate) fn new(name: &str) -> TestPki {
             let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             params.key_usages = vec![
@@ -710,7 +732,7 @@ mod tests {
             }
         }
 
-        fn issue(&self, names: &[&str], usages: &[ExtendedKeyUsagePurpose]) -> Identity {
+        pub(crate) fn issue(&self, names: &[&str], usages: &[ExtendedKeyUsagePurpose]) -> Identity {
             let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
             let mut params = CertificateParams::new(names).expect("leaf params");
             params.extended_key_usages = usages.to_vec();
@@ -722,19 +744,45 @@ mod tests {
             }
         }
 
-        fn server(&self) -> Identity {
+        pub(crate) fn server(&self) -> Identity {
             self.issue(
                 &["localhost", "127.0.0.1", "::1"],
                 &[ExtendedKeyUsagePurpose::ServerAuth],
             )
         }
 
-        fn client(&self) -> Identity {
+        pub(crate) fn client(&self) -> Identity {
             self.issue(&["client.test"], &[ExtendedKeyUsagePurpose::ClientAuth])
+        }
+
+        /// A listening config with this CA's server identity.
+        pub(crate) fn server_tls(&self) -> TlsConfig {
+            let id = self.server();
+            TlsConfig::server(id.cert_pem.as_bytes(), id.key_pem.as_bytes()).expect("server")
+        }
+
+        /// A listening config that also demands client certificates from this CA.
+        pub(crate) fn strict_server_tls(&self) -> TlsConfig {
+            self.server_tls()
+                .require_client_certs(self.ca_pem.as_bytes())
+                .expect("client CA")
+        }
+
+        /// A dialing config trusting this CA.
+        pub(crate) fn client_tls(&self) -> TlsConfig {
+            TlsConfig::client(self.ca_pem.as_bytes()).expect("client")
+        }
+
+        /// A dialing config trusting this CA and presenting a certificate it issued.
+        pub(crate) fn client_tls_with_cert(&self) -> TlsConfig {
+            let id = self.client();
+            self.client_tls()
+                .with_client_cert(id.cert_pem.as_bytes(), id.key_pem.as_bytes())
+                .expect("client cert")
         }
     }
 
-    fn with_tls(tls: TlsConfig) -> TransportConfig {
+    pub(crate) fn with_tls(tls: TlsConfig) -> TransportConfig {
         TransportConfig::new().with_tls(tls)
     }
 
@@ -748,7 +796,7 @@ mod tests {
     }
 
     /// Dials and accepts at once; returns both outcomes.
-    async fn dial_and_accept(
+    pub(crate) async fn dial_and_accept(
         listener: &mut Listener,
         client: &TransportConfig,
     ) -> (
@@ -765,7 +813,7 @@ mod tests {
 
     /// True when the dialer was refused: at dial time, or (TLS 1.3 client
     /// certificates) on its first read.
-    async fn refused(dialed: Result<Connected, TransportError>) -> bool {
+    pub(crate) async fn refused(dialed: Result<Connected, TransportError>) -> bool {
         let Ok(connected) = dialed else {
             return true;
         };

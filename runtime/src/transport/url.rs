@@ -23,11 +23,25 @@ pub enum Scheme {
     Unix,
     /// A connection inside this process, no socket: `inproc://name`.
     Inproc,
+    /// WebSocket over TCP, binary messages: `ws://host:port/path`.
+    Ws,
+    /// WebSocket over TLS (rustls): `wss://host:port/path`.
+    Wss,
+    /// QUIC (quinn), TLS 1.3 built in: `quic://host:port`.
+    Quic,
 }
 
 impl Scheme {
     /// Every scheme this build understands, in the order error messages list them.
-    pub const ALL: [Scheme; 4] = [Scheme::Tcp, Scheme::Tls, Scheme::Unix, Scheme::Inproc];
+    pub const ALL: [Scheme; 7] = [
+        Scheme::Tcp,
+        Scheme::Tls,
+        Scheme::Unix,
+        Scheme::Inproc,
+        Scheme::Ws,
+        Scheme::Wss,
+        Scheme::Quic,
+    ];
 
     /// The scheme as written before `://`, e.g. `"tcp"`.
     pub fn as_str(self) -> &'static str {
@@ -36,6 +50,28 @@ impl Scheme {
             Scheme::Tls => "tls",
             Scheme::Unix => "unix",
             Scheme::Inproc => "inproc",
+            Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
+            Scheme::Quic => "quic",
+        }
+    }
+
+    /// True for the schemes secured by TLS, which need a [`TlsConfig`]:
+    /// `tls`, `wss` and `quic`.
+    ///
+    /// [`TlsConfig`]: super::TlsConfig
+    pub fn needs_tls(self) -> bool {
+        matches!(self, Scheme::Tls | Scheme::Wss | Scheme::Quic)
+    }
+
+    /// The port a URL of this scheme means when it names none: 80 for `ws`,
+    /// 443 for `wss`, as browsers assume. Every other scheme needs an
+    /// explicit port.
+    fn default_port(self) -> Option<u16> {
+        match self {
+            Scheme::Ws => Some(80),
+            Scheme::Wss => Some(443),
+            _ => None,
         }
     }
 
@@ -46,7 +82,7 @@ impl Scheme {
             .find(|scheme| scheme.as_str().eq_ignore_ascii_case(name))
     }
 
-    /// `tcp://, tls://, unix://, inproc://`, for error messages.
+    /// `tcp://, tls://, unix://, ...`, for error messages.
     fn supported_list() -> String {
         Scheme::ALL
             .iter()
@@ -62,7 +98,8 @@ impl fmt::Display for Scheme {
     }
 }
 
-/// The host part of a `tcp://` or `tls://` URL.
+/// The host part of a URL whose address is `host:port` (every scheme but
+/// `unix://` and `inproc://`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Host {
     /// A literal IPv4 or IPv6 address; used as is.
@@ -82,26 +119,39 @@ impl fmt::Display for Host {
 }
 
 /// What a URL points at once the scheme is known. The scheme decides the
-/// variant: tcp/tls → `Socket`, unix → `Path`, inproc → `Name`.
+/// variant: tcp/tls/ws/wss/quic → `Socket`, unix → `Path`, inproc → `Name`.
+/// Only ws/wss carry a `resource` (the HTTP request path and query), and
+/// only when it is not the default `/`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Target {
-    Socket { host: Host, port: u16 },
+    Socket {
+        host: Host,
+        port: u16,
+        resource: Option<String>,
+    },
     Path(String),
     Name(String),
 }
 
 /// A transport address such as `tcp://127.0.0.1:4000`, `tls://[::1]:4443`,
-/// `unix:///run/app.sock` or `inproc://jobs`.
+/// `unix:///run/app.sock`, `inproc://jobs`, `ws://127.0.0.1:8080/plexus` or
+/// `quic://localhost:4433`.
 ///
 /// Parse one with [`Url::parse`] (or `str::parse`), or build one with
-/// [`Url::tcp`], [`Url::tls`], [`Url::unix`] and [`Url::inproc`]. Printing a
-/// `Url` gives a string that parses back to an equal `Url`.
+/// [`Url::tcp`], [`Url::tls`], [`Url::ws`], [`Url::wss`], [`Url::quic`],
+/// [`Url::unix`] and [`Url::inproc`]. Printing a `Url` gives a string that
+/// parses back to an equal `Url`.
 ///
 /// Forms accepted:
-/// - `tcp://HOST:PORT` and `tls://HOST:PORT`, where `HOST` is an IPv4 address,
-///   an IPv6 address in brackets (`[::1]`), or a DNS name such as `localhost`
-///   (resolved at bind/dial time). Port `0` asks the OS to choose when binding.
-///   IPv6 scope ids (`%eth0`) are not carried.
+/// - `tcp://HOST:PORT`, `tls://HOST:PORT` and `quic://HOST:PORT`, where `HOST`
+///   is an IPv4 address, an IPv6 address in brackets (`[::1]`), or a DNS name
+///   such as `localhost` (resolved at bind/dial time). Port `0` asks the OS to
+///   choose when binding. IPv6 scope ids (`%eth0`) are not carried.
+/// - `ws://HOST[:PORT][/PATH]` and `wss://HOST[:PORT][/PATH]`: as above, with
+///   the port defaulting to 80 and 443, and an optional HTTP request path
+///   (with query, no fragment; visible ASCII, at most 1024 bytes). The dialer
+///   asks for that path; a listener upgrades requests for exactly that path
+///   (the query is not compared) and answers 404 to others. No path means `/`.
 /// - `unix://PATH`: `unix:///abs/path.sock` (absolute) or `unix://rel.sock`
 ///   (relative to the working directory).
 /// - `inproc://NAME`: any non-empty name, meaningful only inside this process.
@@ -139,7 +189,6 @@ impl Url {
             });
         };
         let target = match scheme {
-            Scheme::Tcp | Scheme::Tls => parse_socket(input, rest)?,
             Scheme::Unix if rest.is_empty() => {
                 return Err(UrlError::EmptyUnixPath {
                     url: input.to_owned(),
@@ -152,6 +201,9 @@ impl Url {
                 })
             }
             Scheme::Inproc => Target::Name(rest.to_owned()),
+            Scheme::Tcp | Scheme::Tls | Scheme::Ws | Scheme::Wss | Scheme::Quic => {
+                parse_socket(input, scheme, rest)?
+            }
         };
         Ok(Url { scheme, target })
     }
@@ -164,6 +216,38 @@ impl Url {
     /// A `tls://` URL for a socket address.
     pub fn tls(addr: SocketAddr) -> Url {
         Url::socket(Scheme::Tls, addr)
+    }
+
+    /// A `ws://` URL for a socket address, with the default path `/`.
+    pub fn ws(addr: SocketAddr) -> Url {
+        Url::socket(Scheme::Ws, addr)
+    }
+
+    /// A `wss://` URL for a socket address, with the default path `/`.
+    pub fn wss(addr: SocketAddr) -> Url {
+        Url::socket(Scheme::Wss, addr)
+    }
+
+    /// A `quic://` URL for a socket address.
+    pub fn quic(addr: SocketAddr) -> Url {
+        Url::socket(Scheme::Quic, addr)
+    }
+
+    /// This URL with its host and port replaced by `addr`, keeping the scheme
+    /// and any ws/wss path: what a listener bound to port 0 reports.
+    pub(crate) fn with_socket_addr(&self, addr: SocketAddr) -> Url {
+        let resource = match &self.target {
+            Target::Socket { resource, .. } => resource.clone(),
+            Target::Path(_) | Target::Name(_) => None,
+        };
+        Url {
+            scheme: self.scheme,
+            target: Target::Socket {
+                host: Host::Ip(addr.ip()),
+                port: addr.port(),
+                resource,
+            },
+        }
     }
 
     /// A `unix://` URL for a socket path. Fails if the path is empty or is not
@@ -200,12 +284,14 @@ impl Url {
         })
     }
 
-    fn socket(scheme: Scheme, addr: SocketAddr) -> Url {
+    /// A URL of a `host:port` scheme for a socket address, without a path.
+    pub(crate) fn socket(scheme: Scheme, addr: SocketAddr) -> Url {
         Url {
             scheme,
             target: Target::Socket {
                 host: Host::Ip(addr.ip()),
                 port: addr.port(),
+                resource: None,
             },
         }
     }
@@ -215,7 +301,8 @@ impl Url {
         self.scheme
     }
 
-    /// The host of a `tcp://` or `tls://` URL; `None` for other schemes.
+    /// The host of a URL with a `host:port` address; `None` for `unix://` and
+    /// `inproc://`.
     pub fn host(&self) -> Option<&Host> {
         match &self.target {
             Target::Socket { host, .. } => Some(host),
@@ -223,7 +310,8 @@ impl Url {
         }
     }
 
-    /// The port of a `tcp://` or `tls://` URL; `None` for other schemes.
+    /// The port of a URL with a `host:port` address (the default port where
+    /// a ws/wss URL names none); `None` for `unix://` and `inproc://`.
     pub fn port(&self) -> Option<u16> {
         match &self.target {
             Target::Socket { port, .. } => Some(*port),
@@ -231,14 +319,27 @@ impl Url {
         }
     }
 
-    /// The socket address of a `tcp://` or `tls://` URL whose host is a literal
-    /// IP address; `None` for DNS names (which need resolving) and other schemes.
+    /// The socket address of a URL with a `host:port` address whose host is
+    /// a literal IP address; `None` for DNS names (which need resolving),
+    /// `unix://` and `inproc://`.
     pub fn socket_addr(&self) -> Option<SocketAddr> {
         match &self.target {
             Target::Socket {
                 host: Host::Ip(ip),
                 port,
+                ..
             } => Some(SocketAddr::new(*ip, *port)),
+            _ => None,
+        }
+    }
+
+    /// The HTTP request path (with any query) of a `ws://` or `wss://` URL,
+    /// `/` when the URL names none; `None` for other schemes.
+    pub fn ws_path(&self) -> Option<&str> {
+        match (&self.target, self.scheme) {
+            (Target::Socket { resource, .. }, Scheme::Ws | Scheme::Wss) => {
+                Some(resource.as_deref().unwrap_or("/"))
+            }
             _ => None,
         }
     }
@@ -260,12 +361,21 @@ impl Url {
     }
 }
 
-/// Parses the `HOST:PORT` part of a tcp/tls URL. `url` is the whole input, for
-/// error messages.
-fn parse_socket(url: &str, rest: &str) -> Result<Target, UrlError> {
+/// Parses the `HOST:PORT` part of a URL with a socket address, and the
+/// optional `/PATH` of ws/wss. `url` is the whole input, for error messages.
+fn parse_socket(url: &str, scheme: Scheme, rest: &str) -> Result<Target, UrlError> {
     let bad_host = |reason: &'static str| UrlError::BadHost {
         url: url.to_owned(),
         reason,
+    };
+    // A `/` cannot occur in a host or a port, so the first one starts the path.
+    let (rest, resource) = match (scheme, rest.find('/')) {
+        (Scheme::Ws | Scheme::Wss, Some(at)) => {
+            let path = &rest[at..];
+            check_ws_path(url, path)?;
+            (&rest[..at], (path != "/").then(|| path.to_owned()))
+        }
+        _ => (rest, None),
     };
     let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
         let (inside, after) = bracketed
@@ -285,9 +395,16 @@ fn parse_socket(url: &str, rest: &str) -> Result<Target, UrlError> {
         (parse_host(host).map_err(bad_host)?, port)
     };
     if port.is_empty() {
-        return Err(UrlError::MissingPort {
-            url: url.to_owned(),
-        });
+        return match scheme.default_port() {
+            Some(port) => Ok(Target::Socket {
+                host,
+                port,
+                resource,
+            }),
+            None => Err(UrlError::MissingPort {
+                url: url.to_owned(),
+            }),
+        };
     }
     // `u16::from_str` also takes a leading `+`; a URL port is digits only.
     let port = port
@@ -299,7 +416,34 @@ fn parse_socket(url: &str, rest: &str) -> Result<Target, UrlError> {
             url: url.to_owned(),
             port: port.to_owned(),
         })?;
-    Ok(Target::Socket { host, port })
+    Ok(Target::Socket {
+        host,
+        port,
+        resource,
+    })
+}
+
+/// The longest ws/wss request path accepted, query included.
+const MAX_WS_PATH: usize = 1024;
+
+/// Checks a ws/wss request path: `/` first, visible ASCII, no fragment.
+fn check_ws_path(url: &str, path: &str) -> Result<(), UrlError> {
+    let reason = if path.len() > MAX_WS_PATH {
+        Some("the path is longer than 1024 bytes")
+    } else if path.contains('#') {
+        Some("a fragment (`#...`) means nothing to a WebSocket server; remove it")
+    } else if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        Some("the path may hold only visible ASCII (percent-encode anything else)")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(UrlError::BadPath {
+            url: url.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Parses a host that is not in brackets: an IPv4 address or a DNS name.
@@ -336,10 +480,16 @@ impl fmt::Display for Url {
         write!(f, "{}://", self.scheme)?;
         match &self.target {
             Target::Socket {
-                host: Host::Ip(IpAddr::V6(ip)),
+                host,
                 port,
-            } => write!(f, "[{ip}]:{port}"),
-            Target::Socket { host, port } => write!(f, "{host}:{port}"),
+                resource,
+            } => {
+                match host {
+                    Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{port}")?,
+                    host => write!(f, "{host}:{port}")?,
+                }
+                f.write_str(resource.as_deref().unwrap_or(""))
+            }
             Target::Path(path) => f.write_str(path),
             Target::Name(name) => f.write_str(name),
         }
@@ -402,7 +552,7 @@ pub enum UrlError {
         /// The scheme as written.
         scheme: String,
     },
-    /// The host of a tcp/tls URL is missing or malformed.
+    /// The host of a URL with a `host:port` address is missing or malformed.
     #[error("invalid transport URL {url:?}: {reason}")]
     BadHost {
         /// The input.
@@ -410,7 +560,7 @@ pub enum UrlError {
         /// What is wrong with the host.
         reason: &'static str,
     },
-    /// A tcp/tls URL has no `:PORT`.
+    /// A URL that needs a port (every `host:port` scheme but ws/wss) has no `:PORT`.
     #[error("invalid transport URL {url:?}: missing port — add `:PORT` (use :0 to let the OS choose when binding)")]
     MissingPort {
         /// The input.
@@ -423,6 +573,14 @@ pub enum UrlError {
         url: String,
         /// The port as written.
         port: String,
+    },
+    /// The path of a ws/wss URL is malformed.
+    #[error("invalid transport URL {url:?}: {reason}")]
+    BadPath {
+        /// The input.
+        url: String,
+        /// What is wrong with the path.
+        reason: &'static str,
     },
     /// A `unix://` URL without a path.
     #[error("invalid transport URL {url:?}: the unix socket path is empty — write e.g. unix:///run/app.sock")]
@@ -597,6 +755,65 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn websocket_urls_default_their_port_and_keep_their_path() {
+        let url = round_trip("ws://127.0.0.1:8080/plexus?room=3");
+        assert_eq!(url.scheme(), Scheme::Ws);
+        assert_eq!(url.port(), Some(8080));
+        assert_eq!(url.ws_path(), Some("/plexus?room=3"));
+        assert_eq!(url.socket_addr(), Some(([127, 0, 0, 1], 8080).into()));
+
+        let bare = Url::parse("ws://localhost").expect("no port");
+        assert_eq!(bare.port(), Some(80));
+        assert_eq!(bare.ws_path(), Some("/"));
+        assert_eq!(bare.to_string(), "ws://localhost:80");
+        let secure = Url::parse("wss://[::1]/x").expect("no port");
+        assert_eq!(secure.port(), Some(443));
+        assert_eq!(secure.to_string(), "wss://[::1]:443/x");
+        // `/` is the default path, so it is not printed and compares equal.
+        assert_eq!(Url::parse("ws://h:1/"), Url::parse("ws://h:1"));
+        assert_eq!(
+            Url::ws(([127, 0, 0, 1], 9).into()).to_string(),
+            "ws://127.0.0.1:9"
+        );
+        assert_eq!(Url::tcp(([127, 0, 0, 1], 9).into()).ws_path(), None);
+    }
+
+    #[test]
+    fn quic_urls_need_a_port_and_have_no_path() {
+        let url = round_trip("quic://[::1]:4433");
+        assert_eq!(url.scheme(), Scheme::Quic);
+        assert!(url.scheme().needs_tls());
+        assert_eq!(url.ws_path(), None);
+        assert!(matches!(
+            Url::parse("quic://127.0.0.1"),
+            Err(UrlError::MissingPort { .. })
+        ));
+        assert!(matches!(
+            Url::parse("quic://127.0.0.1:4433/x"),
+            Err(UrlError::BadPort { .. })
+        ));
+        assert_eq!(
+            Url::quic(([127, 0, 0, 1], 9).into()).to_string(),
+            "quic://127.0.0.1:9"
+        );
+    }
+
+    #[test]
+    fn bad_websocket_paths_are_reported() {
+        for input in [
+            "ws://127.0.0.1:80/a b",
+            "ws://127.0.0.1:80/a#frag",
+            "wss://127.0.0.1:80/caf\u{e9}",
+        ] {
+            let err = Url::parse(input).expect_err(input);
+            assert!(matches!(err, UrlError::BadPath { .. }), "{input}: {err}");
+            assert!(err.to_string().contains(&format!("{input:?}")), "{err}");
+        }
+        let long = format!("ws://h:1/{}", "a".repeat(1024));
+        assert!(matches!(Url::parse(&long), Err(UrlError::BadPath { .. })));
+    }
+
     fn any_url() -> impl Strategy<Value = Url> {
         prop_oneof![
             (any::<IpAddr>(), any::<u16>()).prop_map(|(ip, port)| Url::tcp((ip, port).into())),
@@ -604,6 +821,16 @@ mod tests {
             ("[a-z][a-z0-9-]{0,10}(\\.[a-z0-9_]{1,8}){0,3}", any::<u16>()).prop_map(
                 |(host, port)| Url::parse(&format!("tcp://{host}:{port}")).expect("valid host")
             ),
+            (any::<IpAddr>(), any::<u16>()).prop_map(|(ip, port)| Url::quic((ip, port).into())),
+            (
+                any::<IpAddr>(),
+                any::<u16>(),
+                "(/[a-zA-Z0-9._~%!$&'()*+,;=:@?-]{0,20}){0,3}"
+            )
+                .prop_map(|(ip, port, path)| {
+                    let url = Url::wss((ip, port).into()).to_string();
+                    Url::parse(&format!("{url}{path}")).expect("valid path")
+                }),
             "/?[^\\x00]{1,40}".prop_map(|path| Url::unix(path).expect("non-empty")),
             ".{1,40}".prop_map(|name| Url::inproc(name).expect("non-empty")),
         ]
