@@ -9,13 +9,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::access::AllowList;
 use crate::connection::{
     builtin_routes, Backoff, Connection, ConnectionConfig, Established, NodeId, PeerInfo, Redial,
     SessionHook, SessionRequest,
@@ -24,12 +25,15 @@ use crate::error::ConnectError;
 use crate::error::Reject;
 use crate::events::{Event, EventHub, Events};
 use crate::health::Health;
+use crate::intercept::{CallInterceptor, CallInterceptors, Interceptor};
 use crate::router::{IntoRouter, Router};
+use crate::transport::PeerIdentity;
 #[cfg(feature = "tls")]
 use crate::transport::TlsConfig;
 use crate::transport::{self, ReadHalf, TransportConfig, Url, UrlError, WriteHalf};
 use crate::wire::handshake::{self, Answer, Hello, Refusal, RefusalCode, Welcome};
-use crate::wire::WireError;
+use crate::wire::key::{HelloKey, WelcomeKey};
+use crate::wire::{SessionKey, WireError};
 
 /// Something that names a transport address: `&str`, `String` or [`Url`].
 pub trait ToUrl {
@@ -67,6 +71,7 @@ pub struct ConnectRequest {
     node: NodeId,
     remote: String,
     data: Bytes,
+    identity: Option<PeerIdentity>,
 }
 
 impl ConnectRequest {
@@ -84,6 +89,13 @@ impl ConnectRequest {
     pub fn data(&self) -> &Bytes {
         &self.data
     }
+
+    /// The dialer's verified certificate, when the transport verified one
+    /// (see [`PeerInfo::identity`]). An allow-list, if set, has admitted it
+    /// before the hook runs.
+    pub fn identity(&self) -> Option<&PeerIdentity> {
+        self.identity.as_ref()
+    }
 }
 
 type AcceptHook = Arc<dyn Fn(&ConnectRequest) -> Result<Bytes, String> + Send + Sync>;
@@ -95,6 +107,12 @@ struct Inner {
     transport: TransportConfig,
     hello_data: Bytes,
     accept: Option<AcceptHook>,
+    /// With a key, every handshake proves it both ways (PROTOCOL.md §3.6).
+    key: Option<SessionKey>,
+    /// Run around every call a connection of this endpoint opens.
+    call_interceptors: Option<Arc<CallInterceptors>>,
+    /// Which certificates may connect, either way; replaceable at run time.
+    allow: RwLock<Option<Arc<AllowList>>>,
     max_connections: usize,
     /// Incoming handshakes that may run at once; the listeners stop
     /// accepting while all are taken.
@@ -143,6 +161,9 @@ pub struct EndpointBuilder {
     hello_data: Bytes,
     accept: Option<AcceptHook>,
     sessions: Option<SessionHook>,
+    key: Option<SessionKey>,
+    allow: Option<AllowList>,
+    call_interceptors: CallInterceptors,
     max_connections: usize,
     max_handshakes: usize,
     introspection: Introspection,
@@ -225,6 +246,46 @@ impl EndpointBuilder {
         self
     }
 
+    /// Runs `interceptor` before the handler of every call peers open on
+    /// this endpoint's connections (after the ones added before it); see
+    /// [`Interceptor`]. It may refuse the call or leave values for the handler.
+    pub fn intercept(mut self, interceptor: impl Interceptor) -> Self {
+        self.router = std::mem::take(&mut self.router).intercept(interceptor);
+        self
+    }
+
+    /// Runs `interceptor` around every call this endpoint's connections open
+    /// (after the ones added before it); see [`CallInterceptor`]. It may add
+    /// metadata or refuse the call before it is sent, and sees how it ended.
+    pub fn intercept_calls(mut self, interceptor: impl CallInterceptor) -> Self {
+        self.call_interceptors.push(Arc::new(interceptor));
+        self
+    }
+
+    /// Every connection of this endpoint, either way, proves knowledge of
+    /// `key` in its handshake, by a mutual challenge-response over both
+    /// sides' nonces (the key never crosses the wire; a recorded handshake
+    /// cannot be replayed): a dialer without it, or with another key, is
+    /// refused before anything is served ([`RefusalCode::KeyRequired`],
+    /// [`RefusalCode::KeyMismatch`]); a listener that cannot prove it is not
+    /// trusted ([`ConnectError::Untrusted`]). `docs/PROTOCOL.md` §3.6.
+    pub fn session_key(mut self, key: SessionKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Admits only peers whose verified certificate the list admits, in
+    /// both directions: incoming handshakes from others are refused with
+    /// [`RefusalCode::NotAllowed`], and dialed peers that do not pass fail
+    /// with [`ConnectError::Untrusted`] before the hello is sent. Needs a
+    /// secured transport; for dialers to be checked, the TLS server must ask
+    /// for client certificates (`TlsConfig::require_client_certs`). Replace
+    /// it at run time with [`Endpoint::set_allow_list`].
+    pub fn allow(mut self, list: AllowList) -> Self {
+        self.allow = Some(list);
+        self
+    }
+
     /// Refuses incoming connections (with `RefusalCode::TooManyConnections`)
     /// while `max` connections are open on this endpoint, counting both
     /// directions. 4096 by default;
@@ -281,6 +342,10 @@ impl EndpointBuilder {
                 transport: self.transport,
                 hello_data: self.hello_data,
                 accept: self.accept,
+                key: self.key,
+                call_interceptors: (!self.call_interceptors.is_empty())
+                    .then(|| Arc::new(self.call_interceptors)),
+                allow: RwLock::new(self.allow.map(Arc::new)),
                 max_connections: self.max_connections,
                 handshakes: Arc::new(tokio::sync::Semaphore::new(self.max_handshakes)),
                 conns: Mutex::new(HashMap::new()),
@@ -338,6 +403,9 @@ impl Endpoint {
             hello_data: Bytes::new(),
             accept: None,
             sessions: None,
+            key: None,
+            allow: None,
+            call_interceptors: CallInterceptors::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             introspection: Introspection {
@@ -385,6 +453,36 @@ impl Endpoint {
         self.inner.node
     }
 
+    /// Replaces the allow-list (`None`: admit every peer the transport
+    /// accepts), at once and for every listener and dialer of the endpoint.
+    /// Open connections whose peer the new list does not admit are closed
+    /// with a goaway saying why; their calls fail with `ConnectionLost`.
+    /// Returns how many were closed.
+    pub fn set_allow_list(&self, list: Option<AllowList>) -> usize {
+        let list = list.map(Arc::new);
+        *self.inner.allow.write().unwrap_or_else(|e| e.into_inner()) = list.clone();
+        let Some(list) = list else { return 0 };
+        let mut closed = 0;
+        for conn in self.connections() {
+            if let Err(reason) = list.check(conn.peer().identity()) {
+                tracing::info!(peer = %conn.peer().label(), "closing: {reason}");
+                conn.revoke(&reason);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// The allow-list in force, if any.
+    pub fn allow_list(&self) -> Option<AllowList> {
+        self.inner
+            .allow
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            .cloned()
+    }
+
     /// The connections open right now, both accepted and dialed.
     pub fn connections(&self) -> Vec<Connection> {
         self.inner
@@ -425,14 +523,36 @@ impl Endpoint {
                             let remote = c.remote.clone();
                             if let Err(e) = accept_one(&inner, c).await {
                                 tracing::debug!(remote = %remote, "incoming connection failed: {e}");
+                                inner.events.send(Event::HandshakeFailed {
+                                    remote,
+                                    code: e.refusal_code(),
+                                    reason: e.to_string(),
+                                });
                             }
                         });
                     }
                     Err(e) => {
-                        tracing::debug!("accept failed: {e}");
-                        // Out of file descriptors and the like: back off
-                        // instead of spinning.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        drop(place);
+                        match &e {
+                            // One peer's TLS, upgrade or QUIC handshake
+                            // failed: say so, and go on accepting at once.
+                            transport::TransportError::Tls { url, .. }
+                            | transport::TransportError::WebSocket { url, .. }
+                            | transport::TransportError::Quic { url, .. } => {
+                                tracing::debug!("incoming connection failed: {e}");
+                                inner.events.send(Event::HandshakeFailed {
+                                    remote: url.clone(),
+                                    code: None,
+                                    reason: e.to_string(),
+                                });
+                            }
+                            _ => {
+                                tracing::debug!("accept failed: {e}");
+                                // Out of file descriptors and the like: back
+                                // off instead of spinning.
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
                     }
                 }
             }
@@ -471,16 +591,22 @@ impl Endpoint {
                 url: url.to_string(),
                 after: reach,
             })??;
-        let (mut rd, mut wr) = connected.stream.split();
         let label = url.to_string();
+        // The listener's certificate, checked before anything is sent to it.
+        if let Err(reason) = self.inner.check_allowed(connected.identity.as_ref()) {
+            return Err(ConnectError::Untrusted { url: label, reason });
+        }
+        let identity = connected.identity;
+        let (mut rd, mut wr) = connected.stream.split();
         let limit = self.inner.config.handshake_timeout;
+        let hello_key = self.inner.key.as_ref().map(HelloKey::new);
         let hello = Hello {
             version: handshake::VERSION,
             node_id: self.inner.node.0,
             max_frame: self.inner.config.max_frame,
             window: self.inner.config.window,
             max_calls: self.inner.config.max_calls,
-            extensions: Vec::new(),
+            extensions: hello_key.iter().map(HelloKey::extension).collect(),
             data,
         };
         let (welcome, leftover) = tokio::time::timeout(limit, async {
@@ -533,6 +659,15 @@ impl Endpoint {
                             node: self.inner.node.to_string(),
                         });
                     }
+                    if let (Some(key), Some(hello_key)) = (&self.inner.key, &hello_key) {
+                        let proof = prove_to_listener(key, hello_key, &w, self.inner.node.0)
+                            .map_err(|reason| ConnectError::Untrusted {
+                                url: label.clone(),
+                                reason,
+                            })?;
+                        wr.write_all(&proof).await.map_err(|e| closed(&label, e))?;
+                        wr.flush().await.map_err(|e| closed(&label, e))?;
+                    }
                     Ok((w, buf))
                 }
                 Answer::Refusal(r) => Err(refused(&label, self.inner.node, r)),
@@ -544,12 +679,14 @@ impl Endpoint {
             after: limit,
         })??;
         let est = Established {
-            peer: PeerInfo::new(NodeId(welcome.node_id), label, welcome.data),
+            peer: PeerInfo::new(NodeId(welcome.node_id), label, welcome.data)
+                .with_identity(identity),
             local: self.inner.node,
             dialer: true,
             peer_max_frame: welcome.max_frame,
             peer_window: welcome.window,
             peer_max_calls: welcome.max_calls,
+            call_interceptors: self.inner.call_interceptors.clone(),
             leftover,
         };
         Ok(self.register(Connection::start(
@@ -585,6 +722,17 @@ impl Endpoint {
     }
 }
 
+impl Inner {
+    /// Whether the allow-list (if any) admits a peer with `identity`.
+    fn check_allowed(&self, identity: Option<&PeerIdentity>) -> Result<(), String> {
+        let list = self.allow.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match list {
+            None => Ok(()),
+            Some(list) => list.check(identity),
+        }
+    }
+}
+
 fn register(inner: &Arc<Inner>, conn: Connection) -> Connection {
     let key = inner.next_conn.fetch_add(1, Ordering::Relaxed);
     inner
@@ -608,6 +756,32 @@ fn register(inner: &Arc<Inner>, conn: Connection) -> Connection {
         }
     });
     conn
+}
+
+/// The dialer's side of the key proof, given the listener's welcome: the
+/// listener must have proved the same key in this handshake (a keyed dialer
+/// never accepts a keyless listener: that would be a downgrade). Returns the
+/// dialer's own proof, to send before any frame.
+fn prove_to_listener(
+    key: &SessionKey,
+    hello: &HelloKey,
+    welcome: &Welcome,
+    me: u128,
+) -> Result<Bytes, String> {
+    let theirs = WelcomeKey::find(&welcome.extensions)
+        .map_err(|e| format!("its key proof is malformed: {e}"))?
+        .ok_or_else(|| {
+            "it proved no session key, and this side has one (a keyed node never \
+             accepts a keyless peer; give both the same SessionKey)"
+                .to_owned()
+        })?;
+    if theirs.key_id != key.id() {
+        return Err("it holds another session key than this side".to_owned());
+    }
+    if !theirs.verify(key, hello, me, welcome.node_id) {
+        return Err("its proof of the session key is wrong for this handshake".to_owned());
+    }
+    Ok(theirs.dialer_proof(key, hello, me, welcome.node_id))
 }
 
 fn closed(url: &str, e: std::io::Error) -> ConnectError {
@@ -652,9 +826,12 @@ async fn refuse(wr: &mut WriteHalf, code: RefusalCode, reason: String) {
 /// Runs the listener's side of the handshake on one accepted stream.
 async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), ConnectError> {
     let remote = c.remote;
+    let identity = c.identity;
     let (mut rd, mut wr): (ReadHalf, WriteHalf) = c.stream.split();
     let limit = inner.config.handshake_timeout;
-    let outcome = tokio::time::timeout(limit, async {
+    // The whole handshake, the key proof included, within one timeout.
+    let deadline = tokio::time::Instant::now() + limit;
+    let outcome = tokio::time::timeout_at(deadline, async {
         let mut buf = BytesMut::with_capacity(256);
         loop {
             match handshake::peek_version(&buf) {
@@ -732,10 +909,53 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
             reason: "shutting down".into(),
         });
     }
+    if let Err(reason) = inner.check_allowed(identity.as_ref()) {
+        refuse(&mut wr, RefusalCode::NotAllowed, reason.clone()).await;
+        return Err(ConnectError::Refused {
+            url: remote,
+            code: RefusalCode::NotAllowed,
+            reason,
+        });
+    }
+    // With a key, the dialer must name the same one; the welcome then proves
+    // it, and the dialer's proof follows the welcome.
+    let key_exchange = match &inner.key {
+        None => None,
+        Some(key) => {
+            let refusal = match HelloKey::find(&hello.extensions) {
+                Err(source) => return Err(malformed(&mut wr, &remote, source).await),
+                Ok(None) => Err((
+                    RefusalCode::KeyRequired,
+                    "this node requires its group's session key and the dialer proved none \
+                     (give both sides the same SessionKey)",
+                )),
+                Ok(Some(theirs)) if theirs.key_id != key.id() => Err((
+                    RefusalCode::KeyMismatch,
+                    "the dialer holds another session key than this node",
+                )),
+                Ok(Some(theirs)) => Ok(theirs),
+            };
+            match refusal {
+                Ok(theirs) => {
+                    let ours = WelcomeKey::answer(key, &theirs, hello.node_id, inner.node.0);
+                    Some((key, theirs, ours))
+                }
+                Err((code, reason)) => {
+                    refuse(&mut wr, code, reason.to_owned()).await;
+                    return Err(ConnectError::Refused {
+                        url: remote,
+                        code,
+                        reason: reason.to_owned(),
+                    });
+                }
+            }
+        }
+    };
     let request = ConnectRequest {
         node: NodeId(hello.node_id),
         remote: remote.clone(),
         data: hello.data,
+        identity,
     };
     let reply = match &inner.accept {
         Some(hook) => match hook(&request) {
@@ -771,20 +991,73 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
         max_frame: inner.config.max_frame,
         window: inner.config.window,
         max_calls: inner.config.max_calls,
-        extensions: Vec::new(),
+        extensions: key_exchange
+            .iter()
+            .map(|(_, _, ours)| ours.extension())
+            .collect(),
         data: reply,
     };
     let mut out = BytesMut::new();
     Answer::Welcome(welcome).encode(&mut out);
     wr.write_all(&out).await.map_err(|e| closed(&remote, e))?;
     wr.flush().await.map_err(|e| closed(&remote, e))?;
+    let mut leftover = leftover;
+    if let Some((key, theirs, ours)) = key_exchange {
+        let proved = tokio::time::timeout_at(deadline, async {
+            loop {
+                match ours.check_dialer_proof(
+                    &mut leftover,
+                    key,
+                    &theirs,
+                    hello.node_id,
+                    inner.node.0,
+                ) {
+                    Ok(Some(good)) => return Ok(good),
+                    Ok(None) => {}
+                    Err(source) => {
+                        return Err(ConnectError::Handshake {
+                            url: remote.clone(),
+                            source,
+                        })
+                    }
+                }
+                match rd.read_buf(&mut leftover).await {
+                    Ok(0) => {
+                        return Err(ConnectError::Closed {
+                            url: remote.clone(),
+                            reason: "the dialer closed the stream before proving the session key"
+                                .into(),
+                        })
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(closed(&remote, e)),
+                }
+            }
+        })
+        .await
+        .map_err(|_| ConnectError::HandshakeTimeout {
+            url: remote.clone(),
+            after: limit,
+        })??;
+        if !proved {
+            // Nothing more is said: a dialer that held the key would have
+            // proved it; this one (a replay, a forgery) learns nothing.
+            return Err(ConnectError::Untrusted {
+                url: remote,
+                reason:
+                    "its proof of the session key is wrong for this handshake (replayed or forged)"
+                        .into(),
+            });
+        }
+    }
     let est = Established {
-        peer: PeerInfo::new(request.node, remote, request.data),
+        peer: PeerInfo::new(request.node, remote, request.data).with_identity(request.identity),
         local: inner.node,
         dialer: false,
         peer_max_frame: hello.max_frame,
         peer_window: hello.window,
         peer_max_calls: hello.max_calls,
+        call_interceptors: inner.call_interceptors.clone(),
         leftover,
     };
     let conn = Connection::start(
@@ -948,6 +1221,25 @@ impl ServerBuilder {
     /// Refuses connections beyond `max`; see [`EndpointBuilder::max_connections`].
     pub fn max_connections(mut self, max: usize) -> Self {
         self.endpoint = self.endpoint.max_connections(max);
+        self
+    }
+
+    /// The session key every connection must prove; see
+    /// [`EndpointBuilder::session_key`].
+    pub fn session_key(mut self, key: SessionKey) -> Self {
+        self.endpoint = self.endpoint.session_key(key);
+        self
+    }
+
+    /// Admits only these certificates; see [`EndpointBuilder::allow`].
+    pub fn allow(mut self, list: AllowList) -> Self {
+        self.endpoint = self.endpoint.allow(list);
+        self
+    }
+
+    /// Runs `interceptor` before every handler; see [`EndpointBuilder::intercept`].
+    pub fn intercept(mut self, interceptor: impl Interceptor) -> Self {
+        self.endpoint = self.endpoint.intercept(interceptor);
         self
     }
 

@@ -64,6 +64,13 @@ impl Reject {
         Self::system(crate::wire::SystemCode::HandlerFailed, message)
     }
 
+    /// The refusal for a call the caller is not permitted to make (an
+    /// authorization policy said no); the caller receives
+    /// [`CallError::PermissionDenied`]. Name the operation, not the rule.
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::system(crate::wire::SystemCode::PermissionDenied, message)
+    }
+
     /// The refusal for a call that would pass one of this side's limits;
     /// the caller receives [`CallError::Overloaded`].
     pub(crate) fn overloaded(message: impl Into<String>) -> Self {
@@ -231,6 +238,16 @@ pub enum CallError {
         /// Which limit.
         message: String,
     },
+    /// The peer's policy does not let this side call the operation; not run.
+    #[error("{op} on {peer}: permission denied: {message}")]
+    PermissionDenied {
+        /// Operation id.
+        op: Arc<str>,
+        /// The peer.
+        peer: Arc<str>,
+        /// What the peer said (never its policy's internals).
+        message: String,
+    },
     /// The peer neither accepted nor rejected a session within the settle timeout.
     #[error("session `{session}` with {peer}: neither accepted nor rejected within {after:?}")]
     SessionTimeout {
@@ -384,6 +401,16 @@ pub enum ConnectError {
         /// The limit.
         after: Duration,
     },
+    /// This side refused to trust the peer: it could not prove the session
+    /// key this side holds (or proved none: a keyed node never accepts a
+    /// keyless peer), or its certificate is not on this side's allow-list.
+    #[error("{url}: refused to trust the peer: {reason}")]
+    Untrusted {
+        /// The peer.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The handshake did not complete in time.
     #[error("{url}: handshake did not complete within {after:?}")]
     HandshakeTimeout {
@@ -400,4 +427,17 @@ pub enum ConnectError {
         /// What happened.
         reason: String,
     },
+}
+
+impl ConnectError {
+    /// The refusal code this error stands for, when the listener refused (or
+    /// would have sent) one.
+    pub fn refusal_code(&self) -> Option<RefusalCode> {
+        match self {
+            ConnectError::Refused { code, .. } => Some(*code),
+            ConnectError::VersionMismatch { .. } => Some(RefusalCode::VersionMismatch),
+            ConnectError::SelfConnect { .. } => Some(RefusalCode::SelfConnect),
+            _ => None,
+        }
+    }
 }

@@ -24,6 +24,20 @@ pub enum Event {
         /// Why it ended.
         reason: CloseReason,
     },
+    /// An incoming connection did not complete its handshake: this side
+    /// refused it (`code` says why: a version, the connection limit, a
+    /// missing or wrong session key, a certificate not on the allow-list,
+    /// the accept hook), or the dialer broke off, was silent too long or
+    /// failed to prove the session key (`code` is `None`). Nothing was
+    /// served on it.
+    HandshakeFailed {
+        /// The dialer's address as the transport sees it.
+        remote: String,
+        /// The refusal sent, if one was.
+        code: Option<crate::wire::RefusalCode>,
+        /// What happened, in words.
+        reason: String,
+    },
     /// A session was opened (by this side, accepted by the peer) or accepted
     /// (opened by the peer).
     SessionOpened {

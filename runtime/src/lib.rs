@@ -38,6 +38,7 @@
 // `::plexus::…` paths like everyone else's.
 extern crate self as plexus;
 
+pub mod access;
 mod connection;
 pub mod discovery;
 mod endpoint;
@@ -45,6 +46,7 @@ mod error;
 mod events;
 pub mod files;
 pub mod health;
+pub mod intercept;
 pub mod node;
 pub mod patterns;
 pub mod reflection;

@@ -29,6 +29,8 @@ pub struct CallContext {
     /// `None` when the caller sent none (most calls), saving an allocation.
     pub(crate) metadata: Option<Arc<[(String, Bytes)]>>,
     pub(crate) token: CancellationToken,
+    /// What the endpoint's interceptors left for the handler, if anything.
+    pub(crate) extensions: Option<Arc<crate::intercept::Extensions>>,
 }
 
 impl std::fmt::Debug for CallContext {
@@ -93,6 +95,12 @@ impl CallContext {
         self.token.is_cancelled()
     }
 
+    /// A value an interceptor left for the handler (see
+    /// [`Interceptor`](crate::intercept::Interceptor)), by type.
+    pub fn extension<T: std::any::Any + Send + Sync>(&self) -> Option<&T> {
+        self.extensions.as_deref()?.get::<T>()
+    }
+
     /// A token that fires on cancellation, for work the handler spawns.
     pub fn cancellation_token(&self) -> CancellationToken {
         self.token.clone()
@@ -153,6 +161,8 @@ impl Route {
 #[derive(Clone, Default)]
 pub struct Router {
     routes: Arc<HashMap<Arc<str>, Route>>,
+    /// Run before every handler (but the runtime's own plumbing).
+    interceptors: crate::intercept::Interceptors,
     /// The contracts of the services merged in, so a node can announce them.
     descriptors: Vec<&'static ServiceDescriptor>,
 }
@@ -227,6 +237,18 @@ impl Router {
     /// they were added.
     pub fn descriptors(&self) -> &[&'static ServiceDescriptor] {
         &self.descriptors
+    }
+
+    /// Runs `interceptor` before every handler of this router (and of routers
+    /// merged into it), after the ones added before it. See
+    /// [`Interceptor`](crate::intercept::Interceptor).
+    pub fn intercept(mut self, interceptor: impl crate::intercept::Interceptor) -> Self {
+        self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
+    pub(crate) fn interceptors(&self) -> &crate::intercept::Interceptors {
+        &self.interceptors
     }
 
     /// The handler for `op`, with the router's own copy of the name.
@@ -326,6 +348,7 @@ impl Router {
         for descriptor in other.descriptors {
             self = self.with_descriptor(descriptor);
         }
+        self.interceptors.extend(&other.interceptors);
         self
     }
 }

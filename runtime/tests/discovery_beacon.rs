@@ -610,3 +610,88 @@ async fn an_observer_hears_every_node_and_is_heard_by_none() {
     observer.leave().await.expect("observer stops");
     assert_eq!(observer.stats().sent, 0);
 }
+
+/// A raw socket on the group, recording what is sent there.
+fn recorder(group: (Ipv4Addr, u16)) -> std::net::UdpSocket {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .expect("socket");
+    socket.set_reuse_address(true).expect("reuse address");
+    socket.set_reuse_port(true).expect("reuse port");
+    socket
+        .bind(&std::net::SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, group.1)).into())
+        .expect("bind");
+    socket
+        .join_multicast_v4(&group.0, &Ipv4Addr::LOCALHOST)
+        .expect("join");
+    socket.set_multicast_loop_v4(true).expect("loop");
+    // What it sends (the replay) stays on this host's loopback.
+    socket
+        .set_multicast_if_v4(&Ipv4Addr::LOCALHOST)
+        .expect("loopback interface");
+    socket.set_multicast_ttl_v4(0).expect("ttl 0");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    socket.into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_keyed_announcement_replayed_later_is_ignored() {
+    let group = private_group();
+    let key = SessionKey::new(b"lab key");
+    let interval = 50 * MS;
+    // Forgets departed peers fast, so only the replay window stands between
+    // a replay and a resurrected node.
+    let mut liveness = plexus::discovery::LivenessConfig::for_interval(interval);
+    liveness.forget_after = liveness.lost_after;
+    let window = 400 * MS;
+    let observer = beacon(group, interval)
+        .key(key.clone())
+        .liveness(liveness)
+        .replay_window(window);
+    let mut heard = observer.observe().expect("observer");
+    let tap = recorder(group);
+    let node = beacon(group, interval).key(key.clone());
+    node.start(announcement(7, 1)).await.expect("node");
+    expect(
+        &mut heard,
+        interval * 4 + SLACK,
+        "discovery",
+        |e| matches!(e, DiscoveryEvent::Discovered(r) if r.node_id == NodeId(7)),
+    )
+    .await;
+    let mut captured = vec![0u8; 4096];
+    let (len, _) = tap.recv_from(&mut captured).expect("a datagram");
+    captured.truncate(len);
+    node.leave().await.expect("leave");
+    expect(&mut heard, interval * 4 + SLACK, "leave", |e| {
+        *e == DiscoveryEvent::Left(NodeId(7))
+    })
+    .await;
+    // Past the window (and past forgetting), the recording is played back.
+    tokio::time::sleep(window + 100 * MS).await;
+    let before = observer.stats().dropped_unauthenticated;
+    for _ in 0..3 {
+        tap.send_to(&captured, SocketAddrV4::new(group.0, group.1))
+            .expect("replay");
+    }
+    let resurrected = timeout(interval * 10, async {
+        while let Some(e) = heard.recv().await {
+            if e.node_id() == Some(NodeId(7)) {
+                return Some(e);
+            }
+        }
+        None
+    })
+    .await;
+    assert!(
+        !matches!(resurrected, Ok(Some(_))),
+        "the replay brought the node back: {resurrected:?}"
+    );
+    assert!(observer.stats().dropped_unauthenticated > before);
+    observer.leave().await.expect("stop");
+}

@@ -92,6 +92,11 @@ impl TestPki {
         }
     }
 
+    /// A server identity for exactly `names` (DNS names or IP addresses).
+    pub fn issue_for(&self, names: &[&str]) -> Identity {
+        self.issue(names, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
     /// A server identity for localhost, 127.0.0.1 and ::1.
     pub fn server(&self) -> Identity {
         self.issue(
@@ -105,6 +110,63 @@ impl TestPki {
         self.issue(&["client.test"], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
+    /// An identity for a mesh member, usable as TLS server and client: the
+    /// subject and names of `member`, and `localhost`, `127.0.0.1` and `::1`
+    /// as DNS/IP names so peers dialing it by address accept it.
+    pub fn member(&self, member: &Member<'_>) -> Identity {
+        let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        names.extend(member.dns.iter().map(|d| d.to_string()));
+        let mut params = CertificateParams::new(names).expect("leaf params");
+        for uri in member.uris {
+            params.subject_alt_names.push(rcgen::SanType::URI(
+                rcgen::string::Ia5String::try_from(uri.to_string()).expect("ascii uri"),
+            ));
+        }
+        params
+            .distinguished_name
+            .push(DnType::CommonName, member.cn);
+        if let Some(ou) = member.ou {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, ou);
+        }
+        if let Some(o) = member.o {
+            params.distinguished_name.push(DnType::OrganizationName, o);
+        }
+        match member.validity {
+            Validity::Current => {}
+            Validity::Expired => {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            Validity::NotYet => {
+                params.not_before = rcgen::date_time_ymd(2090, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2091, 1, 1);
+            }
+        }
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
+        Identity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A mesh node's TLS: listens and dials with `id`, trusts this CA, and
+    /// requires peers to show a certificate from it.
+    pub fn node_tls(&self, id: &Identity) -> TlsConfig {
+        TlsConfig::mutual(
+            self.ca_pem.as_bytes(),
+            id.cert_pem.as_bytes(),
+            id.key_pem.as_bytes(),
+        )
+        .expect("mutual tls")
+    }
+
     /// Server-side TLS config: this CA's server identity.
     pub fn server_tls(&self) -> TlsConfig {
         let id = self.server();
@@ -115,6 +177,48 @@ impl TestPki {
     pub fn client_tls(&self) -> TlsConfig {
         TlsConfig::client(self.ca_pem.as_bytes()).expect("client tls")
     }
+}
+
+/// Who a test certificate names.
+#[derive(Clone, Copy, Debug)]
+pub struct Member<'a> {
+    /// Subject CN.
+    pub cn: &'a str,
+    /// Subject OU.
+    pub ou: Option<&'a str>,
+    /// Subject O.
+    pub o: Option<&'a str>,
+    /// URI SANs (SPIFFE ids).
+    pub uris: &'a [&'a str],
+    /// Extra DNS SANs.
+    pub dns: &'a [&'a str],
+    /// When it is valid.
+    pub validity: Validity,
+}
+
+impl<'a> Member<'a> {
+    /// A currently valid certificate for CN `cn` and nothing else.
+    pub fn named(cn: &'a str) -> Member<'a> {
+        Member {
+            cn,
+            ou: None,
+            o: None,
+            uris: &[],
+            dns: &[],
+            validity: Validity::Current,
+        }
+    }
+}
+
+/// A test certificate's validity period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validity {
+    /// Valid now.
+    Current,
+    /// Expired in 2021.
+    Expired,
+    /// Valid from 2090 on.
+    NotYet,
 }
 
 /// The transports every core test runs over.

@@ -241,7 +241,7 @@ impl Shared {
     /// Calls `op` with `body` and waits for the handler's answer: `Ok(reply)`
     /// if it acked, [`CallError::Rejected`] if it refused, or another
     /// [`CallError`] saying what went wrong.
-    pub(crate) async fn call(
+    async fn call_plain(
         self: &Arc<Self>,
         op: &str,
         body: Bytes,
@@ -286,7 +286,7 @@ impl Shared {
 
     /// Sends `body` to `op` without waiting for, or getting, any answer. Returns
     /// once the message is queued for the socket.
-    pub(crate) async fn oneway(
+    async fn oneway_plain(
         self: &Arc<Self>,
         op: &str,
         body: Bytes,
@@ -300,7 +300,7 @@ impl Shared {
 
     /// Calls `op` with one request and receives a stream of replies, ended by
     /// the handler's ack or broken by its reject.
-    pub(crate) async fn server_stream(
+    async fn server_stream_plain(
         self: &Arc<Self>,
         op: &str,
         body: Bytes,
@@ -365,7 +365,7 @@ impl Shared {
     /// Opens a stream of requests to `op`; the handler answers once, at the
     /// end, through the returned [`Reply`]. Call [`Outbound::finish`] after the
     /// last message.
-    pub(crate) async fn client_stream(
+    async fn client_stream_plain(
         self: &Arc<Self>,
         op: &str,
         opts: CallOptions,
@@ -381,7 +381,7 @@ impl Shared {
     }
 
     /// Opens a stream in both directions with `op`.
-    pub(crate) async fn bidi(
+    async fn bidi_plain(
         self: &Arc<Self>,
         op: &str,
         opts: CallOptions,
@@ -394,5 +394,97 @@ impl Shared {
         let (out, guard, deadline) = self.open_request_stream(op, &opts, entry).await?;
         let inbound = Inbound::new(self.name(op), rx, window, guard, deadline, opts.timeout);
         Ok((out, inbound))
+    }
+}
+
+/// The calls the connection's users make: through the endpoint's call
+/// interceptors when it has any, straight through otherwise.
+impl Shared {
+    /// Runs the interceptors' `before`, `call` itself, then their `after`.
+    async fn around<T>(
+        &self,
+        op: &str,
+        opts: CallOptions,
+        call: impl AsyncFnOnce(CallOptions) -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
+        let Some(chain) = &self.call_interceptors else {
+            return call(opts).await;
+        };
+        let started = tokio::time::Instant::now();
+        let outcome = match chain.before(op, &self.peer, opts).await {
+            Ok(opts) => call(opts).await,
+            Err(refused) => Err(refused),
+        };
+        chain.after(
+            op,
+            &self.peer,
+            outcome.as_ref().map(|_| ()),
+            started.elapsed(),
+        );
+        outcome
+    }
+
+    /// Calls `op` with `body` and waits for the handler's answer: `Ok(reply)`
+    /// if it acked, [`CallError::Rejected`] if it refused, or another
+    /// [`CallError`] saying what went wrong.
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        op: &str,
+        body: Bytes,
+        opts: CallOptions,
+    ) -> Result<Bytes, CallError> {
+        if self.call_interceptors.is_none() {
+            return self.call_plain(op, body, opts).await;
+        }
+        self.around(op, opts, async |opts| self.call_plain(op, body, opts).await)
+            .await
+    }
+
+    /// Sends `body` to `op` without waiting for any answer.
+    pub(crate) async fn oneway(
+        self: &Arc<Self>,
+        op: &str,
+        body: Bytes,
+        opts: CallOptions,
+    ) -> Result<(), CallError> {
+        self.around(op, opts, async |opts| {
+            self.oneway_plain(op, body, opts).await
+        })
+        .await
+    }
+
+    /// Calls `op` with one request and receives a stream of replies.
+    pub(crate) async fn server_stream(
+        self: &Arc<Self>,
+        op: &str,
+        body: Bytes,
+        opts: CallOptions,
+    ) -> Result<Inbound, CallError> {
+        self.around(op, opts, async |opts| {
+            self.server_stream_plain(op, body, opts).await
+        })
+        .await
+    }
+
+    /// Opens a stream of requests to `op`, answered once at the end.
+    pub(crate) async fn client_stream(
+        self: &Arc<Self>,
+        op: &str,
+        opts: CallOptions,
+    ) -> Result<(Outbound, Reply), CallError> {
+        self.around(op, opts, async |opts| {
+            self.client_stream_plain(op, opts).await
+        })
+        .await
+    }
+
+    /// Opens a stream in both directions with `op`.
+    pub(crate) async fn bidi(
+        self: &Arc<Self>,
+        op: &str,
+        opts: CallOptions,
+    ) -> Result<(Outbound, Inbound), CallError> {
+        self.around(op, opts, async |opts| self.bidi_plain(op, opts).await)
+            .await
     }
 }

@@ -214,6 +214,7 @@ pub struct PeerInfo {
     remote: String,
     data: Bytes,
     label: Arc<str>,
+    identity: Option<crate::transport::PeerIdentity>,
 }
 
 impl PeerInfo {
@@ -224,7 +225,24 @@ impl PeerInfo {
             remote,
             data,
             label,
+            identity: None,
         }
+    }
+
+    pub(crate) fn with_identity(
+        mut self,
+        identity: Option<crate::transport::PeerIdentity>,
+    ) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// The peer's verified certificate, on a secured transport that verified
+    /// one: its subject (CN, OU, O), issuer, DNS and URI names (a SPIFFE id
+    /// among them). `None` on a plain transport, and on a TLS listener that
+    /// does not ask clients for certificates.
+    pub fn identity(&self) -> Option<&crate::transport::PeerIdentity> {
+        self.identity.as_ref()
     }
 
     /// The peer's node id.
@@ -275,8 +293,11 @@ pub enum CloseReason {
         /// How long nothing of them was read.
         after: Duration,
     },
-    /// The peer cut this side off for exceeding one of its limits.
+    /// The peer cut this side off: for exceeding one of its limits, or
+    /// because it revoked this side's access.
     CutOff(String),
+    /// This side revoked the peer's access (its allow-list no longer admits it).
+    Revoked(String),
 }
 
 impl fmt::Display for CloseReason {
@@ -294,6 +315,7 @@ impl fmt::Display for CloseReason {
                 "the peer read none of the {queued} bytes queued for it for {after:?}; cut off"
             ),
             CloseReason::CutOff(m) => write!(f, "cut off by the peer: {m}"),
+            CloseReason::Revoked(m) => write!(f, "access revoked by this side: {m}"),
         }
     }
 }
@@ -380,6 +402,8 @@ pub(crate) struct Shared {
     pub(crate) slots: Arc<budget::CallSlots>,
     /// The reader is not reading: over the budget, or at the call limit.
     held_back: std::sync::atomic::AtomicBool,
+    /// Run around every call this side opens, when the endpoint has any.
+    pub(crate) call_interceptors: Option<Arc<crate::intercept::CallInterceptors>>,
 }
 
 impl Shared {
@@ -585,6 +609,8 @@ pub(crate) struct Established {
     pub(crate) peer_window: u32,
     /// Most calls the peer serves at once.
     pub(crate) peer_max_calls: u32,
+    /// The endpoint's call interceptors, if it has any.
+    pub(crate) call_interceptors: Option<Arc<crate::intercept::CallInterceptors>>,
     /// Bytes read past the handshake (the first frames, if the peer was quick).
     pub(crate) leftover: bytes::BytesMut,
 }
@@ -674,6 +700,7 @@ impl Connection {
             budget: Arc::new(budget::Budget::new(config.memory_budget)),
             slots: Arc::new(budget::CallSlots::new(est.peer_max_calls)),
             held_back: std::sync::atomic::AtomicBool::new(false),
+            call_interceptors: est.call_interceptors,
             events,
             config,
         });
@@ -818,6 +845,25 @@ impl Connection {
                     s.close().await;
                 }
             }
+        }
+    }
+
+    /// Ends the connection at once because the peer may no longer talk to
+    /// this side: a goaway saying why (`reason`), then the stream is closed;
+    /// calls in flight fail with `ConnectionLost`. An endpoint does this when
+    /// its allow-list stops admitting the peer.
+    pub fn revoke(&self, reason: &str) {
+        if let Some(s) = self.direct_shared() {
+            let last = s.highest_peer_id.load(Ordering::Acquire);
+            let _ = s.out.push(|o| {
+                wire::frame::encode_goaway(
+                    &mut o.buf,
+                    last,
+                    wire::SystemCode::PermissionDenied as u32,
+                    &format!("access revoked: {reason}"),
+                )
+            });
+            s.shut(CloseReason::Revoked(reason.to_owned()));
         }
     }
 

@@ -381,7 +381,9 @@ fn dispatch(shared: &Arc<Shared>, ops: &mut OpTable, frame: Frame) -> Result<(),
         } => {
             if code != 0 {
                 tracing::warn!(peer = %shared.peer.label(), code, "peer is going away: {reason}");
-                let why = if code == SystemCode::ResourceExhausted as u32 {
+                let why = if code == SystemCode::ResourceExhausted as u32
+                    || code == SystemCode::PermissionDenied as u32
+                {
                     CloseReason::CutOff(reason)
                 } else {
                     CloseReason::Protocol(format!("reported by the peer: {reason}"))

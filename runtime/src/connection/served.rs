@@ -22,6 +22,7 @@ use super::stream::{Inbound, Outbound};
 use super::table::{Entry, InboundTx};
 use super::{Connection, Session, Shared};
 use crate::error::Reject;
+use crate::intercept::{IncomingCall, Interceptors};
 use crate::router::{CallContext, Route};
 use crate::wire::frame::encode_reject;
 use crate::wire::{CallOpen, Kind, SystemCode};
@@ -103,7 +104,15 @@ impl Shared {
                     self.serving.fetch_add(1, Ordering::AcqRel);
                     let serving = Serving(self.clone(), std::cell::Cell::new(false));
                     let charge = Charge::new(&self.budget, open.body.len());
-                    let fut = AssertUnwindSafe(f(ctx, open.body)).catch_unwind();
+                    let body = open.body;
+                    let fut = self.intercepted(ctx, move |ctx| {
+                        let fut = f(ctx, body);
+                        Box::pin(async move {
+                            fut.await;
+                            Ok(())
+                        })
+                    });
+                    let fut = AssertUnwindSafe(fut).catch_unwind();
                     tokio::spawn(async move {
                         let _serving = serving;
                         let _charge = charge;
@@ -117,8 +126,12 @@ impl Shared {
                             },
                             None => fut.await,
                         };
-                        if let Err(p) = outcome {
-                            tracing::warn!(op = %op, "{}", panic_message(p));
+                        match outcome {
+                            Ok(Ok(())) => {}
+                            Ok(Err(refused)) => {
+                                tracing::debug!(op = %op, "one-way message refused by an interceptor: {refused}");
+                            }
+                            Err(p) => tracing::warn!(op = %op, "{}", panic_message(p)),
                         }
                     });
                 }
@@ -211,38 +224,41 @@ impl Shared {
             });
             Inbound::served(name(), self.clone(), id, rx, window)
         };
+        let body = open.body;
         let fut: BoxFuture<'static, Result<Bytes, Reject>> = match route {
             Route::Unary(f) => {
-                let fut = f(ctx, open.body);
+                let fut = self.intercepted(ctx, move |ctx| f(ctx, body));
                 return self.serve_unary(id, token, open.deadline, body_len, fut);
             }
-            Route::OneWay(f) => {
-                let fut = f(ctx, open.body);
+            Route::OneWay(f) => self.intercepted(ctx, move |ctx| {
+                let fut = f(ctx, body);
                 Box::pin(async move {
                     fut.await;
                     Ok(Bytes::new())
                 })
-            }
+            }),
             Route::ServerStream(f) => {
                 let c = credit();
                 entry.credit = Some(c.clone());
-                let fut = f(
-                    ctx,
-                    open.body,
-                    Outbound::served(name(), self.clone(), id, c),
-                );
-                Box::pin(async move { fut.await.map(|()| Bytes::new()) })
+                let out = Outbound::served(name(), self.clone(), id, c);
+                self.intercepted(ctx, move |ctx| {
+                    let fut = f(ctx, body, out);
+                    Box::pin(async move { fut.await.map(|()| Bytes::new()) })
+                })
             }
             Route::ClientStream(f) => {
                 let i = inbound(&mut entry);
-                f(ctx, i)
+                self.intercepted(ctx, move |ctx| f(ctx, i))
             }
             Route::Bidi(f) => {
                 let i = inbound(&mut entry);
                 let c = credit();
                 entry.credit = Some(c.clone());
-                let fut = f(ctx, i, Outbound::served(name(), self.clone(), id, c));
-                Box::pin(async move { fut.await.map(|()| Bytes::new()) })
+                let out = Outbound::served(name(), self.clone(), id, c);
+                self.intercepted(ctx, move |ctx| {
+                    let fut = f(ctx, i, out);
+                    Box::pin(async move { fut.await.map(|()| Bytes::new()) })
+                })
             }
         };
         entry.cancel = Some(token.clone());
@@ -347,6 +363,34 @@ impl Shared {
         Ok(())
     }
 
+    /// The handler's future, behind the router's interceptors when it has
+    /// any: they run first, and a refusal answers the call instead of the
+    /// handler. Without interceptors this is the handler's own future.
+    fn intercepted<T: Send + 'static>(
+        self: &Arc<Self>,
+        mut ctx: CallContext,
+        handler: impl FnOnce(CallContext) -> BoxFuture<'static, Result<T, Reject>> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, Reject>> {
+        let chain = self.router.interceptors();
+        if chain.is_empty() || Interceptors::exempt(&ctx.op) {
+            return handler(ctx);
+        }
+        let chain = chain.clone();
+        let call = IncomingCall {
+            op: ctx.op.clone(),
+            peer: self.peer.clone(),
+            metadata: ctx.metadata.clone(),
+            session: ctx.session.as_ref().map(|s| s.state.name.clone()),
+        };
+        Box::pin(async move {
+            let granted = chain.admit(call).await?;
+            if !granted.is_empty() {
+                ctx.extensions = Some(Arc::new(granted));
+            }
+            handler(ctx).await
+        })
+    }
+
     fn context(
         self: &Arc<Self>,
         op: Arc<str>,
@@ -361,6 +405,7 @@ impl Shared {
             deadline: open.deadline.map(|d| tokio::time::Instant::now() + d),
             metadata: (!open.metadata.is_empty()).then(|| open.metadata.clone().into()),
             token,
+            extensions: None,
         }
     }
 }

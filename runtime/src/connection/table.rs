@@ -58,6 +58,7 @@ impl Failure {
                     session: message.into(),
                 },
                 SystemCode::ResourceExhausted => CallError::Overloaded { op, peer, message },
+                SystemCode::PermissionDenied => CallError::PermissionDenied { op, peer, message },
                 SystemCode::Protocol | SystemCode::TooLarge => {
                     CallError::Protocol { op, peer, message }
                 }

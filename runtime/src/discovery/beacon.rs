@@ -52,6 +52,10 @@ pub struct BeaconConfig {
     pub liveness: Option<LivenessConfig>,
     /// How many copies of the leave announcement to send (UDP may drop one).
     pub leave_repeats: u32,
+    /// With a key: a tagged announcement sealed further than this from now
+    /// is ignored as a replay (a recording played back later). Keep it above
+    /// the clock skew between hosts.
+    pub replay_window: Duration,
 }
 
 impl BeaconConfig {
@@ -67,6 +71,7 @@ impl BeaconConfig {
             key: None,
             liveness: None,
             leave_repeats: 3,
+            replay_window: Duration::from_secs(30),
         }
     }
 
@@ -229,6 +234,14 @@ impl Beacon {
         self
     }
 
+    /// With a key: how far from now a tagged announcement's send time may
+    /// be before it is ignored as a replay (30 s by default; keep it above
+    /// the clock skew between hosts and below the liveness `forget_after`).
+    pub fn replay_window(mut self, window: Duration) -> Self {
+        self.config.replay_window = window;
+        self
+    }
+
     /// Sets the liveness bounds explicitly.
     pub fn liveness(mut self, liveness: LivenessConfig) -> Self {
         self.config.liveness = Some(liveness);
@@ -284,6 +297,7 @@ impl Beacon {
             current,
             interval: self.config.interval,
             leave_repeats: self.config.leave_repeats.max(1),
+            replay_window: self.config.replay_window,
             announcing,
         };
         let task = tokio::spawn(task.run(commands_rx));
@@ -306,6 +320,10 @@ impl Beacon {
 impl Discovery for Beacon {
     fn backend(&self) -> &'static str {
         BACKEND
+    }
+
+    fn use_key(&mut self, key: &SessionKey) {
+        self.config.key.get_or_insert_with(|| key.clone());
     }
 
     fn start(&self, announcement: Announcement) -> DiscoveryFuture<'_, DiscoveryEvents> {
@@ -426,6 +444,7 @@ struct Task {
     current: Announcement,
     interval: Duration,
     leave_repeats: u32,
+    replay_window: Duration,
     /// `false` for an observer: it hears, and never sends.
     announcing: bool,
 }
@@ -520,7 +539,12 @@ impl Task {
 
     fn hear(&mut self, bytes: &[u8], from: SocketAddr) {
         Counters::bump(&self.counters.received);
-        let announcement = match datagram::open(bytes, self.key.as_ref()) {
+        let announcement = match datagram::open_fresh(
+            bytes,
+            self.key.as_ref(),
+            std::time::SystemTime::now(),
+            self.replay_window,
+        ) {
             Ok(announcement) => announcement,
             Err(error) => {
                 let counter = if error.is_unauthenticated() {

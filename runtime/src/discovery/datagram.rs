@@ -4,12 +4,21 @@
 //! Owns the envelope layout and the HMAC check. Pure functions over bytes —
 //! no sockets here — so every way a datagram can be wrong is a
 //! [`DatagramError`], and the check runs before the announcement is parsed.
+//!
+//! ```text
+//! untagged: "PLXB" | flags 0x00 | announcement
+//! tagged:   "PLXB" | flags 0x01 | announcement | sent at u64 (ms since the Unix epoch) | HMAC-SHA256 tag
+//! ```
+//!
+//! A tagged datagram carries the time it was sealed, under the tag, so a
+//! receiver can refuse one recorded and replayed later ([`open_fresh`]).
 
-use std::fmt;
+use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
+
+pub use crate::wire::SessionKey;
 
 use super::announcement::{Announcement, DecodeError, EncodeError, MAX_ANNOUNCEMENT_LEN};
 
@@ -22,47 +31,13 @@ pub const TAG_LEN: usize = 32;
 /// Magic plus the flags byte.
 const HEADER_LEN: usize = BEACON_MAGIC.len() + 1;
 
+/// Length of the send time in a tagged datagram.
+const STAMP_LEN: usize = 8;
+
 /// The longest valid datagram; receivers treat anything longer as malformed.
-pub const MAX_DATAGRAM_LEN: usize = HEADER_LEN + MAX_ANNOUNCEMENT_LEN + TAG_LEN;
+pub const MAX_DATAGRAM_LEN: usize = HEADER_LEN + MAX_ANNOUNCEMENT_LEN + STAMP_LEN + TAG_LEN;
 
 const FLAG_TAGGED: u8 = 0b0000_0001;
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// A secret shared by the nodes of one group: their announcements carry an
-/// HMAC-SHA256 tag under this key, and they ignore announcements without a
-/// valid one.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SessionKey(Bytes);
-
-impl SessionKey {
-    /// A key from raw bytes (any length; 32 random bytes is a good choice).
-    pub fn new(key: impl AsRef<[u8]>) -> Self {
-        SessionKey(Bytes::copy_from_slice(key.as_ref()))
-    }
-
-    /// The key's length in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// True for a zero-length key (which the beacon refuses).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn mac(&self) -> HmacSha256 {
-        <HmacSha256 as Mac>::new_from_slice(&self.0)
-            .expect("HMAC-SHA256 accepts keys of any length")
-    }
-}
-
-impl fmt::Debug for SessionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never print the secret.
-        write!(f, "SessionKey({} bytes)", self.0.len())
-    }
-}
 
 /// Why a datagram was not accepted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +72,15 @@ pub enum DatagramError {
     /// The datagram is tagged but this node has no key to check it with.
     #[error("beacon is tagged but this node has no session key to verify it")]
     UnexpectedTag,
+    /// A tagged datagram sealed too long ago, or too far in the future, to
+    /// be fresh: a recording played back.
+    #[error("beacon sealed {skew:?} away from now, outside the replay window of {window:?} (replayed, or clocks far apart)")]
+    Stale {
+        /// How far its send time is from now.
+        skew: Duration,
+        /// The window allowed.
+        window: Duration,
+    },
 }
 
 impl DatagramError {
@@ -105,7 +89,10 @@ impl DatagramError {
     pub fn is_unauthenticated(&self) -> bool {
         matches!(
             self,
-            DatagramError::MissingTag | DatagramError::BadTag | DatagramError::UnexpectedTag
+            DatagramError::MissingTag
+                | DatagramError::BadTag
+                | DatagramError::UnexpectedTag
+                | DatagramError::Stale { .. }
         )
     }
 }
@@ -118,6 +105,11 @@ pub fn seal(announcement: &Announcement, key: Option<&SessionKey>) -> Result<Byt
     buf.put_u8(if key.is_some() { FLAG_TAGGED } else { 0 });
     announcement.encode_into(&mut buf)?;
     if let Some(key) = key {
+        let sent = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        buf.put_u64(u64::try_from(sent).unwrap_or(u64::MAX));
         let mut mac = key.mac();
         mac.update(&buf);
         buf.put_slice(&mac.finalize().into_bytes());
@@ -132,6 +124,36 @@ pub fn seal(announcement: &Announcement, key: Option<&SessionKey>) -> Result<Byt
 /// it is treated as belonging to another group). The tag is verified in
 /// constant time before the announcement is parsed.
 pub fn open(datagram: &[u8], key: Option<&SessionKey>) -> Result<Announcement, DatagramError> {
+    open_stamped(datagram, key).map(|(a, _)| a)
+}
+
+/// Like [`open`], and refuses a tagged datagram whose send time is more
+/// than `window` away from `now` (a recording played back). Untagged
+/// datagrams carry no time; only a keyed group resists replay.
+pub fn open_fresh(
+    datagram: &[u8],
+    key: Option<&SessionKey>,
+    now: SystemTime,
+    window: Duration,
+) -> Result<Announcement, DatagramError> {
+    let (announcement, sent) = open_stamped(datagram, key)?;
+    if let Some(sent) = sent {
+        let sent = SystemTime::UNIX_EPOCH + Duration::from_millis(sent);
+        let skew = now
+            .duration_since(sent)
+            .or_else(|e| Ok::<_, ()>(e.duration()))
+            .unwrap_or_default();
+        if skew > window {
+            return Err(DatagramError::Stale { skew, window });
+        }
+    }
+    Ok(announcement)
+}
+
+fn open_stamped(
+    datagram: &[u8],
+    key: Option<&SessionKey>,
+) -> Result<(Announcement, Option<u64>), DatagramError> {
     if datagram.len() > MAX_DATAGRAM_LEN {
         return Err(DatagramError::TooLarge {
             len: datagram.len(),
@@ -154,9 +176,9 @@ pub fn open(datagram: &[u8], key: Option<&SessionKey>) -> Result<Announcement, D
     let body = match (tagged, key) {
         (false, Some(_)) => return Err(DatagramError::MissingTag),
         (true, None) => return Err(DatagramError::UnexpectedTag),
-        (false, None) => &datagram[HEADER_LEN..],
+        (false, None) => return Ok((Announcement::decode(&datagram[HEADER_LEN..])?, None)),
         (true, Some(key)) => {
-            if datagram.len() < HEADER_LEN + TAG_LEN {
+            if datagram.len() < HEADER_LEN + STAMP_LEN + TAG_LEN {
                 return Err(DatagramError::TooShort(datagram.len()));
             }
             let (signed, tag) = datagram.split_at(datagram.len() - TAG_LEN);
@@ -166,7 +188,13 @@ pub fn open(datagram: &[u8], key: Option<&SessionKey>) -> Result<Announcement, D
             &signed[HEADER_LEN..]
         }
     };
-    Ok(Announcement::decode(body)?)
+    let (announcement, stamp) = body.split_at(body.len() - STAMP_LEN);
+    let mut sent = [0u8; STAMP_LEN];
+    sent.copy_from_slice(stamp);
+    Ok((
+        Announcement::decode(announcement)?,
+        Some(u64::from_be_bytes(sent)),
+    ))
 }
 
 #[cfg(test)]
@@ -186,6 +214,30 @@ mod tests {
     fn untagged_round_trip() {
         let d = seal(&ann(), None).expect("seals");
         assert_eq!(open(&d, None), Ok(ann()));
+    }
+
+    #[test]
+    fn a_tagged_datagram_replayed_after_the_window_is_refused() {
+        let key = SessionKey::new(b"secret");
+        let d = seal(&ann(), Some(&key)).expect("seals");
+        let window = Duration::from_secs(30);
+        let now = SystemTime::now();
+        assert_eq!(open_fresh(&d, Some(&key), now, window), Ok(ann()));
+        let later = now + Duration::from_secs(31);
+        let refused = open_fresh(&d, Some(&key), later, window);
+        assert!(
+            matches!(refused, Err(DatagramError::Stale { .. })),
+            "{refused:?}"
+        );
+        assert!(refused.unwrap_err().is_unauthenticated());
+        // A sender whose clock runs ahead is refused the same way.
+        let earlier = now - Duration::from_secs(31);
+        assert!(open_fresh(&d, Some(&key), earlier, window).is_err());
+        // Tampering with the time breaks the tag.
+        let mut forged = d.to_vec();
+        let at = forged.len() - TAG_LEN - 1;
+        forged[at] ^= 1;
+        assert_eq!(open(&forged, Some(&key)), Err(DatagramError::BadTag));
     }
 
     #[test]

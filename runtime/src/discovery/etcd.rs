@@ -48,6 +48,10 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
     /// Most peers tracked at once.
     pub max_peers: usize,
+    /// With a key, records are written tagged under it (the beacon's
+    /// envelope, `datagram`) and records without a valid tag are ignored: a
+    /// writer to the etcd prefix without the key cannot inject a node.
+    pub key: Option<super::SessionKey>,
 }
 
 impl EtcdConfig {
@@ -65,6 +69,7 @@ impl EtcdConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             max_peers: 1024,
+            key: None,
         }
     }
 
@@ -166,6 +171,13 @@ impl Etcd {
         self
     }
 
+    /// Tags this node's record with `key` and ignores records not tagged
+    /// under it (a node's `session_key` sets it too).
+    pub fn key(mut self, key: super::SessionKey) -> Self {
+        self.config.key = Some(key);
+        self
+    }
+
     fn error(context: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> DiscoveryError {
         let context = context.into();
         move |source| DiscoveryError::Backend {
@@ -212,6 +224,7 @@ impl Etcd {
             sequence: self.sequence.clone(),
             events: events_tx,
             liveness: Liveness::new(liveness_config),
+            key: self.config.key.clone(),
         };
         // Register, list and watch before returning, so a started backend is
         // visible and sees everyone already there.
@@ -268,6 +281,10 @@ impl Discovery for Etcd {
         BACKEND
     }
 
+    fn use_key(&mut self, key: &super::SessionKey) {
+        self.config.key.get_or_insert_with(|| key.clone());
+    }
+
     fn start(&self, announcement: Announcement) -> DiscoveryFuture<'_, DiscoveryEvents> {
         Box::pin(self.start_now(announcement))
     }
@@ -312,6 +329,7 @@ struct Task {
     sequence: Arc<AtomicU64>,
     events: mpsc::UnboundedSender<DiscoveryEvent>,
     liveness: Liveness,
+    key: Option<super::SessionKey>,
 }
 
 struct Lease {
@@ -382,7 +400,10 @@ impl Task {
             .as_ref()
             .map(|l| l.id)
             .ok_or(DiscoveryError::Stopped { backend: BACKEND })?;
-        let value = self.current.encode()?;
+        let value = match &self.key {
+            Some(key) => super::datagram::seal(&self.current, Some(key))?,
+            None => self.current.encode()?,
+        };
         self.current.sequence = self.current.sequence.wrapping_add(1);
         self.sequence
             .store(self.current.sequence, Ordering::Relaxed);
@@ -507,9 +528,19 @@ impl Task {
             Counters::bump(&self.counters.dropped_malformed);
             return;
         };
-        let announcement = match Announcement::decode(kv.value()) {
+        let decoded = match &self.key {
+            Some(key) => {
+                super::datagram::open(kv.value(), Some(key)).map_err(|e| e.is_unauthenticated())
+            }
+            None => Announcement::decode(kv.value()).map_err(|_| false),
+        };
+        let announcement = match decoded {
             Ok(announcement) if announcement.node_id == node => announcement,
-            Ok(_) | Err(_) => {
+            Err(true) => {
+                Counters::bump(&self.counters.dropped_unauthenticated);
+                return;
+            }
+            Ok(_) | Err(false) => {
                 Counters::bump(&self.counters.dropped_malformed);
                 return;
             }

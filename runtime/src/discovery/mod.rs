@@ -98,6 +98,16 @@ pub trait Discovery: Send + Sync + 'static {
 
     /// Counters since the backend was created.
     fn stats(&self) -> DiscoveryStats;
+
+    /// Uses the group's session key (a node's `session_key`), called before
+    /// [`start`](Discovery::start): a backend that publishes or hears
+    /// announcements authenticates them with it. A backend already given a
+    /// key of its own keeps that one. The default ignores it (a static list
+    /// carries nothing to authenticate: the connections it leads to prove
+    /// the key themselves).
+    fn use_key(&mut self, key: &SessionKey) {
+        let _ = key;
+    }
 }
 
 impl<D: Discovery + ?Sized> Discovery for Box<D> {
@@ -115,6 +125,9 @@ impl<D: Discovery + ?Sized> Discovery for Box<D> {
     }
     fn stats(&self) -> DiscoveryStats {
         (**self).stats()
+    }
+    fn use_key(&mut self, key: &SessionKey) {
+        (**self).use_key(key)
     }
 }
 

@@ -465,6 +465,10 @@ impl Driver {
             }
         }
         peer.description = Some(desc);
+        let _ = events.send(NodeEvent::PeerConnected {
+            peer: id,
+            identity: conn.peer().identity().cloned(),
+        });
         let key = self.next_key;
         self.next_key += 1;
         if let Some((_, old)) = peer.conn.replace((key, conn.clone())) {

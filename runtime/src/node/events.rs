@@ -30,6 +30,15 @@ pub enum NodeEvent {
         /// Its session.
         session: Option<String>,
     },
+    /// A connection to a peer is up and described (either side dialed):
+    /// `identity` is the peer's verified certificate on a secured transport
+    /// ([`PeerInfo::identity`](crate::PeerInfo::identity)).
+    PeerConnected {
+        /// The peer.
+        peer: NodeId,
+        /// Its verified certificate, if the transport has one.
+        identity: Option<crate::transport::PeerIdentity>,
+    },
     /// A peer went silent for the suspect bound; it may be gone.
     PeerSuspect(NodeId),
     /// A suspect peer was heard from again.
@@ -82,6 +91,7 @@ impl NodeEvent {
     pub fn node_id(&self) -> NodeId {
         match self {
             NodeEvent::PeerDiscovered { peer, .. }
+            | NodeEvent::PeerConnected { peer, .. }
             | NodeEvent::ServiceDiscovered { peer, .. }
             | NodeEvent::ServiceLinked { peer, .. }
             | NodeEvent::ServiceUnlinked { peer, .. } => *peer,

@@ -264,6 +264,12 @@ pub struct NodeBuilder {
     reconcile_every: Duration,
     reflection: bool,
     health: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::transport::TlsConfig>,
+    key: Option<crate::wire::SessionKey>,
+    allow: Option<crate::access::AllowList>,
+    call_interceptors:
+        Vec<Box<dyn FnOnce(crate::EndpointBuilder) -> crate::EndpointBuilder + Send>>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -287,6 +293,57 @@ impl NodeBuilder {
     /// on `tcp://127.0.0.1:0`.
     pub fn listen(mut self, url: impl Into<String>) -> Self {
         self.listen.push(url.into());
+        self
+    }
+
+    /// Listens and dials on `tls://` with `tls` (server and client sides,
+    /// mutual when it requires client certificates; [`TlsConfig::mutual`](crate::transport::TlsConfig::mutual)
+    /// builds both for a mesh node). Without a [`listen`](Self::listen) URL
+    /// the node then listens on `tls://127.0.0.1:0`, and it announces
+    /// `tls://` endpoints, so its peers reach it over TLS. The peers'
+    /// certificates are in [`PeerInfo::identity`](crate::PeerInfo::identity)
+    /// on every link, and an [`allow`](Self::allow) list decides which are admitted.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::transport::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The group's session key: every connection of the node proves it in
+    /// its handshake (see [`EndpointBuilder::session_key`](crate::EndpointBuilder::session_key)),
+    /// and the node's discovery uses it too — beacon announcements are
+    /// tagged with it and checked for freshness, etcd records are signed with
+    /// it. A node without the key can neither be linked nor announce itself
+    /// to this group.
+    pub fn session_key(mut self, key: crate::wire::SessionKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Admits as peers only the nodes whose verified certificate `list`
+    /// admits (both ways; see [`EndpointBuilder::allow`](crate::EndpointBuilder::allow)).
+    /// Replace it at run time with `node.endpoint().set_allow_list(..)`.
+    pub fn allow(mut self, list: crate::access::AllowList) -> Self {
+        self.allow = Some(list);
+        self
+    }
+
+    /// Runs `interceptor` before the handler of every call peers make to
+    /// this node (an authorization [`Policy`](crate::access::Policy), say);
+    /// see [`Interceptor`](crate::intercept::Interceptor). The node's own
+    /// descriptor exchange is never intercepted.
+    pub fn intercept(mut self, interceptor: impl crate::intercept::Interceptor) -> Self {
+        self.router = std::mem::take(&mut self.router).intercept(interceptor);
+        self
+    }
+
+    /// Runs `interceptor` around every call this node makes to its peers;
+    /// see [`CallInterceptor`](crate::intercept::CallInterceptor).
+    pub fn intercept_calls(mut self, interceptor: impl crate::intercept::CallInterceptor) -> Self {
+        self.call_interceptors
+            .push(Box::new(move |b: crate::EndpointBuilder| {
+                b.intercept_calls(interceptor)
+            }));
         self
     }
 
@@ -502,11 +559,30 @@ impl NodeBuilder {
         if !self.health {
             endpoint = endpoint.without_health();
         }
+        #[cfg(feature = "tls")]
+        let secured = self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let secured = false;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls {
+            endpoint = endpoint.tls(tls);
+        }
+        if let Some(key) = &self.key {
+            endpoint = endpoint.session_key(key.clone());
+        }
+        if let Some(list) = self.allow {
+            endpoint = endpoint.allow(list);
+        }
+        for add in self.call_interceptors {
+            endpoint = add(endpoint);
+        }
         let endpoint = endpoint.build();
-        let urls = if self.listen.is_empty() {
-            vec!["tcp://127.0.0.1:0".to_string()]
-        } else {
+        let urls = if !self.listen.is_empty() {
             self.listen
+        } else if secured {
+            vec!["tls://127.0.0.1:0".to_string()]
+        } else {
+            vec!["tcp://127.0.0.1:0".to_string()]
         };
         let mut local_urls = Vec::new();
         for url in urls {
@@ -531,10 +607,14 @@ impl NodeBuilder {
             .map(|s| s.full_name.clone())
             .collect();
         announcement.session = self.session;
-        let discovery: Arc<dyn Discovery> = match self.discovery {
-            Some(d) => Arc::from(d),
-            None => Arc::new(Beacon::loopback()),
+        let mut discovery: Box<dyn Discovery> = match self.discovery {
+            Some(d) => d,
+            None => Box::new(Beacon::loopback()),
         };
+        if let Some(key) = &self.key {
+            discovery.use_key(key);
+        }
+        let discovery: Arc<dyn Discovery> = Arc::from(discovery);
         let discovered = match discovery.start(announcement.clone()).await {
             Ok(events) => events,
             Err(source) => {
@@ -709,6 +789,11 @@ impl Node {
             reconcile_every: Duration::from_secs(1),
             reflection: true,
             health: true,
+            #[cfg(feature = "tls")]
+            tls: None,
+            key: None,
+            allow: None,
+            call_interceptors: Vec::new(),
         }
     }
 

@@ -103,6 +103,17 @@ impl<C: Client> PeerSet<C> {
             .map(|(_, conn)| C::from_connection(conn))
     }
 
+    /// A member's verified certificate, on a secured transport
+    /// ([`PeerInfo::identity`](crate::PeerInfo::identity)); `None` when
+    /// `peer` is not a member or its link has no certificate.
+    pub fn identity(&self, peer: NodeId) -> Option<crate::transport::PeerIdentity> {
+        self.shared
+            .members(C::DESCRIPTOR.full_name)
+            .into_iter()
+            .find(|(id, _)| *id == peer)
+            .and_then(|(_, conn)| conn.peer().identity().cloned())
+    }
+
     /// The members with their connections, in ascending id order.
     pub(crate) fn members(&self) -> Vec<(NodeId, Connection)> {
         self.shared.members(C::DESCRIPTOR.full_name)

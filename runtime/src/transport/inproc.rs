@@ -90,6 +90,7 @@ impl InprocListener {
             Some(Incoming { stream, dialer }) => Ok(Connected {
                 stream: Box::new(stream),
                 remote: format!("{} (dialer #{dialer})", self.local),
+                identity: None,
             }),
             None => Err(TransportError::InprocNotFound {
                 url: self.local.to_string(),
@@ -129,6 +130,7 @@ pub(crate) async fn dial(url: &Url) -> Result<Connected, TransportError> {
     Ok(Connected {
         stream: Box::new(ours),
         remote: url.to_string(),
+        identity: None,
     })
 }
 

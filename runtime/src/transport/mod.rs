@@ -21,6 +21,7 @@
 //! one bidirectional QUIC stream per QUIC connection (the module docs say why).
 
 mod explain;
+mod identity;
 mod inproc;
 mod pending;
 #[cfg(feature = "tls")]
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use self::identity::{DistinguishedName, PeerIdentity};
 #[cfg(feature = "tls")]
 pub use self::tls::{TlsConfig, TlsConfigError};
 pub use self::url::{Host, Scheme, Url, UrlError};
@@ -63,6 +65,10 @@ pub struct Connected {
     pub stream: Box<dyn Stream>,
     /// The far end's address as the transport sees it, e.g. `tcp://127.0.0.1:51234`.
     pub remote: String,
+    /// The far end's verified certificate, on a secured transport that
+    /// verified one (`tls://`, `wss://`, `quic://`; on the listening side only
+    /// when it asks clients for certificates).
+    pub identity: Option<PeerIdentity>,
 }
 
 impl fmt::Debug for Connected {

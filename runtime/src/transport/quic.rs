@@ -166,10 +166,12 @@ impl QuicListener {
                             source: tls::timed_out(tls_timeout),
                         })?
                         .map_err(|error| connection_error(&remote, error))?;
+                    let identity = quic_identity(&connection);
                     let stream = QuicStream::accepted(connection, remote.clone(), stream_timeout);
                     Ok(Connected {
                         stream: Box::new(stream),
                         remote,
+                        identity,
                     })
                 },
             )
@@ -239,6 +241,7 @@ pub(crate) async fn dial(url: &Url, config: &TransportConfig) -> Result<Connecte
                         recv: Half::Open(recv),
                     }),
                     remote: remote.clone(),
+                    identity: quic_identity(&connection),
                 })
             })
             .await
@@ -454,3 +457,12 @@ impl Drop for QuicWriter {
 
 #[cfg(test)]
 mod tests;
+
+/// The verified certificate of a QUIC connection's peer, if it showed one.
+fn quic_identity(connection: &quinn::Connection) -> Option<super::PeerIdentity> {
+    let chain = connection.peer_identity()?;
+    let chain = chain
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    tls::identity_of(Some(&chain))
+}

@@ -50,6 +50,7 @@ impl TcpListener {
         Ok(Connected {
             stream: Box::new(stream),
             remote: Url::tcp(peer).to_string(),
+            identity: None,
         })
     }
 }
@@ -60,6 +61,7 @@ pub(crate) async fn dial(url: &Url, config: &TransportConfig) -> Result<Connecte
     Ok(Connected {
         stream: Box::new(stream),
         remote: Url::tcp(peer).to_string(),
+        identity: None,
     })
 }
 

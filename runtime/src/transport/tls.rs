@@ -554,9 +554,11 @@ impl TlsListener {
                     async move {
                         let remote = Url::tls(peer).to_string();
                         let stream = accept_tls(&acceptor, stream, &remote, limit).await?;
+                        let identity = identity_of(stream.get_ref().1.peer_certificates());
                         Ok(Connected {
                             stream: Box::new(stream),
                             remote,
+                            identity,
                         })
                     }
                 },
@@ -683,10 +685,20 @@ pub(crate) async fn dial(url: &Url, config: &TransportConfig) -> Result<Connecte
     let side = client_side(url, config)?;
     let (stream, peer) = tcp::connect(url, config).await?;
     let stream = connect_tls(side, stream, url).await?;
+    let identity = identity_of(stream.get_ref().1.peer_certificates());
     Ok(Connected {
         stream: Box::new(stream),
         remote: Url::tls(peer).to_string(),
+        identity,
     })
+}
+
+/// The identity in a verified chain: its leaf, read. rustls hands out peer
+/// certificates only once it verified them.
+pub(crate) fn identity_of(chain: Option<&[CertificateDer<'_>]>) -> Option<super::PeerIdentity> {
+    chain
+        .and_then(<[_]>::first)
+        .and_then(|leaf| super::PeerIdentity::from_der(leaf))
 }
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ impl UnixListener {
         Ok(Connected {
             stream: Box::new(stream),
             remote,
+            identity: None,
         })
     }
 }
@@ -149,6 +150,7 @@ pub(crate) async fn dial(url: &Url) -> Result<Connected, TransportError> {
     Ok(Connected {
         stream: Box::new(stream),
         remote: url.to_string(),
+        identity: None,
     })
 }
 

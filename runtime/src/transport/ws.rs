@@ -149,7 +149,7 @@ impl WsListener {
                     };
                     async move {
                         #[cfg(feature = "tls")]
-                        let stream: Box<dyn Stream> = match tls {
+                        let (stream, identity): (Box<dyn Stream>, _) = match tls {
                             Some((acceptor, limit)) => {
                                 let stream = super::tls::accept_tls(
                                     &acceptor,
@@ -158,15 +158,19 @@ impl WsListener {
                                     limit,
                                 )
                                 .await?;
-                                Box::new(upgrade.accept(stream).await?)
+                                let identity =
+                                    super::tls::identity_of(stream.get_ref().1.peer_certificates());
+                                (Box::new(upgrade.accept(stream).await?), identity)
                             }
-                            None => Box::new(upgrade.accept(stream).await?),
+                            None => (Box::new(upgrade.accept(stream).await?), None),
                         };
                         #[cfg(not(feature = "tls"))]
-                        let stream: Box<dyn Stream> = Box::new(upgrade.accept(stream).await?);
+                        let (stream, identity): (Box<dyn Stream>, _) =
+                            (Box::new(upgrade.accept(stream).await?), None);
                         Ok(Connected {
                             stream,
                             remote: upgrade.remote,
+                            identity,
                         })
                     }
                 },
@@ -275,16 +279,22 @@ pub(crate) async fn dial(url: &Url, config: &TransportConfig) -> Result<Connecte
     let (stream, peer) = tcp::connect(url, config).await?;
     let remote = url.with_socket_addr(peer).to_string();
     #[cfg(feature = "tls")]
-    let stream: Box<dyn Stream> = match tls {
+    let (stream, identity): (Box<dyn Stream>, _) = match tls {
         Some(side) => {
             let stream = super::tls::connect_tls(side, stream, url).await?;
-            Box::new(upgrade(url, stream, config).await?)
+            let identity = super::tls::identity_of(stream.get_ref().1.peer_certificates());
+            (Box::new(upgrade(url, stream, config).await?), identity)
         }
-        None => Box::new(upgrade(url, stream, config).await?),
+        None => (Box::new(upgrade(url, stream, config).await?), None),
     };
     #[cfg(not(feature = "tls"))]
-    let stream: Box<dyn Stream> = Box::new(upgrade(url, stream, config).await?);
-    Ok(Connected { stream, remote })
+    let (stream, identity): (Box<dyn Stream>, _) =
+        (Box::new(upgrade(url, stream, config).await?), None);
+    Ok(Connected {
+        stream,
+        remote,
+        identity,
+    })
 }
 
 /// Runs the dialer's side of the HTTP upgrade over `stream`.

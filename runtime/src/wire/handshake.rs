@@ -107,6 +107,13 @@ pub enum RefusalCode {
     Malformed = 5,
     /// The listener is shutting down.
     ShuttingDown = 6,
+    /// The listener has a session key and the hello proved none.
+    KeyRequired = 7,
+    /// The hello names another session key than the listener's.
+    KeyMismatch = 8,
+    /// The listener's allow-list does not admit the dialer's certificate
+    /// (or it showed none).
+    NotAllowed = 9,
     /// A code this implementation does not know.
     Other = 0xffff,
 }
@@ -121,6 +128,9 @@ impl RefusalCode {
             4 => RefusalCode::TooManyConnections,
             5 => RefusalCode::Malformed,
             6 => RefusalCode::ShuttingDown,
+            7 => RefusalCode::KeyRequired,
+            8 => RefusalCode::KeyMismatch,
+            9 => RefusalCode::NotAllowed,
             _ => RefusalCode::Other,
         }
     }

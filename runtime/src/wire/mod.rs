@@ -7,10 +7,12 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod key;
 pub mod varint;
 
 pub use self::frame::{decode, CallOpen, Frame, Kind, OpRef, HEADER_LEN};
 pub use self::handshake::{Answer, Extension, Hello, Refusal, RefusalCode, Welcome};
+pub use self::key::SessionKey;
 
 /// Default largest frame payload a side accepts (announced in the handshake).
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
@@ -42,6 +44,9 @@ pub enum SystemCode {
     /// and did not run the call; safe to retry later. In a goaway: the
     /// sender cut this side off for exceeding a limit.
     ResourceExhausted = 10,
+    /// The receiver's policy does not let the caller call the operation; it
+    /// did not run. In a goaway: the sender revoked this side's access.
+    PermissionDenied = 11,
     /// A code this implementation does not know.
     Unknown = 0xffff,
 }
@@ -60,8 +65,23 @@ impl SystemCode {
             8 => SystemCode::TooLarge,
             9 => SystemCode::SessionClosed,
             10 => SystemCode::ResourceExhausted,
+            11 => SystemCode::PermissionDenied,
             _ => SystemCode::Unknown,
         }
+    }
+}
+
+/// What a wrong magic looks like it is, to say what to do instead.
+fn magic_hint(magic: &[u8; 4]) -> &'static str {
+    match magic {
+        // A TLS record: an alert (0x15) or a handshake (0x16), version 3.x.
+        [0x15 | 0x16, 0x03, ..] => {
+            " — the peer speaks TLS: dial tls:// (or wss://) with a TlsConfig"
+        }
+        [b'H', b'T', b'T', b'P'] => {
+            " — the peer is an HTTP server: dial ws:// if it serves Plexus over WebSocket"
+        }
+        _ => "",
     }
 }
 
@@ -70,7 +90,7 @@ impl SystemCode {
 #[non_exhaustive]
 pub enum WireError {
     /// The stream does not start with `PLXS`.
-    #[error("not a Plexus peer: expected magic \"PLXS\", got {0:02x?}")]
+    #[error("not a Plexus peer: expected magic \"PLXS\", got {0:02x?}{hint}", hint = magic_hint(.0))]
     BadMagic([u8; 4]),
     /// A frame's announced payload is larger than this side accepts.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
