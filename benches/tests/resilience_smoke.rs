@@ -45,5 +45,8 @@ fn one_attack_row_is_measured_against_a_victim_process() {
         .unwrap_or_else(|| panic!("no table row in:\n{out}"));
     assert!(row.contains("cut off after"), "{row}");
     assert!(row.contains("more than 4096 operations"), "{row}");
-    assert!(row.contains(" 0 failed"), "the well-behaved client failed: {row}");
+    assert!(
+        row.contains(" 0 failed"),
+        "the well-behaved client failed: {row}"
+    );
 }

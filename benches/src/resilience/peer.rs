@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use plexus::wire::{self, Answer, CallOpen, Frame, Hello, OpRef, Refusal};
+use plexus::wire::{self, Answer, CallOpen, Frame, Refusal};
+use plexus_tests::raw;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -38,17 +39,8 @@ impl RawPeer {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let remote = format!("tcp://{}", stream.local_addr()?);
-        let mut hello = BytesMut::new();
-        Hello {
-            version: wire::handshake::VERSION,
-            node_id: 7,
-            max_frame: 1 << 20,
-            window: 1 << 16,
-            max_calls: 256,
-            extensions: Vec::new(),
-            data: Bytes::new(),
-        }
-        .encode(&mut hello);
+        // The tests' hostile hello: node 7, 1 MiB frames, 64 KiB windows.
+        let hello = raw::hello(wire::handshake::VERSION);
         stream.write_all(&hello).await?;
         let mut buf = BytesMut::new();
         let answer = tokio::time::timeout(HANDSHAKE_LIMIT, async {
@@ -117,28 +109,16 @@ impl RawPeer {
 }
 
 /// A unary call-open frame (request complete), op index `index`, defining
-/// `name` when given.
-pub fn call(id: u32, index: u32, name: Option<&str>, body: Bytes) -> Frame {
-    open(id, index, name, false, body)
-}
+/// `name` when given: the tests' own.
+pub use plexus_tests::raw::call;
 
-/// A one-way call-open frame (call id 0).
+/// A one-way call-open frame (call id 0), otherwise as [`call`].
 pub fn oneway(index: u32, name: Option<&str>, body: Bytes) -> Frame {
-    open(0, index, name, true, body)
-}
-
-fn open(id: u32, index: u32, name: Option<&str>, oneway: bool, body: Bytes) -> Frame {
-    Frame::CallOpen(CallOpen {
-        id,
-        op: OpRef {
-            index,
-            name: name.map(str::to_owned),
-        },
-        deadline: None,
-        metadata: Vec::new(),
-        session: None,
-        end: true,
-        oneway,
-        body,
-    })
+    match call(0, index, name, body) {
+        Frame::CallOpen(open) => Frame::CallOpen(CallOpen {
+            oneway: true,
+            ..open
+        }),
+        other => other,
+    }
 }

@@ -254,7 +254,10 @@ async fn run(url: String, tuning: Tuning) -> Result<(), BoxError> {
                 );
             }
             ["publish", count, pad] => {
-                let (count, pad): (u64, usize) = (count.parse()?, pad.parse()?);
+                let (Ok(count), Ok(pad)) = (count.parse::<u64>(), pad.parse::<usize>()) else {
+                    eprintln!("victim: bad command `{command}`");
+                    continue;
+                };
                 let publisher = publisher.clone();
                 tokio::spawn(async move {
                     let (reached, longest) = publish(&publisher, count, pad).await;
