@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release -p plexus-bench              # full run, ~2 minutes
 //! cargo run --release -p plexus-bench -- --quick   # shorter windows, < 1 minute
+//! cargo run --release -p plexus-bench -- --resilience  # hostile peers vs. a server process
 //! ```
 //!
 //! Prints one table and writes it into `BENCHMARKS.md` at the workspace root
@@ -17,6 +18,7 @@ mod memory;
 mod plexus_side;
 mod raw;
 mod report;
+mod resilience;
 mod rig;
 mod systems;
 mod tarpc_side;
@@ -115,6 +117,13 @@ struct Args {
     /// Serve the Plexus echo contract at this URL, on the bench's server
     /// runtime, until Ctrl-C (for `plexus bench` from another process).
     serve: Option<String>,
+    /// Run the resilience benchmark instead of the performance one.
+    resilience: bool,
+    /// With `--resilience`: only these attacks; nothing is written.
+    attacks: Vec<String>,
+    /// Be the resilience benchmark's victim: everything after
+    /// `--serve-victim` (a URL, then its settings).
+    serve_victim: Option<Vec<String>>,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -123,6 +132,9 @@ fn parse_args() -> Result<Args, BoxError> {
         only: None,
         system: None,
         serve: None,
+        resilience: false,
+        attacks: Vec::new(),
+        serve_victim: None,
         out: Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .map(|root| root.join("BENCHMARKS.md")),
@@ -131,6 +143,18 @@ fn parse_args() -> Result<Args, BoxError> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => args.quick = true,
+            "--resilience" => args.resilience = true,
+            "--attack" => {
+                let id = it.next().ok_or("--attack needs a name")?;
+                let known = resilience::attack_ids();
+                if !known.contains(&id.as_str()) {
+                    return Err(format!("unknown attack `{id}`: one of {known:?}").into());
+                }
+                args.attacks.push(id);
+            }
+            "--serve-victim" => {
+                args.serve_victim = Some(it.by_ref().collect());
+            }
             "--no-write" => args.out = None,
             "--serve" => args.serve = Some(it.next().ok_or("--serve needs a URL")?),
             "--out" => args.out = Some(it.next().ok_or("--out needs a path")?.into()),
@@ -153,8 +177,9 @@ fn parse_args() -> Result<Args, BoxError> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: plexus-bench [--quick] [--out PATH | --no-write] [--only {}] [--system NAME] | --serve URL",
-                    PHASES.join("|")
+                    "usage: plexus-bench [--quick] [--out PATH | --no-write] [--only {}] [--system NAME] | --serve URL\n       plexus-bench --resilience [--out PATH | --no-write] [--attack {}]...",
+                    PHASES.join("|"),
+                    resilience::attack_ids().join("|")
                 );
                 std::process::exit(0);
             }
@@ -166,6 +191,15 @@ fn parse_args() -> Result<Args, BoxError> {
 
 fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
+    if let Some(victim) = args.serve_victim {
+        return resilience::victim::serve(victim);
+    }
+    if args.resilience || !args.attacks.is_empty() {
+        return resilience::run(resilience::Options {
+            attacks: args.attacks,
+            out: args.out,
+        });
+    }
     let mut settings = if args.quick {
         Settings::quick()
     } else {

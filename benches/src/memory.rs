@@ -73,10 +73,38 @@ impl HeapWindow {
     }
 }
 
-/// The process's resident set size in bytes, from `VmRSS` in `/proc/self/status`.
+/// This process's resident set size in bytes, from `VmRSS` in `/proc/self/status`.
 pub fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_rss(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// The resident set size of process `pid` in bytes, from `/proc/<pid>/status`
+/// (`None` once the process is gone).
+pub fn resident_bytes_of(pid: u32) -> Option<u64> {
+    vm_rss(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The `VmRSS` line of a `/proc/<pid>/status` text, in bytes.
+fn vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\tplexus-bench\nVmPeak:\t  20000 kB\nVmRSS:\t    6144 kB\nThreads:\t3\n";
+        assert_eq!(vm_rss(status), Some(6144 * 1024));
+        assert_eq!(vm_rss("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn a_running_process_has_a_resident_size() {
+        assert!(resident_bytes_of(std::process::id()).is_some_and(|b| b > 0));
+        assert!(resident_bytes().is_some_and(|b| b > 0));
+    }
 }
