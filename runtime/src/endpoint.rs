@@ -829,9 +829,11 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
     let identity = c.identity;
     let (mut rd, mut wr): (ReadHalf, WriteHalf) = c.stream.split();
     let limit = inner.config.handshake_timeout;
-    // The whole handshake, the key proof included, within one timeout.
+    // The whole handshake, the key proof included, within one timeout; the
+    // hello within a shorter one.
     let deadline = tokio::time::Instant::now() + limit;
-    let outcome = tokio::time::timeout_at(deadline, async {
+    let hello_limit = inner.config.hello_timeout;
+    let outcome = tokio::time::timeout(hello_limit, async {
         let mut buf = BytesMut::with_capacity(256);
         loop {
             match handshake::peek_version(&buf) {
@@ -873,7 +875,7 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
         Err(_) => {
             return Err(ConnectError::HandshakeTimeout {
                 url: remote,
-                after: limit,
+                after: hello_limit,
             })
         }
     };

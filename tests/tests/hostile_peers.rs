@@ -446,6 +446,52 @@ async fn silent_dialers_fill_only_the_handshake_places_and_time_out() {
     server.shutdown().await;
 }
 
+/// With the listener's default timeouts a wave of silent dialers is let go
+/// after the hello timeout (4 s), so an honest dialer queued behind them
+/// gets in well inside its own handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_dialers_are_let_go_before_an_honest_dialer_gives_up() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::bind("tcp://127.0.0.1:0")
+        .serve(echo())
+        .start()
+        .await
+        .expect("server");
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(
+            tokio::net::TcpStream::connect(addr(&server))
+                .await
+                .expect("dial"),
+        );
+    }
+    // An honest dialer that gives up after 8 s: less than the listener's
+    // whole handshake timeout (10 s), more than its hello timeout (4 s).
+    let dialer = Endpoint::builder()
+        .config(ConnectionConfig::new().handshake_timeout(Duration::from_secs(8)))
+        .build();
+    let started = Instant::now();
+    let conn = bounded(
+        "connect behind the silent dialers",
+        dialer.connect(server.local_url()),
+    )
+    .await
+    .expect("connects within its handshake timeout");
+    conn.call(ECHO, Bytes::from_static(b"ok"), CallOptions::new())
+        .await
+        .expect("served");
+    // The first silent dialer was shown the door: its stream ends.
+    let mut first = silent.swap_remove(0);
+    let mut byte = [0u8; 1];
+    let read = bounded("the listener closes a silent dialer", async {
+        tokio::io::AsyncReadExt::read(&mut first, &mut byte).await
+    })
+    .await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    println!("connected after {:?}", started.elapsed());
+    server.shutdown().await;
+}
+
 /// A TCP listener that completes no handshake: its accept queue (of one)
 /// is full, so the kernel drops further SYNs and a dial hangs.
 async fn unanswering_listener() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {

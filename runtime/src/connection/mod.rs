@@ -74,6 +74,7 @@ pub struct ConnectionConfig {
     pub(crate) keepalive_interval: Duration,
     pub(crate) keepalive_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) hello_timeout: Duration,
     pub(crate) default_timeout: Option<Duration>,
     pub(crate) write_high_water: usize,
     pub(crate) drain_timeout: Duration,
@@ -96,6 +97,7 @@ impl Default for ConnectionConfig {
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(4),
             default_timeout: Some(Duration::from_secs(30)),
             write_high_water: 1024 * 1024,
             drain_timeout: Duration::from_secs(10),
@@ -181,9 +183,22 @@ impl ConnectionConfig {
         self
     }
 
-    /// How long the handshake may take.
+    /// How long the handshake may take (the dialer's wait for an answer,
+    /// and the whole of a listener's side, the key proof included).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self.hello_timeout = self.hello_timeout.min(timeout);
+        self
+    }
+
+    /// How long a listener waits for a dialer's hello once the stream is up
+    /// (4 s by default, at most the handshake timeout). Shorter than the
+    /// dialer's own handshake timeout on purpose: dialers that connect and
+    /// say nothing hold one of the listener's handshake places only this
+    /// long, so an honest dialer queued behind a wave of them still gets in
+    /// within its own timeout.
+    pub fn hello_timeout(mut self, timeout: Duration) -> Self {
+        self.hello_timeout = timeout.min(self.handshake_timeout);
         self
     }
 
