@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p plexus-examples --bin chat                 # 3 nodes in this process
 //! cargo run -p plexus-examples --bin chat -- --nodes 5
+//! cargo run -p plexus-examples --bin chat -- --tls --key "our secret"
 //! ```
 //!
 //! Each node serves the `Chat` service and joins the session `lobby`. Once
@@ -10,6 +11,14 @@
 //! prints the replies; every node prints what it receives. Then the first
 //! node stops, and the others print that it left. Nothing leaves this host:
 //! the beacon only multicasts on 127.0.0.1.
+//!
+//! `--tls` puts every node on mutual TLS (`tls://`): a development CA made in
+//! memory gives each node a certificate with its name, and each node prints
+//! the verified certificate of every peer it links. `--key SECRET` gives the
+//! group a session key: announcements are tagged with it and every
+//! connection proves it in its handshake, so a node without it can neither
+//! be seen nor connect (docs/SECURITY.md). The two are independent; use both
+//! on any network you do not control.
 
 use std::time::Duration;
 
@@ -17,6 +26,7 @@ use futures_util::StreamExt;
 use plexus::discovery::Beacon;
 use plexus::node::{Actor, Node, NodeEvent};
 use plexus::Reject;
+use plexus_examples::NodeSecurity;
 
 /// A chat room every node hosts.
 #[plexus::service(package = "chat")]
@@ -41,9 +51,9 @@ impl ChatActor for Room {
     }
 }
 
-fn nodes_from_args() -> Result<usize, String> {
-    let mut args = std::env::args().skip(1);
+fn nodes_from_args(args: &[String]) -> Result<usize, String> {
     let mut nodes = 3;
+    let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--nodes" => {
@@ -54,7 +64,7 @@ fn nodes_from_args() -> Result<usize, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (usage: chat [--nodes N])"
+                    "unknown argument {other:?} (usage: chat [--nodes N] [--tls] [--key SECRET])"
                 ))
             }
         }
@@ -65,29 +75,60 @@ fn nodes_from_args() -> Result<usize, String> {
     Ok(nodes)
 }
 
+/// Prints each peer a node links, with its verified certificate on TLS.
+fn print_links(node: &Node) {
+    let name = node.name().to_string();
+    let mut events = node.events();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let NodeEvent::PeerConnected { peer, identity } = event {
+                match identity {
+                    Some(id) => println!(
+                        "  {name} linked {peer:?}: certificate {} issued by {}",
+                        id.subject(),
+                        id.issuer(),
+                    ),
+                    None => println!("  {name} linked {peer:?}"),
+                }
+            }
+        }
+    });
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let count = nodes_from_args()?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let security = NodeSecurity::from_args(&mut args)?;
+    let count = nodes_from_args(&args)?;
     let interval = Duration::from_millis(200);
 
     let mut nodes = Vec::new();
     for i in 0..count {
         let name = format!("node-{i}");
-        let node = Node::builder(name.clone())
+        let builder = Node::builder(name.clone())
             .discovery(Beacon::loopback().interval(interval))
             .reconcile_interval(interval)
-            .session("lobby")
+            .session("lobby");
+        // `--tls` adds `.tls(TlsConfig::mutual(ca, cert, key))`, `--key`
+        // adds `.session_key(SessionKey::new(secret))`: see plexus_examples.
+        let node = security
+            .apply(builder, &name)?
             .serve(ChatHandler::new(Actor::spawn(Room {
                 me: name,
                 received: 0,
             })))
             .start()
             .await?;
+        print_links(&node);
         println!(
-            "{} is up as {} on {:?}",
+            "{} is up as {} on {}",
             node.name(),
             node.id(),
             node.local_urls()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         nodes.push(node);
     }
