@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection::{
     builtin_routes, Backoff, Connection, ConnectionConfig, Established, NodeId, PeerInfo, Redial,
-    SessionHook, SessionRequest,
+    RetryPolicy, SessionHook, SessionRequest,
 };
 use crate::error::ConnectError;
 use crate::error::Reject;
@@ -367,16 +367,33 @@ impl Endpoint {
     /// background, redials with `backoff` whenever the link drops, and makes
     /// calls wait for a link up to their deadline. Returns at once; only a
     /// malformed URL is an error here.
+    ///
+    /// Failed calls are retried by the default [`RetryPolicy`]; see
+    /// [`reconnecting_with`](Self::reconnecting_with).
     pub fn reconnecting(
         &self,
         url: impl ToUrl,
         backoff: Backoff,
+    ) -> Result<Connection, ConnectError> {
+        self.reconnecting_with(url, backoff, RetryPolicy::default())
+    }
+
+    /// [`reconnecting`](Self::reconnecting) with the retry policy for its
+    /// calls: how often, how far apart and within what budget a call the
+    /// peer never ran, or an idempotent call the link dropped under, is
+    /// tried again.
+    pub fn reconnecting_with(
+        &self,
+        url: impl ToUrl,
+        backoff: Backoff,
+        retry: RetryPolicy,
     ) -> Result<Connection, ConnectError> {
         let url = url.to_url().map_err(transport::TransportError::from)?;
         Ok(Connection::redial(Redial::start(
             self.clone(),
             url,
             backoff,
+            retry,
         )))
     }
 
