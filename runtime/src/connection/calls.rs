@@ -84,10 +84,12 @@ impl CallOptions {
     }
 
     /// Makes the call stand on its own: it neither inherits the deadline of
-    /// the call being served on this task nor is cancelled with it — for
-    /// work that must finish even if the caller that caused it gives up
-    /// (an audit write, a cache fill). Its own timeout, or the connection's
-    /// default, still applies.
+    /// the call being served nor is cancelled when that call is — for work
+    /// that must finish even if the caller that caused it gives up (an audit
+    /// write, a cache fill). Its own timeout, or the connection's default,
+    /// still applies. A call is always cancelled when its future is dropped,
+    /// so work that must outlive the handler runs on a task of its own (or
+    /// an actor's).
     pub fn detached(mut self) -> Self {
         self.parent = Parent::Detached;
         self
