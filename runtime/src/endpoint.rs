@@ -312,6 +312,7 @@ impl Introspection {
 #[derive(Debug)]
 pub struct Listening {
     local: Url,
+    all: Vec<Url>,
     stop: CancellationToken,
 }
 
@@ -319,6 +320,12 @@ impl Listening {
     /// Where the listener is reachable (with the real port for `:0`).
     pub fn local_url(&self) -> &Url {
         &self.local
+    }
+
+    /// Every address it listens on: a `tcp://` host name binds each address
+    /// it resolves to (IPv4 and IPv6), on one port.
+    pub fn local_urls(&self) -> &[Url] {
+        &self.all
     }
 
     /// Stops accepting; established connections are unaffected.
@@ -418,6 +425,7 @@ impl Endpoint {
         let url = url.to_url().map_err(transport::TransportError::from)?;
         let mut listener = transport::listen(&url, &self.inner.transport).await?;
         let local = listener.local_url().clone();
+        let all = listener.local_urls();
         let stop = self.inner.shutdown.child_token();
         let inner = self.inner.clone();
         let stop2 = stop.clone();
@@ -454,7 +462,7 @@ impl Endpoint {
                 }
             }
         });
-        Ok(Listening { local, stop })
+        Ok(Listening { local, all, stop })
     }
 
     /// Dials `url`, completes the handshake and returns the connection.

@@ -672,7 +672,9 @@ impl NodeBuilder {
         let mut local_urls = Vec::new();
         for url in urls {
             match endpoint.listen(url.as_str()).await {
-                Ok(l) => local_urls.push(l.local_url().clone()),
+                // Every address of a host name is announced, so peers can
+                // try each in turn.
+                Ok(l) => local_urls.extend(l.local_urls().iter().cloned()),
                 Err(source) => {
                     endpoint.shutdown().await;
                     return Err(NodeError::Listen {
