@@ -19,7 +19,7 @@ use plexus::discovery::{
 use plexus::node::{Node, NodeBuilder, NodeError, NodeEvent, NodeEvents};
 use plexus::{Event, NodeId, Reject};
 use futures_util::FutureExt;
-use plexus_tests::{bounded, eventually};
+use plexus_tests::{bounded, eventually, until};
 use tokio::sync::mpsc;
 
 /// A chat room: says who answered.
@@ -433,15 +433,24 @@ async fn service_traffic_keeps_a_peer_whose_announcements_are_lost() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        // Announcements stop arriving: discovery reports suspect, then lost.
+        // Announcements stop arriving: discovery reports suspect, then —
+        // some intervals later — lost. Meanwhile the link hears the peer.
         discovery
             .send(DiscoveryEvent::Suspect(peer.id()))
             .expect("script");
+        discovery.send(marker(2)).expect("script");
+        let mut seen = after_marker(&mut events, 2).await;
+        let link = watcher.peers::<ChatClient>().list().pop().expect("linked").1;
+        let heard = link.connection().stats().frames_received;
+        until("the link hears the peer again", || {
+            link.connection().stats().frames_received > heard
+        })
+        .await;
         discovery
             .send(DiscoveryEvent::Lost(peer.id()))
             .expect("script");
-        discovery.send(marker(2)).expect("script");
-        let seen = after_marker(&mut events, 2).await;
+        discovery.send(marker(3)).expect("script");
+        seen.extend(after_marker(&mut events, 3).await);
         let lost = seen
             .iter()
             .any(|e| matches!(e, NodeEvent::PeerLost(id) if *id == peer.id()));

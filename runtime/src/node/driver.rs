@@ -111,8 +111,9 @@ struct Peer {
     /// hearing it: it is judged by that connection alone until discovery
     /// hears it again (service traffic as heartbeat).
     by_link: bool,
-    /// When a probe (ping) last went out on its connection.
-    probed_at: Option<Instant>,
+    /// The last probe (ping) sent on its connection: when, and how many
+    /// frames the connection had received by then.
+    probe: Option<(Instant, u64)>,
 }
 
 impl Peer {
@@ -131,7 +132,7 @@ impl Peer {
             links: BTreeSet::new(),
             declined_until: None,
             by_link: false,
-            probed_at: None,
+            probe: None,
         }
     }
 
@@ -274,7 +275,7 @@ impl Driver {
                 self.heard(r, true);
             }
             DiscoveryEvent::Suspect(id) => {
-                if self.link_vouches(id) {
+                if self.link_vouches(id, false) {
                     return;
                 }
                 if let Some(p) = self.peers.get_mut(&id) {
@@ -295,7 +296,7 @@ impl Driver {
                 }
             }
             DiscoveryEvent::Lost(id) => {
-                if self.link_vouches(id) {
+                if self.link_vouches(id, true) {
                     if let Some(p) = self.peers.get_mut(&id) {
                         tracing::debug!(peer = %id, "discovery lost the peer but its link carries traffic; judging it by the link");
                         p.by_link = true;
@@ -398,11 +399,17 @@ impl Driver {
         });
     }
 
-    /// Service traffic as heartbeat: whether `id`'s connection has heard
-    /// from it within the window, so a silence of discovery about it says
-    /// nothing. Probes an idle connection, so that a healthy one is heard
-    /// by the time discovery would report the peer lost.
-    fn link_vouches(&mut self, id: NodeId) -> bool {
+    /// Service traffic as heartbeat: whether `id`'s connection vouches for
+    /// it while discovery does not hear it.
+    ///
+    /// On `Suspect` (`lost` false) the link is probed (a ping; a live peer's
+    /// pong is traffic) and vouches if it heard the peer within the window.
+    /// On `Lost` it vouches if it has heard the peer since that probe — so a
+    /// dead peer is reported lost on discovery's time, not the window's.
+    /// Without a recent probe (a backend that reports loss without
+    /// suspicion, as an expired etcd lease), a link heard within the window
+    /// is probed now and the peer judged by it from then on.
+    fn link_vouches(&mut self, id: NodeId, lost: bool) -> bool {
         let Some(window) = self.heartbeat_window else {
             return false;
         };
@@ -415,15 +422,24 @@ impl Driver {
         let Some(silent) = conn.silent_for() else {
             return false;
         };
-        if silent >= window / 2 {
-            conn.probe();
-            p.probed_at = Some(Instant::now());
+        let now = Instant::now();
+        let heard = conn.stats().frames_received;
+        let recent_probe = p
+            .probe
+            .filter(|(at, _)| now.saturating_duration_since(*at) < window);
+        match (lost, recent_probe) {
+            (true, Some((_, before))) => heard > before,
+            _ if silent >= window => false,
+            _ => {
+                conn.probe();
+                p.probe = Some((now, heard));
+                true
+            }
         }
-        silent < window
     }
 
-    /// A peer judged by its link: lost once the link is gone or has been
-    /// silent for the window though probed.
+    /// A peer judged by its link: lost once the link is gone, or a probe of
+    /// it went unanswered for half the window.
     fn judge_by_link(&mut self, id: NodeId) {
         let Some(window) = self.heartbeat_window else {
             return;
@@ -434,26 +450,32 @@ impl Driver {
         if !p.by_link || !p.alive() {
             return;
         }
-        let silent = p.conn.as_ref().and_then(|(_, c)| c.silent_for());
         let now = Instant::now();
-        let probed_lately = p
-            .probed_at
-            .is_some_and(|at| now.saturating_duration_since(at) < window / 2);
-        match silent {
-            Some(s) if s < window / 2 => {}
-            Some(s) if s < window || probed_lately => {
-                if !probed_lately {
-                    if let Some((_, c)) = &p.conn {
-                        c.probe();
+        let alive = match &p.conn {
+            None => false,
+            Some((_, conn)) => match (conn.silent_for(), p.probe) {
+                (None, _) => false,
+                (Some(_), Some((at, before))) => {
+                    if conn.stats().frames_received > before {
+                        p.probe = None;
+                        true
+                    } else {
+                        now.saturating_duration_since(at) < window / 2
                     }
-                    p.probed_at = Some(now);
                 }
-            }
-            _ => {
-                tracing::debug!(peer = %id, "the link of a peer discovery had lost went silent too");
-                p.by_link = false;
-                self.gone(id, PeerState::Lost);
-            }
+                (Some(silent), None) => {
+                    if silent >= window / 2 {
+                        conn.probe();
+                        p.probe = Some((now, conn.stats().frames_received));
+                    }
+                    true
+                }
+            },
+        };
+        if !alive {
+            tracing::debug!(peer = %id, "the link of a peer discovery had lost went silent too");
+            p.by_link = false;
+            self.gone(id, PeerState::Lost);
         }
     }
 
@@ -585,7 +607,7 @@ impl Driver {
                     links: BTreeSet::new(),
                     declined_until: None,
                     by_link: false,
-                    probed_at: None,
+                    probe: None,
                 },
             );
         }
