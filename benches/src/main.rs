@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release -p plexus-bench              # full run, ~2 minutes
 //! cargo run --release -p plexus-bench -- --quick   # shorter windows, < 1 minute
+//! cargo run --release -p plexus-bench -- --scale   # 200 nodes, 10,000 connections
 //! ```
 //!
 //! Prints one table and writes it into `BENCHMARKS.md` at the workspace root
@@ -18,6 +19,7 @@ mod plexus_side;
 mod raw;
 mod report;
 mod rig;
+mod scale;
 mod systems;
 mod tarpc_side;
 mod tonic_side;
@@ -115,6 +117,10 @@ struct Args {
     /// Serve the Plexus echo contract at this URL, on the bench's server
     /// runtime, until Ctrl-C (for `plexus bench` from another process).
     serve: Option<String>,
+    /// The scale figures instead of the side-by-side ones.
+    scale: bool,
+    /// The scale run's dialing process: URL, connections, at a time.
+    dial_swarm: Option<(String, usize, usize)>,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -123,6 +129,8 @@ fn parse_args() -> Result<Args, BoxError> {
         only: None,
         system: None,
         serve: None,
+        scale: false,
+        dial_swarm: None,
         out: Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .map(|root| root.join("BENCHMARKS.md")),
@@ -131,13 +139,24 @@ fn parse_args() -> Result<Args, BoxError> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => args.quick = true,
+            "--scale" => args.scale = true,
+            "--dial-swarm" => {
+                let url = it.next().ok_or("--dial-swarm needs a URL")?;
+                let count = it.next().ok_or("--dial-swarm needs a count")?.parse()?;
+                let at_once = it.next().ok_or("--dial-swarm needs a concurrency")?.parse()?;
+                args.dial_swarm = Some((url, count, at_once));
+            }
             "--no-write" => args.out = None,
             "--serve" => args.serve = Some(it.next().ok_or("--serve needs a URL")?),
             "--out" => args.out = Some(it.next().ok_or("--out needs a path")?.into()),
             "--only" => {
                 let phase = it.next().ok_or("--only needs a phase")?;
-                if !PHASES.contains(&phase.as_str()) {
-                    return Err(format!("unknown phase `{phase}`: one of {PHASES:?}").into());
+                if !PHASES.contains(&phase.as_str()) && !scale::PHASES.contains(&phase.as_str()) {
+                    return Err(format!(
+                        "unknown phase `{phase}`: one of {PHASES:?}, or with --scale {:?}",
+                        scale::PHASES
+                    )
+                    .into());
                 }
                 args.only = Some(phase);
             }
@@ -153,8 +172,9 @@ fn parse_args() -> Result<Args, BoxError> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: plexus-bench [--quick] [--out PATH | --no-write] [--only {}] [--system NAME] | --serve URL",
-                    PHASES.join("|")
+                    "usage: plexus-bench [--quick] [--scale] [--out PATH | --no-write] [--only {}|{}] [--system NAME] | --serve URL",
+                    PHASES.join("|"),
+                    scale::PHASES.join("|")
                 );
                 std::process::exit(0);
             }
@@ -166,6 +186,32 @@ fn parse_args() -> Result<Args, BoxError> {
 
 fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
+    if let Some((url, count, at_once)) = &args.dial_swarm {
+        return scale::dial_swarm(url, *count, *at_once);
+    }
+    if args.scale {
+        let settings = if args.quick {
+            scale::Scale::quick()
+        } else {
+            scale::Scale::full()
+        };
+        let figures = scale::run(&settings, args.only.as_deref())?;
+        if args.only.is_some() {
+            return Ok(());
+        }
+        let command = if args.quick {
+            "cargo run --release -p plexus-bench -- --scale --quick"
+        } else {
+            "cargo run --release -p plexus-bench -- --scale"
+        };
+        let section = scale::section(&settings, command, &figures);
+        println!("\n{section}");
+        if let Some(path) = args.out {
+            report::write_section(&path, settings.mode, &section)?;
+            println!("written to {}", path.display());
+        }
+        return Ok(());
+    }
     let mut settings = if args.quick {
         Settings::quick()
     } else {

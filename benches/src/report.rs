@@ -261,7 +261,7 @@ fn ratio_of(plexus: Option<f64>, other: Option<f64>) -> Option<f64> {
 }
 
 /// The machine this ran on: core count and CPU model.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
