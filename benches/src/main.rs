@@ -143,7 +143,10 @@ fn parse_args() -> Result<Args, BoxError> {
             "--dial-swarm" => {
                 let url = it.next().ok_or("--dial-swarm needs a URL")?;
                 let count = it.next().ok_or("--dial-swarm needs a count")?.parse()?;
-                let at_once = it.next().ok_or("--dial-swarm needs a concurrency")?.parse()?;
+                let at_once = it
+                    .next()
+                    .ok_or("--dial-swarm needs a concurrency")?
+                    .parse()?;
                 args.dial_swarm = Some((url, count, at_once));
             }
             "--no-write" => args.out = None,

@@ -184,7 +184,9 @@ async fn mesh(
     }
     let started_in = started.elapsed();
     until("full mesh", || {
-        nodes.iter().all(|node| node.peers::<PingClient>().len() == n - 1)
+        nodes
+            .iter()
+            .all(|node| node.peers::<PingClient>().len() == n - 1)
     })
     .await?;
     let converged_in = started.elapsed();
@@ -295,7 +297,12 @@ fn connections(
     let rss_before = memory::resident_bytes().ok_or("no VmRSS")?;
     let heap = memory::HeapWindow::open();
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["--dial-swarm", &url, &count.to_string(), &concurrency.to_string()])
+        .args([
+            "--dial-swarm",
+            &url,
+            &count.to_string(),
+            &concurrency.to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -397,7 +404,11 @@ pub fn section(scale: &Scale, command: &str, f: &Figures) -> String {
             scale.interval,
             2 * pairs
         );
-        let _ = writeln!(out, "| all nodes started | {:.2} s |", m.started_in.as_secs_f64());
+        let _ = writeln!(
+            out,
+            "| all nodes started | {:.2} s |",
+            m.started_in.as_secs_f64()
+        );
         let _ = writeln!(
             out,
             "| full mesh ({} links) after the first start | {:.2} s |",

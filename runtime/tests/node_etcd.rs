@@ -48,7 +48,12 @@ async fn node(etcd: &EtcdServer, prefix: &str, name: &'static str, id: NodeId) -
         .expect("node starts")
 }
 
-async fn expect(events: &mut NodeEvents, bound: Duration, what: &str, want: impl Fn(&NodeEvent) -> bool) {
+async fn expect(
+    events: &mut NodeEvents,
+    bound: Duration,
+    what: &str,
+    want: impl Fn(&NodeEvent) -> bool,
+) {
     let found = timeout(bound, async {
         while let Some(e) = events.recv().await {
             if want(&e) {
@@ -89,28 +94,34 @@ async fn nodes_over_etcd_link_see_a_lease_expire_and_a_restart_return() {
     // the lease runs out, and A reports it lost.
     let crashed = Instant::now();
     drop(b);
-    expect(&mut a_events, TTL + EXPIRY_SLACK + Duration::from_secs(2), "B lost", |e| {
-        matches!(e, NodeEvent::PeerLost(id) if *id == b_id)
-    })
+    expect(
+        &mut a_events,
+        TTL + EXPIRY_SLACK + Duration::from_secs(2),
+        "B lost",
+        |e| matches!(e, NodeEvent::PeerLost(id) if *id == b_id),
+    )
     .await;
     let took = crashed.elapsed();
     eprintln!("lease expiry reported lost {took:?} after the crash (ttl {TTL:?})");
-    assert!(
-        !a.peers::<WhoamiClient>().ids().contains(&b_id),
-        "unlinked"
-    );
+    assert!(!a.peers::<WhoamiClient>().ids().contains(&b_id), "unlinked");
 
     // B comes back (a new process, the same node id): it returns.
     let b = node(&etcd, &prefix, "b", b_id).await;
-    expect(&mut a_events, STEP, "B returned", |e| {
-        matches!(e, NodeEvent::PeerReturned(id) if *id == b_id)
-    })
+    expect(
+        &mut a_events,
+        STEP,
+        "B returned",
+        |e| matches!(e, NodeEvent::PeerReturned(id) if *id == b_id),
+    )
     .await;
     answers(&a, b_id, "b").await;
     b.stop().await.expect("stop");
-    expect(&mut a_events, STEP, "B left", |e| {
-        matches!(e, NodeEvent::PeerLeft(id) if *id == b_id)
-    })
+    expect(
+        &mut a_events,
+        STEP,
+        "B left",
+        |e| matches!(e, NodeEvent::PeerLeft(id) if *id == b_id),
+    )
     .await;
     a.stop().await.expect("stop");
 }

@@ -47,9 +47,7 @@ async fn last_hop(hold: Duration, last: Arc<Last>) -> Server {
     let router = Router::new().unary(HOP, move |ctx: CallContext, _body: Bytes| {
         let last = last.clone();
         async move {
-            let ms = ctx
-                .remaining()
-                .map_or(u64::MAX, |r| r.as_millis() as u64);
+            let ms = ctx.remaining().map_or(u64::MAX, |r| r.as_millis() as u64);
             last.remaining_ms.store(ms, Ordering::SeqCst);
             let token = ctx.cancellation_token();
             let watcher = last.clone();
@@ -136,7 +134,11 @@ async fn a_deadline_set_at_the_first_hop_bounds_the_third() {
         let (a, last, _servers) = chain(style, Duration::ZERO).await;
         let reply = bounded(
             "the call",
-            a.call(HOP, Bytes::new(), CallOptions::new().timeout(Duration::from_secs(4))),
+            a.call(
+                HOP,
+                Bytes::new(),
+                CallOptions::new().timeout(Duration::from_secs(4)),
+            ),
         )
         .await
         .expect("answered");
@@ -152,7 +154,11 @@ async fn a_spawned_call_without_child_options_keeps_its_own_deadline() {
     let (a, last, _servers) = chain(Style::SpawnedPlain, Duration::ZERO).await;
     bounded(
         "the call",
-        a.call(HOP, Bytes::new(), CallOptions::new().timeout(Duration::from_secs(4))),
+        a.call(
+            HOP,
+            Bytes::new(),
+            CallOptions::new().timeout(Duration::from_secs(4)),
+        ),
     )
     .await
     .expect("answered");
@@ -184,7 +190,11 @@ async fn the_first_deadline_passing_stops_the_third_hop() {
     let (a, last, _servers) = chain(Style::SpawnedChild, Duration::from_secs(30)).await;
     let err = bounded(
         "the call",
-        a.call(HOP, Bytes::new(), CallOptions::new().timeout(Duration::from_millis(400))),
+        a.call(
+            HOP,
+            Bytes::new(),
+            CallOptions::new().timeout(Duration::from_millis(400)),
+        ),
     )
     .await
     .expect_err("nobody answers in time");
@@ -201,16 +211,29 @@ async fn a_detached_call_in_an_actor_job_outlives_the_call_that_made_it() {
     let call = tokio::spawn({
         let a = a.clone();
         async move {
-            a.call(HOP, Bytes::new(), CallOptions::new().timeout(Duration::from_secs(5)))
-                .await
+            a.call(
+                HOP,
+                Bytes::new(),
+                CallOptions::new().timeout(Duration::from_secs(5)),
+            )
+            .await
         }
     });
     until("D is working", || last.started.load(Ordering::SeqCst)).await;
     call.abort();
-    until("D finishes its work", || last.finished.load(Ordering::SeqCst)).await;
-    assert!(!last.cancelled.load(Ordering::SeqCst), "detached work is not cancelled");
+    until("D finishes its work", || {
+        last.finished.load(Ordering::SeqCst)
+    })
+    .await;
+    assert!(
+        !last.cancelled.load(Ordering::SeqCst),
+        "detached work is not cancelled"
+    );
     let ms = last.remaining_ms.load(Ordering::SeqCst);
-    assert!(ms > 20_000, "a detached call keeps its own (default) deadline: {ms} ms");
+    assert!(
+        ms > 20_000,
+        "a detached call keeps its own (default) deadline: {ms} ms"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,19 +248,23 @@ async fn a_child_of_a_cancelled_call_fails_before_it_is_sent() {
         .start()
         .await
         .expect("listens");
-    let next = Connection::connect(target.local_url()).await.expect("dials");
+    let next = Connection::connect(target.local_url())
+        .await
+        .expect("dials");
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
     let front = Server::bind("tcp://127.0.0.1:0")
-        .serve(Router::new().unary(HOP, move |ctx: CallContext, _b: Bytes| {
-            let tx = tx.clone();
-            async move {
-                if let Some(tx) = tx.lock().expect("lock").take() {
-                    let _ = tx.send(ctx.child_options());
+        .serve(
+            Router::new().unary(HOP, move |ctx: CallContext, _b: Bytes| {
+                let tx = tx.clone();
+                async move {
+                    if let Some(tx) = tx.lock().expect("lock").take() {
+                        let _ = tx.send(ctx.child_options());
+                    }
+                    Ok::<_, Reject>(Bytes::new())
                 }
-                Ok::<_, Reject>(Bytes::new())
-            }
-        }))
+            }),
+        )
         .start()
         .await
         .expect("listens");

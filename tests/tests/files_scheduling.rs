@@ -159,7 +159,10 @@ async fn swarm(seeders: Vec<Seeder>) -> (Vec<Node>, Node) {
             .expect("seeder starts");
         nodes.push(node);
     }
-    let urls = nodes.iter().map(|n| n.local_urls()[0].to_string()).collect();
+    let urls = nodes
+        .iter()
+        .map(|n| n.local_urls()[0].to_string())
+        .collect();
     let downloader = builder("downloader", urls)
         .uses::<FileShareClient>()
         .start()
@@ -252,7 +255,11 @@ async fn chunks_in_flight_stay_within_the_file_cap_and_the_shared_cap() {
     )
     .await
     .expect("downloaded");
-    assert_eq!(log.most.load(Ordering::SeqCst), 2, "at most two of one file");
+    assert_eq!(
+        log.most.load(Ordering::SeqCst),
+        2,
+        "at most two of one file"
+    );
 
     log.most.store(0, Ordering::SeqCst);
     let limits = DownloadLimits::new(3);
@@ -346,7 +353,10 @@ async fn a_failed_chunk_is_asked_again_only_after_its_backoff() {
     for pair in tries.windows(2) {
         let gap = pair[1] - pair[0];
         // The jitter's floor is half the 200 ms backoff.
-        assert!(gap >= Duration::from_millis(100), "asked again after {gap:?}");
+        assert!(
+            gap >= Duration::from_millis(100),
+            "asked again after {gap:?}"
+        );
     }
     stop(nodes, downloader).await;
 }

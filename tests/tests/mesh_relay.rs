@@ -104,8 +104,18 @@ async fn mesh(n: usize, links: impl Fn(usize) -> Vec<usize>, hung: &[usize]) -> 
         for j in links(i) {
             let (a, b) = (&nodes[i], &nodes[j]);
             let (a_id, b_id) = (a.id(), b.id());
-            bounded("a link", a.peers::<EchoClient>().wait_until(|ids| ids.contains(&b_id))).await;
-            bounded("a link", b.peers::<EchoClient>().wait_until(|ids| ids.contains(&a_id))).await;
+            bounded(
+                "a link",
+                a.peers::<EchoClient>()
+                    .wait_until(|ids| ids.contains(&b_id)),
+            )
+            .await;
+            bounded(
+                "a link",
+                b.peers::<EchoClient>()
+                    .wait_until(|ids| ids.contains(&a_id)),
+            )
+            .await;
         }
     }
     Mesh {
@@ -135,7 +145,11 @@ async fn twenty_nodes_in_a_chain_all_answer_a_relayed_call() {
     const N: usize = 20;
     let m = mesh(N, |i| if i + 1 < N { vec![i + 1] } else { Vec::new() }, &[]).await;
     let origin = &m.nodes[0];
-    assert_eq!(origin.peers::<EchoClient>().len(), 1, "one hop reaches one node");
+    assert_eq!(
+        origin.peers::<EchoClient>().len(),
+        1,
+        "one hop reaches one node"
+    );
     let replies: Vec<(NodeId, Result<String, CallError>)> = bounded(
         "every reply",
         origin
@@ -147,7 +161,11 @@ async fn twenty_nodes_in_a_chain_all_answer_a_relayed_call() {
     let mut by_node = BTreeMap::new();
     for (from, reply) in replies {
         let name = reply.expect("every node answers");
-        assert_eq!(name, format!("node-{}", m.index_of(from)), "tagged by origin");
+        assert_eq!(
+            name,
+            format!("node-{}", m.index_of(from)),
+            "tagged by origin"
+        );
         assert!(by_node.insert(from, name).is_none(), "one reply per node");
     }
     assert_eq!(by_node.len(), N - 1, "every node but the origin");
@@ -228,7 +246,12 @@ async fn in_a_mesh_with_cycles_every_node_answers_once() {
 async fn a_node_that_never_answers_is_reported_by_its_neighbour_and_hides_nobody() {
     // 0 - 1 - 2(hung) - 3 - 4
     const N: usize = 5;
-    let m = mesh(N, |i| if i + 1 < N { vec![i + 1] } else { Vec::new() }, &[2]).await;
+    let m = mesh(
+        N,
+        |i| if i + 1 < N { vec![i + 1] } else { Vec::new() },
+        &[2],
+    )
+    .await;
     let replies: Vec<_> = bounded(
         "replies",
         m.nodes[0]
@@ -255,7 +278,12 @@ async fn a_node_that_never_answers_is_reported_by_its_neighbour_and_hides_nobody
 async fn a_server_stream_fans_out_with_every_item_tagged_by_its_peer() {
     const N: usize = 4;
     // A star: node 0 lists every other.
-    let m = mesh(N, |i| if i == 0 { (1..N).collect() } else { Vec::new() }, &[]).await;
+    let m = mesh(
+        N,
+        |i| if i == 0 { (1..N).collect() } else { Vec::new() },
+        &[],
+    )
+    .await;
     let mut items = m.nodes[0]
         .fanout::<EchoClient>(Duration::from_secs(10))
         .count(50);
@@ -263,13 +291,21 @@ async fn a_server_stream_fans_out_with_every_item_tagged_by_its_peer() {
     let mut per_peer: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
     while let Some((peer, item)) = bounded("an item", items.next()).await {
         let (index, i) = item.expect("an item");
-        assert_eq!(m.index_of(peer), index as usize, "tagged by the peer that sent it");
+        assert_eq!(
+            m.index_of(peer),
+            index as usize,
+            "tagged by the peer that sent it"
+        );
         per_peer.entry(index as usize).or_default().push(i);
     }
     assert_eq!(items.pending(), 0);
     assert_eq!(per_peer.len(), N - 1);
     for (peer, got) in per_peer {
-        assert_eq!(got, (0..50).collect::<Vec<_>>(), "node-{peer}: all, in order");
+        assert_eq!(
+            got,
+            (0..50).collect::<Vec<_>>(),
+            "node-{peer}: all, in order"
+        );
     }
     m.stop().await;
 }

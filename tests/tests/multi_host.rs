@@ -71,7 +71,17 @@ impl Lab {
         let switch = self.netns("s")?;
         ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
         // No IGMP querier here: flood multicast to every port.
-        ip(&["-n", &switch, "link", "set", "br0", "type", "bridge", "mcast_snooping", "0"])?;
+        ip(&[
+            "-n",
+            &switch,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
         ip(&["-n", &switch, "link", "set", "br0", "up"])?;
         let mut hosts = Vec::new();
         for i in 0..n {
@@ -134,7 +144,11 @@ impl Lab {
             seen: Vec::new(),
         };
         let ready = host.expect("READY", |l| l.starts_with("READY "));
-        host.id = ready.split_whitespace().nth(1).unwrap_or_default().to_owned();
+        host.id = ready
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
         host
     }
 }
@@ -231,7 +245,16 @@ fn nodes_on_three_hosts_discover_wire_broadcast_and_notice_a_lost_host() {
     // address (in that order); host 1 listens on a name of two addresses.
     lab.hosts_file(&hosts[0], "10.77.0.3 both-hosts\n10.77.0.2 both-hosts\n")
         .expect("hosts file");
-    ip(&["-n", &hosts[1], "addr", "add", "10.77.0.12/24", "dev", "eth0"]).expect("second address");
+    ip(&[
+        "-n",
+        &hosts[1],
+        "addr",
+        "add",
+        "10.77.0.12/24",
+        "dev",
+        "eth0",
+    ])
+    .expect("second address");
     lab.hosts_file(&hosts[1], "10.77.0.2 me\n10.77.0.12 me\n")
         .expect("hosts file");
     let group = "239.255.77.7";
@@ -304,12 +327,17 @@ fn nodes_on_three_hosts_discover_wire_broadcast_and_notice_a_lost_host() {
         .filter_map(|l| l.strip_prefix("REPLY "))
         .map(|r| r.split_whitespace().nth(1).unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(replies, BTreeSet::from(["host-1".to_owned(), "host-2".to_owned()]));
+    assert_eq!(
+        replies,
+        BTreeSet::from(["host-1".to_owned(), "host-2".to_owned()])
+    );
     assert_eq!(answer.last().map(String::as_str), Some("BROADCAST 2 0"));
 
     // A listener on a name binds every address; both reach host 1.
     for addr in ["10.77.0.2", "10.77.0.12"] {
-        let answer = nodes[0].ask(&format!("dial tcp://{addr}:47100"), |l| l.starts_with("DIAL"));
+        let answer = nodes[0].ask(&format!("dial tcp://{addr}:47100"), |l| {
+            l.starts_with("DIAL")
+        });
         assert_eq!(
             answer.last().cloned(),
             Some(format!("DIALED {}", ids[1])),

@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use plexus::discovery::{
     Announcement, Beacon, Discovery, DiscoveryError, DiscoveryEvent, DiscoveryEvents,
     DiscoveryFuture, DiscoveryStats, PeerRecord, Static,
 };
 use plexus::node::{Node, NodeBuilder, NodeError, NodeEvent, NodeEvents};
 use plexus::{Event, NodeId, Reject};
-use futures_util::FutureExt;
 use plexus_tests::{bounded, eventually, until};
 use tokio::sync::mpsc;
 
@@ -80,7 +80,8 @@ async fn linked(a: &Node, b: &Node) {
     let b_id = b.id();
     bounded(
         "linked",
-        a.peers::<ChatClient>().wait_until(|ids| ids.contains(&b_id)),
+        a.peers::<ChatClient>()
+            .wait_until(|ids| ids.contains(&b_id)),
     )
     .await;
 }
@@ -121,12 +122,19 @@ async fn a_renamed_node_is_reported_renamed_by_itself_and_its_peers() {
         to: "bee".into(),
     };
     assert_eq!(
-        expect(&mut b_events, "own rename", |e| matches!(e, NodeEvent::PeerRenamed { .. })).await,
+        expect(&mut b_events, "own rename", |e| matches!(
+            e,
+            NodeEvent::PeerRenamed { .. }
+        ))
+        .await,
         want
     );
     assert_eq!(
-        expect(&mut a_events, "peer's rename", |e| matches!(e, NodeEvent::PeerRenamed { .. }))
-            .await,
+        expect(&mut a_events, "peer's rename", |e| matches!(
+            e,
+            NodeEvent::PeerRenamed { .. }
+        ))
+        .await,
         want
     );
     let b_id = b.id();
@@ -161,14 +169,22 @@ async fn a_node_in_no_session_follows_a_local_peer_not_a_distant_one() {
     let follower = follower.start().await.expect("starts");
     let stays = node("stays", group).start().await.expect("starts");
     // The distant peer is heard first; it is not on this host.
-    expect(&mut events, "the distant peer", |e| {
-        matches!(e, NodeEvent::PeerDiscovered { peer, .. } if *peer == far_id)
-    })
+    expect(
+        &mut events,
+        "the distant peer",
+        |e| matches!(e, NodeEvent::PeerDiscovered { peer, .. } if *peer == far_id),
+    )
     .await;
-    let local = node("app", group).session("lab").start().await.expect("app");
-    let moved = expect(&mut events, "the move", |e| {
-        matches!(e, NodeEvent::SessionChanged { node, .. } if *node == follower.id())
-    })
+    let local = node("app", group)
+        .session("lab")
+        .start()
+        .await
+        .expect("app");
+    let moved = expect(
+        &mut events,
+        "the move",
+        |e| matches!(e, NodeEvent::SessionChanged { node, .. } if *node == follower.id()),
+    )
     .await;
     assert_eq!(
         moved,
@@ -200,14 +216,22 @@ async fn a_node_in_no_session_follows_a_local_peer_not_a_distant_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invited_node_joins_the_inviters_session_or_declines_with_its_reason() {
     let group = private_group();
-    let host = node("host", group).session("lab").start().await.expect("host");
+    let host = node("host", group)
+        .session("lab")
+        .start()
+        .await
+        .expect("host");
     let willing = node("willing", group)
         .session("hall")
         .accept_invites()
         .start()
         .await
         .expect("willing");
-    let deaf = node("deaf", group).session("hall").start().await.expect("deaf");
+    let deaf = node("deaf", group)
+        .session("hall")
+        .start()
+        .await
+        .expect("deaf");
     let busy = node("busy", group)
         .session("hall")
         .on_invite(|invitation| {
@@ -228,9 +252,11 @@ async fn an_invited_node_joins_the_inviters_session_or_declines_with_its_reason(
     // Not linked (other session): the invitation dials.
     host.invite(willing.id()).await.expect("accepted");
     assert_eq!(willing.session().as_deref(), Some("lab"));
-    expect(&mut willing_events, "the invitation", |e| {
-        matches!(e, NodeEvent::Invited { accepted: true, session, .. } if session == "lab")
-    })
+    expect(
+        &mut willing_events,
+        "the invitation",
+        |e| matches!(e, NodeEvent::Invited { accepted: true, session, .. } if session == "lab"),
+    )
     .await;
     linked(&host, &willing).await;
 
@@ -250,7 +276,10 @@ async fn an_invited_node_joins_the_inviters_session_or_declines_with_its_reason(
     let err = host.invite(NodeId(7)).await.expect_err("unknown");
     assert!(matches!(err, NodeError::UnknownPeer { .. }), "{err}");
     let err = deaf.leave_session().await.and(deaf.invite(host.id()).await);
-    assert!(matches!(err, Err(NodeError::NotInSession { .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(NodeError::NotInSession { .. })),
+        "{err:?}"
+    );
     for n in [host, willing, deaf, busy] {
         n.stop().await.expect("stop");
     }
@@ -281,7 +310,11 @@ async fn allow_connection_keeps_refused_peers_out_until_it_changes_its_mind() {
         .start()
         .await
         .expect("picky");
-    let friend = node("friend", group).session("lab").start().await.expect("friend");
+    let friend = node("friend", group)
+        .session("lab")
+        .start()
+        .await
+        .expect("friend");
     linked(&picky, &friend).await;
     linked(&friend, &picky).await;
     linked(&friend, &stranger).await;
@@ -440,7 +473,12 @@ async fn service_traffic_keeps_a_peer_whose_announcements_are_lost() {
             .expect("script");
         discovery.send(marker(2)).expect("script");
         let mut seen = after_marker(&mut events, 2).await;
-        let link = watcher.peers::<ChatClient>().list().pop().expect("linked").1;
+        let link = watcher
+            .peers::<ChatClient>()
+            .list()
+            .pop()
+            .expect("linked")
+            .1;
         let heard = link.connection().stats().frames_received;
         until("the link hears the peer again", || {
             link.connection().stats().frames_received > heard

@@ -192,7 +192,12 @@ async fn an_idempotent_call_cut_off_by_a_crash_is_retried_on_another_peer() {
     let mut lost = None;
     for _ in 0..2 {
         // One of two calls starts at the crashing peer.
-        match bounded("apply", work.call(|w: WorkClient| async move { w.apply().await })).await {
+        match bounded(
+            "apply",
+            work.call(|w: WorkClient| async move { w.apply().await }),
+        )
+        .await
+        {
             Err(e) => {
                 lost = Some(e);
                 break;
@@ -224,11 +229,17 @@ async fn retries_wait_their_backoff_and_stop_at_the_attempts() {
         .retry(policy)
         .idempotent(true);
     let started = Instant::now();
-    let err = bounded("fetch", work.call(|w: WorkClient| async move { w.fetch().await }))
-        .await
-        .expect_err("everyone is busy");
+    let err = bounded(
+        "fetch",
+        work.call(|w: WorkClient| async move { w.fetch().await }),
+    )
+    .await
+    .expect_err("everyone is busy");
     let took = started.elapsed();
-    assert!(matches!(&err, CallError::Rejected(r) if r.code() == 503), "{err}");
+    assert!(
+        matches!(&err, CallError::Rejected(r) if r.code() == 503),
+        "{err}"
+    );
     let attempts = a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst);
     assert_eq!(attempts, 3, "three attempts in all");
     assert!(
@@ -255,10 +266,16 @@ async fn no_retry_starts_that_would_end_past_the_deadline() {
         .retry(policy)
         .idempotent(true)
         .deadline(Duration::from_secs(2));
-    let err = bounded("fetch", work.call(|w: WorkClient| async move { w.fetch().await }))
-        .await
-        .expect_err("busy");
-    assert!(matches!(&err, CallError::Rejected(r) if r.code() == 503), "{err}");
+    let err = bounded(
+        "fetch",
+        work.call(|w: WorkClient| async move { w.fetch().await }),
+    )
+    .await
+    .expect_err("busy");
+    assert!(
+        matches!(&err, CallError::Rejected(r) if r.code() == 503),
+        "{err}"
+    );
     let attempts = a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst);
     assert_eq!(attempts, 1, "a 5 s wait would pass the 2 s deadline");
 }
@@ -280,10 +297,16 @@ async fn a_retry_budget_keeps_a_failing_service_from_seeing_more_than_its_share(
         .retry(policy)
         .idempotent(true);
     for _ in 0..100 {
-        let err = bounded("fetch", work.call(|w: WorkClient| async move { w.fetch().await }))
-            .await
-            .expect_err("busy");
-        assert!(matches!(&err, CallError::Rejected(r) if r.code() == 503), "{err}");
+        let err = bounded(
+            "fetch",
+            work.call(|w: WorkClient| async move { w.fetch().await }),
+        )
+        .await
+        .expect_err("busy");
+        assert!(
+            matches!(&err, CallError::Rejected(r) if r.code() == 503),
+            "{err}"
+        );
     }
     let attempts = a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst);
     // Without a budget: 500 attempts. With 10 %: at most 110.
@@ -311,8 +334,15 @@ async fn a_hedged_call_is_answered_by_the_second_peer_and_the_first_cancelled() 
     .await
     .expect("the hedge answers");
     assert_eq!((who, reply.as_str()), (fast.node.id(), "fast"));
-    assert!(started.elapsed() < Duration::from_secs(15), "no wait for the slow peer");
-    assert_eq!(slow.calls.load(Ordering::SeqCst), 1, "the first attempt went to the slow peer");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "no wait for the slow peer"
+    );
+    assert_eq!(
+        slow.calls.load(Ordering::SeqCst),
+        1,
+        "the first attempt went to the slow peer"
+    );
     until("the slow peer's call is cancelled", || {
         slow.cancelled.load(Ordering::SeqCst)
     })
@@ -340,7 +370,11 @@ async fn a_hedged_call_is_answered_by_the_second_peer_and_the_first_cancelled() 
     }
     let e = to_slow.expect("the call that went to the slow peer timed out, unhedged");
     assert!(matches!(e, CallError::Timeout { .. }), "{e}");
-    assert_eq!(fast.calls.load(Ordering::SeqCst), before + 1, "one call each, no hedge");
+    assert_eq!(
+        fast.calls.load(Ordering::SeqCst),
+        before + 1,
+        "one call each, no hedge"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,16 +383,18 @@ async fn a_reconnecting_connection_retries_by_its_policy() {
     let counted = calls.clone();
     // The first two calls lose their connection; the third is answered.
     let server = Server::bind("tcp://127.0.0.1:0")
-        .serve(Router::new().unary("retry.Raw/get", move |ctx: CallContext, _b: Bytes| {
-            let n = counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if n < 2 {
-                    ctx.connection().abort();
-                    std::future::pending::<()>().await;
+        .serve(
+            Router::new().unary("retry.Raw/get", move |ctx: CallContext, _b: Bytes| {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        ctx.connection().abort();
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, Reject>(Bytes::from_static(b"ok"))
                 }
-                Ok::<_, Reject>(Bytes::from_static(b"ok"))
-            }
-        }))
+            }),
+        )
         .start()
         .await
         .expect("listens");
@@ -380,9 +416,12 @@ async fn a_reconnecting_connection_retries_by_its_policy() {
                 .budget(RetryBudget::unlimited()),
         )
         .expect("url");
-    let err = bounded("two attempts", two.call("retry.Raw/get", Bytes::new(), idempotent()))
-        .await
-        .expect_err("both cut off");
+    let err = bounded(
+        "two attempts",
+        two.call("retry.Raw/get", Bytes::new(), idempotent()),
+    )
+    .await
+    .expect_err("both cut off");
     assert!(matches!(err, CallError::ConnectionLost { .. }), "{err}");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     two.close().await;
@@ -392,12 +431,17 @@ async fn a_reconnecting_connection_retries_by_its_policy() {
         .reconnecting_with(
             &url,
             quick(),
-            RetryPolicy::new().attempts(5).budget(RetryBudget::new(0.0, 0)),
+            RetryPolicy::new()
+                .attempts(5)
+                .budget(RetryBudget::new(0.0, 0)),
         )
         .expect("url");
-    let err = bounded("no budget", none.call("retry.Raw/get", Bytes::new(), idempotent()))
-        .await
-        .expect_err("no retry allowed");
+    let err = bounded(
+        "no budget",
+        none.call("retry.Raw/get", Bytes::new(), idempotent()),
+    )
+    .await
+    .expect_err("no retry allowed");
     assert!(matches!(err, CallError::ConnectionLost { .. }), "{err}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     none.close().await;
@@ -413,9 +457,12 @@ async fn a_reconnecting_connection_retries_by_its_policy() {
                 .budget(RetryBudget::unlimited()),
         )
         .expect("url");
-    let reply = bounded("three attempts", three.call("retry.Raw/get", Bytes::new(), idempotent()))
-        .await
-        .expect("the third is answered");
+    let reply = bounded(
+        "three attempts",
+        three.call("retry.Raw/get", Bytes::new(), idempotent()),
+    )
+    .await
+    .expect("the third is answered");
     assert_eq!(&reply[..], b"ok");
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     three.close().await;

@@ -73,7 +73,11 @@ async fn a_reply_retraces_the_path_across_two_switches() {
     let routes = seen.lock().expect("log").clone();
     assert_eq!(routes.len(), 2);
     for route in routes {
-        assert_eq!(route.path.len(), 2, "two hops recorded on the way: {route:?}");
+        assert_eq!(
+            route.path.len(),
+            2,
+            "two hops recorded on the way: {route:?}"
+        );
         assert_eq!(route.ttl, plexus::socket::DEFAULT_TTL - 2);
     }
     // A reply is answered on the socket that received the message.
@@ -81,7 +85,10 @@ async fn a_reply_retraces_the_path_across_two_switches() {
     probe.dial(&s1_url).await.expect("dial");
     probe.send("who").await.expect("send");
     let reply = bounded("reply", probe.recv()).await.expect("reply");
-    let err = clients[0].reply(&reply, "x").await.expect_err("not its message");
+    let err = clients[0]
+        .reply(&reply, "x")
+        .await
+        .expect_err("not its message");
     assert!(matches!(err, SocketError::UnknownPeer(_)), "{err}");
 }
 

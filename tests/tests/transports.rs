@@ -431,7 +431,11 @@ async fn a_listener_on_a_host_name_is_reachable_at_every_address_it_resolves_to(
         .await
         .expect("localhost resolves")
         .collect();
-    let listening = server.endpoint().listen("tcp://localhost:0").await.expect("again");
+    let listening = server
+        .endpoint()
+        .listen("tcp://localhost:0")
+        .await
+        .expect("again");
     assert_eq!(
         listening.local_urls().len(),
         {
@@ -446,9 +450,12 @@ async fn a_listener_on_a_host_name_is_reachable_at_every_address_it_resolves_to(
         let conn = bounded("dial", plexus::Connection::connect(url.as_str()))
             .await
             .unwrap_or_else(|e| panic!("{url}: {e}"));
-        let reply = bounded("echo", conn.call(ECHO, Bytes::from_static(b"hi"), CallOptions::new()))
-            .await
-            .expect("echo");
+        let reply = bounded(
+            "echo",
+            conn.call(ECHO, Bytes::from_static(b"hi"), CallOptions::new()),
+        )
+        .await
+        .expect("echo");
         assert_eq!(&reply[..], b"hi", "{url}");
     }
     server.shutdown().await;

@@ -462,7 +462,8 @@ impl Shared {
             ..Entry::default()
         };
         let o = self.open_request_stream(op, &opts, entry).await?;
-        let reply = Reply::new(self.name(op), rx, o.guard, o.deadline, o.timeout).child_of(o.parent);
+        let reply =
+            Reply::new(self.name(op), rx, o.guard, o.deadline, o.timeout).child_of(o.parent);
         Ok((o.out, reply))
     }
 

@@ -302,7 +302,10 @@ mod tests {
             peer: "p".into(),
             after: Duration::from_secs(1),
         };
-        assert!(!p.retries(&timeout, true), "a timed-out call has no time left");
+        assert!(
+            !p.retries(&timeout, true),
+            "a timed-out call has no time left"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -801,8 +801,11 @@ impl Run {
             let score = self.score();
             let per_peer = self.cfg.per_peer;
             let mut room = self.cfg.max_in_flight.saturating_sub(self.in_flight);
-            let mut load: HashMap<NodeId, usize> =
-                self.sources.iter().map(|(p, s)| (*p, s.in_flight)).collect();
+            let mut load: HashMap<NodeId, usize> = self
+                .sources
+                .iter()
+                .map(|(p, s)| (*p, s.in_flight))
+                .collect();
             let n = self.sources.len().max(1);
             let mut picks = Vec::new();
             for &(_, index) in &self.pending {
@@ -914,9 +917,7 @@ impl Run {
 
     /// Whether some source has a chunk still to fetch.
     fn servable(&self) -> bool {
-        self.pending
-            .iter()
-            .any(|&(place, _)| place != rank(0))
+        self.pending.iter().any(|&(place, _)| place != rank(0))
     }
 
     async fn fetched(

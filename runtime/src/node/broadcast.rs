@@ -24,7 +24,17 @@ use tokio::task::{Id, JoinSet};
 use super::peers::Client;
 use super::Shared;
 use crate::codec::{Codec, CodecError};
+use crate::connection::scope::CallScope;
 use crate::{CallError, CallOptions, Connection, NodeId, Streaming};
+
+/// `opts` made children of the call being served on this task, if any: the
+/// calls run on tasks of their own, which have no current call of their own.
+fn within_served_call(opts: CallOptions) -> CallOptions {
+    match CallScope::current() {
+        Some(scope) => opts.child_of(scope),
+        None => opts,
+    }
+}
 
 /// Replies of a broadcast, in the order they arrive; ends after the last
 /// peer answered or timed out. Dropping it cancels the calls still running.
@@ -80,8 +90,9 @@ impl<T: Send + 'static> Broadcast<T> {
         F: Fn(C) -> Fut,
         Fut: Future<Output = Result<T, CallError>> + Send + 'static,
     {
+        let opts = within_served_call(CallOptions::new().timeout(deadline));
         Broadcast::start_with(service, members, deadline, |conn| {
-            call(C::from_connection(conn).with_call_options(CallOptions::new().timeout(deadline)))
+            call(C::from_connection(conn).with_call_options(opts.clone()))
         })
     }
 
@@ -290,7 +301,7 @@ impl Fanout {
                 C::decode,
             );
         }
-        let opts = CallOptions::new().timeout(self.deadline);
+        let opts = within_served_call(CallOptions::new().timeout(self.deadline));
         Broadcast::start_with(
             self.service,
             self.members.clone(),
@@ -367,7 +378,7 @@ impl Fanout {
         C: Codec<R>,
         R: Send + 'static,
     {
-        let opts = CallOptions::new().timeout(self.deadline);
+        let opts = within_served_call(CallOptions::new().timeout(self.deadline));
         // Room for a few items per member: a reader that falls behind
         // holds the members back through flow control, not memory.
         let (tx, items) = mpsc::channel(16 * self.members.len().max(1));

@@ -202,7 +202,10 @@ pub(crate) async fn invite(
     let Contact { conn, endpoints } = contact.await.ok().flatten().ok_or_else(unknown)?;
     let (conn, transient) = match conn.filter(|c| !c.is_closed()) {
         Some(conn) => (conn, false),
-        None => (dial(endpoint, peer, &endpoints).await.map_err(failed)?, true),
+        None => (
+            dial(endpoint, peer, &endpoints).await.map_err(failed)?,
+            true,
+        ),
     };
     let body = <MsgPack as Codec<InviteRequest>>::encode(&InviteRequest {
         session: session.clone(),

@@ -72,8 +72,8 @@ pub use self::description::{
 use self::driver::{Driver, Input};
 pub use self::events::{NodeEvent, NodeEvents};
 pub use self::hooks::{Invitation, LinkCandidate, INVITE_DECLINED, INVITE_OP};
-pub use self::relay::{RELAY_OP, DEFAULT_MAX_HOPS};
 pub use self::peers::{Client, PeerChange, PeerChanges, PeerSet};
+pub use self::relay::{DEFAULT_MAX_HOPS, RELAY_OP};
 use crate::codec::{decode_request, encode_reply, MsgPack};
 use crate::descriptor::{Contract, ServiceDescriptor};
 use crate::discovery::{

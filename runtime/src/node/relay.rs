@@ -219,7 +219,10 @@ fn into_result<R>(
             Reject::new(code, message).with_details(details),
         )),
         Outcome::Failed { kind, message } => Err(match kind {
-            FailKind::NoSuchOperation => CallError::NoSuchOperation { op: op.into(), peer },
+            FailKind::NoSuchOperation => CallError::NoSuchOperation {
+                op: op.into(),
+                peer,
+            },
             FailKind::HandlerFailed => CallError::HandlerFailed {
                 op: op.into(),
                 peer,
@@ -235,7 +238,10 @@ fn into_result<R>(
                 peer,
                 after: deadline,
             },
-            FailKind::Cancelled => CallError::Cancelled { op: op.into(), peer },
+            FailKind::Cancelled => CallError::Cancelled {
+                op: op.into(),
+                peer,
+            },
             FailKind::Overloaded => CallError::Overloaded {
                 op: op.into(),
                 peer,
@@ -287,14 +293,21 @@ pub(crate) fn start<R: Send + 'static>(
     });
     let request = request.and_then(|r| <MsgPack as Codec<RelayRequest>>::encode(&r));
     let counter = open.clone();
+    // The relay runs on a task of its own: it is a child of the call being
+    // served here, if any, only by being told so.
+    let parent = crate::connection::scope::CallScope::current();
     let task = tokio::spawn(async move {
         let each = members.into_iter().map(|(member, conn)| {
             let (tx, request, counter) = (tx.clone(), request.clone(), counter.clone());
+            let parent = parent.clone();
             async move {
                 let label = conn.peer().label().clone();
                 let opened = match request {
                     Ok(request) => {
-                        let opts = CallOptions::new().timeout(deadline);
+                        let mut opts = CallOptions::new().timeout(deadline);
+                        if let Some(parent) = parent {
+                            opts = opts.child_of(parent);
+                        }
                         conn.server_stream(RELAY_OP, request, opts).await
                     }
                     Err(e) => Err(CallError::encode(op, label, e)),

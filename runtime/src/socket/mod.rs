@@ -31,10 +31,10 @@ use tokio_util::sync::CancellationToken;
 pub use self::error::SocketError;
 use self::peers::{Attempt, Peer, PeerTable};
 pub use self::peers::{PeerEvent, PeerEvents, PeerId, EVENT_CAPACITY};
-pub use self::route::{Route, DEFAULT_TTL, MAX_HOPS};
 pub use self::raw::{
     RawCloseReason, RawError, RawHandle, RawId, RawServer, RawServerBuilder, RawStats, Written,
 };
+pub use self::route::{Route, DEFAULT_TTL, MAX_HOPS};
 use crate::connection::{Backoff, CallOptions, Connection, ConnectionConfig, Inbound, Outbound};
 use crate::endpoint::{Endpoint, Listening, ToUrl};
 use crate::error::{ConnectError, Reject};
@@ -731,7 +731,9 @@ impl Socket {
                 });
             }
         }
-        let (out, inbound) = match conn.bidi(PIPE_OP, CallOptions::new()).await {
+        // The pipe lives as long as the peer, not as long as a call that
+        // happened to be served when the socket dialed.
+        let (out, inbound) = match conn.bidi(PIPE_OP, CallOptions::new().detached()).await {
             Ok(pipe) => pipe,
             Err(e) => {
                 conn.abort();
@@ -769,7 +771,11 @@ impl Socket {
     }
 
     /// Sends an enveloped message to one peer in turn, never to `except`.
-    async fn send_one(&self, content: Bytes, except: Option<PeerId>) -> Result<PeerId, SocketError> {
+    async fn send_one(
+        &self,
+        content: Bytes,
+        except: Option<PeerId>,
+    ) -> Result<PeerId, SocketError> {
         let state = &self.owner.state;
         loop {
             let mut peers = state.targets().await?;
@@ -836,7 +842,11 @@ impl Socket {
     }
 
     /// Sends an enveloped message to every peer but `except`.
-    async fn send_each(&self, content: Bytes, except: Option<PeerId>) -> Result<usize, SocketError> {
+    async fn send_each(
+        &self,
+        content: Bytes,
+        except: Option<PeerId>,
+    ) -> Result<usize, SocketError> {
         let state = &self.owner.state;
         loop {
             let mut peers = state.targets().await?;

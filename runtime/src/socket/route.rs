@@ -113,7 +113,11 @@ fn hops(bytes: &mut Bytes, field: &'static str) -> Result<Vec<PeerId>, String> {
         return Err(format!("{field} lists {n} hops, more than {MAX_HOPS}"));
     }
     (0..n)
-        .map(|_| varint::get(bytes, field).map(PeerId).map_err(|e| e.to_string()))
+        .map(|_| {
+            varint::get(bytes, field)
+                .map(PeerId)
+                .map_err(|e| e.to_string())
+        })
         .collect()
 }
 
@@ -139,7 +143,10 @@ mod tests {
             &routed[..],
             [1, 3, 2, 1, 0xac, 0x02, 1, 7, b'b', b'o', b'd', b'y']
         );
-        assert_eq!(unwrap(routed).expect("routed"), (route, Bytes::from_static(b"body")));
+        assert_eq!(
+            unwrap(routed).expect("routed"),
+            (route, Bytes::from_static(b"body"))
+        );
         assert_eq!(
             unwrap(wrap(&Route::start(5), b"")).expect("ttl only").0.ttl,
             5

@@ -115,7 +115,11 @@ fn bind_all(
     }
     // A port the OS chose for one address may be taken on another; choose
     // again a few times before settling for fewer addresses.
-    let tries = if unique.first().is_some_and(|a| a.port() == 0) { 8 } else { 1 };
+    let tries = if unique.first().is_some_and(|a| a.port() == 0) {
+        8
+    } else {
+        1
+    };
     let mut best: Vec<(tokio::net::TcpListener, SocketAddr)> = Vec::new();
     let mut last_error = None;
     for _ in 0..tries {
@@ -435,10 +439,13 @@ pub(crate) mod tests {
         let good = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let good_addr = good.local_addr().expect("addr");
         let started = std::time::Instant::now();
-        let (_, reached) = timeout(STEP, connect_any(&[dead, good_addr], Duration::from_millis(50)))
-            .await
-            .expect("not stuck on the first address")
-            .expect("connects");
+        let (_, reached) = timeout(
+            STEP,
+            connect_any(&[dead, good_addr], Duration::from_millis(50)),
+        )
+        .await
+        .expect("not stuck on the first address")
+        .expect("connects");
         assert_eq!(reached, good_addr);
         assert!(started.elapsed() < STEP);
         // A refused address is left at once, without waiting the stagger.
@@ -446,10 +453,13 @@ pub(crate) mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr")
         };
-        let (_, reached) = timeout(STEP, connect_any(&[closed, good_addr], Duration::from_secs(3600)))
-            .await
-            .expect("bounded")
-            .expect("connects");
+        let (_, reached) = timeout(
+            STEP,
+            connect_any(&[closed, good_addr], Duration::from_secs(3600)),
+        )
+        .await
+        .expect("bounded")
+        .expect("connects");
         assert_eq!(reached, good_addr);
         let err = timeout(STEP, connect_any(&[closed], Duration::from_millis(1)))
             .await

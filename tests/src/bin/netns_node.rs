@@ -152,9 +152,10 @@ async fn main() {
         let mut words = line.split_whitespace();
         match words.next() {
             Some("broadcast") => {
-                let mut replies = node.broadcast(Duration::from_secs(3), |site: SiteClient| async move {
-                    site.name().await
-                });
+                let mut replies = node
+                    .broadcast(Duration::from_secs(3), |site: SiteClient| async move {
+                        site.name().await
+                    });
                 let (mut ok, mut failed) = (0, 0);
                 while let Some((peer, reply)) = replies.next().await {
                     match reply {
