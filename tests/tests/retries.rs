@@ -192,17 +192,14 @@ async fn an_idempotent_call_cut_off_by_a_crash_is_retried_on_another_peer() {
     let mut lost = None;
     for _ in 0..2 {
         // One of two calls starts at the crashing peer.
-        match bounded(
+        let applied = bounded(
             "apply",
             work.call(|w: WorkClient| async move { w.apply().await }),
         )
-        .await
-        {
-            Err(e) => {
-                lost = Some(e);
-                break;
-            }
-            Ok(_) => {}
+        .await;
+        if let Err(e) = applied {
+            lost = Some(e);
+            break;
         }
     }
     let lost = lost.expect("the call that met the crash failed");

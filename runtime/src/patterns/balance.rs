@@ -204,17 +204,14 @@ impl<C: Client> std::fmt::Debug for Balancer<C> {
 
 /// One attempt of a call, tagged with the member it went to; its slot is
 /// released when it ends (or is dropped, which cancels the call).
-fn attempt<Fut: Future>(
-    peer: NodeId,
-    slot: Slot,
-    fut: Fut,
-) -> impl Future<Output = (NodeId, Fut::Output)> {
-    async move {
-        let result = fut.await;
-        drop(slot);
-        (peer, result)
-    }
+async fn attempt<Fut: Future>(peer: NodeId, slot: Slot, fut: Fut) -> (NodeId, Fut::Output) {
+    let result = fut.await;
+    drop(slot);
+    (peer, result)
 }
+
+/// What one attempt ends with: the member it went to, and its result.
+type Tried<T> = (NodeId, Result<T, CallError>);
 
 /// The operation a failure names, if it names one.
 fn failed_op(e: &CallError) -> Option<&str> {
@@ -359,7 +356,7 @@ impl<C: Client> Balancer<C> {
         busy: &[NodeId],
         repeat: bool,
         deadline: Option<Instant>,
-    ) -> Option<(NodeId, impl Future<Output = (NodeId, Result<T, CallError>)>)>
+    ) -> Option<(NodeId, impl Future<Output = Tried<T>>)>
     where
         F: Fn(C) -> Fut,
         Fut: Future<Output = Result<T, CallError>>,

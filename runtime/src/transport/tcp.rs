@@ -497,7 +497,7 @@ pub(crate) mod tests {
         // An address that cannot be bound is left out; none at all fails.
         let foreign: SocketAddr = "192.0.2.1:0".parse().expect("addr");
         assert_eq!(bind_all(&url, &[first, foreign]).expect("one").len(), 1);
-        let err = bind_all(&url, &[foreign]).err().expect("none bound");
+        let err = bind_all(&url, &[foreign]).expect_err("none bound");
         assert!(err.to_string().contains("localhost"), "{err}");
     }
 
