@@ -198,7 +198,14 @@ async fn the_first_deadline_passing_stops_the_third_hop() {
     )
     .await
     .expect_err("nobody answers in time");
-    assert!(matches!(err, CallError::Timeout { .. }), "{err}");
+    // Every hop has the same deadline: A's own timeout and B's answer that
+    // its child timed out race each other, and either may come first.
+    let timed_out = match &err {
+        CallError::Timeout { .. } => true,
+        CallError::Rejected(r) => r.code() == 502 && r.message().contains("no reply within"),
+        _ => false,
+    };
+    assert!(timed_out, "{err}");
     until("D is stopped by the cascaded deadline", || {
         last.cancelled.load(Ordering::SeqCst)
     })
