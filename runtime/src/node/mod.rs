@@ -556,11 +556,14 @@ impl NodeBuilder {
     /// Whether service traffic counts as a heartbeat (default: yes, with a
     /// window of 3 s). A peer whose announcements stop arriving — say
     /// multicast is lost on the way — while its connection to this node
-    /// keeps hearing from it within `window` is not reported suspect or
-    /// lost, and its connection stays up; the node then judges it by that
-    /// connection (probing it when idle) and reports it lost once the
-    /// connection has been silent for `window`, or closes. `None` goes by
-    /// discovery alone.
+    /// keeps answering is not reported suspect or lost, and its connection
+    /// stays up: when discovery reports it suspect the connection is probed
+    /// (a ping), and the peer is kept if the connection heard it within
+    /// `window` and, when discovery reports it lost, has answered since. A
+    /// kept peer is judged by that connection from then on (probed when
+    /// idle) and reported lost when a probe goes unanswered for half the
+    /// window, or the connection closes. A dead peer is still reported lost
+    /// on discovery's time. `None` goes by discovery alone.
     pub fn heartbeat_window(mut self, window: Option<Duration>) -> Self {
         self.heartbeat_window = window.map(|w| w.max(Duration::from_millis(10)));
         self
