@@ -16,6 +16,7 @@ use super::stream::{CallGuard, Inbound, Outbound, Reply};
 use super::table::{Entry, Failure, InboundTx};
 use super::Shared;
 use crate::error::CallError;
+use crate::CallKind;
 use crate::wire::frame::CallOpenHead;
 
 /// Per-call options: a deadline and metadata.
@@ -33,6 +34,9 @@ pub struct CallOptions {
     pub(crate) metadata: Vec<(String, Bytes)>,
     pub(crate) idempotent: bool,
     pub(crate) session: Option<u32>,
+    /// The call's span and metrics while something observes it (set by
+    /// `observe::call::client`, carried on to a stream's handles).
+    pub(crate) record: Option<Arc<crate::observe::call::CallRecord>>,
 }
 
 impl CallOptions {
@@ -91,6 +95,8 @@ enum Shape {
 pub(crate) struct CallName {
     pub(crate) op: Arc<str>,
     pub(crate) peer: Arc<str>,
+    /// The call's observation record, on an observed stream's handles.
+    pub(crate) record: Option<Arc<crate::observe::call::CallRecord>>,
 }
 
 impl CallName {
@@ -235,6 +241,15 @@ impl Shared {
         CallName {
             op: op.into(),
             peer: self.peer.label.clone(),
+            record: None,
+        }
+    }
+
+    /// The name of a stream call's handles, with its observation record.
+    fn stream_name(&self, op: &str, opts: &CallOptions) -> CallName {
+        CallName {
+            record: opts.record.clone(),
+            ..self.name(op)
         }
     }
 
@@ -324,7 +339,7 @@ impl Shared {
             .await?;
         let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
         Ok(Inbound::new(
-            s.name(op),
+            s.stream_name(op, &opts),
             rx,
             window,
             guard,
@@ -352,7 +367,7 @@ impl Shared {
             .await?;
         let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
         let out = Outbound::opener(
-            self.name(op),
+            self.stream_name(op, opts),
             self.clone(),
             id,
             credit,
@@ -376,7 +391,13 @@ impl Shared {
             ..Entry::default()
         };
         let (out, guard, deadline) = self.open_request_stream(op, &opts, entry).await?;
-        let reply = Reply::new(self.name(op), rx, guard, deadline, opts.timeout);
+        let reply = Reply::new(
+            self.stream_name(op, &opts),
+            rx,
+            guard,
+            deadline,
+            opts.timeout,
+        );
         Ok((out, reply))
     }
 
@@ -392,7 +413,14 @@ impl Shared {
             ..Entry::default()
         };
         let (out, guard, deadline) = self.open_request_stream(op, &opts, entry).await?;
-        let inbound = Inbound::new(self.name(op), rx, window, guard, deadline, opts.timeout);
+        let inbound = Inbound::new(
+            self.stream_name(op, &opts),
+            rx,
+            window,
+            guard,
+            deadline,
+            opts.timeout,
+        );
         Ok((out, inbound))
     }
 }
@@ -433,11 +461,15 @@ impl Shared {
         body: Bytes,
         opts: CallOptions,
     ) -> Result<Bytes, CallError> {
-        if self.call_interceptors.is_none() {
+        if self.call_interceptors.is_none() && !crate::observe::active() {
             return self.call_plain(op, body, opts).await;
         }
-        self.around(op, opts, async |opts| self.call_plain(op, body, opts).await)
-            .await
+        let request = Some(body.len());
+        crate::observe::call::client(&self.peer, op, CallKind::Unary, request, opts, async |o| {
+            self.around(op, o, async |o| self.call_plain(op, body, o).await)
+                .await
+        })
+        .await
     }
 
     /// Sends `body` to `op` without waiting for any answer.
@@ -447,8 +479,10 @@ impl Shared {
         body: Bytes,
         opts: CallOptions,
     ) -> Result<(), CallError> {
-        self.around(op, opts, async |opts| {
-            self.oneway_plain(op, body, opts).await
+        let request = Some(body.len());
+        crate::observe::call::client(&self.peer, op, CallKind::OneWay, request, opts, async |o| {
+            self.around(op, o, async |o| self.oneway_plain(op, body, o).await)
+                .await
         })
         .await
     }
@@ -460,8 +494,11 @@ impl Shared {
         body: Bytes,
         opts: CallOptions,
     ) -> Result<Inbound, CallError> {
-        self.around(op, opts, async |opts| {
-            self.server_stream_plain(op, body, opts).await
+        let request = Some(body.len());
+        let kind = CallKind::ServerStream;
+        crate::observe::call::client(&self.peer, op, kind, request, opts, async |o| {
+            self.around(op, o, async |o| self.server_stream_plain(op, body, o).await)
+                .await
         })
         .await
     }
@@ -472,8 +509,10 @@ impl Shared {
         op: &str,
         opts: CallOptions,
     ) -> Result<(Outbound, Reply), CallError> {
-        self.around(op, opts, async |opts| {
-            self.client_stream_plain(op, opts).await
+        let kind = CallKind::ClientStream;
+        crate::observe::call::client(&self.peer, op, kind, None, opts, async |o| {
+            self.around(op, o, async |o| self.client_stream_plain(op, o).await)
+                .await
         })
         .await
     }
@@ -484,7 +523,10 @@ impl Shared {
         op: &str,
         opts: CallOptions,
     ) -> Result<(Outbound, Inbound), CallError> {
-        self.around(op, opts, async |opts| self.bidi_plain(op, opts).await)
-            .await
+        crate::observe::call::client(&self.peer, op, CallKind::Bidi, None, opts, async |o| {
+            self.around(op, o, async |o| self.bidi_plain(op, o).await)
+                .await
+        })
+        .await
     }
 }

@@ -235,6 +235,15 @@ impl Shared {
         }
     }
 
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every peer this node has heard of, with its state, by id.
+    pub(crate) fn known_peers(&self) -> Vec<KnownPeer> {
+        lock(&self.known).values().cloned().collect()
+    }
+
     pub(crate) fn set_known(&self, peer: KnownPeer) {
         lock(&self.known).insert(peer.id, peer);
     }
@@ -635,7 +644,9 @@ impl NodeBuilder {
             self.describe_timeout,
             self.reconcile_every,
         );
+        crate::observe::lifecycle::watch_node(&shared);
         let task = tokio::spawn(driver.run(discovered, inputs_rx, stop.clone()));
+        crate::observe::lifecycle::node_state(&shared.name, id, "started");
         Ok(Node {
             inner: Arc::new(Inner {
                 shared,
@@ -855,7 +866,7 @@ impl Node {
 
     /// Every peer this node has heard of, with its state, by id.
     pub fn known_peers(&self) -> Vec<KnownPeer> {
-        lock(&self.inner.shared.known).values().cloned().collect()
+        self.inner.shared.known_peers()
     }
 
     /// The live set of peers serving `C` that this node is linked with.
@@ -969,6 +980,8 @@ impl Node {
         let left = self.inner.discovery.leave().await;
         self.inner.endpoint.shutdown().await;
         lock(&self.inner.shared.links).clear();
+        let shared = &self.inner.shared;
+        crate::observe::lifecycle::node_state(&shared.name, shared.id, "stopped");
         left.map_err(|source| NodeError::Discovery {
             node: self.inner.shared.name.clone(),
             source,
