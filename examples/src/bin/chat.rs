@@ -3,7 +3,12 @@
 //! ```text
 //! cargo run -p plexus-examples --bin chat                 # 3 nodes in this process
 //! cargo run -p plexus-examples --bin chat -- --nodes 5
+//! cargo run -p plexus-examples --features topology --bin chat -- --page 127.0.0.1:8080
 //! ```
+//!
+//! With `--page ADDR` the last node serves the live topology page on that
+//! loopback address; the nodes keep chatting, and the first node leaves
+//! when a line is read from standard input (the program ends at its end).
 //!
 //! Each node serves the `Chat` service and joins the session `lobby`. Once
 //! every node sees all the others, each broadcasts a message to the room and
@@ -17,6 +22,7 @@ use futures_util::StreamExt;
 use plexus::discovery::Beacon;
 use plexus::node::{Actor, Node, NodeEvent};
 use plexus::Reject;
+use tokio::io::AsyncBufReadExt;
 
 /// A chat room every node hosts.
 #[plexus::service(package = "chat")]
@@ -41,9 +47,11 @@ impl ChatActor for Room {
     }
 }
 
-fn nodes_from_args() -> Result<usize, String> {
+/// `--nodes N` and `--page ADDR`.
+fn args() -> Result<(usize, Option<String>), String> {
     let mut args = std::env::args().skip(1);
     let mut nodes = 3;
+    let mut page = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--nodes" => {
@@ -52,9 +60,10 @@ fn nodes_from_args() -> Result<usize, String> {
                     .parse()
                     .map_err(|_| format!("--nodes {value:?} is not a number"))?;
             }
+            "--page" => page = Some(args.next().ok_or("--page needs host:port")?),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (usage: chat [--nodes N])"
+                    "unknown argument {other:?} (usage: chat [--nodes N] [--page 127.0.0.1:PORT])"
                 ))
             }
         }
@@ -62,18 +71,27 @@ fn nodes_from_args() -> Result<usize, String> {
     if !(2..=64).contains(&nodes) {
         return Err(format!("--nodes {nodes}: choose between 2 and 64"));
     }
-    Ok(nodes)
+    if page.is_some() && cfg!(not(feature = "topology")) {
+        return Err("--page needs the topology feature: cargo run -p plexus-examples --features topology --bin chat -- --page 127.0.0.1:8080".into());
+    }
+    Ok((nodes, page))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let count = nodes_from_args()?;
+    let (count, page) = args()?;
     let interval = Duration::from_millis(200);
 
     let mut nodes = Vec::new();
     for i in 0..count {
         let name = format!("node-{i}");
-        let node = Node::builder(name.clone())
+        #[allow(unused_mut)]
+        let mut builder = Node::builder(name.clone());
+        #[cfg(feature = "topology")]
+        if let (Some(addr), true) = (&page, i == count - 1) {
+            builder = builder.topology_page(addr.clone());
+        }
+        let node = builder
             .discovery(Beacon::loopback().interval(interval))
             .reconcile_interval(interval)
             .session("lobby")
@@ -119,6 +137,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    if page.is_some() {
+        return with_page(nodes).await;
+    }
+
     // The first node leaves; the others see it go.
     let leaver = nodes.remove(0);
     let mut watchers: Vec<_> = nodes
@@ -142,6 +164,52 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(true) => println!("  {name} saw {gone:?} leave"),
             _ => return Err(format!("{name} did not see {gone:?} leave").into()),
         }
+    }
+    for node in nodes {
+        node.stop().await?;
+    }
+    Ok(())
+}
+
+/// `--page`: prints the page's URL, keeps every node posting to the room
+/// twice a second, stops the first node on a line of standard input and
+/// the rest at its end.
+async fn with_page(nodes: Vec<Node>) -> Result<(), Box<dyn std::error::Error>> {
+    #[cfg(feature = "topology")]
+    if let Some(url) = nodes.last().and_then(|n| n.topology_url()) {
+        println!("topology page: {url}");
+    }
+    let chatter: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let from = node.name().to_string();
+                let mut every = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    every.tick().await;
+                    let mut replies = node.broadcast(Duration::from_secs(1), |chat: ChatClient| {
+                        let from = from.clone();
+                        async move { chat.post(from, "still here".into()).await }
+                    });
+                    while replies.next().await.is_some() {}
+                }
+            })
+        })
+        .collect();
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut nodes = nodes.into_iter();
+    let mut chatter = chatter.into_iter();
+    if lines.next_line().await?.is_some() {
+        if let (Some(leaver), Some(talk)) = (nodes.next(), chatter.next()) {
+            talk.abort();
+            leaver.stop().await?;
+            println!("{} left", leaver.name());
+        }
+    }
+    while lines.next_line().await?.is_some() {}
+    for talk in chatter {
+        talk.abort();
     }
     for node in nodes {
         node.stop().await?;

@@ -16,8 +16,8 @@ use super::stream::{CallGuard, Inbound, Outbound, Reply};
 use super::table::{Entry, Failure, InboundTx};
 use super::Shared;
 use crate::error::CallError;
-use crate::CallKind;
 use crate::wire::frame::CallOpenHead;
+use crate::CallKind;
 
 /// Per-call options: a deadline and metadata.
 ///

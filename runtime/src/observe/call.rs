@@ -137,7 +137,9 @@ impl Labels {
 pub(crate) struct CallRecord {
     side: Side,
     kind: CallKind,
-    span: tracing::Span,
+    /// The call's span until it ends: the span closes then, not when the
+    /// last handle of a stream is dropped.
+    span: std::sync::Mutex<tracing::Span>,
     /// This call's own trace context, when its span is recorded: a client's
     /// is sent as `traceparent`; a server's is the handler's current one.
     trace: Option<TraceContext>,
@@ -175,7 +177,7 @@ impl CallRecord {
         CallRecord {
             side,
             kind,
-            span,
+            span: std::sync::Mutex::new(span),
             trace: None,
             labels,
             started: tokio::time::Instant::now(),
@@ -234,14 +236,23 @@ impl CallRecord {
         }
     }
 
+    /// A handle on the call's span (a disabled one once the call ended).
+    fn span(&self) -> tracing::Span {
+        self.span.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn finish(&self, outcome: Outcome) {
         if self.done.swap(true, Ordering::AcqRel) {
             return;
         }
         let sent = self.sent.load(Ordering::Relaxed);
         let received = self.received.load(Ordering::Relaxed);
-        if !self.span.is_disabled() {
-            let span = &self.span;
+        let span = std::mem::replace(
+            &mut *self.span.lock().unwrap_or_else(|e| e.into_inner()),
+            tracing::Span::none(),
+        );
+        if !span.is_disabled() {
+            let span = &span;
             span.record(names::OUTCOME, outcome.name);
             if let Some(code) = outcome.code {
                 span.record(names::CODE, code);
@@ -393,14 +404,15 @@ fn start_client(
     } else {
         tracing::Span::none()
     };
+    let traced = !span.is_disabled();
     let mut record = CallRecord::new(Side::Client, kind, op, span);
-    if !record.span.is_disabled() {
+    if traced {
         let existing = opts.metadata.iter().position(|(k, _)| k == TRACEPARENT);
         let parent = existing
             .and_then(|i| TraceContext::parse(&opts.metadata[i].1))
             .or_else(TraceContext::current);
         let own = parent.map_or_else(TraceContext::new_root, |p| p.child());
-        record_trace(&record.span, &own, parent.as_ref());
+        record_trace(&record.span(), &own, parent.as_ref());
         let header = Bytes::from(own.to_string());
         match existing {
             Some(i) => opts.metadata[i].1 = header,
@@ -463,7 +475,7 @@ pub(crate) async fn client<T: Opened>(
         record.sent(len);
     }
     opts.record = Some(record.clone());
-    let span = record.span.clone();
+    let span = record.span();
     let outcome = tracing::Instrument::instrument(call(opts), span).await;
     match &outcome {
         Ok(opened) => opened.settle(&record),
@@ -489,18 +501,19 @@ pub(crate) fn serving(
     } else {
         tracing::Span::none()
     };
+    let traced = !span.is_disabled();
     let mut record = CallRecord::new(Side::Server, kind, &ctx.op, span);
     if let Some(len) = request {
         record.received(len);
     }
-    if !record.span.is_disabled() {
+    if traced {
         let parent = ctx
             .metadata
             .as_deref()
             .and_then(|m| m.iter().find(|(k, _)| k == TRACEPARENT))
             .and_then(|(_, v)| TraceContext::parse(v));
         let own = parent.map_or_else(TraceContext::new_root, |p| p.child());
-        record_trace(&record.span, &own, parent.as_ref());
+        record_trace(&record.span(), &own, parent.as_ref());
         record.trace = Some(own);
     }
     record.deadline = ctx.deadline;
@@ -534,6 +547,7 @@ pub(crate) fn served<T: Served + Send + 'static>(
         None => fut,
         Some(record) => Box::pin(Serving {
             fut,
+            span: record.span(),
             record,
             polled: false,
             finished: false,
@@ -561,6 +575,8 @@ impl Served for () {
 
 struct Serving<T> {
     fut: BoxFuture<'static, Result<T, Reject>>,
+    /// Entered while the handler is polled.
+    span: tracing::Span,
     record: Arc<CallRecord>,
     polled: bool,
     finished: bool,
@@ -584,7 +600,7 @@ impl<T: Served> Future for Serving<T> {
         let this = &mut *self;
         this.polled = true;
         let record = this.record.clone();
-        let _entered = record.span.enter();
+        let _entered = this.span.enter();
         let guard = PanicGuard(&record);
         let fut = &mut this.fut;
         let polled = match record.trace {

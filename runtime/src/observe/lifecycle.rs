@@ -94,7 +94,10 @@ pub(crate) fn describe_metrics() {
             "Response messages per call served."
         );
         describe_gauge!(names::CONNECTIONS_OPEN, "Connections open now.");
-        describe_counter!(names::CONNECTIONS_CLOSED, "Connections that ended, by reason.");
+        describe_counter!(
+            names::CONNECTIONS_CLOSED,
+            "Connections that ended, by reason."
+        );
         describe_counter!(
             names::HANDSHAKES_REFUSED,
             "Incoming handshakes that failed, by reason."

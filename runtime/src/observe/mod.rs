@@ -29,9 +29,9 @@
 pub(crate) mod call;
 pub(crate) mod lifecycle;
 pub mod names;
-mod trace_context;
 #[cfg(feature = "topology")]
 pub mod topology;
+mod trace_context;
 
 pub use trace_context::{SpanId, TraceContext, TraceId, TRACEPARENT};
 
@@ -124,14 +124,23 @@ mod tests {
     #[test]
     fn addresses_split_into_transport_host_and_port() {
         let a = Address::parse("tcp://127.0.0.1:4000");
-        assert_eq!((a.transport, a.host, a.port), ("tcp", "127.0.0.1", Some(4000)));
+        assert_eq!(
+            (a.transport, a.host, a.port),
+            ("tcp", "127.0.0.1", Some(4000))
+        );
         let a = Address::parse("wss://[::1]:4443/plexus");
         assert_eq!((a.transport, a.host, a.port), ("tcp", "::1", Some(4443)));
         let a = Address::parse("quic://localhost:4433");
-        assert_eq!((a.transport, a.host, a.port), ("quic", "localhost", Some(4433)));
+        assert_eq!(
+            (a.transport, a.host, a.port),
+            ("quic", "localhost", Some(4433))
+        );
         let a = Address::parse("unix:///tmp/x.sock");
         assert_eq!((a.transport, a.host, a.port), ("unix", "/tmp/x.sock", None));
         let a = Address::parse("inproc://bus (dialer #3)");
-        assert_eq!((a.transport, a.host, a.port), ("inproc", "bus (dialer #3)", None));
+        assert_eq!(
+            (a.transport, a.host, a.port),
+            ("inproc", "bus (dialer #3)", None)
+        );
     }
 }

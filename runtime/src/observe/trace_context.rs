@@ -164,7 +164,8 @@ pub(crate) fn poll_in<R>(cx: TraceContext, f: impl FnOnce() -> R) -> R {
 }
 
 fn hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Ids are random; zero is reserved for "invalid".
