@@ -6,6 +6,7 @@
 //! cargo run --release -p plexus-bench              # full run, ~2 minutes
 //! cargo run --release -p plexus-bench -- --quick   # shorter windows, < 1 minute
 //! cargo run --release -p plexus-bench -- --resilience  # hostile peers vs. a server process
+//! cargo run --release -p plexus-bench -- --security    # TLS, session keys, interceptors
 //! ```
 //!
 //! Prints one table and writes it into `BENCHMARKS.md` at the workspace root
@@ -20,6 +21,7 @@ mod raw;
 mod report;
 mod resilience;
 mod rig;
+mod security;
 mod systems;
 mod tarpc_side;
 mod tonic_side;
@@ -119,6 +121,8 @@ struct Args {
     serve: Option<String>,
     /// Run the resilience benchmark instead of the performance one.
     resilience: bool,
+    /// Run the security benchmark (TLS, keys, interceptors) instead.
+    security: bool,
     /// With `--resilience`: only these attacks; nothing is written.
     attacks: Vec<String>,
     /// Be the resilience benchmark's victim: everything after
@@ -133,6 +137,7 @@ fn parse_args() -> Result<Args, BoxError> {
         system: None,
         serve: None,
         resilience: false,
+        security: false,
         attacks: Vec::new(),
         serve_victim: None,
         out: Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -144,6 +149,7 @@ fn parse_args() -> Result<Args, BoxError> {
         match arg.as_str() {
             "--quick" => args.quick = true,
             "--resilience" => args.resilience = true,
+            "--security" => args.security = true,
             "--attack" => {
                 let id = it.next().ok_or("--attack needs a name")?;
                 let known = resilience::attack_ids();
@@ -177,7 +183,7 @@ fn parse_args() -> Result<Args, BoxError> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: plexus-bench [--quick] [--out PATH | --no-write] [--only {}] [--system NAME] | --serve URL\n       plexus-bench --resilience [--out PATH | --no-write] [--attack {}]...",
+                    "usage: plexus-bench [--quick] [--out PATH | --no-write] [--only {}] [--system NAME] | --serve URL\n       plexus-bench --security [--quick] [--out PATH | --no-write]\n       plexus-bench --resilience [--out PATH | --no-write] [--attack {}]...",
                     PHASES.join("|"),
                     resilience::attack_ids().join("|")
                 );
@@ -209,6 +215,15 @@ fn main() -> Result<(), BoxError> {
         settings.systems = vec![system];
     }
     let rig = Rig::new()?;
+    if args.security {
+        return security::run(
+            &rig,
+            security::Options {
+                quick: args.quick,
+                out: args.out,
+            },
+        );
+    }
     if let Some(url) = args.serve {
         return on_server(&rig, async move {
             let server = plexus_side::start_at(&url).await?;

@@ -38,10 +38,12 @@ pub async fn start() -> Result<Server, BoxError> {
 
 /// Starts a server listening on `url`.
 pub async fn start_at(url: &str) -> Result<Server, BoxError> {
-    Ok(Server::bind(url)
-        .serve(EchoHandler::new(Echoing))
-        .start()
-        .await?)
+    Ok(server(url).start().await?)
+}
+
+/// A server of the echo contract on `url`, to configure further and start.
+pub fn server(url: &str) -> plexus::ServerBuilder {
+    Server::bind(url).serve(EchoHandler::new(Echoing))
 }
 
 /// Connects a typed client to `url`.

@@ -161,6 +161,25 @@ pub async fn download(addr: SocketAddr, messages: u32, size: u32) -> Result<usiz
     Ok(received)
 }
 
+/// The floor of connection set-up: connect, one echo call, close — on the
+/// stream itself, no tasks.
+pub async fn connect_echo_close(addr: SocketAddr, payload: &[u8]) -> Result<usize, BoxError> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut buf = BytesMut::with_capacity(64);
+    encode(&mut buf, 1, payload);
+    stream.write_all(&buf).await?;
+    buf.clear();
+    loop {
+        if let Some((_, reply)) = decode(&mut buf)? {
+            return Ok(reply.len());
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err("raw echo server closed before answering".into());
+        }
+    }
+}
+
 /// A client connection: calls wait on a oneshot keyed by request id.
 #[derive(Clone)]
 pub struct Client {

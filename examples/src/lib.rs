@@ -1,6 +1,8 @@
 //! What the example programs share: the `--tls-dir DIR` option that lets
 //! `tls://`, `wss://` and `quic://` run across processes with a development
-//! certificate authority.
+//! certificate authority, and the `--tls` / `--key SECRET` options of the
+//! node examples ([`NodeSecurity`]), with [`DevCa`] giving the nodes of one
+//! process their certificates for mutual TLS.
 //!
 //! `serve ... --tls-dir DIR` creates `DIR/ca.pem`, `DIR/server.pem` and
 //! `DIR/server.key` on first use (a throwaway CA and a certificate for
@@ -12,6 +14,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use plexus::discovery::SessionKey;
+use plexus::node::NodeBuilder;
 use plexus::TlsConfig;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -63,9 +67,115 @@ pub fn client_tls(dir: &Path) -> io::Result<TlsConfig> {
     TlsConfig::client(&pem).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// A throwaway certificate authority held in memory, issuing each node of
+/// an example a certificate for mutual TLS (its name as the subject CN,
+/// valid for `localhost`, `127.0.0.1` and `::1`, for both server and client
+/// use). Never use it outside development.
+pub struct DevCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl DevCa {
+    /// A new authority with a fresh key.
+    pub fn new() -> io::Result<DevCa> {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca.distinguished_name
+            .push(DnType::CommonName, "Plexus examples development CA");
+        let key = KeyPair::generate().map_err(failed)?;
+        let issuer = CertifiedIssuer::self_signed(ca, key).map_err(failed)?;
+        Ok(DevCa { issuer })
+    }
+
+    /// Mutual TLS for the node `name`: it listens and dials with its own
+    /// certificate and admits only peers whose certificate this authority
+    /// signed.
+    pub fn node_tls(&self, name: &str) -> io::Result<TlsConfig> {
+        let names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+        let mut leaf = CertificateParams::new(names).map_err(failed)?;
+        leaf.distinguished_name.push(DnType::CommonName, name);
+        leaf.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().map_err(failed)?;
+        let cert = leaf.signed_by(&key, &self.issuer).map_err(failed)?;
+        let ca = self.issuer.pem();
+        TlsConfig::mutual(
+            ca.as_bytes(),
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+fn failed(e: rcgen::Error) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// How the node examples secure their nodes, from the command line:
+/// `--tls` puts every node on mutual TLS with a certificate from one
+/// in-memory [`DevCa`]; `--key SECRET` gives the group a session key (its
+/// announcements are tagged and every connection proves it). Independent of
+/// each other; docs/SECURITY.md says what each protects.
+pub struct NodeSecurity {
+    ca: Option<DevCa>,
+    key: Option<SessionKey>,
+}
+
+impl NodeSecurity {
+    /// Takes `--tls` and `--key SECRET` out of `args`.
+    pub fn from_args(args: &mut Vec<String>) -> Result<NodeSecurity, String> {
+        let ca = if take_flag(args, "--tls") {
+            Some(DevCa::new().map_err(|e| format!("making the development CA: {e}"))?)
+        } else {
+            None
+        };
+        let key = match args.iter().position(|a| a == "--key") {
+            None => None,
+            Some(at) => {
+                let secret = args
+                    .get(at + 1)
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .ok_or("--key needs a non-empty secret")?;
+                args.drain(at..at + 2);
+                Some(SessionKey::new(secret))
+            }
+        };
+        Ok(NodeSecurity { ca, key })
+    }
+
+    /// Takes the options from the process's own arguments.
+    pub fn from_env() -> Result<NodeSecurity, String> {
+        NodeSecurity::from_args(&mut std::env::args().skip(1).collect())
+    }
+
+    /// True when `--tls` was given.
+    pub fn tls(&self) -> bool {
+        self.ca.is_some()
+    }
+
+    /// `builder` with TLS (a certificate for `name`) and the key, as asked.
+    pub fn apply(&self, mut builder: NodeBuilder, name: &str) -> io::Result<NodeBuilder> {
+        if let Some(ca) = &self.ca {
+            // Listens on tls://127.0.0.1:0 and dials its peers over TLS.
+            builder = builder.tls(ca.node_tls(name)?);
+        }
+        if let Some(key) = &self.key {
+            builder = builder.session_key(key.clone());
+        }
+        Ok(builder)
+    }
+}
+
 /// Writes a throwaway CA and a server certificate it signed into `dir`.
 fn make_dev_pki(dir: &Path) -> io::Result<()> {
-    let failed = |e: rcgen::Error| io::Error::other(e.to_string());
     fs::create_dir_all(dir)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -49,7 +49,11 @@ impl Extensions {
     }
 
     fn extend(&mut self, other: Extensions) {
-        self.0.extend(other.0);
+        if self.0.is_empty() {
+            *self = other;
+        } else {
+            self.0.extend(other.0);
+        }
     }
 }
 
@@ -212,13 +216,14 @@ pub trait CallInterceptor: Send + Sync + 'static {
     }
 }
 
-/// The server-side chain of one endpoint.
+/// The server-side chain of one endpoint (shared: every intercepted call
+/// holds it while its interceptors run).
 #[derive(Clone, Default)]
-pub(crate) struct Interceptors(Vec<Arc<dyn Interceptor>>);
+pub(crate) struct Interceptors(Arc<Vec<Arc<dyn Interceptor>>>);
 
 impl Interceptors {
     pub(crate) fn push(&mut self, i: Arc<dyn Interceptor>) {
-        self.0.push(i);
+        Arc::make_mut(&mut self.0).push(i);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -226,7 +231,7 @@ impl Interceptors {
     }
 
     pub(crate) fn extend(&mut self, other: &Interceptors) {
-        self.0.extend(other.0.iter().cloned());
+        Arc::make_mut(&mut self.0).extend(other.0.iter().cloned());
     }
 
     /// Whether `op` is one the runtime keeps for itself (never intercepted).
@@ -236,10 +241,15 @@ impl Interceptors {
 
     /// Runs every interceptor in order; the first refusal wins.
     pub(crate) async fn admit(&self, call: IncomingCall) -> Result<Extensions, Reject> {
+        let Some((last, first)) = self.0.split_last() else {
+            return Ok(Extensions::default());
+        };
         let mut all = Extensions::default();
-        for i in &self.0 {
+        for i in first {
             all.extend(i.intercept(call.clone()).await?);
         }
+        // The last one takes the call itself: one interceptor, no clone.
+        all.extend(last.intercept(call).await?);
         Ok(all)
     }
 }

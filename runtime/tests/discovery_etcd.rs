@@ -255,3 +255,66 @@ async fn session_switch_and_restart_are_reported() {
     .await;
     assert!(later.is_err(), "restarted node reported lost: {later:?}");
 }
+
+#[tokio::test]
+async fn with_a_key_only_records_tagged_under_it_are_believed() {
+    let etcd = EtcdServer::start().await;
+    let key = plexus::discovery::SessionKey::new(b"fleet key, 32 bytes of secret!!!");
+    let observer = etcd.node("/test/keyed").key(key.clone());
+    let mut events = observer.start(announcement(1, 1)).await.expect("starts");
+
+    // A node without the key, and one with another key, in the same prefix.
+    let keyless = etcd.node("/test/keyed");
+    let _keyless_events = keyless.start(announcement(2, 1)).await.expect("starts");
+    let other = etcd
+        .node("/test/keyed")
+        .key(plexus::discovery::SessionKey::new(b"another key"));
+    let _other_events = other.start(announcement(3, 1)).await.expect("starts");
+    // A record written straight into etcd by someone who can write to the
+    // prefix but has no key: a well-formed announcement, untagged.
+    let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(5));
+    let mut client = etcd_client::Client::connect([&etcd.url], Some(options))
+        .await
+        .expect("etcd client");
+    let injected = announcement(4, 1);
+    let mut raw = bytes::BytesMut::new();
+    injected.encode_into(&mut raw).expect("encodes");
+    client
+        .put(format!("/test/keyed/{}", NodeId(4)), raw.to_vec(), None)
+        .await
+        .expect("put");
+
+    // The keyed peer is found; the others never are.
+    let member = etcd.node("/test/keyed").key(key);
+    let _member_events = member.start(announcement(5, 1)).await.expect("starts");
+    let found = expect(
+        &mut events,
+        Duration::from_secs(5),
+        "the keyed member",
+        |e| matches!(e, DiscoveryEvent::Discovered(_)),
+    )
+    .await;
+    assert!(
+        matches!(&found, DiscoveryEvent::Discovered(p) if p.node_id == NodeId(5)),
+        "{found:?}"
+    );
+    let later = timeout(Duration::from_millis(500), async {
+        loop {
+            match events.recv().await {
+                Some(DiscoveryEvent::Discovered(p)) => return p.node_id,
+                Some(_) => {}
+                None => std::future::pending().await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        later.is_err(),
+        "an untrusted record was believed: {later:?}"
+    );
+    let stats = observer.stats();
+    assert!(
+        stats.dropped_unauthenticated >= 3,
+        "keyless, other-key and injected records are counted: {stats:?}"
+    );
+}

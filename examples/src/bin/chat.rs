@@ -3,18 +3,28 @@
 //! ```text
 //! cargo run -p plexus-examples --bin chat                 # 3 nodes in this process
 //! cargo run -p plexus-examples --bin chat -- --nodes 5
+//! cargo run -p plexus-examples --bin chat -- --tls --key "our secret"
 //! cargo run -p plexus-examples --features topology --bin chat -- --page 127.0.0.1:8080
 //! ```
 //!
 //! With `--page ADDR` the last node serves the live topology page on that
-//! loopback address; the nodes keep chatting, and the first node leaves
-//! when a line is read from standard input (the program ends at its end).
+//! loopback address (docs/OBSERVABILITY.md); the nodes keep chatting, the
+//! first node leaves when a line is read from standard input, and the
+//! program ends at its end.
 //!
 //! Each node serves the `Chat` service and joins the session `lobby`. Once
 //! every node sees all the others, each broadcasts a message to the room and
 //! prints the replies; every node prints what it receives. Then the first
 //! node stops, and the others print that it left. Nothing leaves this host:
 //! the beacon only multicasts on 127.0.0.1.
+//!
+//! `--tls` puts every node on mutual TLS (`tls://`): a development CA made in
+//! memory gives each node a certificate with its name, and each node prints
+//! the verified certificate of every peer it links. `--key SECRET` gives the
+//! group a session key: announcements are tagged with it and every
+//! connection proves it in its handshake, so a node without it can neither
+//! be seen nor connect (docs/SECURITY.md). The two are independent; use both
+//! on any network you do not control.
 
 use std::time::Duration;
 
@@ -22,6 +32,7 @@ use futures_util::StreamExt;
 use plexus::discovery::Beacon;
 use plexus::node::{Actor, Node, NodeEvent};
 use plexus::Reject;
+use plexus_examples::NodeSecurity;
 use tokio::io::AsyncBufReadExt;
 
 /// A chat room every node hosts.
@@ -48,10 +59,10 @@ impl ChatActor for Room {
 }
 
 /// `--nodes N` and `--page ADDR`.
-fn args() -> Result<(usize, Option<String>), String> {
-    let mut args = std::env::args().skip(1);
+fn nodes_from_args(args: &[String]) -> Result<(usize, Option<String>), String> {
     let mut nodes = 3;
     let mut page = None;
+    let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--nodes" => {
@@ -60,10 +71,10 @@ fn args() -> Result<(usize, Option<String>), String> {
                     .parse()
                     .map_err(|_| format!("--nodes {value:?} is not a number"))?;
             }
-            "--page" => page = Some(args.next().ok_or("--page needs host:port")?),
+            "--page" => page = Some(args.next().ok_or("--page needs host:port")?.clone()),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (usage: chat [--nodes N] [--page 127.0.0.1:PORT])"
+                    "unknown argument {other:?} (usage: chat [--nodes N] [--tls] [--key SECRET] [--page 127.0.0.1:PORT])"
                 ))
             }
         }
@@ -77,35 +88,65 @@ fn args() -> Result<(usize, Option<String>), String> {
     Ok((nodes, page))
 }
 
+/// Prints each peer a node links, with its verified certificate on TLS.
+fn print_links(node: &Node) {
+    let name = node.name().to_string();
+    let mut events = node.events();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let NodeEvent::PeerConnected { peer, identity } = event {
+                match identity {
+                    Some(id) => println!(
+                        "  {name} linked {peer:?}: certificate {} issued by {}",
+                        id.subject(),
+                        id.issuer(),
+                    ),
+                    None => println!("  {name} linked {peer:?}"),
+                }
+            }
+        }
+    });
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (count, page) = args()?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let security = NodeSecurity::from_args(&mut args)?;
+    let (count, page) = nodes_from_args(&args)?;
     let interval = Duration::from_millis(200);
 
     let mut nodes = Vec::new();
     for i in 0..count {
         let name = format!("node-{i}");
-        #[allow(unused_mut)]
-        let mut builder = Node::builder(name.clone());
-        #[cfg(feature = "topology")]
-        if let (Some(addr), true) = (&page, i == count - 1) {
-            builder = builder.topology_page(addr.clone());
-        }
-        let node = builder
+        let builder = Node::builder(name.clone())
             .discovery(Beacon::loopback().interval(interval))
             .reconcile_interval(interval)
-            .session("lobby")
+            .session("lobby");
+        #[cfg(feature = "topology")]
+        let builder = match &page {
+            Some(addr) if i == count - 1 => builder.topology_page(addr.clone()),
+            _ => builder,
+        };
+        // `--tls` adds `.tls(TlsConfig::mutual(ca, cert, key))`, `--key`
+        // adds `.session_key(SessionKey::new(secret))`: see plexus_examples.
+        let node = security
+            .apply(builder, &name)?
             .serve(ChatHandler::new(Actor::spawn(Room {
                 me: name,
                 received: 0,
             })))
             .start()
             .await?;
+        print_links(&node);
         println!(
-            "{} is up as {} on {:?}",
+            "{} is up as {} on {}",
             node.name(),
             node.id(),
             node.local_urls()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         nodes.push(node);
     }

@@ -6,7 +6,11 @@
 //! ```text
 //! cargo run -p plexus-examples --bin files
 //! cargo run -p plexus-examples --bin files -- --seeders 5 --mib 32
+//! cargo run -p plexus-examples --bin files -- --tls --key "our secret"
 //! ```
+//!
+//! `--tls` puts the nodes on mutual TLS, `--key SECRET` gives them a session
+//! key (as in the chat example; docs/SECURITY.md).
 //!
 //! Nothing leaves this host; the file lives in memory.
 
@@ -17,6 +21,7 @@ use plexus::discovery::Beacon;
 use plexus::files::{Download, FileShareClient, FileStore, Saved};
 use plexus::node::Node;
 use plexus::Bytes;
+use plexus_examples::NodeSecurity;
 
 fn arg(name: &str, default: u64) -> Result<u64, String> {
     let args: Vec<String> = std::env::args().collect();
@@ -43,17 +48,21 @@ fn content(len: usize) -> Bytes {
         .into()
 }
 
-async fn node(name: &str, store: &FileStore) -> Result<Node, plexus::node::NodeError> {
-    Node::builder(name)
+async fn node(
+    security: &NodeSecurity,
+    name: &str,
+    store: &FileStore,
+) -> Result<Node, Box<dyn std::error::Error>> {
+    let builder = Node::builder(name)
         .session("files")
         .discovery(Beacon::loopback().interval(Duration::from_millis(200)))
-        .serve(store.clone())
-        .start()
-        .await
+        .serve(store.clone());
+    Ok(security.apply(builder, name)?.start().await?)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let security = NodeSecurity::from_env()?;
     let seeders = arg("--seeders", 3)?.max(2) as usize;
     let mib = arg("--mib", 16)?.max(1) as usize;
     let data = content(mib << 20);
@@ -68,7 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut nodes = Vec::new();
     for i in 0..seeders {
-        nodes.push(node(&format!("seeder-{i}"), &original).await?);
+        nodes.push(node(&security, &format!("seeder-{i}"), &original).await?);
     }
     let names: BTreeMap<_, _> = nodes
         .iter()
@@ -76,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
 
     let mine = FileStore::new();
-    let downloader = node("downloader", &mine).await?;
+    let downloader = node(&security, "downloader", &mine).await?;
     let peers = downloader.peers::<FileShareClient>();
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -129,7 +138,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // A newcomer finds the file at the downloader too, which shares it now.
-    let newcomer = node("newcomer", &FileStore::new()).await?;
+    let newcomer = node(&security, "newcomer", &FileStore::new()).await?;
     let peers = newcomer.peers::<FileShareClient>();
     tokio::time::timeout(
         Duration::from_secs(10),

@@ -5,7 +5,11 @@
 //! ```text
 //! cargo run -p plexus-examples --bin jobs
 //! cargo run -p plexus-examples --bin jobs -- --workers 5 --jobs 200
+//! cargo run -p plexus-examples --bin jobs -- --tls --key "our secret"
 //! ```
+//!
+//! `--tls` puts the nodes on mutual TLS, `--key SECRET` gives them a session
+//! key (as in the chat example; docs/SECURITY.md).
 //!
 //! Nodes find each other on the loopback beacon; nothing leaves this host.
 
@@ -18,6 +22,7 @@ use plexus::discovery::Beacon;
 use plexus::node::Node;
 use plexus::patterns::Pipeline;
 use plexus::Reject;
+use plexus_examples::NodeSecurity;
 
 /// Work a worker does.
 #[plexus::service(package = "jobs", roles = ["dispatcher", "worker"])]
@@ -59,14 +64,14 @@ fn arg(name: &str, default: u64) -> Result<u64, String> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let workers = arg("--workers", 3)?.max(2);
     let jobs = arg("--jobs", 60)?;
+    let security = NodeSecurity::from_env()?;
     let beacon = || Beacon::loopback().interval(Duration::from_millis(200));
 
     let dispatcher = Node::builder("dispatcher")
         .session("jobs")
         .discovery(beacon())
-        .uses_as::<JobsClient>("dispatcher")
-        .start()
-        .await?;
+        .uses_as::<JobsClient>("dispatcher");
+    let dispatcher = security.apply(dispatcher, "dispatcher")?.start().await?;
     let mut nodes = Vec::new();
     let doomed = Arc::new(AtomicBool::new(false));
     for i in 0..workers {
@@ -85,9 +90,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     doomed: flag,
                 }),
                 "worker",
-            )
-            .start()
-            .await?;
+            );
+        let node = security.apply(node, &name)?.start().await?;
         nodes.push((name, node));
     }
     let set = dispatcher.peers::<JobsClient>();

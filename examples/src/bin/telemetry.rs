@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run -p plexus-examples --bin telemetry
+//! cargo run -p plexus-examples --bin telemetry -- --tls --key "our secret"
 //! ```
 //!
 //! Two sensor nodes (`site-a`, `site-b`) publish the `telemetry.Readings`
@@ -17,6 +18,7 @@ use std::time::Duration;
 use plexus::discovery::Beacon;
 use plexus::node::Node;
 use plexus::patterns::{Overflow, Publisher, Subscriber, TopicClient};
+use plexus_examples::NodeSecurity;
 
 /// One sensor reading.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -36,6 +38,7 @@ const SESSION: &str = "plant";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let security = NodeSecurity::from_env()?;
     let beacon = || Beacon::loopback().interval(Duration::from_millis(200));
 
     let mut sensors = Vec::new();
@@ -44,17 +47,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let node = Node::builder(site)
             .session(SESSION)
             .discovery(beacon())
-            .serve_as(publisher.clone(), "publisher")
-            .start()
-            .await?;
+            .serve_as(publisher.clone(), "publisher");
+        let node = security.apply(node, site)?.start().await?;
         sensors.push((site, node, publisher));
     }
     let watcher = Node::builder("watcher")
         .session(SESSION)
         .discovery(beacon())
-        .uses_as::<Readings>("subscriber")
-        .start()
-        .await?;
+        .uses_as::<Readings>("subscriber");
+    let watcher = security.apply(watcher, "watcher")?.start().await?;
     let dashboard = Subscriber::<Readings>::builder()
         .filter("site-a/")
         .overflow(Overflow::Block)

@@ -226,7 +226,8 @@ impl ConnectionConfig {
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
     node: NodeId,
-    remote: String,
+    // Shared, so that a clone (one per intercepted call) allocates nothing.
+    remote: Arc<str>,
     data: Bytes,
     label: Arc<str>,
     identity: Option<crate::transport::PeerIdentity>,
@@ -237,7 +238,7 @@ impl PeerInfo {
         let label: Arc<str> = format!("node {:08x} at {remote}", (node.0 >> 96) as u32).into();
         PeerInfo {
             node,
-            remote,
+            remote: remote.into(),
             data,
             label,
             identity: None,

@@ -528,11 +528,15 @@ impl Task {
             Counters::bump(&self.counters.dropped_malformed);
             return;
         };
+        // Err(true): not authenticated (counted apart from malformed). With a
+        // key, a record is a sealed datagram, so anything that fails before
+        // its tag verifies is unauthenticated; without one, a sealed record
+        // is someone else's keyed fleet.
         let decoded = match &self.key {
-            Some(key) => {
-                super::datagram::open(kv.value(), Some(key)).map_err(|e| e.is_unauthenticated())
-            }
-            None => Announcement::decode(kv.value()).map_err(|_| false),
+            Some(key) => super::datagram::open(kv.value(), Some(key))
+                .map_err(|e| !matches!(e, super::datagram::DatagramError::Announcement(_))),
+            None => Announcement::decode(kv.value())
+                .map_err(|_| kv.value().starts_with(&super::datagram::BEACON_MAGIC)),
         };
         let announcement = match decoded {
             Ok(announcement) if announcement.node_id == node => announcement,

@@ -52,6 +52,50 @@ impl SessionKey {
         SessionKey(Bytes::copy_from_slice(key.as_ref()))
     }
 
+    /// A new key of 32 random bytes, from a cryptographically secure
+    /// generator seeded by the operating system. Share it with the group's
+    /// members out of band ([`SessionKey::to_hex`]).
+    pub fn generate() -> Self {
+        SessionKey(Bytes::copy_from_slice(&rand::random::<[u8; 32]>()))
+    }
+
+    /// A key written in hex (an environment variable, a secrets file):
+    /// an even number of hex digits, at least 16 bytes' worth, surrounding
+    /// whitespace ignored.
+    ///
+    /// ```
+    /// use plexus::wire::SessionKey;
+    /// let key = SessionKey::generate();
+    /// assert_eq!(SessionKey::from_hex(&key.to_hex()), Ok(key));
+    /// assert!(SessionKey::from_hex("c0ffee").is_err()); // too short to be secret
+    /// ```
+    pub fn from_hex(text: &str) -> Result<Self, KeyFormatError> {
+        let text = text.trim();
+        if text.len() % 2 != 0 {
+            return Err(KeyFormatError::OddLength(text.len()));
+        }
+        let digit = |at: usize| {
+            let c = text.as_bytes()[at];
+            (c as char)
+                .to_digit(16)
+                .map(|d| d as u8)
+                .ok_or(KeyFormatError::NotHex { at })
+        };
+        let bytes = (0..text.len() / 2)
+            .map(|i| Ok(digit(2 * i)? << 4 | digit(2 * i + 1)?))
+            .collect::<Result<Vec<u8>, KeyFormatError>>()?;
+        if bytes.len() < MIN_HEX_KEY_LEN {
+            return Err(KeyFormatError::TooShort(bytes.len()));
+        }
+        Ok(SessionKey(bytes.into()))
+    }
+
+    /// The key in lowercase hex, for [`SessionKey::from_hex`]. This is the
+    /// secret itself: store it as one.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The key's length in bytes.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -125,6 +169,28 @@ impl fmt::Debug for SessionKey {
         // Never print the secret.
         write!(f, "SessionKey({} bytes)", self.0.len())
     }
+}
+
+/// The fewest bytes [`SessionKey::from_hex`] takes (16 bytes, 128 bits:
+/// below that, offline guessing from a recorded handshake gets practical).
+pub const MIN_HEX_KEY_LEN: usize = 16;
+
+/// Why [`SessionKey::from_hex`] refused a text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFormatError {
+    /// Hex digits come in pairs.
+    #[error("a hex session key has an even number of digits, not {0}")]
+    OddLength(usize),
+    /// A character that is not a hex digit.
+    #[error("character {at} of the session key is not a hex digit")]
+    NotHex {
+        /// Its position (0-based, after trimming).
+        at: usize,
+    },
+    /// Fewer than [`MIN_HEX_KEY_LEN`] bytes.
+    #[error("a session key of {0} bytes is too short to be secret (at least 16; SessionKey::generate makes 32)")]
+    TooShort(usize),
 }
 
 /// A fresh random nonce.
@@ -346,5 +412,33 @@ mod tests {
             value: Bytes::from_static(b"x"),
         };
         assert!(HelloKey::find(&[short]).is_err());
+    }
+
+    #[test]
+    fn hex_keys_round_trip_and_bad_text_is_named() {
+        let key = SessionKey::generate();
+        assert_eq!(key.len(), 32);
+        assert_ne!(key, SessionKey::generate());
+        assert_eq!(
+            SessionKey::from_hex(&format!("  {}\n", key.to_hex())),
+            Ok(key)
+        );
+        let upper = "00112233445566778899AABBCCDDEEFF";
+        assert_eq!(
+            SessionKey::from_hex(upper).map(|k| k.to_hex()),
+            Ok(upper.to_lowercase())
+        );
+        assert_eq!(
+            SessionKey::from_hex("abc"),
+            Err(KeyFormatError::OddLength(3))
+        );
+        assert_eq!(
+            SessionKey::from_hex("00112233445566778899aabbccddeexz"),
+            Err(KeyFormatError::NotHex { at: 30 })
+        );
+        assert_eq!(
+            SessionKey::from_hex("c0ffee"),
+            Err(KeyFormatError::TooShort(3))
+        );
     }
 }

@@ -12,7 +12,7 @@ pub mod varint;
 
 pub use self::frame::{decode, CallOpen, Frame, Kind, OpRef, HEADER_LEN};
 pub use self::handshake::{Answer, Extension, Hello, Refusal, RefusalCode, Welcome};
-pub use self::key::SessionKey;
+pub use self::key::{KeyFormatError, SessionKey};
 
 /// Default largest frame payload a side accepts (announced in the handshake).
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
