@@ -2,6 +2,7 @@
 //! made at test time, a listening server on every transport, and bounded waits.
 
 pub mod observe;
+pub mod topology;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
