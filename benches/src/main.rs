@@ -7,6 +7,7 @@
 //! cargo run --release -p plexus-bench -- --quick   # shorter windows, < 1 minute
 //! cargo run --release -p plexus-bench -- --resilience  # hostile peers vs. a server process
 //! cargo run --release -p plexus-bench -- --security    # TLS, session keys, interceptors
+//! cargo run --release -p plexus-bench -- --observe     # spans and metrics, on and off
 //! ```
 //!
 //! Prints one table and writes it into `BENCHMARKS.md` at the workspace root
@@ -16,6 +17,7 @@
 
 mod measure;
 mod memory;
+mod observe;
 mod plexus_side;
 mod raw;
 mod report;
@@ -123,6 +125,10 @@ struct Args {
     resilience: bool,
     /// Run the security benchmark (TLS, keys, interceptors) instead.
     security: bool,
+    /// Run the observability benchmark (spans and metrics) instead.
+    observe: bool,
+    /// With `--observe`: a `plexus-bench` built without the instrumentation.
+    baseline: Option<PathBuf>,
     /// With `--resilience`: only these attacks; nothing is written.
     attacks: Vec<String>,
     /// Be the resilience benchmark's victim: everything after
@@ -138,6 +144,8 @@ fn parse_args() -> Result<Args, BoxError> {
         serve: None,
         resilience: false,
         security: false,
+        observe: false,
+        baseline: None,
         attacks: Vec::new(),
         serve_victim: None,
         out: Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -150,6 +158,10 @@ fn parse_args() -> Result<Args, BoxError> {
             "--quick" => args.quick = true,
             "--resilience" => args.resilience = true,
             "--security" => args.security = true,
+            "--observe" => args.observe = true,
+            "--baseline" => {
+                args.baseline = Some(it.next().ok_or("--baseline needs a path")?.into());
+            }
             "--attack" => {
                 let id = it.next().ok_or("--attack needs a name")?;
                 let known = resilience::attack_ids();
@@ -183,7 +195,7 @@ fn parse_args() -> Result<Args, BoxError> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: plexus-bench [--quick] [--out PATH | --no-write] [--only {}] [--system NAME] | --serve URL\n       plexus-bench --security [--quick] [--out PATH | --no-write]\n       plexus-bench --resilience [--out PATH | --no-write] [--attack {}]...",
+                    "usage: plexus-bench [--quick] [--out PATH | --no-write] [--only {}] [--system NAME] | --serve URL\n       plexus-bench --security [--quick] [--out PATH | --no-write]\n       plexus-bench --observe [--quick] [--baseline PATH] [--out PATH | --no-write]\n       plexus-bench --resilience [--out PATH | --no-write] [--attack {}]...",
                     PHASES.join("|"),
                     resilience::attack_ids().join("|")
                 );
@@ -197,6 +209,14 @@ fn parse_args() -> Result<Args, BoxError> {
 
 fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
+    observe::install_from_env()?;
+    if args.observe {
+        return observe::run(observe::Options {
+            quick: args.quick,
+            out: args.out,
+            baseline: args.baseline,
+        });
+    }
     if let Some(victim) = args.serve_victim {
         return resilience::victim::serve(victim);
     }

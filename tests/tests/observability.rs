@@ -653,3 +653,217 @@ async fn connections_leave_lifecycle_events_and_counts() {
     assert!(metrics.counter(names::CONNECTIONS_CLOSED, &[("plexus.reason", "local")]) >= 1);
     assert_eq!(metrics.unit(names::CONNECTIONS_OPEN), None);
 }
+
+mod nodes {
+    //! Node lifecycle events, the peers-by-state gauge, pub/sub drops and
+    //! pipeline redeliveries, on nodes that find each other through static
+    //! URL lists on loopback.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use plexus::discovery::Static;
+    use plexus::node::{Node, NodeBuilder};
+    use plexus::observe::names;
+    use plexus::patterns::{Overflow, Pipeline, Publisher, Subscriber, TopicClient};
+    use plexus::Reject;
+    use plexus_tests::observe::{capture, recorder, Captured};
+    use plexus_tests::{bounded, until};
+
+    /// Work for the pipeline.
+    #[plexus::service(package = "obs")]
+    pub trait Work {
+        /// Does job `id`; replies with it.
+        async fn run(&self, id: u64) -> Result<u64, Reject>;
+    }
+
+    struct Worker {
+        hangs: bool,
+        started: Arc<AtomicUsize>,
+    }
+
+    impl Work for Worker {
+        async fn run(&self, id: u64) -> Result<u64, Reject> {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            if self.hangs {
+                std::future::pending::<()>().await;
+            }
+            Ok(id)
+        }
+    }
+
+    /// A pub/sub event.
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    pub struct Beat {
+        /// Its number.
+        pub n: u64,
+    }
+
+    plexus::topic! {
+        /// Beats for the drop test.
+        pub struct Tick in "obs" => Beat;
+    }
+
+    fn builder(name: &str, peers: Vec<String>) -> NodeBuilder {
+        Node::builder(name)
+            .listen("tcp://127.0.0.1:0")
+            .session("observed")
+            .discovery(Static::new(peers))
+            .reconcile_interval(Duration::from_millis(50))
+    }
+
+    fn node_event(captured: &Captured, node: &str, event: &str) -> bool {
+        captured.events().into_iter().any(|e| {
+            e.target == "plexus::node"
+                && e.fields.get("plexus.node").map(String::as_str) == Some(node)
+                && e.fields.get("plexus.event").map(String::as_str) == Some(event)
+        })
+    }
+
+    #[tokio::test]
+    async fn node_events_and_the_peers_by_state_gauge_follow_a_peer_leaving() {
+        let metrics = recorder();
+        let (captured, _guard) = capture();
+        let a = bounded("a starts", builder("obs-node-a", Vec::new()).start())
+            .await
+            .expect("starts");
+        let url = a.local_urls()[0].to_string();
+        let b = bounded("b starts", builder("obs-node-b", vec![url]).start())
+            .await
+            .expect("starts");
+        assert!(node_event(&captured, "obs-node-a", "started"));
+        let alive = [
+            ("plexus.node", "obs-node-b"),
+            ("plexus.peer.state", "alive"),
+        ];
+        until("b counts a alive", || {
+            metrics.gauge(names::DISCOVERY_PEERS, &alive) == 1.0
+        })
+        .await;
+        until("b's discovery event", || {
+            node_event(&captured, "obs-node-b", "peer_discovered")
+        })
+        .await;
+
+        bounded("a stops", a.stop()).await.expect("stops");
+        assert!(node_event(&captured, "obs-node-a", "stopped"));
+        let left = [("plexus.node", "obs-node-b"), ("plexus.peer.state", "left")];
+        until("b counts a left", || {
+            metrics.gauge(names::DISCOVERY_PEERS, &left) == 1.0
+        })
+        .await;
+        assert_eq!(metrics.gauge(names::DISCOVERY_PEERS, &alive), 0.0);
+        assert!(node_event(&captured, "obs-node-b", "peer_left"));
+        bounded("b stops", b.stop()).await.expect("stops");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn subscriber_drops_are_counted() {
+        let metrics = recorder();
+        let side = [("plexus.pubsub.side", "subscriber")];
+        let before = metrics.counter(names::PUBSUB_DROPPED, &side);
+        let publisher = Publisher::<Tick>::new();
+        let pub_node = bounded(
+            "publisher starts",
+            builder("obs-publisher", Vec::new())
+                .serve_as(publisher.clone(), "publisher")
+                .start(),
+        )
+        .await
+        .expect("starts");
+        let url = pub_node.local_urls()[0].to_string();
+        let sub_node = bounded(
+            "subscriber starts",
+            builder("obs-subscriber", vec![url])
+                .uses_as::<Tick>("subscriber")
+                .start(),
+        )
+        .await
+        .expect("starts");
+        let sub = Subscriber::<Tick>::builder()
+            .overflow(Overflow::DropNewest)
+            .capacity(4)
+            .follow(sub_node.peers::<TopicClient<Tick>>());
+        bounded("subscribed", sub.wait_publishers(1)).await;
+        for n in 0..20 {
+            bounded("publish", publisher.publish("t", &Beat { n }))
+                .await
+                .expect("published");
+        }
+        until("all arrived", || sub.stats().arrived == 20).await;
+        assert_eq!(sub.stats().dropped, 16);
+        // Other tests in this binary drop nothing: the delta is this test's.
+        assert_eq!(metrics.counter(names::PUBSUB_DROPPED, &side) - before, 16);
+        drop(sub);
+        bounded("stop", sub_node.stop()).await.expect("stops");
+        bounded("stop", pub_node.stop()).await.expect("stops");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pipeline_redelivery_is_counted() {
+        let metrics = recorder();
+        let before = metrics.counter(names::PIPELINE_REDELIVERED, &[]);
+        let hub = bounded(
+            "hub starts",
+            builder("obs-hub", Vec::new()).uses::<WorkClient>().start(),
+        )
+        .await
+        .expect("starts");
+        let url = hub.local_urls()[0].to_string();
+        let hung_started = Arc::new(AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for (name, hangs) in [("obs-hung", true), ("obs-healthy", false)] {
+            let worker = Worker {
+                hangs,
+                started: if hangs {
+                    hung_started.clone()
+                } else {
+                    Arc::default()
+                },
+            };
+            workers.push(
+                bounded(
+                    "worker starts",
+                    builder(name, vec![url.clone()])
+                        .serve(WorkHandler::new(worker))
+                        .start(),
+                )
+                .await
+                .expect("starts"),
+            );
+        }
+        let set = hub.peers::<WorkClient>();
+        bounded("both workers link", set.wait_until(|ids| ids.len() == 2)).await;
+        let pipeline = Pipeline::new(set).per_worker(1);
+        let pushes: Vec<_> = (0..2u64)
+            .map(|id| {
+                let pipeline = pipeline.clone();
+                tokio::spawn(async move {
+                    pipeline
+                        .push(move |w: WorkClient| async move { w.run(id).await })
+                        .await
+                })
+            })
+            .collect();
+        until("the hung worker holds a job", || {
+            hung_started.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        drop(workers.remove(0)); // a crash: its connection is aborted mid-job
+        for push in pushes {
+            bounded("acked", push)
+                .await
+                .expect("push task")
+                .expect("acked by the healthy worker");
+        }
+        assert_eq!(
+            metrics.counter(names::PIPELINE_REDELIVERED, &[]) - before,
+            1
+        );
+        for w in workers {
+            bounded("stop", w.stop()).await.expect("stops");
+        }
+        bounded("stop", hub.stop()).await.expect("stops");
+    }
+}

@@ -114,6 +114,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set_buckets_for_metric(Matcher::Suffix("per_rpc".into()), &counts)?
         .install_recorder()?;
 
+    // Histogram samples wait in the recorder until drained: drain them
+    // every few seconds even if nobody scrapes.
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let url = format!("http://{}/metrics", listener.local_addr()?);
     let render = prometheus.clone();

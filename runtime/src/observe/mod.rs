@@ -21,9 +21,15 @@
 //! and nodes start:
 //!
 //! ```no_run
-//! // metrics_exporter_prometheus::PrometheusBuilder::new()
-//! //     .with_http_listener(([127, 0, 0, 1], 9000)).install()?;
-//! // tracing_subscriber::fmt().with_env_filter("plexus::call=info").init();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+//! tracing_subscriber::fmt()
+//!     .with_env_filter("plexus::call=info,plexus::connection=info")
+//!     .init();
+//! // ... start endpoints and nodes; serve `prometheus.render()` somewhere.
+//! # drop(prometheus);
+//! # Ok(())
+//! # }
 //! ```
 
 pub(crate) mod call;
