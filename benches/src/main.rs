@@ -7,6 +7,7 @@
 //! cargo run --release -p plexus-bench -- --quick   # shorter windows, < 1 minute
 //! cargo run --release -p plexus-bench -- --resilience  # hostile peers vs. a server process
 //! cargo run --release -p plexus-bench -- --security    # TLS, session keys, interceptors
+//! cargo run --release -p plexus-bench -- --scale   # 200 nodes, 10,000 connections
 //! cargo run --release -p plexus-bench -- --observe     # spans and metrics, on and off
 //! ```
 //!
@@ -23,6 +24,7 @@ mod raw;
 mod report;
 mod resilience;
 mod rig;
+mod scale;
 mod security;
 mod systems;
 mod tarpc_side;
@@ -134,6 +136,10 @@ struct Args {
     /// Be the resilience benchmark's victim: everything after
     /// `--serve-victim` (a URL, then its settings).
     serve_victim: Option<Vec<String>>,
+    /// The scale figures instead of the side-by-side ones.
+    scale: bool,
+    /// The scale run's dialing process: URL, connections, at a time.
+    dial_swarm: Option<(String, usize, usize)>,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -148,6 +154,8 @@ fn parse_args() -> Result<Args, BoxError> {
         baseline: None,
         attacks: Vec::new(),
         serve_victim: None,
+        scale: false,
+        dial_swarm: None,
         out: Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .map(|root| root.join("BENCHMARKS.md")),
@@ -173,13 +181,27 @@ fn parse_args() -> Result<Args, BoxError> {
             "--serve-victim" => {
                 args.serve_victim = Some(it.by_ref().collect());
             }
+            "--scale" => args.scale = true,
+            "--dial-swarm" => {
+                let url = it.next().ok_or("--dial-swarm needs a URL")?;
+                let count = it.next().ok_or("--dial-swarm needs a count")?.parse()?;
+                let at_once = it
+                    .next()
+                    .ok_or("--dial-swarm needs a concurrency")?
+                    .parse()?;
+                args.dial_swarm = Some((url, count, at_once));
+            }
             "--no-write" => args.out = None,
             "--serve" => args.serve = Some(it.next().ok_or("--serve needs a URL")?),
             "--out" => args.out = Some(it.next().ok_or("--out needs a path")?.into()),
             "--only" => {
                 let phase = it.next().ok_or("--only needs a phase")?;
-                if !PHASES.contains(&phase.as_str()) {
-                    return Err(format!("unknown phase `{phase}`: one of {PHASES:?}").into());
+                if !PHASES.contains(&phase.as_str()) && !scale::PHASES.contains(&phase.as_str()) {
+                    return Err(format!(
+                        "unknown phase `{phase}`: one of {PHASES:?}, or with --scale {:?}",
+                        scale::PHASES
+                    )
+                    .into());
                 }
                 args.only = Some(phase);
             }
@@ -195,8 +217,9 @@ fn parse_args() -> Result<Args, BoxError> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: plexus-bench [--quick] [--out PATH | --no-write] [--only {}] [--system NAME] | --serve URL\n       plexus-bench --security [--quick] [--out PATH | --no-write]\n       plexus-bench --observe [--quick] [--baseline PATH] [--out PATH | --no-write]\n       plexus-bench --resilience [--out PATH | --no-write] [--attack {}]...",
+                    "usage: plexus-bench [--quick] [--out PATH | --no-write] [--only {}] [--system NAME] | --serve URL\n       plexus-bench --scale [--quick] [--out PATH | --no-write] [--only {}]\n       plexus-bench --security [--quick] [--out PATH | --no-write]\n       plexus-bench --observe [--quick] [--baseline PATH] [--out PATH | --no-write]\n       plexus-bench --resilience [--out PATH | --no-write] [--attack {}]...",
                     PHASES.join("|"),
+                    scale::PHASES.join("|"),
                     resilience::attack_ids().join("|")
                 );
                 std::process::exit(0);
@@ -225,6 +248,32 @@ fn main() -> Result<(), BoxError> {
             attacks: args.attacks,
             out: args.out,
         });
+    }
+    if let Some((url, count, at_once)) = &args.dial_swarm {
+        return scale::dial_swarm(url, *count, *at_once);
+    }
+    if args.scale {
+        let settings = if args.quick {
+            scale::Scale::quick()
+        } else {
+            scale::Scale::full()
+        };
+        let figures = scale::run(&settings, args.only.as_deref())?;
+        if args.only.is_some() {
+            return Ok(());
+        }
+        let command = if args.quick {
+            "cargo run --release -p plexus-bench -- --scale --quick"
+        } else {
+            "cargo run --release -p plexus-bench -- --scale"
+        };
+        let section = scale::section(&settings, command, &figures);
+        println!("\n{section}");
+        if let Some(path) = args.out {
+            report::write_section(&path, settings.mode, &section)?;
+            println!("written to {}", path.display());
+        }
+        return Ok(());
     }
     let mut settings = if args.quick {
         Settings::quick()

@@ -124,7 +124,7 @@ async fn ls_finds_three_nodes_with_their_services() {
         .collect();
     assert_eq!(names.len(), 3);
     for node in &nodes {
-        assert!(names.contains(&node.name()), "{names:?}");
+        assert!(names.contains(&node.name().as_str()), "{names:?}");
     }
     for node in nodes {
         node.stop().await.expect("stops");

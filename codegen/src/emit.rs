@@ -9,8 +9,9 @@
 //! - the `DESCRIPTOR` both of them expose,
 //! - the actor trait `ChatActor`: the same operations on `&mut self`, for
 //!   state owned by a `plexus::node::Actor` (which then implements `Chat`),
-//! - `ChatFanout`: the unary and one-way operations called on every linked
-//!   peer at once (`node.fanout::<ChatClient>(deadline).post(msg)`),
+//! - `ChatFanout`: the unary, one-way and server-stream operations called on
+//!   every linked peer at once (`node.fanout::<ChatClient>(deadline).post(msg)`),
+//!   or relayed through the mesh (`node.relay::<ChatClient>(deadline)`),
 //! - the private `__ChatCodec<N>` every use of a message type goes through,
 //!   so a type the codec cannot carry is one error at the type ([`Carriers`]).
 //!
@@ -409,14 +410,14 @@ fn emit_actor(service: &ServiceDef, names: &Names) -> TokenStream {
     }
 }
 
-/// `ChatFanout`: each unary and one-way operation called on every member of
-/// a node's peer set at once, the request encoded once.
+/// `ChatFanout`: each unary, one-way and server-stream operation called on
+/// every member of a node's peer set at once, the request encoded once.
 fn emit_fanout(service: &ServiceDef, names: &Names) -> TokenStream {
     let vis = &service.vis;
     let client = &names.client;
     let fanout = &names.fanout;
     let summary = format!(
-        " Every linked peer of the `{}` service at once: `node.fanout::<{client}>(deadline)`. One method per unary operation (a stream of replies, like `Node::broadcast`) and per one-way operation.",
+        " Every linked peer of the `{}` service at once: `node.fanout::<{client}>(deadline)`, or every node of the mesh: `node.relay::<{client}>(deadline)`. One method per unary operation (a stream of replies, like `Node::broadcast`), per one-way operation, and per server-stream operation (the peers' streams merged; not relayed).",
         service.full_name()
     );
     let inner = local("inner");
@@ -469,6 +470,19 @@ fn emit_fanout(service: &ServiceDef, names: &Names) -> TokenStream {
                         -> ::std::vec::Vec<(::plexus::NodeId, ::core::result::Result<(), ::plexus::CallError>)> {
                         #encode
                         self.#inner.oneway(#op, #body).await
+                    }
+                })
+            }
+            CallKind::ServerStream => {
+                let docs = doc_attrs(&[format!(
+                    "Calls `{op}` on every peer; their streams merge into one, each item tagged with its peer."
+                )]);
+                Some(quote! {
+                    #docs
+                    #(#attrs)*
+                    pub fn #name(&self, #(#params),*) -> ::plexus::node::FanoutStream<#reply> {
+                        #encode
+                        self.#inner.server_stream::<#reply_codec, #reply>(#op, #body)
                     }
                 })
             }

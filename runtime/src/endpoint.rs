@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::AllowList;
 use crate::connection::{
     builtin_routes, Backoff, Connection, ConnectionConfig, Established, NodeId, PeerInfo, Redial,
-    SessionHook, SessionRequest,
+    RetryPolicy, SessionHook, SessionRequest,
 };
 use crate::error::ConnectError;
 use crate::error::Reject;
@@ -377,6 +377,7 @@ impl Introspection {
 #[derive(Debug)]
 pub struct Listening {
     local: Url,
+    all: Vec<Url>,
     stop: CancellationToken,
 }
 
@@ -384,6 +385,12 @@ impl Listening {
     /// Where the listener is reachable (with the real port for `:0`).
     pub fn local_url(&self) -> &Url {
         &self.local
+    }
+
+    /// Every address it listens on: a `tcp://` host name binds each address
+    /// it resolves to (IPv4 and IPv6), on one port.
+    pub fn local_urls(&self) -> &[Url] {
+        &self.all
     }
 
     /// Stops accepting; established connections are unaffected.
@@ -435,16 +442,33 @@ impl Endpoint {
     /// background, redials with `backoff` whenever the link drops, and makes
     /// calls wait for a link up to their deadline. Returns at once; only a
     /// malformed URL is an error here.
+    ///
+    /// Failed calls are retried by the default [`RetryPolicy`]; see
+    /// [`reconnecting_with`](Self::reconnecting_with).
     pub fn reconnecting(
         &self,
         url: impl ToUrl,
         backoff: Backoff,
+    ) -> Result<Connection, ConnectError> {
+        self.reconnecting_with(url, backoff, RetryPolicy::default())
+    }
+
+    /// [`reconnecting`](Self::reconnecting) with the retry policy for its
+    /// calls: how often, how far apart and within what budget a call the
+    /// peer never ran, or an idempotent call the link dropped under, is
+    /// tried again.
+    pub fn reconnecting_with(
+        &self,
+        url: impl ToUrl,
+        backoff: Backoff,
+        retry: RetryPolicy,
     ) -> Result<Connection, ConnectError> {
         let url = url.to_url().map_err(transport::TransportError::from)?;
         Ok(Connection::redial(Redial::start(
             self.clone(),
             url,
             backoff,
+            retry,
         )))
     }
 
@@ -499,6 +523,7 @@ impl Endpoint {
         let url = url.to_url().map_err(transport::TransportError::from)?;
         let mut listener = transport::listen(&url, &self.inner.transport).await?;
         let local = listener.local_url().clone();
+        let all = listener.local_urls();
         let stop = self.inner.shutdown.child_token();
         let inner = self.inner.clone();
         let stop2 = stop.clone();
@@ -557,7 +582,7 @@ impl Endpoint {
                 }
             }
         });
-        Ok(Listening { local, stop })
+        Ok(Listening { local, all, stop })
     }
 
     /// Dials `url`, completes the handshake and returns the connection.

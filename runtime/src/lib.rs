@@ -61,7 +61,8 @@ pub use bytes::Bytes;
 
 pub use crate::connection::{
     Backoff, CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats, Inbound,
-    NodeId, Outbound, PeerInfo, Reply, Session, SessionRequest, TrySendError, NO_SESSIONS,
+    NodeId, Outbound, PeerInfo, Reply, RetryBudget, RetryPolicy, RetryStats, Session,
+    SessionRequest, TrySendError, NO_SESSIONS,
 };
 pub use crate::endpoint::{
     ConnectRequest, Endpoint, EndpointBuilder, Listening, Server, ServerBuilder, ToUrl,

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{Connection, Inbound, Outbound, PeerInfo, Session, Shared};
+use crate::connection::scope::CallScope;
+use crate::connection::{CallOptions, Connection, Inbound, Outbound, PeerInfo, Session, Shared};
 use crate::descriptor::ServiceDescriptor;
 use crate::error::Reject;
 
@@ -106,6 +107,32 @@ impl CallContext {
     /// A token that fires on cancellation, for work the handler spawns.
     pub fn cancellation_token(&self) -> CancellationToken {
         self.token.clone()
+    }
+
+    /// Options for a call that is a child of this one, for work on another
+    /// task (on the handler's own task every call is a child already): the
+    /// child ends by this call's deadline if its own is later, and is
+    /// cancelled when this call ends — cancelled by the caller, past its
+    /// deadline, or answered. Set a shorter timeout or metadata on top.
+    ///
+    /// ```
+    /// # async fn demo(ctx: plexus::CallContext, conn: plexus::Connection) {
+    /// let opts = ctx.child_options().metadata("trace-id", "abc");
+    /// tokio::spawn(async move {
+    ///     let _ = conn.call("demo.Audit/log", plexus::Bytes::new(), opts).await;
+    /// });
+    /// # }
+    /// ```
+    pub fn child_options(&self) -> CallOptions {
+        CallOptions::new().child_of(self.scope())
+    }
+
+    /// This call as the parent of the calls its handler makes.
+    pub(crate) fn scope(&self) -> CallScope {
+        CallScope {
+            deadline: self.deadline,
+            token: self.token.clone(),
+        }
     }
 }
 
@@ -271,7 +298,10 @@ impl Router {
     {
         self.insert(
             op.into(),
-            Route::Unary(Arc::new(move |c, b| Box::pin(f(c, b)))),
+            Route::Unary(Arc::new(move |c, b| {
+                let scope = c.scope();
+                Box::pin(scope.enter(f(c, b)))
+            })),
         )
     }
 
@@ -286,7 +316,10 @@ impl Router {
     {
         self.insert(
             op.into(),
-            Route::OneWay(Arc::new(move |c, b| Box::pin(f(c, b)))),
+            Route::OneWay(Arc::new(move |c, b| {
+                let scope = c.scope();
+                Box::pin(scope.enter(f(c, b)))
+            })),
         )
     }
 
@@ -302,7 +335,10 @@ impl Router {
     {
         self.insert(
             op.into(),
-            Route::ServerStream(Arc::new(move |c, b, o| Box::pin(f(c, b, o)))),
+            Route::ServerStream(Arc::new(move |c, b, o| {
+                let scope = c.scope();
+                Box::pin(scope.enter(f(c, b, o)))
+            })),
         )
     }
 
@@ -317,7 +353,10 @@ impl Router {
     {
         self.insert(
             op.into(),
-            Route::ClientStream(Arc::new(move |c, i| Box::pin(f(c, i)))),
+            Route::ClientStream(Arc::new(move |c, i| {
+                let scope = c.scope();
+                Box::pin(scope.enter(f(c, i)))
+            })),
         )
     }
 
@@ -332,7 +371,10 @@ impl Router {
     {
         self.insert(
             op.into(),
-            Route::Bidi(Arc::new(move |c, i, o| Box::pin(f(c, i, o)))),
+            Route::Bidi(Arc::new(move |c, i, o| {
+                let scope = c.scope();
+                Box::pin(scope.enter(f(c, i, o)))
+            })),
         )
     }
 

@@ -2,14 +2,9 @@
 //! started on loopback ports with a temporary data dir, and killed at the end.
 #![cfg(feature = "etcd")]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use plexus::discovery::{
-    Announcement, Discovery, DiscoveryEvent, DiscoveryEvents, Etcd, EtcdConfig,
-};
+use plexus::discovery::{Announcement, Discovery, DiscoveryEvent, DiscoveryEvents, Etcd};
 use plexus::NodeId;
 use tokio::time::{timeout, Instant};
 
@@ -19,95 +14,13 @@ const TTL: Duration = Duration::from_secs(2);
 /// etcd checks lease expiry about every 500 ms; add scheduling slack.
 const EXPIRY_SLACK: Duration = Duration::from_millis(2500);
 
-/// A running etcd on loopback; killed, and its data dir removed, on drop.
-struct EtcdServer {
-    child: Child,
-    dir: PathBuf,
-    url: String,
-}
+mod etcd_server;
 
-impl EtcdServer {
-    async fn start() -> EtcdServer {
-        let client_port = free_port();
-        let peer_port = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "plexus-etcd-{}-{:x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let log = std::fs::File::create(dir.join("etcd.log")).expect("log file");
-        let url = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let child = Command::new("etcd")
-            .arg("--name")
-            .arg("default")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--listen-client-urls")
-            .arg(&url)
-            .arg("--advertise-client-urls")
-            .arg(&url)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("default={peer}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("`etcd` must be installed (Debian package etcd-server)");
-        let server = EtcdServer { child, dir, url };
-        server.wait_ready().await;
-        server
-    }
+use etcd_server::EtcdServer;
 
-    /// Polls until etcd answers a request (bounded).
-    async fn wait_ready(&self) {
-        let ready = timeout(Duration::from_secs(20), async {
-            loop {
-                let options = etcd_client::ConnectOptions::new()
-                    .with_connect_timeout(Duration::from_millis(500))
-                    .with_timeout(Duration::from_millis(500));
-                if let Ok(mut client) =
-                    etcd_client::Client::connect([&self.url], Some(options)).await
-                {
-                    if client.status().await.is_ok() {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await;
-        if ready.is_err() {
-            let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
-            panic!("etcd at {} not ready within 20 s; log:\n{log}", self.url);
-        }
-    }
-
-    fn node(&self, prefix: &str) -> Etcd {
-        Etcd::new(EtcdConfig::new([self.url.clone()]))
-            .prefix(prefix)
-            .ttl(TTL)
-    }
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// A backend on `etcd` under `prefix`, with the short test lease.
+fn node_on(etcd: &EtcdServer, prefix: &str) -> Etcd {
+    etcd.discovery(prefix, TTL)
 }
 
 fn announcement(id: u128, incarnation: u64) -> Announcement {
@@ -142,10 +55,10 @@ async fn expect(
 #[tokio::test]
 async fn a_node_appears_and_disappears_on_lease_expiry() {
     let etcd = EtcdServer::start().await;
-    let observer = etcd.node("/test/expiry");
+    let observer = node_on(&etcd, "/test/expiry");
     let mut events = observer.start(announcement(1, 1)).await.expect("starts");
 
-    let crashing = etcd.node("/test/expiry");
+    let crashing = node_on(&etcd, "/test/expiry");
     let _crashing_events = crashing.start(announcement(2, 1)).await.expect("starts");
     let appeared = expect(&mut events, Duration::from_secs(5), "discovery", |e| {
         matches!(e, DiscoveryEvent::Discovered(_))
@@ -178,9 +91,9 @@ async fn a_graceful_leave_is_seen_as_left_not_lost() {
     let etcd = EtcdServer::start().await;
     // A node already registered before the observer starts is found by the
     // initial listing.
-    let leaver = etcd.node("/test/leave");
+    let leaver = node_on(&etcd, "/test/leave");
     let _leaver_events = leaver.start(announcement(2, 1)).await.expect("starts");
-    let observer = etcd.node("/test/leave");
+    let observer = node_on(&etcd, "/test/leave");
     let mut events = observer.start(announcement(1, 1)).await.expect("starts");
     expect(
         &mut events,
@@ -211,9 +124,9 @@ async fn a_graceful_leave_is_seen_as_left_not_lost() {
 #[tokio::test]
 async fn session_switch_and_restart_are_reported() {
     let etcd = EtcdServer::start().await;
-    let observer = etcd.node("/test/update");
+    let observer = node_on(&etcd, "/test/update");
     let mut events = observer.start(announcement(1, 1)).await.expect("starts");
-    let mover = etcd.node("/test/update");
+    let mover = node_on(&etcd, "/test/update");
     let _mover_events = mover.start(announcement(2, 1)).await.expect("starts");
     expect(
         &mut events,
@@ -235,7 +148,7 @@ async fn session_switch_and_restart_are_reported() {
 
     // A restart (new incarnation) before the old lease expires.
     drop(mover);
-    let restarted = etcd.node("/test/update");
+    let restarted = node_on(&etcd, "/test/update");
     let _restarted_events = restarted.start(announcement(2, 2)).await.expect("starts");
     let returned = expect(&mut events, Duration::from_secs(5), "returned", |e| {
         matches!(e, DiscoveryEvent::Returned(_))
@@ -260,20 +173,19 @@ async fn session_switch_and_restart_are_reported() {
 async fn with_a_key_only_records_tagged_under_it_are_believed() {
     let etcd = EtcdServer::start().await;
     let key = plexus::discovery::SessionKey::new(b"fleet key, 32 bytes of secret!!!");
-    let observer = etcd.node("/test/keyed").key(key.clone());
+    let observer = node_on(&etcd, "/test/keyed").key(key.clone());
     let mut events = observer.start(announcement(1, 1)).await.expect("starts");
 
     // A node without the key, and one with another key, in the same prefix.
-    let keyless = etcd.node("/test/keyed");
+    let keyless = node_on(&etcd, "/test/keyed");
     let _keyless_events = keyless.start(announcement(2, 1)).await.expect("starts");
-    let other = etcd
-        .node("/test/keyed")
-        .key(plexus::discovery::SessionKey::new(b"another key"));
+    let other =
+        node_on(&etcd, "/test/keyed").key(plexus::discovery::SessionKey::new(b"another key"));
     let _other_events = other.start(announcement(3, 1)).await.expect("starts");
     // A record written straight into etcd by someone who can write to the
     // prefix but has no key: a well-formed announcement, untagged.
     let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(5));
-    let mut client = etcd_client::Client::connect([&etcd.url], Some(options))
+    let mut client = etcd_client::Client::connect([etcd.url()], Some(options))
         .await
         .expect("etcd client");
     let injected = announcement(4, 1);
@@ -285,7 +197,7 @@ async fn with_a_key_only_records_tagged_under_it_are_believed() {
         .expect("put");
 
     // The keyed peer is found; the others never are.
-    let member = etcd.node("/test/keyed").key(key);
+    let member = node_on(&etcd, "/test/keyed").key(key);
     let _member_events = member.start(announcement(5, 1)).await.expect("starts");
     let found = expect(
         &mut events,

@@ -656,8 +656,7 @@ async fn connections_leave_lifecycle_events_and_counts() {
 
 mod nodes {
     //! Node lifecycle events, the peers-by-state gauge, pub/sub drops and
-    //! pipeline redeliveries, on nodes that find each other through static
-    //! URL lists on loopback.
+    //! pipeline redeliveries, on nodes that find each other on loopback.
 
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -725,11 +724,26 @@ mod nodes {
     async fn node_events_and_the_peers_by_state_gauge_follow_a_peer_leaving() {
         let metrics = recorder();
         let (captured, _guard) = capture();
-        let a = bounded("a starts", builder("obs-node-a", Vec::new()).start())
+        // On a private loopback beacon group, where a graceful leave is
+        // announced (a static list only notices a peer is gone).
+        let n = (plexus::NodeId::random().0 >> 64) as u32;
+        let group = std::net::Ipv4Addr::new(239, 255, (n >> 8) as u8, (n as u8) | 1);
+        let port = 20_000 + ((n >> 16) as u16 % 40_000);
+        let beaconed = |name: &str| {
+            Node::builder(name)
+                .session("observed")
+                .discovery(
+                    plexus::discovery::Beacon::loopback()
+                        .group(group)
+                        .port(port)
+                        .interval(Duration::from_millis(100)),
+                )
+                .reconcile_interval(Duration::from_millis(100))
+        };
+        let a = bounded("a starts", beaconed("obs-node-a").start())
             .await
             .expect("starts");
-        let url = a.local_urls()[0].to_string();
-        let b = bounded("b starts", builder("obs-node-b", vec![url]).start())
+        let b = bounded("b starts", beaconed("obs-node-b").start())
             .await
             .expect("starts");
         assert!(node_event(&captured, "obs-node-a", "started"));

@@ -568,8 +568,8 @@ async fn a_misbehaving_peer_gets_one_pipe_per_connection_and_only_from_the_diale
         }
         other => panic!("a second pipe must be rejected, got {other:?}"),
     }
-    // The first pipe is unharmed.
-    bounded("send", out.send(Bytes::from_static(b"still here")))
+    // The first pipe is unharmed. (A plain message: envelope byte 0.)
+    bounded("send", out.send(Bytes::from_static(b"\x00still here")))
         .await
         .expect("send");
     assert_eq!(

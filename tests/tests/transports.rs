@@ -418,3 +418,45 @@ async fn a_frozen_server_is_declared_lost_within_the_keepalive_bound_on_every_tr
         mute.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_on_a_host_name_is_reachable_at_every_address_it_resolves_to() {
+    let server = Server::bind("tcp://localhost:0")
+        .serve(echo())
+        .start()
+        .await
+        .expect("listens");
+    let port = server.local_url().port().expect("a port");
+    let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(("localhost", port))
+        .await
+        .expect("localhost resolves")
+        .collect();
+    let listening = server
+        .endpoint()
+        .listen("tcp://localhost:0")
+        .await
+        .expect("again");
+    assert_eq!(
+        listening.local_urls().len(),
+        {
+            let mut unique = resolved.clone();
+            unique.dedup();
+            unique.len()
+        },
+        "one socket per address of `localhost`: {resolved:?}"
+    );
+    for addr in resolved {
+        let url = format!("tcp://{addr}");
+        let conn = bounded("dial", plexus::Connection::connect(url.as_str()))
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let reply = bounded(
+            "echo",
+            conn.call(ECHO, Bytes::from_static(b"hi"), CallOptions::new()),
+        )
+        .await
+        .expect("echo");
+        assert_eq!(&reply[..], b"hi", "{url}");
+    }
+    server.shutdown().await;
+}

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::budget::Slot;
 use super::flow::{RecvWindow, SendCredit};
+use super::scope::{cascade, CallScope, Parent};
 use super::stream::{CallGuard, Inbound, Outbound, Reply};
 use super::table::{Entry, Failure, InboundTx};
 use super::Shared;
@@ -20,6 +21,12 @@ use crate::wire::frame::CallOpenHead;
 use crate::CallKind;
 
 /// Per-call options: a deadline and metadata.
+///
+/// A call made while a handler is serving another call (on the handler's
+/// task) is that call's child: it ends by the parent's deadline if its own
+/// is later, and is cancelled when the parent is. [`detached`](Self::detached)
+/// opts out; [`CallContext::child_options`](crate::CallContext::child_options)
+/// hands the parent to work on another task.
 ///
 /// ```
 /// use std::time::Duration;
@@ -34,6 +41,7 @@ pub struct CallOptions {
     pub(crate) metadata: Vec<(String, Bytes)>,
     pub(crate) idempotent: bool,
     pub(crate) session: Option<u32>,
+    pub(crate) parent: Parent,
     /// The call's span and metrics while something observes it (set by
     /// `observe::call::client`, carried on to a stream's handles).
     pub(crate) record: Option<Arc<crate::observe::call::CallRecord>>,
@@ -78,6 +86,59 @@ impl CallOptions {
     pub fn get_timeout(&self) -> Option<Duration> {
         self.timeout
     }
+
+    /// Makes the call stand on its own: it neither inherits the deadline of
+    /// the call being served nor is cancelled when that call is — for work
+    /// that must finish even if the caller that caused it gives up (an audit
+    /// write, a cache fill). Its own timeout, or the connection's default,
+    /// still applies. A call is always cancelled when its future is dropped,
+    /// so work that must outlive the handler runs on a task of its own (or
+    /// an actor's).
+    pub fn detached(mut self) -> Self {
+        self.parent = Parent::Detached;
+        self
+    }
+
+    /// Whether [`detached`](Self::detached) was set.
+    pub fn is_detached(&self) -> bool {
+        matches!(self.parent, Parent::Detached)
+    }
+
+    /// Makes the call a child of `scope` (see [`CallContext::child_options`](crate::CallContext::child_options)).
+    pub(crate) fn child_of(mut self, scope: CallScope) -> Self {
+        self.parent = Parent::Explicit(scope);
+        self
+    }
+
+    /// The call this one is a child of, if any, and its timeout in that
+    /// light: the earlier of `own` and the parent's deadline. A parent that
+    /// is already cancelled or out of time fails the call before anything
+    /// is sent.
+    pub(crate) fn inherit(
+        &self,
+        op: &str,
+        peer: &Arc<str>,
+        own: Option<Duration>,
+    ) -> Result<(Option<Duration>, Option<CallScope>), CallError> {
+        let parent = self.parent.resolve();
+        let timeout = cascade(own, parent.as_ref());
+        if let Some(p) = &parent {
+            if p.token.is_cancelled() {
+                return Err(CallError::Cancelled {
+                    op: op.into(),
+                    peer: peer.clone(),
+                });
+            }
+            if timeout == Some(Duration::ZERO) {
+                return Err(CallError::Timeout {
+                    op: op.into(),
+                    peer: peer.clone(),
+                    after: Duration::ZERO,
+                });
+            }
+        }
+        Ok((timeout, parent))
+    }
 }
 
 /// How a call's request side travels.
@@ -89,6 +150,16 @@ enum Shape {
     OneWay,
     /// Requests follow as data frames.
     Stream,
+}
+
+/// A request stream just opened: its sending half and what its receiving
+/// half is made with.
+struct OpenedStream {
+    out: Outbound,
+    guard: Arc<CallGuard>,
+    deadline: Option<tokio::time::Instant>,
+    timeout: Option<Duration>,
+    parent: Option<CallScope>,
 }
 
 /// What the caller needs to turn a failure into a `CallError`.
@@ -264,7 +335,8 @@ impl Shared {
     ) -> Result<Bytes, CallError> {
         let s = self;
         s.refuse_if_closing(op)?;
-        let timeout = opts.timeout.or(s.config.default_timeout);
+        let (timeout, parent) =
+            opts.inherit(op, &s.peer.label, opts.timeout.or(s.config.default_timeout))?;
         let slot = s.slot(op, timeout).await?;
         let id = s.next_call_id();
         let (tx, rx) = oneshot::channel();
@@ -290,7 +362,21 @@ impl Shared {
         if s.table().len() <= 1 {
             s.out.write_through();
         }
-        let outcome = rx.await;
+        let outcome = match &parent {
+            None => rx.await,
+            // The parent's cancellation ends this call too: returning drops
+            // the guard, which tells the peer to stop.
+            Some(p) => tokio::select! {
+                biased;
+                outcome = rx => outcome,
+                () = p.token.cancelled() => {
+                    return Err(CallError::Cancelled {
+                        op: op.into(),
+                        peer: s.peer.label.clone(),
+                    });
+                }
+            },
+        };
         guard.disarm();
         match outcome {
             Ok(Ok(reply)) => Ok(reply),
@@ -309,8 +395,8 @@ impl Shared {
     ) -> Result<(), CallError> {
         let s = self;
         s.refuse_if_closing(op)?;
-        s.open(0, op, &opts, opts.timeout, Shape::OneWay, &body)
-            .await
+        let (timeout, _) = opts.inherit(op, &s.peer.label, opts.timeout)?;
+        s.open(0, op, &opts, timeout, Shape::OneWay, &body).await
     }
 
     /// Calls `op` with one request and receives a stream of replies, ended by
@@ -323,7 +409,8 @@ impl Shared {
     ) -> Result<Inbound, CallError> {
         let s = self;
         s.refuse_if_closing(op)?;
-        let slot = s.slot(op, opts.timeout).await?;
+        let (timeout, parent) = opts.inherit(op, &s.peer.label, opts.timeout)?;
+        let slot = s.slot(op, timeout).await?;
         let id = s.next_call_id();
         let (inbound_tx, rx, window) = s.new_inbound();
         s.register(
@@ -335,17 +422,10 @@ impl Shared {
             },
         );
         let guard = Arc::new(CallGuard::new(s.clone(), id));
-        s.open(id, op, &opts, opts.timeout, Shape::Single, &body)
-            .await?;
-        let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
-        Ok(Inbound::new(
-            s.stream_name(op, &opts),
-            rx,
-            window,
-            guard,
-            deadline,
-            opts.timeout,
-        ))
+        s.open(id, op, &opts, timeout, Shape::Single, &body).await?;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let name = s.stream_name(op, &opts);
+        Ok(Inbound::new(name, rx, window, guard, deadline, timeout).child_of(parent))
     }
 
     /// Registers and opens a call whose requests stream: the shared first
@@ -355,17 +435,18 @@ impl Shared {
         op: &str,
         opts: &CallOptions,
         mut entry: Entry,
-    ) -> Result<(Outbound, Arc<CallGuard>, Option<tokio::time::Instant>), CallError> {
+    ) -> Result<OpenedStream, CallError> {
         self.refuse_if_closing(op)?;
-        entry.slot = Some(self.slot(op, opts.timeout).await?);
+        let (timeout, parent) = opts.inherit(op, &self.peer.label, opts.timeout)?;
+        entry.slot = Some(self.slot(op, timeout).await?);
         let id = self.next_call_id();
         let credit = Arc::new(SendCredit::new(self.peer_window));
         entry.credit = Some(credit.clone());
         self.register(id, entry);
         let guard = Arc::new(CallGuard::new(self.clone(), id));
-        self.open(id, op, opts, opts.timeout, Shape::Stream, &Bytes::new())
+        self.open(id, op, opts, timeout, Shape::Stream, &Bytes::new())
             .await?;
-        let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let out = Outbound::opener(
             self.stream_name(op, opts),
             self.clone(),
@@ -374,7 +455,13 @@ impl Shared {
             guard.clone(),
             deadline,
         );
-        Ok((out, guard, deadline))
+        Ok(OpenedStream {
+            out,
+            guard,
+            deadline,
+            timeout,
+            parent,
+        })
     }
 
     /// Opens a stream of requests to `op`; the handler answers once, at the
@@ -390,15 +477,10 @@ impl Shared {
             reply: Some(tx),
             ..Entry::default()
         };
-        let (out, guard, deadline) = self.open_request_stream(op, &opts, entry).await?;
-        let reply = Reply::new(
-            self.stream_name(op, &opts),
-            rx,
-            guard,
-            deadline,
-            opts.timeout,
-        );
-        Ok((out, reply))
+        let o = self.open_request_stream(op, &opts, entry).await?;
+        let name = self.stream_name(op, &opts);
+        let reply = Reply::new(name, rx, o.guard, o.deadline, o.timeout).child_of(o.parent);
+        Ok((o.out, reply))
     }
 
     /// Opens a stream in both directions with `op`.
@@ -412,16 +494,11 @@ impl Shared {
             inbound: Some(inbound_tx),
             ..Entry::default()
         };
-        let (out, guard, deadline) = self.open_request_stream(op, &opts, entry).await?;
-        let inbound = Inbound::new(
-            self.stream_name(op, &opts),
-            rx,
-            window,
-            guard,
-            deadline,
-            opts.timeout,
-        );
-        Ok((out, inbound))
+        let o = self.open_request_stream(op, &opts, entry).await?;
+        let name = self.stream_name(op, &opts);
+        let inbound =
+            Inbound::new(name, rx, window, o.guard, o.deadline, o.timeout).child_of(o.parent);
+        Ok((o.out, inbound))
     }
 }
 

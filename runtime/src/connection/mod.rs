@@ -13,6 +13,8 @@ mod calls;
 mod flow;
 mod reader;
 mod redial;
+mod retry;
+pub(crate) mod scope;
 mod served;
 mod session;
 mod stream;
@@ -30,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::calls::CallOptions;
 pub use self::redial::Backoff;
 pub(crate) use self::redial::Redial;
+pub use self::retry::{RetryBudget, RetryPolicy, RetryStats};
 use self::session::SessionTable;
 pub(crate) use self::session::{builtin_routes, SessionHook};
 pub use self::session::{Session, SessionRequest, NO_SESSIONS};
@@ -825,6 +828,25 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+
+    /// How long nothing has been heard from the peer on the live link
+    /// (any frame: replies, calls, keepalive pongs); `None` without one.
+    pub(crate) fn silent_for(&self) -> Option<Duration> {
+        self.direct_shared()
+            .filter(|s| !s.closed.is_cancelled())
+            .map(|s| s.silent_for())
+    }
+
+    /// Sends a ping now, so that a live peer is heard from within a round
+    /// trip (its pong counts as traffic).
+    pub(crate) fn probe(&self) {
+        if let Some(s) = self.direct_shared() {
+            let _ = s
+                .out
+                .push(|o| wire::frame::encode_ping(&mut o.buf, wire::Kind::Ping, u64::MAX));
+            s.out.write_through();
         }
     }
 

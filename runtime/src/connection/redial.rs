@@ -3,9 +3,10 @@
 //! drops.
 //!
 //! Calls made while no link is up wait for the next one, up to their
-//! deadline. A call cut off by a dropped link is retried on the next link only
-//! when it is marked idempotent; any other call fails with `ConnectionLost`,
-//! because it may already have run.
+//! deadline. A failed call is retried by the connection's [`RetryPolicy`]:
+//! one the peer never ran (it was closing or overloaded) always, one cut off
+//! by a dropped link only when it is marked idempotent — any other call fails
+//! with `ConnectionLost`, because it may already have run.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::retry::RetryPolicy;
+use super::scope::CallScope;
 use super::{CallOptions, Inbound, Outbound, Reply, Shared};
 use crate::endpoint::Endpoint;
 use crate::error::CallError;
@@ -119,6 +122,7 @@ pub(crate) struct Redial {
     pub(crate) stop: CancellationToken,
     pub(crate) default_timeout: Option<Duration>,
     pub(crate) local: crate::NodeId,
+    retry: RetryPolicy,
 }
 
 impl Drop for Redial {
@@ -129,7 +133,12 @@ impl Drop for Redial {
 
 impl Redial {
     /// Starts the redial task and returns the handle calls go through.
-    pub(crate) fn start(endpoint: Endpoint, url: Url, backoff: Backoff) -> Redial {
+    pub(crate) fn start(
+        endpoint: Endpoint,
+        url: Url,
+        backoff: Backoff,
+        retry: RetryPolicy,
+    ) -> Redial {
         let (tx, rx) = watch::channel(LinkState::Connecting);
         let stop = CancellationToken::new();
         let task_stop = stop.clone();
@@ -186,6 +195,7 @@ impl Redial {
             stop,
             default_timeout,
             local,
+            retry,
         }
     }
 
@@ -233,13 +243,22 @@ impl Redial {
         }
     }
 
-    fn deadline(&self, opts: &CallOptions, unary: bool) -> (Option<Instant>, Duration) {
-        let t = if unary {
+    /// The deadline of a call with `opts` (its own timeout, the default for
+    /// unary calls, or the one it inherits from the call being served), and
+    /// the served call it is a child of.
+    fn deadline(
+        &self,
+        op: &str,
+        opts: &CallOptions,
+        unary: bool,
+    ) -> Result<(Option<Instant>, Duration, Option<CallScope>), CallError> {
+        let own = if unary {
             opts.timeout.or(self.default_timeout)
         } else {
             opts.timeout
         };
-        (t.map(|t| Instant::now() + t), t.unwrap_or_default())
+        let (t, parent) = opts.inherit(op, &self.label, own)?;
+        Ok((t.map(|t| Instant::now() + t), t.unwrap_or_default(), parent))
     }
 
     pub(crate) async fn call(
@@ -248,21 +267,43 @@ impl Redial {
         body: Bytes,
         opts: CallOptions,
     ) -> Result<Bytes, CallError> {
-        let (deadline, after) = self.deadline(&opts, true);
-        loop {
-            let link = self.link(op, deadline, after).await?;
-            let mut attempt = opts.clone();
-            if let Some(d) = deadline {
-                attempt.timeout = Some(d.saturating_duration_since(Instant::now()));
-            }
-            match link.call(op, body.clone(), attempt).await {
-                // Refused before it ran: sending it on the next link is not a retry.
-                Err(CallError::Closing { .. }) => {}
-                Err(CallError::ConnectionLost { .. }) if opts.idempotent => {
-                    tracing::debug!(op, "link dropped under an idempotent call; retrying");
+        let (deadline, after, parent) = self.deadline(op, &opts, true)?;
+        let budget = self.retry.retry_budget();
+        budget.deposit();
+        let attempts = async {
+            let mut retries = 0;
+            loop {
+                let link = self.link(op, deadline, after).await?;
+                let mut attempt = opts.clone();
+                if let Some(d) = deadline {
+                    attempt.timeout = Some(d.saturating_duration_since(Instant::now()));
                 }
-                other => return other,
+                match link.call(op, body.clone(), attempt).await {
+                    // Refused by a link on its way out, before it ran: the
+                    // next link takes it, which is no retry.
+                    Err(CallError::Closing { .. }) => {}
+                    Err(e) if self.retry.retries(&e, opts.idempotent) => {
+                        let Some(wait) = self.retry.admit(retries, deadline) else {
+                            return Err(e);
+                        };
+                        retries += 1;
+                        tracing::debug!(op, retries, "retrying after {wait:?}: {e}");
+                        tokio::time::sleep(wait).await;
+                    }
+                    other => return other,
+                }
             }
+        };
+        match parent {
+            None => attempts.await,
+            Some(p) => tokio::select! {
+                biased;
+                r = attempts => r,
+                () = p.token.cancelled() => Err(CallError::Cancelled {
+                    op: op.into(),
+                    peer: self.label.clone(),
+                }),
+            },
         }
     }
 
@@ -272,7 +313,7 @@ impl Redial {
         body: Bytes,
         opts: CallOptions,
     ) -> Result<(), CallError> {
-        let (deadline, after) = self.deadline(&opts, true);
+        let (deadline, after, _) = self.deadline(op, &opts, true)?;
         self.link(op, deadline, after)
             .await?
             .oneway(op, body, opts)
@@ -285,7 +326,7 @@ impl Redial {
         body: Bytes,
         opts: CallOptions,
     ) -> Result<Inbound, CallError> {
-        let (deadline, after) = self.deadline(&opts, false);
+        let (deadline, after, _) = self.deadline(op, &opts, false)?;
         self.link(op, deadline, after)
             .await?
             .server_stream(op, body, opts)
@@ -297,7 +338,7 @@ impl Redial {
         op: &str,
         opts: CallOptions,
     ) -> Result<(Outbound, Reply), CallError> {
-        let (deadline, after) = self.deadline(&opts, false);
+        let (deadline, after, _) = self.deadline(op, &opts, false)?;
         self.link(op, deadline, after)
             .await?
             .client_stream(op, opts)
@@ -309,7 +350,7 @@ impl Redial {
         op: &str,
         opts: CallOptions,
     ) -> Result<(Outbound, Inbound), CallError> {
-        let (deadline, after) = self.deadline(&opts, false);
+        let (deadline, after, _) = self.deadline(op, &opts, false)?;
         self.link(op, deadline, after).await?.bidi(op, opts).await
     }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::calls::CallName;
 use super::flow::{RecvWindow, SendCredit};
+use super::scope::CallScope;
 use super::table::{Failure, InItem};
 use super::Shared;
 use crate::error::CallError;
@@ -112,6 +113,9 @@ pub struct Inbound {
     sleep: Option<Pin<Box<Sleep>>>,
     timeout: Option<Duration>,
     scope: Option<Scope>,
+    /// The served call this stream's call is a child of: when it is
+    /// cancelled, so is this call.
+    parent: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     done: bool,
 }
 
@@ -161,8 +165,16 @@ impl Inbound {
             sleep: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             timeout,
             scope: None,
+            parent: None,
             done: false,
         }
+    }
+
+    /// Ties the call to the served call it was made in: cancelling that
+    /// one cancels this one.
+    pub(crate) fn child_of(mut self, parent: Option<CallScope>) -> Self {
+        self.parent = parent.map(|p| Box::pin(p.token.cancelled_owned()));
+        self
     }
 
     /// Ties the stream to a session: closing the session cancels it.
@@ -190,6 +202,7 @@ impl Inbound {
             sleep: None,
             timeout: None,
             scope: None,
+            parent: None,
             done: false,
         }
     }
@@ -284,6 +297,16 @@ impl Inbound {
                     op: self.name.op.clone(),
                     peer: self.name.peer.clone(),
                     session,
+                })));
+            }
+        }
+        if let Some(parent) = self.parent.as_mut() {
+            if parent.as_mut().poll(cx).is_ready() {
+                self.done = true;
+                self.shared.cancel_call(self.id, cancelled());
+                return Poll::Ready(Some(Err(CallError::Cancelled {
+                    op: self.name.op.clone(),
+                    peer: self.name.peer.clone(),
                 })));
             }
         }
@@ -550,6 +573,7 @@ pub struct Reply {
     sleep: Option<Pin<Box<Sleep>>>,
     timeout: Option<Duration>,
     scope: Option<Scope>,
+    parent: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl std::fmt::Debug for Reply {
@@ -573,7 +597,15 @@ impl Reply {
             sleep: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             timeout,
             scope: None,
+            parent: None,
         }
+    }
+
+    /// Ties the call to the served call it was made in (see
+    /// [`Inbound::child_of`]).
+    pub(crate) fn child_of(mut self, parent: Option<CallScope>) -> Self {
+        self.parent = parent.map(|p| Box::pin(p.token.cancelled_owned()));
+        self
     }
 
     /// The operation this reply belongs to.
@@ -636,6 +668,17 @@ impl Reply {
                     op: this.name.op.clone(),
                     peer: this.name.peer.clone(),
                     session,
+                }));
+            }
+        }
+        if let Some(parent) = this.parent.as_mut() {
+            if parent.as_mut().poll(cx).is_ready() {
+                if let Some(g) = this.guard.take() {
+                    g.shared.cancel_call(g.id, cancelled());
+                }
+                return Poll::Ready(Err(CallError::Cancelled {
+                    op: this.name.op.clone(),
+                    peer: this.name.peer.clone(),
                 }));
             }
         }

@@ -220,8 +220,10 @@ pub struct DiscoveryEvents {
 }
 
 impl DiscoveryEvents {
-    /// A connected sender and stream — for backends.
-    pub(crate) fn channel() -> (mpsc::UnboundedSender<DiscoveryEvent>, DiscoveryEvents) {
+    /// A connected sender and stream: what a backend's
+    /// [`Discovery::start`] returns the stream half of, keeping the sender
+    /// to report what it hears. Dropping every sender ends the stream.
+    pub fn channel() -> (mpsc::UnboundedSender<DiscoveryEvent>, DiscoveryEvents) {
         let (tx, rx) = mpsc::unbounded_channel();
         (tx, DiscoveryEvents { rx })
     }

@@ -1,6 +1,6 @@
 //! Downloading one file in chunks from every peer that has it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,11 +11,13 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::limits::{DownloadLimits, Permit, Seat};
 use super::{FileId, FileShareClient, FileStore, Manifest, NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE};
 use crate::node::{Client, PeerChange, PeerSet};
-use crate::{CallError, CallOptions, NodeId};
+use crate::{Backoff, CallError, CallOptions, NodeId};
 
 /// How far a download has come. Sent on [`Download::progress`] after every
 /// chunk, source change and retry.
@@ -139,6 +141,8 @@ pub enum DownloadError {
 pub const DEFAULT_PER_PEER: usize = 4;
 /// The default number of tries per chunk.
 pub const DEFAULT_ATTEMPTS: u32 = 5;
+/// The default cap on chunks of one file in flight at once.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 
 /// Configures a [`Download`]; see [`Download::builder`].
 #[must_use]
@@ -152,6 +156,9 @@ pub struct DownloadBuilder {
     probe_every: Duration,
     save_to: Option<PathBuf>,
     share: Option<FileStore>,
+    max_in_flight: usize,
+    limits: Option<DownloadLimits>,
+    retry_backoff: Backoff,
 }
 
 impl std::fmt::Debug for DownloadBuilder {
@@ -178,6 +185,29 @@ impl DownloadBuilder {
     /// another peer when there is one.
     pub fn attempts(mut self, attempts: u32) -> Self {
         self.attempts = attempts.max(1);
+        self
+    }
+
+    /// Chunks of this file in flight at once, over every peer (default
+    /// [`DEFAULT_MAX_IN_FLIGHT`], at least 1).
+    pub fn max_in_flight(mut self, chunks: usize) -> Self {
+        self.max_in_flight = chunks.max(1);
+        self
+    }
+
+    /// Shares a cap on chunks in flight with every other download given the
+    /// same `limits`; a freed place goes to the download nearest to done
+    /// (see [`DownloadLimits`]).
+    pub fn limits(mut self, limits: &DownloadLimits) -> Self {
+        self.limits = Some(limits.clone());
+        self
+    }
+
+    /// How long a chunk that failed waits before it is asked again: the
+    /// n-th failure of a chunk waits `backoff.delay(n)` (default 100 ms
+    /// doubling to 5 s, jittered). Meanwhile other chunks go on.
+    pub fn retry_backoff(mut self, backoff: Backoff) -> Self {
+        self.retry_backoff = backoff;
         self
     }
 
@@ -278,6 +308,11 @@ impl Download {
             probe_every: Duration::from_secs(1),
             save_to: None,
             share: None,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            limits: None,
+            retry_backoff: Backoff::new()
+                .initial(Duration::from_millis(100))
+                .max(Duration::from_secs(5)),
         }
     }
 
@@ -348,8 +383,13 @@ enum Sink {
     },
 }
 
+/// A chunk call: who, which chunk, what came back, and the place under
+/// the shared limits it held.
 type Fetch = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (NodeId, u32, Result<Bytes, CallError>)> + Send>,
+    Box<
+        dyn std::future::Future<Output = (NodeId, u32, Result<Bytes, CallError>, Option<Permit>)>
+            + Send,
+    >,
 >;
 /// A peer's manifest and the chunks it has.
 type Offer = Result<(Manifest, Bytes), CallError>;
@@ -366,7 +406,20 @@ struct Run {
     probing: HashSet<NodeId>,
     /// Peers that sent a wrong manifest or wrong bytes: never asked again.
     bad: HashSet<NodeId>,
-    pending: VecDeque<u32>,
+    /// Chunks to hand out, rarest first: (rank, index), see [`rank`].
+    pending: BTreeSet<(u32, u32)>,
+    /// How many sources have each chunk.
+    avail: Vec<u32>,
+    /// Failed chunks waiting out their backoff, until when.
+    cooling: BTreeMap<u32, Instant>,
+    /// Chunk calls in flight, end-game duplicates included.
+    in_flight: usize,
+    /// This download's place under shared limits.
+    seat: Option<Seat>,
+    /// Permits of calls that just ended, to reuse or give back.
+    spare: Vec<Permit>,
+    /// Whether it asked the limits for a permit and waits to be handed one.
+    wants_permit: bool,
     /// Failed tries per chunk, and the peers each failed at.
     failures: BTreeMap<u32, (u32, BTreeSet<NodeId>)>,
     fetches: FuturesUnordered<Fetch>,
@@ -381,12 +434,23 @@ struct Run {
     turn: usize,
 }
 
+/// The place of a chunk with `avail` sources in the pending order: rarer
+/// first, and chunks nobody has last (they cannot be asked of anyone).
+fn rank(avail: u32) -> u32 {
+    if avail == 0 {
+        u32::MAX
+    } else {
+        avail
+    }
+}
+
 async fn run(
     cfg: DownloadBuilder,
     progress: watch::Sender<Progress>,
     cancel: CancellationToken,
 ) -> Result<Downloaded, DownloadError> {
     let id = cfg.id;
+    let seat = cfg.limits.as_ref().map(DownloadLimits::seat);
     let mut run = Run {
         cfg,
         progress,
@@ -395,7 +459,13 @@ async fn run(
         sources: BTreeMap::new(),
         probing: HashSet::new(),
         bad: HashSet::new(),
-        pending: VecDeque::new(),
+        pending: BTreeSet::new(),
+        avail: Vec::new(),
+        cooling: BTreeMap::new(),
+        in_flight: 0,
+        seat: None,
+        spare: Vec::new(),
+        wants_permit: false,
         failures: BTreeMap::new(),
         fetches: FuturesUnordered::new(),
         fetching: HashMap::new(),
@@ -404,6 +474,7 @@ async fn run(
         probes: FuturesUnordered::new(),
         turn: 0,
     };
+    run.seat = seat;
     let result = tokio::select! {
         result = run.drive() => result,
         () = cancel.cancelled() => Err(DownloadError::Cancelled { id }),
@@ -446,7 +517,7 @@ impl Run {
             }
             // Probes do not count: peers are asked again every tick, and a
             // download nobody serves must still end.
-            let idle = self.fetches.is_empty() && !self.servable();
+            let idle = self.fetches.is_empty() && !self.servable() && self.cooling.is_empty();
             if !idle {
                 stalled_since = None;
             } else if stalled_since.is_none() {
@@ -459,14 +530,33 @@ impl Run {
                     None => std::future::pending().await,
                 }
             };
+            let cooled_at = self.cooling.values().min().copied();
+            let cooled = async move {
+                match cooled_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let seat = self.seat.as_ref().filter(|_| self.wants_permit);
+            let granted = async move {
+                match seat {
+                    Some(seat) => seat.granted().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 Some((peer, client, result)) = self.probes.next() => {
                     self.probing.remove(&peer);
                     self.probed(peer, client, result).await?;
                 }
-                Some((peer, index, result)) = self.fetches.next() => {
+                Some((peer, index, result, permit)) = self.fetches.next() => {
+                    self.in_flight -= 1;
+                    self.spare.extend(permit);
                     self.fetched(peer, index, result).await?;
                 }
+                () = cooled => self.warm_up(),
+                // A place under the shared limits was handed to us.
+                () = granted => {}
                 change = changes.next(), if peers_open => match change {
                     Some(PeerChange::Joined(peer)) => {
                         if let Some(client) = self.cfg.peers.get(peer) {
@@ -474,7 +564,7 @@ impl Run {
                         }
                     }
                     Some(PeerChange::Left(peer)) => {
-                        if self.sources.remove(&peer).is_some() {
+                        if self.set_source(peer, None) {
                             self.publish_sources();
                         }
                     }
@@ -531,7 +621,7 @@ impl Run {
             Ok(offer) => offer,
             Err(e) => {
                 tracing::debug!(%peer, file = %self.cfg.id, "not a source: {e}");
-                if self.sources.remove(&peer).is_some() {
+                if self.set_source(peer, None) {
                     self.publish_sources();
                 }
                 return Ok(());
@@ -544,7 +634,7 @@ impl Run {
         {
             tracing::warn!(%peer, file = %self.cfg.id, "peer sent a manifest for another file, or a chunk map of the wrong size; ignoring it from now on");
             self.bad.insert(peer);
-            if self.sources.remove(&peer).is_some() {
+            if self.set_source(peer, None) {
                 self.publish_sources();
             }
             return Ok(());
@@ -558,24 +648,14 @@ impl Run {
         }
         // A peer asked again (it rejoined, or it is partial) keeps its
         // count of chunks in flight; its client and chunk map are new.
-        match self.sources.get_mut(&peer) {
-            Some(s) => {
-                s.client = client;
-                s.have = have;
-                s.complete = complete;
-            }
-            None => {
-                self.sources.insert(
-                    peer,
-                    Source {
-                        client,
-                        in_flight: 0,
-                        have,
-                        complete,
-                    },
-                );
-            }
-        }
+        let in_flight = self.sources.get(&peer).map_or(0, |s| s.in_flight);
+        let source = Source {
+            client,
+            in_flight,
+            have,
+            complete,
+        };
+        self.set_source(peer, Some(source));
         self.publish_sources();
         Ok(())
     }
@@ -621,7 +701,9 @@ impl Run {
             };
             store.begin_partial(manifest.clone(), part);
         }
-        self.pending = (0..manifest.chunks()).collect();
+        // Nobody is counted as a source yet: the sources come after.
+        self.pending = (0..manifest.chunks()).map(|i| (rank(0), i)).collect();
+        self.avail = vec![0; manifest.chunks() as usize];
         self.done = vec![false; manifest.chunks() as usize];
         self.remaining = manifest.chunks();
         self.progress.send_modify(|p| {
@@ -632,44 +714,142 @@ impl Run {
         Ok(())
     }
 
-    /// Hands pending chunks to sources with room: each chunk to the least
-    /// loaded source that has it (ties in turn), avoiding sources it already
-    /// failed at while another has room, in chunk order.
-    fn schedule(&mut self) {
-        if self.manifest.is_none() {
-            return;
-        }
-        let per_peer = self.cfg.per_peer;
-        let mut at = 0;
-        while at < self.pending.len() {
-            if self.sources.values().all(|s| s.in_flight >= per_peer) {
-                return;
+    /// Sets `peer`'s source (`None`: it is none any more), keeping the
+    /// count of sources per chunk and the rarity order of pending chunks.
+    /// Returns whether it was a source before.
+    fn set_source(&mut self, peer: NodeId, source: Option<Source>) -> bool {
+        let old = match source {
+            Some(s) => self.sources.insert(peer, s),
+            None => self.sources.remove(&peer),
+        };
+        let new = self.sources.get(&peer);
+        for index in 0..self.avail.len() as u32 {
+            let had = old.as_ref().is_some_and(|s| s.has(index));
+            let has = new.is_some_and(|s| s.has(index));
+            if had == has {
+                continue;
             }
-            let index = self.pending[at];
-            let failed_at = self.failures.get(&index).map(|(_, at)| at);
-            let n = self.sources.len().max(1);
-            let turn = self.turn;
-            let pick = self
+            let count = &mut self.avail[index as usize];
+            let before = *count;
+            *count = if has {
+                before + 1
+            } else {
+                before.saturating_sub(1)
+            };
+            if self.pending.remove(&(rank(before), index)) {
+                self.pending.insert((rank(*count), index));
+            }
+        }
+        old.is_some()
+    }
+
+    /// Share of the file received: how near to done it is.
+    fn score(&self) -> f64 {
+        let total = self.done.len();
+        if total == 0 {
+            return 0.0;
+        }
+        (total - self.remaining as usize) as f64 / total as f64
+    }
+
+    /// Chunks whose backoff is over go back to pending.
+    fn warm_up(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u32> = self
+            .cooling
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(index, _)| *index)
+            .collect();
+        for index in due {
+            self.cooling.remove(&index);
+            self.pending
+                .insert((rank(self.avail[index as usize]), index));
+        }
+    }
+
+    /// A place for one more chunk call under the shared limits: a permit
+    /// kept from a call that just ended if no nearer download waits, else
+    /// one from the limits. `Some(None)`: no shared limits. `None`: wait.
+    fn permit(&mut self, score: f64) -> Option<Option<Permit>> {
+        let Some(seat) = &self.seat else {
+            return Some(None);
+        };
+        if let Some(kept) = self.spare.pop() {
+            if seat.may_keep(score) {
+                return Some(Some(kept));
+            }
+            // Handed to the nearer download.
+            drop(kept);
+        }
+        match seat.take(score) {
+            Some(permit) => Some(Some(permit)),
+            None => {
+                self.wants_permit = true;
+                None
+            }
+        }
+    }
+
+    /// Hands pending chunks to sources with room, rarest chunk first (ties
+    /// in chunk order): each to the least loaded source that has it (ties
+    /// in turn), avoiding sources it already failed at while another has
+    /// room — within the per-peer, per-file and shared caps.
+    fn schedule(&mut self) {
+        self.wants_permit = false;
+        if self.manifest.is_some() {
+            let score = self.score();
+            let per_peer = self.cfg.per_peer;
+            let mut room = self.cfg.max_in_flight.saturating_sub(self.in_flight);
+            let mut load: HashMap<NodeId, usize> = self
                 .sources
                 .iter()
-                .enumerate()
-                .filter(|(_, (_, s))| s.in_flight < per_peer && s.has(index))
-                .min_by_key(|(i, (peer, s))| {
-                    let failed_here = failed_at.is_some_and(|at| at.contains(peer));
-                    (failed_here, s.in_flight, (i + n - turn % n) % n)
-                })
-                .map(|(_, (peer, _))| *peer);
-            let Some(peer) = pick else {
-                // Nobody with room has this one; a later chunk may still go.
-                at += 1;
-                continue;
-            };
-            self.pending.remove(at);
-            self.turn = self.turn.wrapping_add(1);
-            self.fetch(peer, index);
+                .map(|(p, s)| (*p, s.in_flight))
+                .collect();
+            let n = self.sources.len().max(1);
+            let mut picks = Vec::new();
+            for &(_, index) in &self.pending {
+                if room == 0 || load.values().all(|l| *l >= per_peer) {
+                    break;
+                }
+                let failed_at = self.failures.get(&index).map(|(_, at)| at);
+                let turn = self.turn.wrapping_add(picks.len());
+                let pick = self
+                    .sources
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (peer, s))| load[*peer] < per_peer && s.has(index))
+                    .min_by_key(|(i, (peer, _))| {
+                        let failed_here = failed_at.is_some_and(|at| at.contains(*peer));
+                        (failed_here, load[*peer], (i + n - turn % n) % n)
+                    })
+                    .map(|(_, (peer, _))| *peer);
+                if let Some(peer) = pick {
+                    picks.push((index, peer));
+                    *load.entry(peer).or_default() += 1;
+                    room -= 1;
+                }
+            }
+            for (index, peer) in picks {
+                let Some(permit) = self.permit(score) else {
+                    break;
+                };
+                self.pending
+                    .remove(&(rank(self.avail[index as usize]), index));
+                self.turn = self.turn.wrapping_add(1);
+                self.fetch(peer, index, permit);
+            }
+            if self.pending.is_empty() && self.cooling.is_empty() && !self.wants_permit {
+                self.end_game(score);
+            }
         }
-        if self.pending.is_empty() {
-            self.end_game();
+        // Permits kept and not reused go back; a download that wants none
+        // passes on what was reserved for it.
+        self.spare.clear();
+        if !self.wants_permit {
+            if let Some(seat) = &self.seat {
+                seat.withdraw();
+            }
         }
     }
 
@@ -677,7 +857,7 @@ impl Run {
     /// their way — perhaps from a slow or stuck peer. Ask a second source
     /// with room for each; the first checked answer wins and the other call
     /// is cancelled.
-    fn end_game(&mut self) {
+    fn end_game(&mut self, score: f64) {
         let per_peer = self.cfg.per_peer;
         let mut waiting: Vec<u32> = self
             .fetching
@@ -687,6 +867,9 @@ impl Run {
             .collect();
         waiting.sort_unstable();
         for index in waiting {
+            if self.in_flight >= self.cfg.max_in_flight {
+                return;
+            }
             let failed_at = self.failures.get(&index).map(|(_, at)| at);
             let busy = &self.fetching[&index];
             let pick = self
@@ -701,15 +884,19 @@ impl Run {
                 .min_by_key(|(_, s)| s.in_flight)
                 .map(|(peer, _)| *peer);
             if let Some(peer) = pick {
-                self.fetch(peer, index);
+                let Some(permit) = self.permit(score) else {
+                    return;
+                };
+                self.fetch(peer, index, permit);
             }
         }
     }
 
     /// Asks `peer` for chunk `index`.
-    fn fetch(&mut self, peer: NodeId, index: u32) {
+    fn fetch(&mut self, peer: NodeId, index: u32, permit: Option<Permit>) {
         let source = self.sources.get_mut(&peer).expect("fetching from a source");
         source.in_flight += 1;
+        self.in_flight += 1;
         let client = source.client.clone();
         let id = self.cfg.id;
         let (abort, registration) = AbortHandle::new_pair();
@@ -724,15 +911,13 @@ impl Run {
                     peer: peer.to_string().into(),
                 }),
             };
-            (peer, index, result)
+            (peer, index, result, permit)
         }));
     }
 
     /// Whether some source has a chunk still to fetch.
     fn servable(&self) -> bool {
-        self.sources
-            .values()
-            .any(|s| self.pending.iter().any(|&index| s.has(index)))
+        self.pending.iter().any(|&(place, _)| place != rank(0))
     }
 
     async fn fetched(
@@ -788,7 +973,7 @@ impl Run {
             Ok((false, data)) => {
                 tracing::warn!(%peer, file = %self.cfg.id, index, "peer sent a chunk that does not match the manifest; dropping it as a source");
                 self.bad.insert(peer);
-                self.sources.remove(&peer);
+                self.set_source(peer, None);
                 format!(
                     "{peer} sent {} bytes that do not match the manifest",
                     data.len()
@@ -803,7 +988,7 @@ impl Run {
                     _ => true,
                 };
                 if gone {
-                    self.sources.remove(&peer);
+                    self.set_source(peer, None);
                 }
                 e.to_string()
             }
@@ -825,7 +1010,9 @@ impl Run {
                 last: failure,
             });
         }
-        self.pending.push_front(index);
+        // Asked again once its backoff is over; other chunks go on meanwhile.
+        let wait = self.cfg.retry_backoff.delay(*tries - 1);
+        self.cooling.insert(index, Instant::now() + wait);
         let sources = self.sources.len();
         self.progress.send_modify(|p| {
             p.retries += 1;

@@ -37,6 +37,7 @@
 //! The guide is `docs/FILES.md`.
 
 mod download;
+mod limits;
 mod store;
 
 use std::fmt;
@@ -50,8 +51,9 @@ use crate::Reject;
 
 pub use self::download::{
     Download, DownloadBuilder, DownloadError, Downloaded, Progress, Saved, DEFAULT_ATTEMPTS,
-    DEFAULT_PER_PEER,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_PER_PEER,
 };
+pub use self::limits::DownloadLimits;
 pub use self::store::{FileStore, OfferError};
 
 /// The default chunk size: 256 KiB.

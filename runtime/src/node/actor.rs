@@ -5,7 +5,8 @@
 //! `#[plexus::service]` implementation keeps an `Actor` and forwards each
 //! call into it, so handler code mutates plain `&mut S` with no lock — the
 //! service/shim split of LightImage.Networking. This module knows nothing of
-//! connections or nodes.
+//! connections or nodes; it only carries the served call's scope (deadline,
+//! cancellation) over to the job, so the job's own calls cascade from it.
 
 use std::any::Any;
 use std::future::Future;
@@ -15,6 +16,7 @@ use std::pin::Pin;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::connection::scope::CallScope;
 use crate::error::Reject;
 
 /// The future an [`Actor::call_async`] closure returns: it may borrow the
@@ -207,12 +209,22 @@ impl<S: Send + 'static> Actor<S> {
         R: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
+        // The job runs on the actor's task, but on behalf of the call being
+        // served here: calls it makes are that call's children (deadline,
+        // cancellation), as if the handler had made them itself.
+        let scope = CallScope::current();
         let job = Job::Async(Box::new(async_job(move |state: &mut S| {
             Box::pin(async move {
                 // Building the future may panic as well as running it.
-                let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| f(state))) {
-                    Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
-                    Err(p) => Err(p),
+                let run = async {
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| f(state))) {
+                        Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+                        Err(p) => Err(p),
+                    }
+                };
+                let outcome = match scope {
+                    Some(scope) => scope.enter(run).await,
+                    None => run.await,
                 };
                 let panicked = outcome.is_err();
                 // As with `call`: the change stands even if the caller left.

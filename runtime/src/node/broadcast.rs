@@ -1,38 +1,78 @@
 //! Broadcast: one call to every member of a peer set, replies as a stream.
 //!
 //! Owns [`Broadcast`], the stream of `(NodeId, Result<T, CallError>)` a
-//! node's [`broadcast`](super::Node::broadcast) returns. Each peer's call runs
-//! on its own task from the moment of the broadcast, bounded by the
-//! deadline, so a slow or hung peer delays nobody else's reply.
+//! node's [`broadcast`](super::Node::broadcast) returns, and [`Fanout`], the
+//! typed calls to every member generated `…Fanout` types go through —
+//! unary, one-way and server-stream ([`FanoutStream`]), to the members or,
+//! relayed, to the whole mesh (see `relay`). Each peer's call runs on its
+//! own task from the moment of the broadcast, bounded by the deadline, so a
+//! slow or hung peer delays nobody else's reply.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream;
+use tokio::sync::mpsc;
 use tokio::task::{Id, JoinSet};
 
 use super::peers::Client;
+use super::Shared;
 use crate::codec::{Codec, CodecError};
-use crate::{CallError, CallOptions, Connection, NodeId};
+use crate::connection::scope::CallScope;
+use crate::{CallError, CallOptions, Connection, NodeId, Streaming};
+
+/// `opts` made children of the call being served on this task, if any: the
+/// calls run on tasks of their own, which have no current call of their own.
+fn within_served_call(opts: CallOptions) -> CallOptions {
+    match CallScope::current() {
+        Some(scope) => opts.child_of(scope),
+        None => opts,
+    }
+}
 
 /// Replies of a broadcast, in the order they arrive; ends after the last
 /// peer answered or timed out. Dropping it cancels the calls still running.
+///
+/// A relayed broadcast ([`Node::relay`](super::Node::relay)) yields one
+/// reply per node of the mesh that answered, tagged with that node.
 pub struct Broadcast<T> {
-    tasks: JoinSet<(NodeId, Result<T, CallError>)>,
+    source: Source<T>,
     peers: Vec<NodeId>,
-    by_task: HashMap<Id, NodeId>,
+}
+
+enum Source<T> {
+    /// One task per member.
+    Tasks {
+        tasks: JoinSet<(NodeId, Result<T, CallError>)>,
+        by_task: HashMap<Id, NodeId>,
+    },
+    /// Replies from the mesh, merged by one task (aborted on drop).
+    Relayed {
+        replies: mpsc::Receiver<(NodeId, Result<T, CallError>)>,
+        task: tokio::task::JoinHandle<()>,
+        open: Arc<AtomicUsize>,
+    },
+}
+
+impl<T> Drop for Broadcast<T> {
+    fn drop(&mut self) {
+        if let Source::Relayed { task, .. } = &self.source {
+            task.abort();
+        }
+    }
 }
 
 impl<T> std::fmt::Debug for Broadcast<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broadcast")
             .field("peers", &self.peers)
-            .field("pending", &self.tasks.len())
+            .field("pending", &self.pending())
             .finish()
     }
 }
@@ -50,8 +90,9 @@ impl<T: Send + 'static> Broadcast<T> {
         F: Fn(C) -> Fut,
         Fut: Future<Output = Result<T, CallError>> + Send + 'static,
     {
+        let opts = within_served_call(CallOptions::new().timeout(deadline));
         Broadcast::start_with(service, members, deadline, |conn| {
-            call(C::from_connection(conn).with_call_options(CallOptions::new().timeout(deadline)))
+            call(C::from_connection(conn).with_call_options(opts.clone()))
         })
     }
 
@@ -95,22 +136,44 @@ impl<T: Send + 'static> Broadcast<T> {
             peers.push(id);
         }
         Broadcast {
-            tasks,
+            source: Source::Tasks { tasks, by_task },
             peers,
-            by_task,
+        }
+    }
+
+    /// The replies a relay task merges from the mesh: `open` counts the
+    /// members' streams still running.
+    pub(crate) fn relayed(
+        peers: Vec<NodeId>,
+        replies: mpsc::Receiver<(NodeId, Result<T, CallError>)>,
+        task: tokio::task::JoinHandle<()>,
+        open: Arc<AtomicUsize>,
+    ) -> Self {
+        Broadcast {
+            source: Source::Relayed {
+                replies,
+                task,
+                open,
+            },
+            peers,
         }
     }
 }
 
 impl<T> Broadcast<T> {
-    /// The peers the broadcast went to: the members at the moment of the call.
+    /// The peers the broadcast went to: the members at the moment of the
+    /// call (for a relayed one: the first hop).
     pub fn peers(&self) -> &[NodeId] {
         &self.peers
     }
 
-    /// Replies still outstanding.
+    /// Replies still outstanding (for a relayed one: members whose part of
+    /// the mesh has not finished answering).
     pub fn pending(&self) -> usize {
-        self.tasks.len()
+        match &self.source {
+            Source::Tasks { tasks, .. } => tasks.len(),
+            Source::Relayed { open, .. } => open.load(Ordering::Acquire),
+        }
     }
 }
 
@@ -119,9 +182,13 @@ impl<T: Send + 'static> Stream for Broadcast<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        match this.tasks.poll_join_next_with_id(cx) {
+        let (tasks, by_task) = match &mut this.source {
+            Source::Tasks { tasks, by_task } => (tasks, by_task),
+            Source::Relayed { replies, .. } => return replies.poll_recv(cx),
+        };
+        match tasks.poll_join_next_with_id(cx) {
             Poll::Ready(Some(Ok((task, reply)))) => {
-                this.by_task.remove(&task);
+                by_task.remove(&task);
                 Poll::Ready(Some(reply))
             }
             // The caller's closure panicked: surface it where the broadcast
@@ -129,7 +196,7 @@ impl<T: Send + 'static> Stream for Broadcast<T> {
             Poll::Ready(Some(Err(e))) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Poll::Ready(Some(Err(e))) => {
                 // Cancelled only when the runtime shuts down under us.
-                let peer = this.by_task.remove(&e.id()).unwrap_or(NodeId(0));
+                let peer = by_task.remove(&e.id()).unwrap_or(NodeId(0));
                 Poll::Ready(Some((
                     peer,
                     Err(CallError::Cancelled {
@@ -154,11 +221,29 @@ impl<T: Send + 'static> Stream for Broadcast<T> {
 /// ```
 ///
 /// The request is encoded once and the same bytes go to every member.
-#[derive(Clone, Debug)]
+///
+/// Made by [`Node::relay`](super::Node::relay) instead, unary and one-way
+/// calls go to the whole mesh: each member runs its handler and relays the
+/// call on to its own members, and replies come back from every node
+/// reached (see `docs/NODES.md`).
+#[derive(Clone)]
 pub struct Fanout {
     service: &'static str,
     members: Vec<(NodeId, Connection)>,
     deadline: Duration,
+    /// Relayed through the mesh by this node, with the hop limit.
+    mesh: Option<(Arc<Shared>, u8)>,
+}
+
+impl std::fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fanout")
+            .field("service", &self.service)
+            .field("peers", &self.peers())
+            .field("deadline", &self.deadline)
+            .field("relayed", &self.mesh.as_ref().map(|(_, hops)| hops))
+            .finish()
+    }
 }
 
 impl Fanout {
@@ -171,7 +256,15 @@ impl Fanout {
             service,
             members,
             deadline,
+            mesh: None,
         }
+    }
+
+    /// The same calls relayed through the mesh by `node`, at most
+    /// `max_hops` hops from it.
+    pub(crate) fn relayed(mut self, node: Arc<Shared>, max_hops: u8) -> Self {
+        self.mesh = Some((node, max_hops.max(1)));
+        self
     }
 
     /// The peers it reaches: the members when it was made.
@@ -193,7 +286,22 @@ impl Fanout {
         C: Codec<R>,
         R: Send + 'static,
     {
-        let opts = CallOptions::new().timeout(self.deadline);
+        if let Some((node, max_hops)) = &self.mesh {
+            return super::relay::start(
+                node,
+                super::relay::Call {
+                    service: self.service,
+                    op,
+                    body,
+                    oneway: false,
+                    deadline: self.deadline,
+                    max_hops: *max_hops,
+                },
+                self.members.clone(),
+                C::decode,
+            );
+        }
+        let opts = within_served_call(CallOptions::new().timeout(self.deadline));
         Broadcast::start_with(
             self.service,
             self.members.clone(),
@@ -213,11 +321,31 @@ impl Fanout {
 
     /// Sends the one-way message `op` with `body` to every member and
     /// returns, per member, whether it was handed to the connection.
+    ///
+    /// Relayed ([`Node::relay`](super::Node::relay)): per node of the mesh
+    /// reached, whether its handler ran, once every reply is in or the
+    /// deadline passed.
     pub async fn oneway(
         &self,
         op: &'static str,
         body: Result<Bytes, CodecError>,
     ) -> Vec<(NodeId, Result<(), CallError>)> {
+        if let Some((node, max_hops)) = &self.mesh {
+            let replies = super::relay::start(
+                node,
+                super::relay::Call {
+                    service: self.service,
+                    op,
+                    body,
+                    oneway: true,
+                    deadline: self.deadline,
+                    max_hops: *max_hops,
+                },
+                self.members.clone(),
+                |_| Ok(()),
+            );
+            return futures_util::StreamExt::collect(replies).await;
+        }
         let opts = CallOptions::new().timeout(self.deadline);
         let sends = self.members.iter().map(|(id, conn)| {
             let body = body.clone();
@@ -231,5 +359,108 @@ impl Fanout {
             }
         });
         futures_util::future::join_all(sends).await
+    }
+}
+
+impl Fanout {
+    /// Makes the server-stream call `op` with `body` on every member and
+    /// merges their streams into one, each item tagged with the member it
+    /// came from and decoded with `C`. A member's failure (at the open, or
+    /// mid-stream) is one `Err` item for it, after which its stream is done.
+    /// Every stream is bounded by the deadline. One hop only: relayed
+    /// fan-outs carry unary and one-way calls.
+    pub fn server_stream<C, R>(
+        &self,
+        op: &'static str,
+        body: Result<Bytes, CodecError>,
+    ) -> FanoutStream<R>
+    where
+        C: Codec<R>,
+        R: Send + 'static,
+    {
+        let opts = within_served_call(CallOptions::new().timeout(self.deadline));
+        // Room for a few items per member: a reader that falls behind
+        // holds the members back through flow control, not memory.
+        let (tx, items) = mpsc::channel(16 * self.members.len().max(1));
+        let open = Arc::new(AtomicUsize::new(self.members.len()));
+        let mut tasks = JoinSet::new();
+        for (id, conn) in &self.members {
+            let (id, conn, body, opts, tx) =
+                (*id, conn.clone(), body.clone(), opts.clone(), tx.clone());
+            let open = open.clone();
+            tasks.spawn(async move {
+                let label = conn.peer().label().clone();
+                let opened = match body {
+                    Ok(body) => conn.server_stream(op, body, opts).await,
+                    Err(e) => Err(CallError::encode(op, label.clone(), e)),
+                };
+                match opened {
+                    Ok(inbound) => {
+                        let mut items = Streaming::<R>::new::<C>(inbound, op, label);
+                        while let Some(item) = items.recv().await {
+                            if tx.send((id, item)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send((id, Err(e))).await;
+                    }
+                }
+                open.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+        FanoutStream {
+            items,
+            _tasks: tasks,
+            peers: self.peers(),
+            open,
+        }
+    }
+}
+
+/// The merged streams of a server-stream [`Fanout`] call: every member's
+/// items as they arrive, each tagged with its member. Ends when every
+/// member's stream has ended (or failed, or passed the deadline); dropping
+/// it cancels the streams still running.
+pub struct FanoutStream<T> {
+    items: mpsc::Receiver<(NodeId, Result<T, CallError>)>,
+    /// Aborted, and so cancelled, with the stream.
+    _tasks: JoinSet<()>,
+    peers: Vec<NodeId>,
+    open: Arc<AtomicUsize>,
+}
+
+impl<T> std::fmt::Debug for FanoutStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanoutStream")
+            .field("peers", &self.peers)
+            .field("pending", &self.pending())
+            .finish()
+    }
+}
+
+impl<T> FanoutStream<T> {
+    /// The members the call went to.
+    pub fn peers(&self) -> &[NodeId] {
+        &self.peers
+    }
+
+    /// Members whose stream has not ended yet.
+    pub fn pending(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// The next item from any member; `None` once every stream has ended.
+    pub async fn recv(&mut self) -> Option<(NodeId, Result<T, CallError>)> {
+        self.items.recv().await
+    }
+}
+
+impl<T> Stream for FanoutStream<T> {
+    type Item = (NodeId, Result<T, CallError>);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().items.poll_recv(cx)
     }
 }

@@ -22,12 +22,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::description::{services_link, NodeDescription, DESCRIBE_OP};
 use super::events::NodeEvent;
-use super::{KnownPeer, Shared};
+use super::hooks::{LinkCandidate, INVITE_DECLINED};
+use super::{locality, KnownPeer, Shared};
 use crate::codec::{Codec, MsgPack};
 use crate::discovery::{
     Announcement, Discovery, DiscoveryEvent, DiscoveryEvents, PeerRecord, PeerState,
 };
-use crate::{CallOptions, Connection, Endpoint, NodeId};
+use crate::{CallError, CallOptions, Connection, Endpoint, NodeId};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// What the driver reacts to, besides discovery events and its tick.
 #[derive(Debug)]
@@ -37,8 +40,18 @@ pub(crate) enum Input {
         conn: Connection,
         desc: NodeDescription,
     },
-    /// Dialing a peer failed; the tick retries.
-    DialFailed { peer: NodeId, reason: String },
+    /// Dialing a peer failed; the tick retries (later, if the peer
+    /// `declined` the link).
+    DialFailed {
+        peer: NodeId,
+        reason: String,
+        declined: bool,
+    },
+    /// Someone wants to reach `peer` outside the links (an invitation).
+    Lookup {
+        peer: NodeId,
+        reply: oneshot::Sender<Option<Contact>>,
+    },
     /// The connection registered under `key` for `peer` ended.
     Closed { peer: NodeId, key: u64 },
     /// A node listed by static discovery answered at `url` and described itself.
@@ -55,6 +68,25 @@ pub(crate) enum Input {
         to: Option<String>,
     },
 }
+
+/// How to reach a peer: the connection this node holds to it, if any, and
+/// the endpoints it announced.
+#[derive(Debug)]
+pub(crate) struct Contact {
+    pub(crate) conn: Option<Connection>,
+    pub(crate) endpoints: Vec<String>,
+}
+
+/// The driver's tuning, from the node builder.
+pub(crate) struct Settings {
+    pub(crate) describe_timeout: Duration,
+    pub(crate) reconcile_every: Duration,
+    pub(crate) follow_locally: bool,
+    pub(crate) heartbeat_window: Option<Duration>,
+}
+
+/// Declined links are redialed after this many reconcile intervals.
+const DECLINED_BACKOFF: u32 = 10;
 
 #[derive(Debug)]
 struct Peer {
@@ -73,6 +105,15 @@ struct Peer {
     conn: Option<(u64, Connection)>,
     dialing: bool,
     links: BTreeSet<String>,
+    /// The peer refused our describe (its link hook): not dialed before then.
+    declined_until: Option<Instant>,
+    /// Discovery stopped hearing the peer while its connection kept
+    /// hearing it: it is judged by that connection alone until discovery
+    /// hears it again (service traffic as heartbeat).
+    by_link: bool,
+    /// The last probe (ping) sent on its connection: when, and how many
+    /// frames the connection had received by then.
+    probe: Option<(Instant, u64)>,
 }
 
 impl Peer {
@@ -89,6 +130,9 @@ impl Peer {
             conn: None,
             dialing: false,
             links: BTreeSet::new(),
+            declined_until: None,
+            by_link: false,
+            probe: None,
         }
     }
 
@@ -102,6 +146,10 @@ pub(crate) struct Driver {
     endpoint: Endpoint,
     describe_timeout: Duration,
     reconcile_every: Duration,
+    follow_locally: bool,
+    heartbeat_window: Option<Duration>,
+    /// A move to a local peer's session is under way (follow locally).
+    following: bool,
     peers: HashMap<NodeId, Peer>,
     /// Tags each registered connection, so a stale close notice is ignored.
     next_key: u64,
@@ -134,14 +182,16 @@ impl Driver {
         endpoint: Endpoint,
         discovery: Arc<dyn Discovery>,
         announcement: Arc<tokio::sync::Mutex<Option<Announcement>>>,
-        describe_timeout: Duration,
-        reconcile_every: Duration,
+        settings: Settings,
     ) -> Self {
         Driver {
             shared,
             endpoint,
-            describe_timeout,
-            reconcile_every,
+            describe_timeout: settings.describe_timeout,
+            reconcile_every: settings.reconcile_every,
+            follow_locally: settings.follow_locally,
+            heartbeat_window: settings.heartbeat_window,
+            following: false,
             peers: HashMap::new(),
             next_key: 0,
             liveness_by_connection: discovery.backend() == "static",
@@ -200,6 +250,7 @@ impl Driver {
                 _ = tick.tick() => {
                     let ids: Vec<NodeId> = self.peers.keys().copied().collect();
                     for id in ids {
+                        self.judge_by_link(id);
                         self.reconcile(id, true);
                     }
                     self.dial_statics();
@@ -224,6 +275,9 @@ impl Driver {
                 self.heard(r, true);
             }
             DiscoveryEvent::Suspect(id) => {
+                if self.link_vouches(id, false) {
+                    return;
+                }
                 if let Some(p) = self.peers.get_mut(&id) {
                     if p.state == PeerState::Alive {
                         p.state = PeerState::Suspect;
@@ -241,7 +295,16 @@ impl Driver {
                     }
                 }
             }
-            DiscoveryEvent::Lost(id) => self.gone(id, PeerState::Lost),
+            DiscoveryEvent::Lost(id) => {
+                if self.link_vouches(id, true) {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        tracing::debug!(peer = %id, "discovery lost the peer but its link carries traffic; judging it by the link");
+                        p.by_link = true;
+                    }
+                    return;
+                }
+                self.gone(id, PeerState::Lost)
+            }
             DiscoveryEvent::Left(id) => self.gone(id, PeerState::Left),
             DiscoveryEvent::Endpoint(url) => {
                 if !self.statics.iter().any(|t| t.url == url) {
@@ -270,6 +333,11 @@ impl Driver {
             }
             Some(p) => {
                 let was_gone = !p.alive();
+                let restarted = r.incarnation != p.incarnation;
+                // Discovery hears it again: no longer judged by its link, and
+                // whatever it declined may have changed.
+                p.by_link = false;
+                p.declined_until = None;
                 if r.incarnation != p.incarnation {
                     // A restart: whatever we knew about its services and its
                     // old connection belongs to the previous process.
@@ -279,24 +347,136 @@ impl Driver {
                     p.incarnation = r.incarnation;
                 }
                 let from = std::mem::replace(&mut p.session, r.session.clone());
-                p.name = r.name.clone();
+                let old_name = std::mem::replace(&mut p.name, r.name.clone());
                 p.endpoints = r.endpoints.clone();
                 p.hint = r.services.clone();
                 p.state = PeerState::Alive;
                 p.announced = true;
-                if returned || was_gone {
+                // `Returned` from discovery about a peer this node kept
+                // (judged by its link) is no return here, unless it restarted.
+                if was_gone || (returned && restarted) {
                     self.emit(NodeEvent::PeerReturned(id));
+                }
+                if old_name != r.name {
+                    self.emit(NodeEvent::PeerRenamed {
+                        peer: id,
+                        from: old_name,
+                        to: r.name.clone(),
+                    });
                 }
                 if from != r.session {
                     self.emit(NodeEvent::SessionChanged {
                         node: id,
                         from,
-                        to: r.session,
+                        to: r.session.clone(),
                     });
                 }
             }
         }
+        self.consider_following(&r);
         self.reconcile(id, true);
+    }
+
+    /// Follow locally: a node in no session joins the session of a peer on
+    /// this host.
+    fn consider_following(&mut self, r: &PeerRecord) {
+        if !self.follow_locally || self.following || self.shared.session().is_some() {
+            return;
+        }
+        let Some(session) = r.session.clone() else {
+            return;
+        };
+        if !locality::on_this_host(&r.endpoints) {
+            return;
+        }
+        self.following = true;
+        tracing::debug!(peer = %r.node_id, %session, "following a local peer into its session");
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shared.change_session(Some(session)).await {
+                tracing::debug!("following a local peer failed: {e}");
+            }
+        });
+    }
+
+    /// Service traffic as heartbeat: whether `id`'s connection vouches for
+    /// it while discovery does not hear it.
+    ///
+    /// On `Suspect` (`lost` false) the link is probed (a ping; a live peer's
+    /// pong is traffic) and vouches if it heard the peer within the window.
+    /// On `Lost` it vouches if it has heard the peer since that probe — so a
+    /// dead peer is reported lost on discovery's time, not the window's.
+    /// Without a recent probe (a backend that reports loss without
+    /// suspicion, as an expired etcd lease), a link heard within the window
+    /// is probed now and the peer judged by it from then on.
+    fn link_vouches(&mut self, id: NodeId, lost: bool) -> bool {
+        let Some(window) = self.heartbeat_window else {
+            return false;
+        };
+        let Some(p) = self.peers.get_mut(&id) else {
+            return false;
+        };
+        let Some((_, conn)) = &p.conn else {
+            return false;
+        };
+        let Some(silent) = conn.silent_for() else {
+            return false;
+        };
+        let now = Instant::now();
+        let heard = conn.stats().frames_received;
+        let recent_probe = p
+            .probe
+            .filter(|(at, _)| now.saturating_duration_since(*at) < window);
+        match (lost, recent_probe) {
+            (true, Some((_, before))) => heard > before,
+            _ if silent >= window => false,
+            _ => {
+                conn.probe();
+                p.probe = Some((now, heard));
+                true
+            }
+        }
+    }
+
+    /// A peer judged by its link: lost once the link is gone, or a probe of
+    /// it went unanswered for half the window.
+    fn judge_by_link(&mut self, id: NodeId) {
+        let Some(window) = self.heartbeat_window else {
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if !p.by_link || !p.alive() {
+            return;
+        }
+        let now = Instant::now();
+        let alive = match &p.conn {
+            None => false,
+            Some((_, conn)) => match (conn.silent_for(), p.probe) {
+                (None, _) => false,
+                (Some(_), Some((at, before))) => {
+                    if conn.stats().frames_received > before {
+                        p.probe = None;
+                        true
+                    } else {
+                        now.saturating_duration_since(at) < window / 2
+                    }
+                }
+                (Some(silent), None) => {
+                    if silent >= window / 2 {
+                        conn.probe();
+                        p.probe = Some((now, conn.stats().frames_received));
+                    }
+                    true
+                }
+            },
+        };
+        if !alive {
+            tracing::debug!(peer = %id, "the link of a peer discovery had lost went silent too");
+            p.by_link = false;
+            self.gone(id, PeerState::Lost);
+        }
     }
 
     fn gone(&mut self, id: NodeId, state: PeerState) {
@@ -325,11 +505,26 @@ impl Driver {
     fn on_input(&mut self, input: Input) {
         match input {
             Input::Described { conn, desc } => self.described(conn, desc),
-            Input::DialFailed { peer, reason } => {
-                tracing::debug!(peer = %peer, "dialing failed, retrying at the next reconcile: {reason}");
+            Input::DialFailed {
+                peer,
+                reason,
+                declined,
+            } => {
+                tracing::debug!(peer = %peer, declined, "dialing failed, retrying at a later reconcile: {reason}");
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.dialing = false;
+                    if declined {
+                        p.declined_until =
+                            Some(Instant::now() + self.reconcile_every * DECLINED_BACKOFF);
+                    }
                 }
+            }
+            Input::Lookup { peer, reply } => {
+                let contact = self.peers.get(&peer).map(|p| Contact {
+                    conn: p.conn.as_ref().map(|(_, c)| c.clone()),
+                    endpoints: p.endpoints.clone(),
+                });
+                let _ = reply.send(contact);
             }
             Input::StaticDescribed { url, conn, desc } => {
                 if let Some(t) = self.statics.iter_mut().find(|t| t.url == url) {
@@ -356,7 +551,7 @@ impl Driver {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     if p.conn.as_ref().is_some_and(|(k, _)| *k == key) {
                         p.conn = None;
-                        if by_connection {
+                        if by_connection || p.by_link {
                             // Nothing else says whether it lives: it is lost
                             // until a static redial or its own dial brings it back.
                             self.gone(peer, PeerState::Lost);
@@ -370,6 +565,7 @@ impl Driver {
                 }
             }
             Input::SessionChanged { from, to } => {
+                self.following = false;
                 self.emit(NodeEvent::SessionChanged {
                     node: self.shared.id,
                     from,
@@ -409,6 +605,9 @@ impl Driver {
                     conn: None,
                     dialing: false,
                     links: BTreeSet::new(),
+                    declined_until: None,
+                    by_link: false,
+                    probe: None,
                 },
             );
         }
@@ -423,6 +622,14 @@ impl Driver {
             // back.
             conn.abort();
             return;
+        }
+        if peer.name != desc.name {
+            let from = std::mem::replace(&mut peer.name, desc.name.clone());
+            let _ = events.send(NodeEvent::PeerRenamed {
+                peer: id,
+                from,
+                to: desc.name.clone(),
+            });
         }
         if peer.session != desc.session {
             let from = std::mem::replace(&mut peer.session, desc.session.clone());
@@ -516,12 +723,19 @@ impl Driver {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        let wanted = p.alive() && wanted(&self.shared, my_session.as_deref(), p);
+        let wanted = p.alive() && wanted(&self.shared, my_session.as_deref(), id, p);
+        let declined = p.declined_until.is_some_and(|t| Instant::now() < t);
         if !wanted {
             if let Some((_, conn)) = p.conn.take() {
                 tokio::spawn(async move { conn.close().await });
             }
-        } else if may_dial && p.conn.is_none() && !p.dialing && me < id && !p.endpoints.is_empty() {
+        } else if may_dial
+            && p.conn.is_none()
+            && !p.dialing
+            && !declined
+            && me < id
+            && !p.endpoints.is_empty()
+        {
             p.dialing = true;
             let endpoint = self.endpoint.clone();
             let shared = self.shared.clone();
@@ -530,12 +744,16 @@ impl Driver {
             tokio::spawn(async move {
                 let input = match dial(&endpoint, &shared, &urls, id, limit).await {
                     Ok((conn, desc)) => Input::Described { conn, desc },
-                    Err(reason) => Input::DialFailed { peer: id, reason },
+                    Err(DialError { reason, declined }) => Input::DialFailed {
+                        peer: id,
+                        reason,
+                        declined,
+                    },
                 };
                 let _ = shared.inputs.send(input);
             });
         }
-        let links = links(&self.shared, my_session.as_deref(), p);
+        let links = links(&self.shared, my_session.as_deref(), id, p);
         if links != p.links {
             let old = std::mem::replace(&mut p.links, links);
             let conn = p.conn.as_ref().map(|(_, c)| c.clone());
@@ -584,15 +802,15 @@ impl Driver {
 }
 
 /// Whether this node wants a connection to `p`: some service of ours links
-/// with one of theirs. Before their description arrives, the announced
-/// service names stand in, with the scope of our side.
-fn wanted(shared: &Shared, my_session: Option<&str>, p: &Peer) -> bool {
+/// with one of theirs (and the link hook agrees). Before their description
+/// arrives, the announced service names stand in, with the scope of our
+/// side.
+fn wanted(shared: &Shared, my_session: Option<&str>, id: NodeId, p: &Peer) -> bool {
     match &p.description {
-        Some(d) => shared.services.iter().any(|mine| {
-            d.services
-                .iter()
-                .any(|theirs| services_link(mine, my_session, theirs, p.session.as_deref()))
-        }),
+        Some(d) => shared
+            .services
+            .iter()
+            .any(|mine| linked_service(shared, my_session, id, p, d, mine, false)),
         None => shared.services.iter().any(|mine| {
             p.hint.contains(&mine.full_name)
                 && (mine.scope == super::Scope::Global
@@ -601,22 +819,53 @@ fn wanted(shared: &Shared, my_session: Option<&str>, p: &Peer) -> bool {
     }
 }
 
+/// Whether `mine` links with `p` (described as `d`): a service of theirs
+/// matches by contract, scope and roles (and, if `serving`, they serve it),
+/// and the link hook agrees.
+fn linked_service(
+    shared: &Shared,
+    my_session: Option<&str>,
+    id: NodeId,
+    p: &Peer,
+    d: &NodeDescription,
+    mine: &super::ServiceInfo,
+    serving: bool,
+) -> bool {
+    let Some(theirs) = d.services.iter().find(|theirs| {
+        (!serving || theirs.serves) && services_link(mine, my_session, theirs, p.session.as_deref())
+    }) else {
+        return false;
+    };
+    let remote = p.conn.as_ref().map(|(_, c)| c.peer());
+    shared.hooks.allows(&LinkCandidate {
+        peer: id,
+        name: &p.name,
+        session: p.session.as_deref(),
+        service: &mine.full_name,
+        role: theirs.role.as_deref(),
+        remote: remote.as_ref().map(|r| r.remote()),
+    })
+}
+
 /// The services of ours `p` is linked for: connected, described, serving it,
-/// and matching scope and roles.
-fn links(shared: &Shared, my_session: Option<&str>, p: &Peer) -> BTreeSet<String> {
+/// matching scope and roles, and allowed by the link hook.
+fn links(shared: &Shared, my_session: Option<&str>, id: NodeId, p: &Peer) -> BTreeSet<String> {
     let (Some(d), Some(_), true) = (&p.description, &p.conn, p.alive() && p.announced) else {
         return BTreeSet::new();
     };
     shared
         .services
         .iter()
-        .filter(|mine| {
-            d.services.iter().any(|theirs| {
-                theirs.serves && services_link(mine, my_session, theirs, p.session.as_deref())
-            })
-        })
+        .filter(|mine| linked_service(shared, my_session, id, p, d, mine, true))
         .map(|mine| mine.full_name.clone())
         .collect()
+}
+
+/// Why a dial did not produce a link.
+struct DialError {
+    reason: String,
+    /// The peer refused the describe exchange (its link hook).
+    declined: bool,
 }
 
 /// Dials `peer` at the first of `urls` that answers with the right node id,
@@ -627,8 +876,9 @@ async fn dial(
     urls: &[String],
     peer: NodeId,
     limit: Duration,
-) -> Result<(Connection, NodeDescription), String> {
+) -> Result<(Connection, NodeDescription), DialError> {
     let mut failures = Vec::new();
+    let mut declined = false;
     for url in urls {
         let conn = match tokio::time::timeout(limit, endpoint.connect(url.as_str())).await {
             Ok(Ok(conn)) => conn,
@@ -656,12 +906,16 @@ async fn dial(
                 conn.abort();
             }
             Err(e) => {
+                declined |= e.as_reject().is_some_and(|r| r.code() == INVITE_DECLINED);
                 failures.push(format!("{url}: {e}"));
                 conn.abort();
             }
         }
     }
-    Err(failures.join("; "))
+    Err(DialError {
+        reason: failures.join("; "),
+        declined,
+    })
 }
 
 /// Dials a URL whose node is not known yet and exchanges descriptions.
@@ -694,12 +948,13 @@ async fn describe(
     conn: &Connection,
     shared: &Shared,
     limit: Duration,
-) -> Result<NodeDescription, String> {
+) -> Result<NodeDescription, CallError> {
+    let label = conn.peer().label().clone();
     let mine = <MsgPack as Codec<NodeDescription>>::encode(&shared.describe())
-        .map_err(|e| e.to_string())?;
-    let reply: Bytes = conn
-        .call(DESCRIBE_OP, mine, CallOptions::new().timeout(limit))
-        .await
-        .map_err(|e| e.to_string())?;
-    <MsgPack as Codec<NodeDescription>>::decode(reply).map_err(|e| e.to_string())
+        .map_err(|e| CallError::encode(DESCRIBE_OP, label.clone(), e))?;
+    // The driver's own exchange: never the child of a call being served.
+    let opts = CallOptions::new().timeout(limit).detached();
+    let reply: Bytes = conn.call(DESCRIBE_OP, mine, opts).await?;
+    <MsgPack as Codec<NodeDescription>>::decode(reply)
+        .map_err(|e| CallError::decode(DESCRIBE_OP, label, e))
 }

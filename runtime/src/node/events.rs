@@ -20,6 +20,17 @@ pub const CAPACITY: usize = 4096;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NodeEvent {
+    /// The node is up: it listens at `urls` and has started announcing.
+    /// Sent once, before any other event; subscribe with
+    /// [`NodeBuilder::events`](super::NodeBuilder::events) to see it.
+    Initialized {
+        /// The node itself.
+        node: NodeId,
+        /// Its name.
+        name: String,
+        /// Where it listens (with real ports), as announced.
+        urls: Vec<String>,
+    },
     /// A peer was heard of for the first time (by discovery, or because it
     /// connected and described itself first).
     PeerDiscovered {
@@ -50,6 +61,26 @@ pub enum NodeEvent {
     PeerReturned(NodeId),
     /// A peer announced a graceful leave.
     PeerLeft(NodeId),
+    /// A peer (or this node, after [`Node::rename`](super::Node::rename))
+    /// changed its name.
+    PeerRenamed {
+        /// Who was renamed.
+        peer: NodeId,
+        /// The name before.
+        from: String,
+        /// The name now.
+        to: String,
+    },
+    /// A peer invited this node to its session ([`Node::invite`](super::Node::invite)),
+    /// and the invite hook said yes or no.
+    Invited {
+        /// The inviting peer.
+        by: NodeId,
+        /// The session it invited to.
+        session: String,
+        /// Whether this node accepted (and so moved to the session).
+        accepted: bool,
+    },
     /// A node's session changed: `node` is a peer, or this node itself after
     /// [`Node::join`](super::Node::join) and friends.
     SessionChanged {
@@ -95,7 +126,9 @@ impl NodeEvent {
             | NodeEvent::ServiceDiscovered { peer, .. }
             | NodeEvent::ServiceLinked { peer, .. }
             | NodeEvent::ServiceUnlinked { peer, .. } => *peer,
-            NodeEvent::SessionChanged { node, .. } => *node,
+            NodeEvent::SessionChanged { node, .. } | NodeEvent::Initialized { node, .. } => *node,
+            NodeEvent::PeerRenamed { peer, .. } => *peer,
+            NodeEvent::Invited { by, .. } => *by,
             NodeEvent::PeerSuspect(id)
             | NodeEvent::PeerRecovered(id)
             | NodeEvent::PeerLost(id)

@@ -48,7 +48,10 @@ mod broadcast;
 mod description;
 mod driver;
 mod events;
+mod hooks;
+mod locality;
 mod peers;
+mod relay;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -62,13 +65,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use self::actor::{Actor, ActorError, ActorFuture, DEFAULT_MAILBOX};
-pub use self::broadcast::{Broadcast, Fanout};
+pub use self::broadcast::{Broadcast, Fanout, FanoutStream};
 pub use self::description::{
     services_link, MethodInfo, NodeDescription, RoleRule, Scope, ServiceInfo, DESCRIBE_OP,
 };
 use self::driver::{Driver, Input};
 pub use self::events::{NodeEvent, NodeEvents};
+pub use self::hooks::{Invitation, LinkCandidate, INVITE_DECLINED, INVITE_OP};
 pub use self::peers::{Client, PeerChange, PeerChanges, PeerSet};
+pub use self::relay::{DEFAULT_MAX_HOPS, RELAY_OP};
 use crate::codec::{decode_request, encode_reply, MsgPack};
 use crate::descriptor::{Contract, ServiceDescriptor};
 use crate::discovery::{
@@ -158,6 +163,41 @@ pub enum NodeError {
         /// The node's name.
         node: String,
     },
+    /// An invitation needs a session to invite to.
+    #[error("node `{node}` is in no session; join one before inviting peers to it")]
+    NotInSession {
+        /// The node's name.
+        node: String,
+    },
+    /// The peer to invite is not known to this node (not discovered, or
+    /// forgotten after it was lost).
+    #[error("node `{node}` knows no peer {peer}; it must be discovered before it can be invited")]
+    UnknownPeer {
+        /// The node's name.
+        node: String,
+        /// The peer.
+        peer: NodeId,
+    },
+    /// The invited peer declined to join.
+    #[error("peer {peer} declined the invitation to session `{session}`: {reason}")]
+    InviteDeclined {
+        /// The peer.
+        peer: NodeId,
+        /// The session it was invited to.
+        session: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// The invitation could not be delivered or answered.
+    #[error("inviting peer {peer} to session `{session}` failed: {reason}")]
+    InviteFailed {
+        /// The peer.
+        peer: NodeId,
+        /// The session.
+        session: String,
+        /// What went wrong (dialing it, or the call).
+        reason: String,
+    },
 }
 
 /// A peer as this node knows it right now ([`Node::known_peers`]).
@@ -184,7 +224,7 @@ pub struct KnownPeer {
 /// the peer sets, the peer table snapshot, the event channel.
 pub(crate) struct Shared {
     pub(crate) id: NodeId,
-    name: String,
+    name: Mutex<String>,
     incarnation: u64,
     pub(crate) services: Vec<ServiceInfo>,
     session: Mutex<Option<String>>,
@@ -196,6 +236,21 @@ pub(crate) struct Shared {
     /// Set when [`Node::stop`] begins: from then on no peer is described
     /// (linked) over a new connection.
     stopping: AtomicBool,
+    /// The application's hooks: invitations, per-peer link decisions.
+    pub(crate) hooks: hooks::Hooks,
+    /// Broadcasts relayed through this node recently (mesh relay).
+    pub(crate) relayed: relay::Seen,
+    /// What changing the session needs, set once the node has started.
+    control: std::sync::OnceLock<Control>,
+}
+
+/// The discovery backend and the current announcement: what announcing a
+/// change of this node needs.
+struct Control {
+    discovery: Arc<dyn Discovery>,
+    /// `None` once stopped. An async lock so that changes are announced in
+    /// the order they were made.
+    announcement: Arc<tokio::sync::Mutex<Option<Announcement>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -208,10 +263,39 @@ impl Shared {
         lock(&self.session).clone()
     }
 
+    /// Moves this node to session `to` (`None`: no session): announces the
+    /// change through discovery at once, emits `SessionChanged` and has the
+    /// driver re-check every peer. Even if announcing fails the node is in
+    /// the new session; peers learn it when they connect (descriptions carry
+    /// it).
+    pub(crate) async fn change_session(&self, to: Option<String>) -> Result<(), NodeError> {
+        let stopped = || NodeError::Stopped { node: self.name() };
+        let control = self.control.get().ok_or_else(stopped)?;
+        let mut announcement = control.announcement.lock().await;
+        let Some(current) = announcement.as_mut() else {
+            return Err(stopped());
+        };
+        let from = std::mem::replace(&mut *lock(&self.session), to.clone());
+        if from == to {
+            return Ok(());
+        }
+        current.session = to.clone();
+        let result = control.discovery.update(current.clone()).await;
+        let _ = self.inputs.send(Input::SessionChanged { from, to });
+        result.map_err(|source| NodeError::Discovery {
+            node: self.name(),
+            source,
+        })
+    }
+
+    pub(crate) fn name(&self) -> String {
+        lock(&self.name).clone()
+    }
+
     pub(crate) fn describe(&self) -> NodeDescription {
         NodeDescription {
             node_id: self.id.to_string(),
-            name: self.name.clone(),
+            name: self.name(),
             session: self.session(),
             incarnation: self.incarnation,
             services: self.services.clone(),
@@ -243,10 +327,6 @@ impl Shared {
                 }
             }
         }
-    }
-
-    pub(crate) fn name(&self) -> &str {
-        &self.name
     }
 
     /// Every peer this node has heard of, with its state, by id.
@@ -289,6 +369,10 @@ pub struct NodeBuilder {
     allow: Option<crate::access::AllowList>,
     call_interceptors:
         Vec<Box<dyn FnOnce(crate::EndpointBuilder) -> crate::EndpointBuilder + Send>>,
+    events: channel::Sender<NodeEvent>,
+    follow_locally: bool,
+    hooks: hooks::Hooks,
+    heartbeat_window: Option<Duration>,
     /// The topology page's address, and the interceptor counting calls
     /// per link for it.
     #[cfg(feature = "topology")]
@@ -508,6 +592,76 @@ impl NodeBuilder {
         self
     }
 
+    /// Subscribes to the node's events before it starts, so that nothing is
+    /// missed: the first is [`NodeEvent::Initialized`], sent once the node
+    /// listens and announces, before any peer event.
+    pub fn events(&self) -> NodeEvents {
+        NodeEvents::new(self.events.subscribe())
+    }
+
+    /// While the node is in no session, it joins the session of the first
+    /// peer on the same host that is in one (LightImage's *follow
+    /// locally*): a tool started next to an application joins whatever the
+    /// application is doing. A peer is on this host when its endpoints are
+    /// (`unix://`, `inproc://`, a loopback address, or an address this host
+    /// can bind). Once in a session the node stays there until told
+    /// otherwise.
+    pub fn follow_locally(mut self) -> Self {
+        self.follow_locally = true;
+        self
+    }
+
+    /// Decides on invitations ([`Node::invite`]) from peers: return `Ok(())`
+    /// to join the inviter's session (leaving the current one), `Err(reason)`
+    /// to decline. Without a hook (or [`accept_invites`](Self::accept_invites))
+    /// every invitation is declined. The hook runs on the connection's task:
+    /// keep it short.
+    pub fn on_invite<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Invitation) -> Result<(), String> + Send + Sync + 'static,
+    {
+        self.hooks.invite = Some(Arc::new(hook));
+        self
+    }
+
+    /// Accepts every invitation ([`Node::invite`]), as LightImage nodes do.
+    pub fn accept_invites(self) -> Self {
+        self.on_invite(|_| Ok(()))
+    }
+
+    /// A per-peer say on links, beside the declarative connect rules: for
+    /// every service that would link with a peer (same contract, scope and
+    /// role rules agree), `hook` decides whether it does. Refused, the peer
+    /// stays out of that peer set; refused for every service, the node
+    /// holds no connection to it, and a peer that dials anyway is told so
+    /// in the describe exchange (and redials only after ten reconcile
+    /// intervals). The hook is asked again at every reconcile, so it may
+    /// change its mind (an allow-list edited at run time). Called on the
+    /// node's driver: keep it short and never block.
+    pub fn allow_connection<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&LinkCandidate<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.hooks.allow = Some(Arc::new(hook));
+        self
+    }
+
+    /// Whether service traffic counts as a heartbeat (default: yes, with a
+    /// window of 3 s). A peer whose announcements stop arriving — say
+    /// multicast is lost on the way — while its connection to this node
+    /// keeps answering is not reported suspect or lost, and its connection
+    /// stays up: when discovery reports it suspect the connection is probed
+    /// (a ping), and the peer is kept if the connection heard it within
+    /// `window` and, when discovery reports it lost, has answered since. A
+    /// kept peer is judged by that connection from then on (probed when
+    /// idle) and reported lost when a probe goes unanswered for half the
+    /// window, or the connection closes. A dead peer is still reported lost
+    /// on discovery's time. `None` goes by discovery alone.
+    pub fn heartbeat_window(mut self, window: Option<Duration>) -> Self {
+        self.heartbeat_window = window.map(|w| w.max(Duration::from_millis(10)));
+        self
+    }
+
     fn service_infos(&self) -> Result<Vec<ServiceInfo>, NodeError> {
         let mut infos: Vec<ServiceInfo> = Vec::new();
         for p in &self.services {
@@ -565,12 +719,12 @@ impl NodeBuilder {
     pub async fn start(self) -> Result<Node, NodeError> {
         let services = self.service_infos()?;
         let id = self.node_id.unwrap_or_else(NodeId::random);
-        let (events, _) = channel::channel(events::CAPACITY);
+        let events = self.events.clone();
         let (inputs, inputs_rx) = mpsc::unbounded_channel();
         let announcement = Announcement::new(id, self.name.clone());
         let shared = Arc::new(Shared {
             id,
-            name: self.name.clone(),
+            name: Mutex::new(self.name.clone()),
             incarnation: announcement.incarnation,
             services,
             session: Mutex::new(self.session.clone()),
@@ -579,6 +733,9 @@ impl NodeBuilder {
             events,
             inputs,
             stopping: AtomicBool::new(false),
+            hooks: self.hooks.clone(),
+            relayed: relay::Seen::default(),
+            control: std::sync::OnceLock::new(),
         });
         lock(&shared.links).extend(
             shared
@@ -587,6 +744,7 @@ impl NodeBuilder {
                 .map(|s| (s.full_name.clone(), BTreeMap::new())),
         );
         let listening = Arc::new(std::sync::OnceLock::new());
+        let services_router = self.router.clone();
         #[cfg(feature = "topology")]
         let topology = match self.topology {
             Some((addr, counter)) => Some(
@@ -610,6 +768,8 @@ impl NodeBuilder {
             .config(self.config)
             .serve(self.router)
             .serve(describe_route(Arc::downgrade(&shared)))
+            .serve(hooks::invite_route(Arc::downgrade(&shared)))
+            .serve(relay::route(Arc::downgrade(&shared), services_router))
             .node_reflection(node_reflection(Arc::downgrade(&shared), listening.clone()));
         if !self.reflection {
             endpoint = endpoint.without_reflection();
@@ -645,7 +805,9 @@ impl NodeBuilder {
         let mut local_urls = Vec::new();
         for url in urls {
             match endpoint.listen(url.as_str()).await {
-                Ok(l) => local_urls.push(l.local_url().clone()),
+                // Every address of a host name is announced, so peers can
+                // try each in turn.
+                Ok(l) => local_urls.extend(l.local_urls().iter().cloned()),
                 Err(source) => {
                     endpoint.shutdown().await;
                     return Err(NodeError::Listen {
@@ -685,17 +847,30 @@ impl NodeBuilder {
         };
         let stop = CancellationToken::new();
         let announcement = Arc::new(tokio::sync::Mutex::new(Some(announcement)));
+        let _ = shared.control.set(Control {
+            discovery: discovery.clone(),
+            announcement: announcement.clone(),
+        });
+        let _ = shared.events.send(NodeEvent::Initialized {
+            node: id,
+            name: shared.name(),
+            urls: local_urls.iter().map(|u| u.to_string()).collect(),
+        });
         let driver = Driver::new(
             shared.clone(),
             endpoint.clone(),
             discovery.clone(),
             announcement.clone(),
-            self.describe_timeout,
-            self.reconcile_every,
+            driver::Settings {
+                describe_timeout: self.describe_timeout,
+                reconcile_every: self.reconcile_every,
+                follow_locally: self.follow_locally,
+                heartbeat_window: self.heartbeat_window,
+            },
         );
         crate::observe::lifecycle::watch_node(&shared);
         let task = tokio::spawn(driver.run(discovered, inputs_rx, stop.clone()));
-        crate::observe::lifecycle::node_state(&shared.name, id, "started");
+        crate::observe::lifecycle::node_state(&shared.name(), id, "started");
         Ok(Node {
             inner: Arc::new(Inner {
                 shared,
@@ -720,7 +895,7 @@ fn node_reflection(
     Arc::new(move || {
         let shared = shared.upgrade()?;
         Some(crate::reflection::NodeReflection {
-            name: shared.name.clone(),
+            name: shared.name(),
             session: shared.session(),
             incarnation: shared.incarnation,
             endpoints: listening.get().cloned().unwrap_or_default(),
@@ -772,6 +947,9 @@ fn describe_route(shared: Weak<Shared>) -> Router {
                         theirs.node_id
                     ),
                 ));
+            }
+            if let Some(refusal) = hooks::describe_refusal(&shared, &theirs, ctx.peer().remote()) {
+                return Err(refusal);
             }
             let ours = shared.describe();
             let _ = shared.inputs.send(Input::Described {
@@ -830,7 +1008,7 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("id", &self.inner.shared.id)
-            .field("name", &self.inner.shared.name)
+            .field("name", &self.inner.shared.name())
             .field("session", &self.inner.shared.session())
             .finish_non_exhaustive()
     }
@@ -859,6 +1037,10 @@ impl Node {
             key: None,
             allow: None,
             call_interceptors: Vec::new(),
+            events: channel::channel(events::CAPACITY).0,
+            follow_locally: false,
+            hooks: hooks::Hooks::default(),
+            heartbeat_window: Some(Duration::from_secs(3)),
             #[cfg(feature = "topology")]
             topology: None,
         }
@@ -893,8 +1075,35 @@ impl Node {
     }
 
     /// The node's name.
-    pub fn name(&self) -> &str {
-        &self.inner.shared.name
+    pub fn name(&self) -> String {
+        self.inner.shared.name()
+    }
+
+    /// Renames the node: announces the new name at once (peers report
+    /// [`NodeEvent::PeerRenamed`]) and reports it here too.
+    pub async fn rename(&self, name: impl Into<String>) -> Result<(), NodeError> {
+        let to = name.into();
+        let mut announcement = self.inner.announcement.lock().await;
+        let Some(current) = announcement.as_mut() else {
+            return Err(NodeError::Stopped {
+                node: self.inner.shared.name(),
+            });
+        };
+        let from = std::mem::replace(&mut *lock(&self.inner.shared.name), to.clone());
+        if from == to {
+            return Ok(());
+        }
+        current.name = to.clone();
+        let result = self.inner.discovery.update(current.clone()).await;
+        let _ = self.inner.shared.events.send(NodeEvent::PeerRenamed {
+            peer: self.inner.shared.id,
+            from,
+            to,
+        });
+        result.map_err(|source| NodeError::Discovery {
+            node: self.inner.shared.name(),
+            source,
+        })
     }
 
     /// The session the node is in.
@@ -963,6 +1172,28 @@ impl Node {
         Fanout::new(service, self.inner.shared.members(service), deadline).into()
     }
 
+    /// Typed calls relayed to every node of the mesh of service `C`, not
+    /// only this node's own members: each member runs its handler and
+    /// relays the call on to its members (never back where it came from),
+    /// each node answers once however many ways the call reaches it, and
+    /// the replies stream back tagged with the node that produced them —
+    /// `node.relay::<ChatClient>(deadline).post(msg)`. At most
+    /// [`DEFAULT_MAX_HOPS`] hops from here; see
+    /// [`relay_within`](Self::relay_within). Unary and one-way operations
+    /// only. Nodes joining meanwhile may or may not be reached.
+    pub fn relay<C: Client>(&self, deadline: Duration) -> C::Fanout {
+        self.relay_within::<C>(deadline, DEFAULT_MAX_HOPS)
+    }
+
+    /// [`relay`](Self::relay), at most `max_hops` hops from this node
+    /// (1 is the members only).
+    pub fn relay_within<C: Client>(&self, deadline: Duration, max_hops: u8) -> C::Fanout {
+        let service = C::DESCRIPTOR.full_name;
+        Fanout::new(service, self.inner.shared.members(service), deadline)
+            .relayed(self.inner.shared.clone(), max_hops)
+            .into()
+    }
+
     /// Asks every member of `C`'s peer set the question `ask` puts, and
     /// streams the answers that arrive before `deadline` has passed; then
     /// the stream ends, the questions still running are cancelled and late
@@ -997,29 +1228,17 @@ impl Node {
     }
 
     async fn set_session(&self, to: Option<String>) -> Result<(), NodeError> {
-        let mut announcement = self.inner.announcement.lock().await;
-        let Some(current) = announcement.as_mut() else {
-            return Err(NodeError::Stopped {
-                node: self.inner.shared.name.clone(),
-            });
-        };
-        let from = std::mem::replace(&mut *lock(&self.inner.shared.session), to.clone());
-        if from == to {
-            return Ok(());
-        }
-        current.session = to.clone();
-        let result = self.inner.discovery.update(current.clone()).await;
-        // Even if announcing failed, this node is now in the new session;
-        // peers learn it when they connect (descriptions carry it).
-        let _ = self
-            .inner
-            .shared
-            .inputs
-            .send(Input::SessionChanged { from, to });
-        result.map_err(|source| NodeError::Discovery {
-            node: self.inner.shared.name.clone(),
-            source,
-        })
+        self.inner.shared.change_session(to).await
+    }
+
+    /// Asks `peer` to join this node's session. It answers through its
+    /// invite hook ([`NodeBuilder::on_invite`]): `Ok(())` once it has joined
+    /// (and announced it), [`NodeError::InviteDeclined`] with its reason if
+    /// it declined. A peer this node holds no connection to (it is in
+    /// another session, say) is dialed for the invitation at the endpoints
+    /// it announced, and the connection closed after.
+    pub async fn invite(&self, peer: NodeId) -> Result<(), NodeError> {
+        hooks::invite(&self.inner.shared, &self.inner.endpoint, peer).await
     }
 
     /// Stops gracefully: stops tracking peers and linking new ones,
@@ -1044,13 +1263,13 @@ impl Node {
         self.inner.endpoint.shutdown().await;
         lock(&self.inner.shared.links).clear();
         let shared = &self.inner.shared;
-        crate::observe::lifecycle::node_state(&shared.name, shared.id, "stopped");
+        crate::observe::lifecycle::node_state(&shared.name(), shared.id, "stopped");
         #[cfg(feature = "topology")]
         if let Some(page) = &self.inner.topology {
             page.stop();
         }
         left.map_err(|source| NodeError::Discovery {
-            node: self.inner.shared.name.clone(),
+            node: self.inner.shared.name(),
             source,
         })
     }

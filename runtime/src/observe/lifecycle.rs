@@ -297,6 +297,9 @@ fn node_event_name(event: &NodeEvent) -> &'static str {
         NodeEvent::ServiceDiscovered { .. } => "service_discovered",
         NodeEvent::ServiceLinked { .. } => "service_linked",
         NodeEvent::ServiceUnlinked { .. } => "service_unlinked",
+        NodeEvent::Initialized { .. } => "initialized",
+        NodeEvent::PeerRenamed { .. } => "peer_renamed",
+        NodeEvent::Invited { .. } => "invited",
     }
 }
 
@@ -323,9 +326,12 @@ pub(crate) fn node_state(name: &str, id: crate::NodeId, state: &'static str) {
 pub(crate) fn watch_node(shared: &Arc<crate::node::Shared>) {
     let mut events = crate::node::NodeEvents::new(shared.events.subscribe());
     let node: Weak<crate::node::Shared> = Arc::downgrade(shared);
-    let name = shared.name().to_owned();
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
+            // The node's name now: a node can be renamed.
+            let Some(name) = node.upgrade().map(|shared| shared.name()) else {
+                break;
+            };
             if node_tracing() {
                 let peer = event.node_id();
                 let what = node_event_name(&event);

@@ -87,6 +87,29 @@ pub enum SocketError {
          build it with RecvMode::All to receive"
     )]
     ReceiveDisabled,
+    /// A message was not forwarded: it had made as many hops as its TTL
+    /// allows (a loop of switches, or a path longer than its sender meant).
+    #[error(
+        "message from {from} not forwarded: its TTL ran out after {hops} hops \
+         (a loop among switches? raise SocketBuilder::ttl at the sender for longer paths)"
+    )]
+    TtlExpired {
+        /// The peer it came from.
+        from: PeerId,
+        /// Hops it had made.
+        hops: usize,
+    },
+    /// The negotiation on a new connection refused it.
+    #[error("{url}: the {} refused the connection: {reason}", if *by_peer { "peer's negotiator" } else { "socket's own negotiator" })]
+    Negotiation {
+        /// The dialed URL.
+        url: String,
+        /// The negotiator's reason.
+        reason: String,
+        /// Whether the peer (the listening socket) refused, rather than this
+        /// socket's own negotiator.
+        by_peer: bool,
+    },
     /// Listening or dialing failed (bad URL, unreachable, refused, TLS, ...).
     #[error(transparent)]
     Connect(#[from] ConnectError),

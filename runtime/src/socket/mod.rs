@@ -19,6 +19,7 @@
 mod error;
 mod peers;
 mod raw;
+mod route;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,7 @@ pub use self::peers::{PeerEvent, PeerEvents, PeerId, EVENT_CAPACITY};
 pub use self::raw::{
     RawCloseReason, RawError, RawHandle, RawId, RawServer, RawServerBuilder, RawStats, Written,
 };
+pub use self::route::{Route, DEFAULT_TTL, MAX_HOPS};
 use crate::connection::{Backoff, CallOptions, Connection, ConnectionConfig, Inbound, Outbound};
 use crate::endpoint::{Endpoint, Listening, ToUrl};
 use crate::error::{ConnectError, Reject};
@@ -47,9 +49,15 @@ use crate::wire::RefusalCode;
 /// directions.
 pub const PIPE_OP: &str = "plexus.Socket/pipe";
 
-/// The handshake data both sides of a socket connection send, so a socket
-/// never mistakes another kind of Plexus endpoint for a peer.
-pub const SOCKET_HELLO: &[u8] = b"plexus.socket/1";
+/// The handshake data both sides of a socket connection start with, so a
+/// socket never mistakes another kind of Plexus endpoint (or a socket of
+/// another envelope version) for a peer. What follows it is the side's
+/// [offer](SocketBuilder::offer).
+pub const SOCKET_HELLO: &[u8] = b"plexus.socket/2";
+
+/// How a listening socket's refusal by its negotiator starts, so that the
+/// dialer can tell it from other refusals.
+const NEGOTIATION_REFUSED: &str = "negotiation: ";
 
 /// The reject code a socket answers a pipe it will not take with.
 const PIPE_REFUSED: u32 = 1;
@@ -57,15 +65,35 @@ const PIPE_REFUSED: u32 = 1;
 /// Receive-queue length when [`SocketBuilder::recv_queue`] is not set.
 pub const DEFAULT_RECV_QUEUE: usize = 1024;
 
-/// One received message and the peer it came from. Reply with
-/// [`Socket::send_to`]`(msg.source, ..)`.
+/// One received message and the peer it came from. Answer the peer with
+/// [`Socket::send_to`]`(msg.source, ..)`, or the message's origin, across
+/// the sockets that forwarded it, with [`Socket::reply`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Message {
     /// The peer that sent it.
     pub source: PeerId,
     /// What it sent.
     pub content: Bytes,
+    /// Where it has been and may still go (see [`Socket::forward`]).
+    pub route: Route,
+    /// The socket it was received on (its `source` is a peer of that one).
+    via: u64,
 }
+
+/// What a socket's negotiator decides on: one new connection.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Negotiation<'a> {
+    /// The peer's address as the transport sees it.
+    pub remote: &'a str,
+    /// What the peer offered ([`SocketBuilder::offer`]).
+    pub offer: &'a [u8],
+    /// Whether this socket dialed the connection.
+    pub dialed: bool,
+}
+
+type Negotiator = Arc<dyn Fn(&Negotiation<'_>) -> Result<(), String> + Send + Sync>;
 
 /// What sending does when a peer has no room (its receiver is behind).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,6 +132,8 @@ pub struct SocketStats {
     pub dropped: u64,
     /// Messages received and thrown away by a [`RecvMode::Discard`] socket.
     pub discarded: u64,
+    /// Messages not forwarded because their TTL ran out.
+    pub expired: u64,
     /// Peers connected right now.
     pub peers: usize,
 }
@@ -112,6 +142,11 @@ pub struct SocketStats {
 /// endpoint, so connections (whose router points here) never keep the
 /// socket's listeners alive.
 struct State {
+    /// Tells this socket's messages from other sockets'.
+    id: u64,
+    /// TTL of the messages this socket sends.
+    ttl: u8,
+    expired: AtomicU64,
     peers: PeerTable,
     next_peer: AtomicU64,
     /// Where round-robin sending starts next.
@@ -134,6 +169,7 @@ struct Owner {
     listeners: Mutex<Vec<Listening>>,
     max_connections: Option<usize>,
     redial: Option<Backoff>,
+    negotiator: Option<Negotiator>,
 }
 
 impl Drop for Owner {
@@ -197,7 +233,6 @@ impl std::fmt::Debug for Socket {
 
 /// Configures a [`Socket`].
 #[must_use]
-#[derive(Debug)]
 pub struct SocketBuilder {
     max_connections: Option<usize>,
     redial: Option<Backoff>,
@@ -207,6 +242,21 @@ pub struct SocketBuilder {
     config: ConnectionConfig,
     #[cfg(feature = "tls")]
     tls: Option<TlsConfig>,
+    ttl: u8,
+    offer: Bytes,
+    negotiator: Option<Negotiator>,
+}
+
+impl std::fmt::Debug for SocketBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketBuilder")
+            .field("max_connections", &self.max_connections)
+            .field("send_mode", &self.send_mode)
+            .field("recv_mode", &self.recv_mode)
+            .field("ttl", &self.ttl)
+            .field("negotiates", &self.negotiator.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SocketBuilder {
@@ -220,6 +270,9 @@ impl Default for SocketBuilder {
             config: ConnectionConfig::default(),
             #[cfg(feature = "tls")]
             tls: None,
+            ttl: DEFAULT_TTL,
+            offer: Bytes::new(),
+            negotiator: None,
         }
     }
 }
@@ -279,11 +332,44 @@ impl SocketBuilder {
         self
     }
 
+    /// Hops the messages this socket sends may make (at least 1; default
+    /// [`DEFAULT_TTL`]): each socket forwarding one takes one off, and at 1
+    /// it is not forwarded any more, so a loop of switches cannot carry it
+    /// round forever.
+    pub fn ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl.max(1);
+        self
+    }
+
+    /// What this socket tells every peer it connects with, in the handshake
+    /// (at most about 60 KiB): a protocol name, a version, a token — read
+    /// by the peer's [`negotiate`](Self::negotiate) hook.
+    pub fn offer(mut self, offer: impl Into<Bytes>) -> Self {
+        self.offer = offer.into();
+        self
+    }
+
+    /// Decides on every new connection, both directions, from what the peer
+    /// [offered](Self::offer): `Ok(())` takes the peer on, `Err(reason)`
+    /// refuses it — a dialer learns the reason as
+    /// [`SocketError::Negotiation`], and so does this socket when it dialed.
+    /// Runs during the handshake: keep it short.
+    pub fn negotiate<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Negotiation<'_>) -> Result<(), String> + Send + Sync + 'static,
+    {
+        self.negotiator = Some(Arc::new(hook));
+        self
+    }
+
     /// Builds the socket. It listens nowhere and has no peers until
     /// [`Socket::listen`] or [`Socket::dial`].
     pub fn build(self) -> Socket {
         let (queue, inbox) = mpsc::channel(self.recv_queue);
         let state = Arc::new(State {
+            id: rand::random(),
+            ttl: self.ttl,
+            expired: AtomicU64::new(0),
             peers: PeerTable::new(),
             next_peer: AtomicU64::new(1),
             cursor: AtomicUsize::new(0),
@@ -297,15 +383,31 @@ impl SocketBuilder {
             dropped: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
         });
+        let mut hello = Vec::with_capacity(SOCKET_HELLO.len() + self.offer.len());
+        hello.extend_from_slice(SOCKET_HELLO);
+        hello.extend_from_slice(&self.offer);
+        let hello = Bytes::from(hello);
+        let welcome = hello.clone();
+        let negotiator = self.negotiator.clone();
         let mut endpoint = Endpoint::builder()
             .config(self.config)
-            .hello_data(SOCKET_HELLO)
-            .accept(|req| {
-                if req.data()[..] == *SOCKET_HELLO {
-                    Ok(Bytes::from_static(SOCKET_HELLO))
-                } else {
-                    Err("this is a plexus message socket; connect with plexus::Socket::dial".into())
+            .hello_data(hello)
+            .accept(move |req| {
+                let Some(offer) = req.data().strip_prefix(SOCKET_HELLO) else {
+                    return Err(
+                        "this is a plexus message socket (envelope v2); connect with plexus::Socket::dial"
+                            .into(),
+                    );
+                };
+                if let Some(negotiate) = &negotiator {
+                    negotiate(&Negotiation {
+                        remote: req.remote(),
+                        offer,
+                        dialed: false,
+                    })
+                    .map_err(|why| format!("{NEGOTIATION_REFUSED}{why}"))?;
                 }
+                Ok(welcome.clone())
             })
             .serve(pipe_route(state.clone()));
         #[cfg(feature = "tls")]
@@ -322,6 +424,7 @@ impl SocketBuilder {
                 listeners: Mutex::new(Vec::new()),
                 max_connections: self.max_connections,
                 redial: self.redial,
+                negotiator: self.negotiator,
             }),
         }
     }
@@ -404,8 +507,8 @@ impl State {
                 _ = self.closed.cancelled() => break,
                 item = inbound.recv() => item,
             };
-            let content = match item {
-                Some(Ok(content)) => content,
+            let bytes = match item {
+                Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => {
                     tracing::debug!(peer = %peer.id, remote = %peer.remote, "socket pipe ended: {e}");
                     break;
@@ -416,9 +519,18 @@ impl State {
                 self.discarded.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            let (route, content) = match route::unwrap(bytes) {
+                Ok(unwrapped) => unwrapped,
+                Err(why) => {
+                    tracing::warn!(peer = %peer.id, remote = %peer.remote, "socket pipe closed: {why}");
+                    break;
+                }
+            };
             let msg = Message {
                 source: peer.id,
                 content,
+                route,
+                via: self.id,
             };
             // Waiting here is the backpressure: the pipe is not read, so no
             // credit goes back, so the peer's sends wait.
@@ -586,15 +698,42 @@ impl Socket {
                 code: RefusalCode::TooManyConnections,
                 reason,
             } => SocketError::TooManyConnections { url, reason },
+            ConnectError::Refused {
+                url,
+                code: RefusalCode::Rejected,
+                reason,
+            } if reason.starts_with(NEGOTIATION_REFUSED) => SocketError::Negotiation {
+                url,
+                reason: reason[NEGOTIATION_REFUSED.len()..].to_owned(),
+                by_peer: true,
+            },
             e => SocketError::Connect(e),
         })?;
-        if conn.peer().data()[..] != *SOCKET_HELLO {
+        let peer_info = conn.peer();
+        let Some(offer) = peer_info.data().strip_prefix(SOCKET_HELLO) else {
             conn.abort();
             return Err(SocketError::NotASocket {
                 url: url.to_string(),
             });
+        };
+        if let Some(negotiate) = &owner.negotiator {
+            let verdict = negotiate(&Negotiation {
+                remote: peer_info.remote(),
+                offer,
+                dialed: true,
+            });
+            if let Err(reason) = verdict {
+                conn.abort();
+                return Err(SocketError::Negotiation {
+                    url: url.to_string(),
+                    reason,
+                    by_peer: false,
+                });
+            }
         }
-        let (out, inbound) = match conn.bidi(PIPE_OP, CallOptions::new()).await {
+        // The pipe lives as long as the peer, not as long as a call that
+        // happened to be served when the socket dialed.
+        let (out, inbound) = match conn.bidi(PIPE_OP, CallOptions::new().detached()).await {
             Ok(pipe) => pipe,
             Err(e) => {
                 conn.abort();
@@ -626,10 +765,27 @@ impl Socket {
     /// waits for room at the peer whose turn it is. Best-effort mode:
     /// [`SocketError::NoPeers`] or [`SocketError::QueueFull`] at once.
     pub async fn send(&self, content: impl Into<Bytes>) -> Result<PeerId, SocketError> {
-        let content = content.into();
+        let state = &self.owner.state;
+        let wrapped = route::wrap(&Route::start(state.ttl), &content.into());
+        self.send_one(wrapped, None).await
+    }
+
+    /// Sends an enveloped message to one peer in turn, never to `except`.
+    async fn send_one(
+        &self,
+        content: Bytes,
+        except: Option<PeerId>,
+    ) -> Result<PeerId, SocketError> {
         let state = &self.owner.state;
         loop {
-            let peers = state.targets().await?;
+            let mut peers = state.targets().await?;
+            if let Some(except) = except {
+                let others: Vec<_> = peers.iter().filter(|p| p.id != except).cloned().collect();
+                if others.is_empty() {
+                    return Err(SocketError::NoPeers);
+                }
+                peers = Arc::new(others);
+            }
             let n = peers.len();
             let start = state.cursor.fetch_add(1, Ordering::Relaxed) % n;
             let mut full = None;
@@ -680,10 +836,27 @@ impl Socket {
     /// without room is skipped and counted in [`SocketStats::dropped`];
     /// [`SocketError::QueueFull`] only when no peer had room.
     pub async fn send_all(&self, content: impl Into<Bytes>) -> Result<usize, SocketError> {
-        let content = content.into();
+        let state = &self.owner.state;
+        let wrapped = route::wrap(&Route::start(state.ttl), &content.into());
+        self.send_each(wrapped, None).await
+    }
+
+    /// Sends an enveloped message to every peer but `except`.
+    async fn send_each(
+        &self,
+        content: Bytes,
+        except: Option<PeerId>,
+    ) -> Result<usize, SocketError> {
         let state = &self.owner.state;
         loop {
-            let peers = state.targets().await?;
+            let mut peers = state.targets().await?;
+            if let Some(except) = except {
+                let others: Vec<_> = peers.iter().filter(|p| p.id != except).cloned().collect();
+                if others.is_empty() {
+                    return Ok(0);
+                }
+                peers = Arc::new(others);
+            }
             let attempts: Vec<Attempt> = match state.send_mode {
                 SendMode::BestEffort => {
                     let mut attempts = Vec::with_capacity(peers.len());
@@ -741,7 +914,83 @@ impl Socket {
         peer: PeerId,
         content: impl Into<Bytes>,
     ) -> Result<(), SocketError> {
-        let content = content.into();
+        let wrapped = route::wrap(&Route::start(self.owner.state.ttl), &content.into());
+        self.send_wrapped_to(peer, wrapped).await
+    }
+
+    /// Sends `content` back to where `msg` came from: to its `source`, and
+    /// from there along the path the sockets that forwarded it recorded —
+    /// each of them takes the next hop off the reply's destination when it
+    /// forwards it ([`forward`](Self::forward)). Call it on the socket that
+    /// received `msg`; for a message that was not forwarded it is
+    /// [`send_to`](Self::send_to)`(msg.source, ..)`.
+    pub async fn reply(&self, msg: &Message, content: impl Into<Bytes>) -> Result<(), SocketError> {
+        if msg.via != self.owner.state.id {
+            return Err(SocketError::UnknownPeer(msg.source));
+        }
+        let route = Route {
+            ttl: self.owner.state.ttl,
+            path: Vec::new(),
+            destination: msg.route.path.clone(),
+        };
+        let wrapped = route::wrap(&route, &content.into());
+        self.send_wrapped_to(msg.source, wrapped).await
+    }
+
+    /// Sends `msg` on — what a switch does with what it receives (on this
+    /// socket or another one). A reply on its way back (its route has a
+    /// destination) goes to the next hop of its destination, a peer of this
+    /// socket; any other message to one peer in turn, never back to the one
+    /// it came from. Either way the hop it came from is added to its path,
+    /// and its TTL goes down by one: at 1 it is not sent but dropped,
+    /// counted in [`SocketStats::expired`], and reported as
+    /// [`SocketError::TtlExpired`]. Returns the peer it went to.
+    pub async fn forward(&self, msg: Message) -> Result<PeerId, SocketError> {
+        // The hop it came from is skipped only if it is a peer of this
+        // socket; a switch of two sockets forwards what the other received.
+        let except = (msg.via == self.owner.state.id).then_some(msg.source);
+        let (onward, next) = self.onward(msg)?;
+        match next {
+            Some(hop) => self.send_wrapped_to(hop, onward).await.map(|()| hop),
+            None => self.send_one(onward, except).await,
+        }
+    }
+
+    /// Sends `msg` on to every peer but the one it came from — a bus of
+    /// switches; the TTL keeps a loop among them from carrying it round for
+    /// ever. A reply on its way back goes to its next hop only (see
+    /// [`forward`](Self::forward)). Returns how many peers it reached.
+    pub async fn forward_all(&self, msg: Message) -> Result<usize, SocketError> {
+        let except = (msg.via == self.owner.state.id).then_some(msg.source);
+        let (onward, next) = self.onward(msg)?;
+        match next {
+            Some(hop) => self.send_wrapped_to(hop, onward).await.map(|()| 1),
+            None => self.send_each(onward, except).await,
+        }
+    }
+
+    /// The envelope `msg` goes on in, and its next hop if it is a reply on
+    /// its way back.
+    fn onward(&self, msg: Message) -> Result<(Bytes, Option<PeerId>), SocketError> {
+        let state = &self.owner.state;
+        if msg.route.ttl <= 1 {
+            state.expired.fetch_add(1, Ordering::Relaxed);
+            return Err(SocketError::TtlExpired {
+                from: msg.source,
+                hops: msg.route.path.len() + 1,
+            });
+        }
+        let mut route = msg.route;
+        route.ttl -= 1;
+        if route.path.len() >= MAX_HOPS {
+            route.path.remove(0);
+        }
+        route.path.push(msg.source);
+        let next = route.destination.pop();
+        Ok((route::wrap(&route, &msg.content), next))
+    }
+
+    async fn send_wrapped_to(&self, peer: PeerId, content: Bytes) -> Result<(), SocketError> {
         let state = &self.owner.state;
         state.is_closed()?;
         let Some(target) = state.peers.get(peer) else {
@@ -803,6 +1052,7 @@ impl Socket {
             received: s.received.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
             discarded: s.discarded.load(Ordering::Relaxed),
+            expired: s.expired.load(Ordering::Relaxed),
             peers: s.peers.snapshot().len(),
         }
     }

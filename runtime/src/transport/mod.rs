@@ -270,6 +270,16 @@ impl Listener {
         &self.local
     }
 
+    /// Every URL this listener is reachable at: for `tcp://` with a host
+    /// name, one per address the name resolved to (all on one port); for
+    /// everything else, [`local_url`](Self::local_url) alone.
+    pub fn local_urls(&self) -> Vec<Url> {
+        match &self.inner {
+            ListenerKind::Tcp(l) => l.local_urls(),
+            _ => vec![self.local.clone()],
+        }
+    }
+
     /// Waits for the next connection.
     ///
     /// An error concerns one connection attempt, never the listener: log it
