@@ -8,7 +8,8 @@
 //! Plexus: 64 B echo, throughput with 64 in flight on one connection, p50
 //! one at a time, on the two pinned runtimes) and `PLEXUS_BENCH_OBSERVE`
 //! naming what to install first. The variants take turns, one process
-//! each per round, so a drift of the machine's speed hits them alike.
+//! each per round, each round starting one variant later, so a drift of
+//! the machine's speed hits them alike.
 //!
 //! "Without the instrumentation" is a build of the bench from before it
 //! (`--baseline PATH`; `benches/observe-baseline.sh` builds one from a
@@ -217,7 +218,11 @@ pub fn run(options: Options) -> Result<(), BoxError> {
     );
     let mut slices: Vec<Vec<Figures>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
-        for (i, &variant) in variants.iter().enumerate() {
+        // Each round starts one variant later, so none always runs first
+        // (or always right after the heaviest).
+        let order = (0..variants.len()).map(|k| (k + round) % variants.len());
+        for i in order {
+            let variant = variants[i];
             let binary = match variant {
                 Variant::Uninstrumented => options.baseline.as_ref().unwrap_or(&me),
                 _ => &me,
@@ -271,7 +276,7 @@ fn section(
     let _ = writeln!(out, "- Threads: {}", crate::rig::PINNING);
     let _ = writeln!(
         out,
-        "- Each figure: the median of {rounds} processes, one per round, the variants in turns; each process runs `--only unary --system plexus{}` (64 B echo; throughput with 64 in flight on one connection, p50 one at a time)\n",
+        "- Each figure: the median of {rounds} processes, one per round, the variants in turns (each round starting one later); each process runs `--only unary --system plexus{}` (64 B echo; throughput with 64 in flight on one connection, p50 one at a time)\n",
         if quick { " --quick" } else { "" }
     );
     let reference = variants.first().map_or("", |v| v.label());

@@ -541,11 +541,19 @@ impl Shared {
         if self.call_interceptors.is_none() && !crate::observe::active() {
             return self.call_plain(op, body, opts).await;
         }
+        // Boxed, so the plain path's future stays as small as it was.
         let request = Some(body.len());
-        crate::observe::call::client(&self.peer, op, CallKind::Unary, request, opts, async |o| {
-            self.around(op, o, async |o| self.call_plain(op, body, o).await)
-                .await
-        })
+        Box::pin(crate::observe::call::client(
+            &self.peer,
+            op,
+            CallKind::Unary,
+            request,
+            opts,
+            async |o| {
+                self.around(op, o, async |o| self.call_plain(op, body, o).await)
+                    .await
+            },
+        ))
         .await
     }
 

@@ -486,6 +486,7 @@ pub(crate) async fn client<T: Opened>(
 
 /// Starts observing a call the peer opened, if anything listens. The record
 /// goes into the handler's context; [`served`] wraps the handler with it.
+#[inline]
 pub(crate) fn serving(
     peer: &PeerInfo,
     ctx: &crate::router::CallContext,
@@ -495,6 +496,16 @@ pub(crate) fn serving(
     if !super::active() {
         return None;
     }
+    serving_observed(peer, ctx, kind, request)
+}
+
+#[cold]
+fn serving_observed(
+    peer: &PeerInfo,
+    ctx: &crate::router::CallContext,
+    kind: CallKind,
+    request: Option<usize>,
+) -> Option<Arc<CallRecord>> {
     let session = ctx.session.as_ref().map(|s| &*s.state.name);
     let span = if tracing_enabled() {
         server_span(&ctx.op, kind, peer, session)
@@ -539,6 +550,7 @@ pub(crate) fn refused(peer: &PeerInfo, op: &str, code: SystemCode) {
 /// The handler's future, observed: it runs inside the call's span and trace
 /// context, and its result (or its being dropped unfinished) is the call's
 /// outcome. Without a record it is returned as it is.
+#[inline]
 pub(crate) fn served<T: Served + Send + 'static>(
     record: Option<Arc<CallRecord>>,
     fut: BoxFuture<'static, Result<T, Reject>>,
