@@ -8,6 +8,7 @@
 //! cargo run --release -p plexus-bench -- --resilience  # hostile peers vs. a server process
 //! cargo run --release -p plexus-bench -- --security    # TLS, session keys, interceptors
 //! cargo run --release -p plexus-bench -- --scale   # 200 nodes, 10,000 connections
+//! cargo run --release -p plexus-bench -- --observe     # spans and metrics, on and off
 //! ```
 //!
 //! Prints one table and writes it into `BENCHMARKS.md` at the workspace root
@@ -17,6 +18,7 @@
 
 mod measure;
 mod memory;
+mod observe;
 mod plexus_side;
 mod raw;
 mod report;
@@ -125,6 +127,10 @@ struct Args {
     resilience: bool,
     /// Run the security benchmark (TLS, keys, interceptors) instead.
     security: bool,
+    /// Run the observability benchmark (spans and metrics) instead.
+    observe: bool,
+    /// With `--observe`: a `plexus-bench` built without the instrumentation.
+    baseline: Option<PathBuf>,
     /// With `--resilience`: only these attacks; nothing is written.
     attacks: Vec<String>,
     /// Be the resilience benchmark's victim: everything after
@@ -144,6 +150,8 @@ fn parse_args() -> Result<Args, BoxError> {
         serve: None,
         resilience: false,
         security: false,
+        observe: false,
+        baseline: None,
         attacks: Vec::new(),
         serve_victim: None,
         scale: false,
@@ -158,6 +166,10 @@ fn parse_args() -> Result<Args, BoxError> {
             "--quick" => args.quick = true,
             "--resilience" => args.resilience = true,
             "--security" => args.security = true,
+            "--observe" => args.observe = true,
+            "--baseline" => {
+                args.baseline = Some(it.next().ok_or("--baseline needs a path")?.into());
+            }
             "--attack" => {
                 let id = it.next().ok_or("--attack needs a name")?;
                 let known = resilience::attack_ids();
@@ -205,7 +217,7 @@ fn parse_args() -> Result<Args, BoxError> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: plexus-bench [--quick] [--out PATH | --no-write] [--only {}] [--system NAME] | --serve URL\n       plexus-bench --scale [--quick] [--out PATH | --no-write] [--only {}]\n       plexus-bench --security [--quick] [--out PATH | --no-write]\n       plexus-bench --resilience [--out PATH | --no-write] [--attack {}]...",
+                    "usage: plexus-bench [--quick] [--out PATH | --no-write] [--only {}] [--system NAME] | --serve URL\n       plexus-bench --scale [--quick] [--out PATH | --no-write] [--only {}]\n       plexus-bench --security [--quick] [--out PATH | --no-write]\n       plexus-bench --observe [--quick] [--baseline PATH] [--out PATH | --no-write]\n       plexus-bench --resilience [--out PATH | --no-write] [--attack {}]...",
                     PHASES.join("|"),
                     scale::PHASES.join("|"),
                     resilience::attack_ids().join("|")
@@ -220,6 +232,14 @@ fn parse_args() -> Result<Args, BoxError> {
 
 fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
+    observe::install_from_env()?;
+    if args.observe {
+        return observe::run(observe::Options {
+            quick: args.quick,
+            out: args.out,
+            baseline: args.baseline,
+        });
+    }
     if let Some(victim) = args.serve_victim {
         return resilience::victim::serve(victim);
     }

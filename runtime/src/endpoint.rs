@@ -778,6 +778,10 @@ fn register(inner: &Arc<Inner>, conn: Connection) -> Connection {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&key);
             inner.events.send(Event::Disconnected { peer, reason });
+        } else {
+            // The endpoint is gone (one made by `Connection::connect`): no
+            // subscriber is left, but the connection still ended.
+            crate::observe::lifecycle::endpoint_event(&Event::Disconnected { peer, reason });
         }
     });
     conn

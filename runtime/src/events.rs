@@ -69,6 +69,7 @@ impl EventHub {
 
     /// Sends to current subscribers, if there are any.
     pub(crate) fn send(&self, event: Event) {
+        crate::observe::lifecycle::endpoint_event(&event);
         if let Some(tx) = self.0.get() {
             let _ = tx.send(event);
         }

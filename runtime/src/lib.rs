@@ -12,6 +12,7 @@
 //! | endpoint | [`Endpoint`], [`Server`]: identity, handshake, listeners |
 //! | node | [`node`]: [`Node`] — discovery, sessions, roles, [`PeerSet`]s, broadcast, [`Actor`] |
 //! | patterns | [`patterns`]: send to one fairly, publish/subscribe, pipeline, survey over peer sets |
+//! | observability | [`observe`]: a span per call with the OpenTelemetry RPC fields, W3C trace context, metrics, lifecycle events, the topology page |
 //! | introspection | [`reflection`] and [`health`]: what an endpoint serves and whether it is serving, over the wire |
 //! | files | [`files`]: offer files, download one in checked chunks from every peer that has it |
 //! | socket | [`socket`]: [`Socket`] — untyped messages to and from peers; a raw byte-stream server |
@@ -48,6 +49,7 @@ pub mod files;
 pub mod health;
 pub mod intercept;
 pub mod node;
+pub mod observe;
 pub mod patterns;
 pub mod reflection;
 mod router;

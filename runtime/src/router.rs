@@ -32,6 +32,8 @@ pub struct CallContext {
     pub(crate) token: CancellationToken,
     /// What the endpoint's interceptors left for the handler, if anything.
     pub(crate) extensions: Option<Arc<crate::intercept::Extensions>>,
+    /// The call's span and metrics while something observes it.
+    pub(crate) record: Option<Arc<crate::observe::call::CallRecord>>,
 }
 
 impl std::fmt::Debug for CallContext {

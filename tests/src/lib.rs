@@ -1,6 +1,9 @@
 //! Shared support for the integration tests in `tests/tests/`: certificates
 //! made at test time, a listening server on every transport, and bounded waits.
 
+pub mod observe;
+pub mod topology;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

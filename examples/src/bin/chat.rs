@@ -4,7 +4,13 @@
 //! cargo run -p plexus-examples --bin chat                 # 3 nodes in this process
 //! cargo run -p plexus-examples --bin chat -- --nodes 5
 //! cargo run -p plexus-examples --bin chat -- --tls --key "our secret"
+//! cargo run -p plexus-examples --features topology --bin chat -- --page 127.0.0.1:8080
 //! ```
+//!
+//! With `--page ADDR` the last node serves the live topology page on that
+//! loopback address (docs/OBSERVABILITY.md); the nodes keep chatting, the
+//! first node leaves when a line is read from standard input, and the
+//! program ends at its end.
 //!
 //! Each node serves the `Chat` service and joins the session `lobby`. Once
 //! every node sees all the others, each broadcasts a message to the room and
@@ -27,6 +33,7 @@ use plexus::discovery::Beacon;
 use plexus::node::{Actor, Node, NodeEvent};
 use plexus::Reject;
 use plexus_examples::NodeSecurity;
+use tokio::io::AsyncBufReadExt;
 
 /// A chat room every node hosts.
 #[plexus::service(package = "chat")]
@@ -51,8 +58,10 @@ impl ChatActor for Room {
     }
 }
 
-fn nodes_from_args(args: &[String]) -> Result<usize, String> {
+/// `--nodes N` and `--page ADDR`.
+fn nodes_from_args(args: &[String]) -> Result<(usize, Option<String>), String> {
     let mut nodes = 3;
+    let mut page = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -62,9 +71,10 @@ fn nodes_from_args(args: &[String]) -> Result<usize, String> {
                     .parse()
                     .map_err(|_| format!("--nodes {value:?} is not a number"))?;
             }
+            "--page" => page = Some(args.next().ok_or("--page needs host:port")?.clone()),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (usage: chat [--nodes N] [--tls] [--key SECRET])"
+                    "unknown argument {other:?} (usage: chat [--nodes N] [--tls] [--key SECRET] [--page 127.0.0.1:PORT])"
                 ))
             }
         }
@@ -72,7 +82,10 @@ fn nodes_from_args(args: &[String]) -> Result<usize, String> {
     if !(2..=64).contains(&nodes) {
         return Err(format!("--nodes {nodes}: choose between 2 and 64"));
     }
-    Ok(nodes)
+    if page.is_some() && cfg!(not(feature = "topology")) {
+        return Err("--page needs the topology feature: cargo run -p plexus-examples --features topology --bin chat -- --page 127.0.0.1:8080".into());
+    }
+    Ok((nodes, page))
 }
 
 /// Prints each peer a node links, with its verified certificate on TLS.
@@ -99,7 +112,7 @@ fn print_links(node: &Node) {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let security = NodeSecurity::from_args(&mut args)?;
-    let count = nodes_from_args(&args)?;
+    let (count, page) = nodes_from_args(&args)?;
     let interval = Duration::from_millis(200);
 
     let mut nodes = Vec::new();
@@ -109,6 +122,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .discovery(Beacon::loopback().interval(interval))
             .reconcile_interval(interval)
             .session("lobby");
+        #[cfg(feature = "topology")]
+        let builder = match &page {
+            Some(addr) if i == count - 1 => builder.topology_page(addr.clone()),
+            _ => builder,
+        };
         // `--tls` adds `.tls(TlsConfig::mutual(ca, cert, key))`, `--key`
         // adds `.session_key(SessionKey::new(secret))`: see plexus_examples.
         let node = security
@@ -160,6 +178,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    if page.is_some() {
+        return with_page(nodes).await;
+    }
+
     // The first node leaves; the others see it go.
     let leaver = nodes.remove(0);
     let mut watchers: Vec<_> = nodes
@@ -183,6 +205,52 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(true) => println!("  {name} saw {gone:?} leave"),
             _ => return Err(format!("{name} did not see {gone:?} leave").into()),
         }
+    }
+    for node in nodes {
+        node.stop().await?;
+    }
+    Ok(())
+}
+
+/// `--page`: prints the page's URL, keeps every node posting to the room
+/// twice a second, stops the first node on a line of standard input and
+/// the rest at its end.
+async fn with_page(nodes: Vec<Node>) -> Result<(), Box<dyn std::error::Error>> {
+    #[cfg(feature = "topology")]
+    if let Some(url) = nodes.last().and_then(|n| n.topology_url()) {
+        println!("topology page: {url}");
+    }
+    let chatter: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let from = node.name().to_string();
+                let mut every = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    every.tick().await;
+                    let mut replies = node.broadcast(Duration::from_secs(1), |chat: ChatClient| {
+                        let from = from.clone();
+                        async move { chat.post(from, "still here".into()).await }
+                    });
+                    while replies.next().await.is_some() {}
+                }
+            })
+        })
+        .collect();
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut nodes = nodes.into_iter();
+    let mut chatter = chatter.into_iter();
+    if lines.next_line().await?.is_some() {
+        if let (Some(leaver), Some(talk)) = (nodes.next(), chatter.next()) {
+            talk.abort();
+            leaver.stop().await?;
+            println!("{} left", leaver.name());
+        }
+    }
+    while lines.next_line().await?.is_some() {}
+    for talk in chatter {
+        talk.abort();
     }
     for node in nodes {
         node.stop().await?;

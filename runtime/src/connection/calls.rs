@@ -18,6 +18,7 @@ use super::table::{Entry, Failure, InboundTx};
 use super::Shared;
 use crate::error::CallError;
 use crate::wire::frame::CallOpenHead;
+use crate::CallKind;
 
 /// Per-call options: a deadline and metadata.
 ///
@@ -41,6 +42,9 @@ pub struct CallOptions {
     pub(crate) idempotent: bool,
     pub(crate) session: Option<u32>,
     pub(crate) parent: Parent,
+    /// The call's span and metrics while something observes it (set by
+    /// `observe::call::client`, carried on to a stream's handles).
+    pub(crate) record: Option<Arc<crate::observe::call::CallRecord>>,
 }
 
 impl CallOptions {
@@ -162,6 +166,8 @@ struct OpenedStream {
 pub(crate) struct CallName {
     pub(crate) op: Arc<str>,
     pub(crate) peer: Arc<str>,
+    /// The call's observation record, on an observed stream's handles.
+    pub(crate) record: Option<Arc<crate::observe::call::CallRecord>>,
 }
 
 impl CallName {
@@ -306,6 +312,15 @@ impl Shared {
         CallName {
             op: op.into(),
             peer: self.peer.label.clone(),
+            record: None,
+        }
+    }
+
+    /// The name of a stream call's handles, with its observation record.
+    fn stream_name(&self, op: &str, opts: &CallOptions) -> CallName {
+        CallName {
+            record: opts.record.clone(),
+            ..self.name(op)
         }
     }
 
@@ -409,7 +424,8 @@ impl Shared {
         let guard = Arc::new(CallGuard::new(s.clone(), id));
         s.open(id, op, &opts, timeout, Shape::Single, &body).await?;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        Ok(Inbound::new(s.name(op), rx, window, guard, deadline, timeout).child_of(parent))
+        let name = s.stream_name(op, &opts);
+        Ok(Inbound::new(name, rx, window, guard, deadline, timeout).child_of(parent))
     }
 
     /// Registers and opens a call whose requests stream: the shared first
@@ -432,7 +448,7 @@ impl Shared {
             .await?;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let out = Outbound::opener(
-            self.name(op),
+            self.stream_name(op, opts),
             self.clone(),
             id,
             credit,
@@ -462,8 +478,8 @@ impl Shared {
             ..Entry::default()
         };
         let o = self.open_request_stream(op, &opts, entry).await?;
-        let reply =
-            Reply::new(self.name(op), rx, o.guard, o.deadline, o.timeout).child_of(o.parent);
+        let name = self.stream_name(op, &opts);
+        let reply = Reply::new(name, rx, o.guard, o.deadline, o.timeout).child_of(o.parent);
         Ok((o.out, reply))
     }
 
@@ -479,8 +495,9 @@ impl Shared {
             ..Entry::default()
         };
         let o = self.open_request_stream(op, &opts, entry).await?;
-        let inbound = Inbound::new(self.name(op), rx, window, o.guard, o.deadline, o.timeout)
-            .child_of(o.parent);
+        let name = self.stream_name(op, &opts);
+        let inbound =
+            Inbound::new(name, rx, window, o.guard, o.deadline, o.timeout).child_of(o.parent);
         Ok((o.out, inbound))
     }
 }
@@ -521,11 +538,23 @@ impl Shared {
         body: Bytes,
         opts: CallOptions,
     ) -> Result<Bytes, CallError> {
-        if self.call_interceptors.is_none() {
+        if self.call_interceptors.is_none() && !crate::observe::active() {
             return self.call_plain(op, body, opts).await;
         }
-        self.around(op, opts, async |opts| self.call_plain(op, body, opts).await)
-            .await
+        // Boxed, so the plain path's future stays as small as it was.
+        let request = Some(body.len());
+        Box::pin(crate::observe::call::client(
+            &self.peer,
+            op,
+            CallKind::Unary,
+            request,
+            opts,
+            async |o| {
+                self.around(op, o, async |o| self.call_plain(op, body, o).await)
+                    .await
+            },
+        ))
+        .await
     }
 
     /// Sends `body` to `op` without waiting for any answer.
@@ -535,8 +564,10 @@ impl Shared {
         body: Bytes,
         opts: CallOptions,
     ) -> Result<(), CallError> {
-        self.around(op, opts, async |opts| {
-            self.oneway_plain(op, body, opts).await
+        let request = Some(body.len());
+        crate::observe::call::client(&self.peer, op, CallKind::OneWay, request, opts, async |o| {
+            self.around(op, o, async |o| self.oneway_plain(op, body, o).await)
+                .await
         })
         .await
     }
@@ -548,8 +579,11 @@ impl Shared {
         body: Bytes,
         opts: CallOptions,
     ) -> Result<Inbound, CallError> {
-        self.around(op, opts, async |opts| {
-            self.server_stream_plain(op, body, opts).await
+        let request = Some(body.len());
+        let kind = CallKind::ServerStream;
+        crate::observe::call::client(&self.peer, op, kind, request, opts, async |o| {
+            self.around(op, o, async |o| self.server_stream_plain(op, body, o).await)
+                .await
         })
         .await
     }
@@ -560,8 +594,10 @@ impl Shared {
         op: &str,
         opts: CallOptions,
     ) -> Result<(Outbound, Reply), CallError> {
-        self.around(op, opts, async |opts| {
-            self.client_stream_plain(op, opts).await
+        let kind = CallKind::ClientStream;
+        crate::observe::call::client(&self.peer, op, kind, None, opts, async |o| {
+            self.around(op, o, async |o| self.client_stream_plain(op, o).await)
+                .await
         })
         .await
     }
@@ -572,7 +608,10 @@ impl Shared {
         op: &str,
         opts: CallOptions,
     ) -> Result<(Outbound, Inbound), CallError> {
-        self.around(op, opts, async |opts| self.bidi_plain(op, opts).await)
-            .await
+        crate::observe::call::client(&self.peer, op, CallKind::Bidi, None, opts, async |o| {
+            self.around(op, o, async |o| self.bidi_plain(op, o).await)
+                .await
+        })
+        .await
     }
 }

@@ -23,9 +23,11 @@ use super::table::{Entry, InboundTx};
 use super::{Connection, Session, Shared};
 use crate::error::Reject;
 use crate::intercept::{IncomingCall, Interceptors};
+use crate::observe::call as observe;
 use crate::router::{CallContext, Route};
 use crate::wire::frame::encode_reject;
 use crate::wire::{CallOpen, Kind, SystemCode};
+use crate::CallKind;
 
 /// A violation the reader closes the connection for.
 pub(crate) struct Violation(pub(crate) String);
@@ -57,10 +59,11 @@ impl Shared {
     /// Refuses a call the peer opened, before any handler runs. The answer
     /// goes out on the call's id, so that id must not belong to a call still
     /// running (served calls check the same under the table lock on insert).
-    fn refuse(&self, id: u32, code: SystemCode, message: &str) -> Result<(), Violation> {
+    fn refuse(&self, id: u32, op: &str, code: SystemCode, message: &str) -> Result<(), Violation> {
         if self.table().contains_key(&id) {
             return Err(Violation(format!("call id {id} opened twice")));
         }
+        observe::refused(&self.peer, op, code);
         self.reject_now(id, code, message);
         Ok(())
     }
@@ -97,6 +100,8 @@ impl Shared {
                             shared: self.clone(),
                         });
                     }
+                    let request = Some(open.body.len());
+                    ctx.record = observe::serving(&self.peer, &ctx, CallKind::OneWay, request);
                     let deadline = open.deadline;
                     // Counted like any served call (the reader waits at the
                     // limit before it gets here), its body charged until the
@@ -152,6 +157,7 @@ impl Shared {
         if !self.serving_new_calls() {
             return self.refuse(
                 id,
+                &op,
                 SystemCode::GoingAway,
                 "connection is closing; no new calls",
             );
@@ -159,6 +165,7 @@ impl Shared {
         let Some(route) = route else {
             return self.refuse(
                 id,
+                &op,
                 SystemCode::NoSuchOperation,
                 &format!("no handler for `{op}`"),
             );
@@ -173,7 +180,7 @@ impl Shared {
                     "a request stream"
                 }
             );
-            return self.refuse(id, SystemCode::Protocol, &message);
+            return self.refuse(id, &op, SystemCode::Protocol, &message);
         }
 
         let (token, session) = match open.session {
@@ -190,7 +197,8 @@ impl Shared {
                     )
                 }
                 None => {
-                    return self.refuse(id, SystemCode::SessionClosed, &format!("session {sid}"));
+                    let message = format!("session {sid}");
+                    return self.refuse(id, &op, SystemCode::SessionClosed, &message);
                 }
             },
         };
@@ -199,9 +207,13 @@ impl Shared {
         let mut entry = Entry::default();
         let mut ctx = self.context(op.clone(), &open, token.clone());
         ctx.session = session;
+        let request = route.single_request().then_some(open.body.len());
+        ctx.record = observe::serving(&self.peer, &ctx, observe::route_kind(&route), request);
+        let record = ctx.record.clone();
         let name = || CallName {
             op: op.clone(),
             peer: self.peer.label.clone(),
+            record: record.clone(),
         };
         let credit = || Arc::new(SendCredit::new(self.peer_window));
         let first = open.body.clone();
@@ -366,7 +378,17 @@ impl Shared {
     /// The handler's future, behind the router's interceptors when it has
     /// any: they run first, and a refusal answers the call instead of the
     /// handler. Without interceptors this is the handler's own future.
-    fn intercepted<T: Send + 'static>(
+    fn intercepted<T: observe::Served + Send + 'static>(
+        self: &Arc<Self>,
+        ctx: CallContext,
+        handler: impl FnOnce(CallContext) -> BoxFuture<'static, Result<T, Reject>> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, Reject>> {
+        // Observed (when something listens) around the interceptors too.
+        let record = ctx.record.clone();
+        observe::served(record, self.intercepted_plain(ctx, handler))
+    }
+
+    fn intercepted_plain<T: Send + 'static>(
         self: &Arc<Self>,
         mut ctx: CallContext,
         handler: impl FnOnce(CallContext) -> BoxFuture<'static, Result<T, Reject>> + Send + 'static,
@@ -406,6 +428,7 @@ impl Shared {
             metadata: (!open.metadata.is_empty()).then(|| open.metadata.clone().into()),
             token,
             extensions: None,
+            record: None,
         }
     }
 }

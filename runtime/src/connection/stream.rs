@@ -250,6 +250,17 @@ impl Inbound {
     }
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, CallError>>> {
+        let polled = self.poll_item_unobserved(cx);
+        if let (Some(record), Poll::Ready(item)) = (&self.name.record, &polled) {
+            record.inbound(item.as_ref());
+        }
+        polled
+    }
+
+    fn poll_item_unobserved(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, CallError>>> {
         if self.done {
             return Poll::Ready(None);
         }
@@ -459,7 +470,11 @@ impl Outbound {
             .out
             .push_bounded(|o| o.frame(Kind::Data, id, &msg))
             .await
-            .map_err(|_| self.shared.ended(&self.name, &self.credit))
+            .map_err(|_| self.shared.ended(&self.name, &self.credit))?;
+        if let Some(record) = &self.name.record {
+            record.sent(msg.len());
+        }
+        Ok(())
     }
 
     /// The operation this stream belongs to.
@@ -503,7 +518,12 @@ impl Outbound {
             .out
             .try_push_bounded(|o| o.frame(Kind::Data, id, &msg))
         {
-            Ok(Some(())) => Ok(()),
+            Ok(Some(())) => {
+                if let Some(record) = &self.name.record {
+                    record.sent(msg.len());
+                }
+                Ok(())
+            }
             Ok(None) => {
                 // The credit was taken but nothing was sent: give it back.
                 self.credit.grant(msg.len() as u32);
@@ -618,6 +638,17 @@ impl Future for Reply {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        let polled = this.poll_unobserved(cx);
+        if let (Some(record), Poll::Ready(reply)) = (&this.name.record, &polled) {
+            record.replied(reply);
+        }
+        polled
+    }
+}
+
+impl Reply {
+    fn poll_unobserved(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, CallError>> {
+        let this = self;
         if let Poll::Ready(r) = Pin::new(&mut this.rx).poll(cx) {
             this.settle();
             let shared_lost = || Failure::Lost("connection closed".into());

@@ -109,6 +109,16 @@ pub enum NodeError {
         #[source]
         source: DiscoveryError,
     },
+    /// The topology page could not start.
+    #[cfg(feature = "topology")]
+    #[error("node `{node}`: {source}")]
+    Topology {
+        /// The node's name.
+        node: String,
+        /// Why.
+        #[source]
+        source: crate::observe::topology::TopologyError,
+    },
     /// A role that the service's contract does not declare.
     #[error("service {service} declares roles {declared:?}; `{role}` is not one of them (add it to the contract's `roles`, or pick a declared one)")]
     UnknownRole {
@@ -319,6 +329,11 @@ impl Shared {
         }
     }
 
+    /// Every peer this node has heard of, with its state, by id.
+    pub(crate) fn known_peers(&self) -> Vec<KnownPeer> {
+        lock(&self.known).values().cloned().collect()
+    }
+
     pub(crate) fn set_known(&self, peer: KnownPeer) {
         lock(&self.known).insert(peer.id, peer);
     }
@@ -358,6 +373,10 @@ pub struct NodeBuilder {
     follow_locally: bool,
     hooks: hooks::Hooks,
     heartbeat_window: Option<Duration>,
+    /// The topology page's address, and the interceptor counting calls
+    /// per link for it.
+    #[cfg(feature = "topology")]
+    topology: Option<(String, crate::observe::topology::LinkCounter)>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -423,6 +442,23 @@ impl NodeBuilder {
     pub fn intercept(mut self, interceptor: impl crate::intercept::Interceptor) -> Self {
         self.router = std::mem::take(&mut self.router).intercept(interceptor);
         self
+    }
+
+    /// Serves a live page of the mesh this node sees on `addr`, a loopback
+    /// `host:port` (`127.0.0.1:0` picks a port; [`Node::topology_url`] says
+    /// which): the nodes it knows with their sessions, roles, services and
+    /// liveness, its links and the call rate on each, updated as they
+    /// change. Feature `topology`; see `docs/OBSERVABILITY.md`.
+    #[cfg(feature = "topology")]
+    pub fn topology_page(mut self, addr: impl Into<String>) -> Self {
+        if let Some((old, _)) = &mut self.topology {
+            *old = addr.into();
+            return self;
+        }
+        // The page counts calls per link with an interceptor on each side.
+        let counter = crate::observe::topology::LinkCounter::default();
+        self.topology = Some((addr.into(), counter.clone()));
+        self.intercept(counter.clone()).intercept_calls(counter)
     }
 
     /// Runs `interceptor` around every call this node makes to its peers;
@@ -709,6 +745,24 @@ impl NodeBuilder {
         );
         let listening = Arc::new(std::sync::OnceLock::new());
         let services_router = self.router.clone();
+        #[cfg(feature = "topology")]
+        let topology = match self.topology {
+            Some((addr, counter)) => Some(
+                crate::observe::topology::TopologyPage::serve(
+                    &shared,
+                    listening.clone(),
+                    &addr,
+                    NodeEvents::new(shared.events.subscribe()),
+                    counter,
+                )
+                .await
+                .map_err(|source| NodeError::Topology {
+                    node: self.name.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         let mut endpoint = Endpoint::builder()
             .node_id(id)
             .config(self.config)
@@ -814,7 +868,9 @@ impl NodeBuilder {
                 heartbeat_window: self.heartbeat_window,
             },
         );
+        crate::observe::lifecycle::watch_node(&shared);
         let task = tokio::spawn(driver.run(discovered, inputs_rx, stop.clone()));
+        crate::observe::lifecycle::node_state(&shared.name(), id, "started");
         Ok(Node {
             inner: Arc::new(Inner {
                 shared,
@@ -824,6 +880,8 @@ impl NodeBuilder {
                 local_urls,
                 stop,
                 task: Mutex::new(Some(task)),
+                #[cfg(feature = "topology")]
+                topology,
             }),
         })
     }
@@ -914,6 +972,9 @@ struct Inner {
     local_urls: Vec<Url>,
     stop: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// The live topology page, when the node serves one.
+    #[cfg(feature = "topology")]
+    topology: Option<crate::observe::topology::TopologyPage>,
 }
 
 impl Drop for Inner {
@@ -980,6 +1041,8 @@ impl Node {
             follow_locally: false,
             hooks: hooks::Hooks::default(),
             heartbeat_window: Some(Duration::from_secs(3)),
+            #[cfg(feature = "topology")]
+            topology: None,
         }
     }
 
@@ -997,6 +1060,13 @@ impl Node {
         self.inner.endpoint.health().drain();
         tokio::time::sleep(grace).await;
         self.stop().await
+    }
+
+    /// The URL of the node's topology page (`http://127.0.0.1:PORT/`), when
+    /// it serves one ([`NodeBuilder::topology_page`]).
+    #[cfg(feature = "topology")]
+    pub fn topology_url(&self) -> Option<&str> {
+        self.inner.topology.as_ref().map(|p| p.url())
     }
 
     /// The node's id: the endpoint's, the one in its announcements.
@@ -1068,7 +1138,7 @@ impl Node {
 
     /// Every peer this node has heard of, with its state, by id.
     pub fn known_peers(&self) -> Vec<KnownPeer> {
-        lock(&self.inner.shared.known).values().cloned().collect()
+        self.inner.shared.known_peers()
     }
 
     /// The live set of peers serving `C` that this node is linked with.
@@ -1192,6 +1262,12 @@ impl Node {
         let left = self.inner.discovery.leave().await;
         self.inner.endpoint.shutdown().await;
         lock(&self.inner.shared.links).clear();
+        let shared = &self.inner.shared;
+        crate::observe::lifecycle::node_state(&shared.name(), shared.id, "stopped");
+        #[cfg(feature = "topology")]
+        if let Some(page) = &self.inner.topology {
+            page.stop();
+        }
         left.map_err(|source| NodeError::Discovery {
             node: self.inner.shared.name(),
             source,

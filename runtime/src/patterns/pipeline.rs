@@ -164,6 +164,7 @@ impl<C: Client> Pipeline<C> {
                 }
                 Err(e) if Failover::AtLeastOnce.moves_on(&e) && attempts < self.max_attempts => {
                     tracing::debug!(worker = %peer, error = %e, attempts, "item redelivered");
+                    crate::observe::lifecycle::pipeline_redelivered();
                     failed.push(peer);
                 }
                 Err(e) => return Err(e),

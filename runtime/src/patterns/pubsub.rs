@@ -369,6 +369,7 @@ impl Hub {
         }
         sub.gone.cancel();
         self.evicted.fetch_add(1, Ordering::Relaxed);
+        crate::observe::lifecycle::pubsub_evicted();
         tracing::warn!(peer = %sub.peer, "subscriber dropped: {reason}");
         let _ = self.evictions().send(Eviction {
             peer: sub.peer,
@@ -569,7 +570,11 @@ impl<T: Topic> Publisher<T> {
         let mut blocked = Vec::new();
         for sub in targets {
             match sub.offer(&item, self.hub.queue) {
-                Offer::Queued | Offer::Dropped => handed += 1,
+                Offer::Queued => handed += 1,
+                Offer::Dropped => {
+                    crate::observe::lifecycle::pubsub_dropped("publisher", 1);
+                    handed += 1;
+                }
                 Offer::Full => blocked.push(sub),
             }
         }
@@ -849,12 +854,14 @@ impl<E> Inbox<E> {
                 match self.overflow {
                     Overflow::DropNewest => {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
+                        crate::observe::lifecycle::pubsub_dropped("subscriber", 1);
                         return;
                     }
                     Overflow::DropOldest => {
                         state.queue.pop_front();
                         state.queue.extend(item.take());
                         self.dropped.fetch_add(1, Ordering::Relaxed);
+                        crate::observe::lifecycle::pubsub_dropped("subscriber", 1);
                         return;
                     }
                     Overflow::Block => {}
