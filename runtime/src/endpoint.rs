@@ -31,9 +31,12 @@ use crate::transport::PeerIdentity;
 #[cfg(feature = "tls")]
 use crate::transport::TlsConfig;
 use crate::transport::{self, ReadHalf, TransportConfig, Url, UrlError, WriteHalf};
-use crate::wire::handshake::{self, Answer, Hello, Refusal, RefusalCode, Welcome};
-use crate::wire::key::{HelloKey, WelcomeKey};
-use crate::wire::{SessionKey, WireError};
+use crate::wire::driver::{
+    Admission, DialerHello, DialerStep, HandshakeFailure, ListenerHandshake, ListenerStep,
+    LocalSide,
+};
+use crate::wire::handshake;
+use crate::wire::SessionKey;
 
 /// Something that names a transport address: `&str`, `String` or [`Url`].
 pub trait ToUrl {
@@ -599,24 +602,17 @@ impl Endpoint {
         data: impl Into<Bytes>,
     ) -> Result<Connection, ConnectError> {
         let url = url.to_url().map_err(transport::TransportError::from)?;
-        let data = data.into();
-        if data.len() > handshake::MAX_HANDSHAKE_DATA as usize {
-            return Err(ConnectError::Handshake {
-                url: url.to_string(),
-                source: WireError::HandshakeDataTooLarge {
-                    len: u32::try_from(data.len()).unwrap_or(u32::MAX),
-                    max: handshake::MAX_HANDSHAKE_DATA,
-                },
-            });
-        }
+        let label = url.to_string();
+        let me = self.inner.node;
+        let hello = DialerHello::new(self.inner.local_side(), data.into())
+            .map_err(|f| connect_error(&label, me, f))?;
         let reach = self.inner.config.connect_timeout;
         let connected = tokio::time::timeout(reach, transport::dial(&url, &self.inner.transport))
             .await
             .map_err(|_| ConnectError::ConnectTimeout {
-                url: url.to_string(),
+                url: label.clone(),
                 after: reach,
             })??;
-        let label = url.to_string();
         // The listener's certificate, checked before anything is sent to it.
         if let Err(reason) = self.inner.check_allowed(connected.identity.as_ref()) {
             return Err(ConnectError::Untrusted { url: label, reason });
@@ -624,95 +620,53 @@ impl Endpoint {
         let identity = connected.identity;
         let (mut rd, mut wr) = connected.stream.split();
         let limit = self.inner.config.handshake_timeout;
-        let hello_key = self.inner.key.as_ref().map(HelloKey::new);
-        let hello = Hello {
-            version: handshake::VERSION,
-            node_id: self.inner.node.0,
-            max_frame: self.inner.config.max_frame,
-            window: self.inner.config.window,
-            max_calls: self.inner.config.max_calls,
-            extensions: hello_key.iter().map(HelloKey::extension).collect(),
-            data,
-        };
-        let (welcome, leftover) = tokio::time::timeout(limit, async {
-            let mut out = BytesMut::new();
-            hello.encode(&mut out);
-            wr.write_all(&out).await.map_err(|e| closed(&label, e))?;
-            wr.flush().await.map_err(|e| closed(&label, e))?;
+        let (mut driver, hello) = hello.start(limit, now());
+        let deadline = tokio::time::Instant::from_std(driver.deadline());
+        let step = tokio::time::timeout_at(deadline, async {
+            send(&mut wr, &hello).await.map_err(|e| closed(&label, e))?;
             let mut buf = BytesMut::with_capacity(256);
-            let answer = loop {
-                match Answer::decode(&mut buf) {
-                    Ok(Some(a)) => break a,
-                    Ok(None) => {}
-                    Err(WireError::UnsupportedVersion(theirs)) => {
-                        return Err(ConnectError::VersionMismatch {
-                            url: label.clone(),
-                            ours: handshake::VERSION,
-                            theirs,
-                        })
-                    }
-                    Err(source) => {
-                        return Err(ConnectError::Handshake {
-                            url: label.clone(),
-                            source,
-                        })
-                    }
-                }
-                match rd.read_buf(&mut buf).await {
-                    Ok(0) => {
-                        return Err(ConnectError::Closed {
-                            url: label.clone(),
-                            reason: "the peer closed the stream before answering".into(),
-                        })
-                    }
-                    Ok(_) => {}
+            loop {
+                buf.clear();
+                let step = match rd.read_buf(&mut buf).await {
+                    Ok(0) => driver.end_of_stream(),
+                    Ok(_) => driver.receive(&buf, now()),
                     Err(e) => return Err(closed(&label, e)),
+                };
+                match step {
+                    DialerStep::Read => {}
+                    DialerStep::Accepted { proof, agreed } => {
+                        if let Some(proof) = proof {
+                            send(&mut wr, &proof).await.map_err(|e| closed(&label, e))?;
+                        }
+                        return Ok(agreed);
+                    }
+                    DialerStep::Failed(f) => return Err(connect_error(&label, me, f)),
                 }
-            };
-            match answer {
-                Answer::Welcome(w) => {
-                    if w.version != handshake::VERSION {
-                        return Err(ConnectError::VersionMismatch {
-                            url: label.clone(),
-                            ours: handshake::VERSION,
-                            theirs: w.version,
-                        });
-                    }
-                    if w.node_id == self.inner.node.0 {
-                        return Err(ConnectError::SelfConnect {
-                            url: label.clone(),
-                            node: self.inner.node.to_string(),
-                        });
-                    }
-                    if let (Some(key), Some(hello_key)) = (&self.inner.key, &hello_key) {
-                        let proof = prove_to_listener(key, hello_key, &w, self.inner.node.0)
-                            .map_err(|reason| ConnectError::Untrusted {
-                                url: label.clone(),
-                                reason,
-                            })?;
-                        wr.write_all(&proof).await.map_err(|e| closed(&label, e))?;
-                        wr.flush().await.map_err(|e| closed(&label, e))?;
-                    }
-                    Ok((w, buf))
-                }
-                Answer::Refusal(r) => Err(refused(&label, self.inner.node, r)),
             }
         })
-        .await
-        .map_err(|_| ConnectError::HandshakeTimeout {
-            url: label.clone(),
-            after: limit,
-        })??;
+        .await;
+        let agreed = match step {
+            Ok(r) => r?,
+            Err(_) => match driver.timed_out(now()) {
+                Some(DialerStep::Failed(f)) => return Err(connect_error(&label, me, f)),
+                _ => {
+                    return Err(ConnectError::HandshakeTimeout {
+                        url: label,
+                        after: limit,
+                    })
+                }
+            },
+        };
         let est = Established {
-            peer: PeerInfo::new(NodeId(welcome.node_id), label, welcome.data)
+            peer: PeerInfo::new(NodeId(agreed.peer_node), label, agreed.data)
                 .with_identity(identity),
-            local: self.inner.node,
+            local: me,
             dialer: true,
-            peer_max_frame: welcome.max_frame,
-            peer_window: welcome.window,
-            peer_max_calls: welcome.max_calls,
+            peer_max_frame: agreed.peer_max_frame,
+            peer_window: agreed.peer_window,
+            peer_max_calls: agreed.peer_max_calls,
             call_interceptors: self.inner.call_interceptors.clone(),
-            leftover,
+            leftover: agreed.leftover,
         };
         Ok(self.register(Connection::start(
             (rd, wr),
@@ -748,6 +702,17 @@ impl Endpoint {
 }
 
 impl Inner {
+    /// What this endpoint announces in a handshake.
+    fn local_side(&self) -> LocalSide {
+        LocalSide {
+            node_id: self.node.0,
+            max_frame: self.config.max_frame,
+            window: self.config.window,
+            max_calls: self.config.max_calls,
+            key: self.key.clone(),
+        }
+    }
+
     /// Whether the allow-list (if any) admits a peer with `identity`.
     fn check_allowed(&self, identity: Option<&PeerIdentity>) -> Result<(), String> {
         let list = self.allow.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -787,30 +752,15 @@ fn register(inner: &Arc<Inner>, conn: Connection) -> Connection {
     conn
 }
 
-/// The dialer's side of the key proof, given the listener's welcome: the
-/// listener must have proved the same key in this handshake (a keyed dialer
-/// never accepts a keyless listener: that would be a downgrade). Returns the
-/// dialer's own proof, to send before any frame.
-fn prove_to_listener(
-    key: &SessionKey,
-    hello: &HelloKey,
-    welcome: &Welcome,
-    me: u128,
-) -> Result<Bytes, String> {
-    let theirs = WelcomeKey::find(&welcome.extensions)
-        .map_err(|e| format!("its key proof is malformed: {e}"))?
-        .ok_or_else(|| {
-            "it proved no session key, and this side has one (a keyed node never \
-             accepts a keyless peer; give both the same SessionKey)"
-                .to_owned()
-        })?;
-    if theirs.key_id != key.id() {
-        return Err("it holds another session key than this side".to_owned());
-    }
-    if !theirs.verify(key, hello, me, welcome.node_id) {
-        return Err("its proof of the session key is wrong for this handshake".to_owned());
-    }
-    Ok(theirs.dialer_proof(key, hello, me, welcome.node_id))
+/// The current instant, for the handshake drivers (tokio's clock, so that
+/// paused time in tests drives them too).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn send(wr: &mut WriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    wr.write_all(bytes).await?;
+    wr.flush().await
 }
 
 fn closed(url: &str, e: std::io::Error) -> ConnectError {
@@ -820,276 +770,118 @@ fn closed(url: &str, e: std::io::Error) -> ConnectError {
     }
 }
 
-fn refused(url: &str, node: NodeId, r: Refusal) -> ConnectError {
-    match r.code {
-        RefusalCode::VersionMismatch => ConnectError::VersionMismatch {
-            url: url.to_string(),
+/// A handshake driver's failure as the error the application sees.
+fn connect_error(url: &str, node: NodeId, failure: HandshakeFailure) -> ConnectError {
+    let url = url.to_string();
+    match failure {
+        HandshakeFailure::VersionMismatch { theirs } => ConnectError::VersionMismatch {
+            url,
             ours: handshake::VERSION,
-            theirs: r.version,
+            theirs,
         },
-        RefusalCode::SelfConnect => ConnectError::SelfConnect {
-            url: url.to_string(),
+        HandshakeFailure::SelfConnect => ConnectError::SelfConnect {
+            url,
             node: node.to_string(),
         },
-        code => ConnectError::Refused {
-            url: url.to_string(),
-            code,
-            reason: r.reason,
-        },
+        HandshakeFailure::Refused { code, reason } => ConnectError::Refused { url, code, reason },
+        HandshakeFailure::Malformed(source) => ConnectError::Handshake { url, source },
+        HandshakeFailure::Untrusted(reason) => ConnectError::Untrusted { url, reason },
+        HandshakeFailure::TimedOut { after } => ConnectError::HandshakeTimeout { url, after },
+        HandshakeFailure::Closed(reason) => ConnectError::Closed { url, reason },
     }
 }
 
-async fn refuse(wr: &mut WriteHalf, code: RefusalCode, reason: String) {
-    let mut out = BytesMut::new();
-    Answer::Refusal(Refusal {
-        version: handshake::VERSION,
-        code,
-        reason,
-    })
-    .encode(&mut out);
-    let _ = wr.write_all(&out).await;
-    let _ = wr.flush().await;
-    let _ = wr.shutdown().await;
-}
-
-/// Runs the listener's side of the handshake on one accepted stream.
+/// Runs the listener's side of the handshake on one accepted stream: the
+/// driver decides, this reads, writes and waits.
 async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), ConnectError> {
     let remote = c.remote;
     let identity = c.identity;
     let (mut rd, mut wr): (ReadHalf, WriteHalf) = c.stream.split();
-    let limit = inner.config.handshake_timeout;
-    // The whole handshake, the key proof included, within one timeout; the
-    // hello within a shorter one.
-    let deadline = tokio::time::Instant::now() + limit;
-    let hello_limit = inner.config.hello_timeout;
-    let outcome = tokio::time::timeout(hello_limit, async {
-        let mut buf = BytesMut::with_capacity(256);
-        loop {
-            match handshake::peek_version(&buf) {
-                Ok(Some(v)) if v != handshake::VERSION => {
-                    let reason = format!(
-                        "this node speaks Plexus protocol v{}, the dialer v{v}",
-                        handshake::VERSION
-                    );
-                    refuse(&mut wr, RefusalCode::VersionMismatch, reason).await;
-                    return Err(ConnectError::VersionMismatch {
-                        url: remote.clone(),
-                        ours: handshake::VERSION,
-                        theirs: v,
-                    });
-                }
-                Ok(_) => {}
-                Err(source) => return Err(malformed(&mut wr, &remote, source).await),
-            }
-            match Hello::decode(&mut buf) {
-                Ok(Some(h)) => return Ok((h, buf)),
-                Ok(None) => {}
-                Err(source) => return Err(malformed(&mut wr, &remote, source).await),
-            }
-            match rd.read_buf(&mut buf).await {
-                Ok(0) => {
-                    return Err(ConnectError::Closed {
-                        url: remote.clone(),
-                        reason: "the dialer closed the stream during the hello".into(),
-                    })
-                }
-                Ok(_) => {}
-                Err(e) => return Err(closed(&remote, e)),
-            }
-        }
-    })
-    .await;
-    let (hello, leftover) = match outcome {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(ConnectError::HandshakeTimeout {
-                url: remote,
-                after: hello_limit,
-            })
-        }
-    };
-    if hello.node_id == inner.node.0 {
-        let reason = "the dialer is this node itself".to_string();
-        refuse(&mut wr, RefusalCode::SelfConnect, reason).await;
-        return Err(ConnectError::SelfConnect {
-            url: remote,
-            node: inner.node.to_string(),
-        });
-    }
+    let me = inner.node;
+    let mut driver = ListenerHandshake::new(
+        inner.local_side(),
+        inner.config.hello_timeout,
+        inner.config.handshake_timeout,
+        now(),
+    );
     // Held until the connection is registered, so handshakes running side
     // by side cannot all pass the limit check before any of them counts.
-    let max = inner.max_connections;
-    let Ok(_slot) = HandshakeSlot::take(inner, max) else {
-        let reason = format!("at its limit of {max} connections; try again later or elsewhere");
-        refuse(&mut wr, RefusalCode::TooManyConnections, reason.clone()).await;
-        return Err(ConnectError::Refused {
-            url: remote,
-            code: RefusalCode::TooManyConnections,
-            reason,
-        });
-    };
-    if inner.shutdown.is_cancelled() {
-        refuse(
-            &mut wr,
-            RefusalCode::ShuttingDown,
-            "the node is shutting down".into(),
-        )
-        .await;
-        return Err(ConnectError::Closed {
-            url: remote,
-            reason: "shutting down".into(),
-        });
-    }
-    if let Err(reason) = inner.check_allowed(identity.as_ref()) {
-        refuse(&mut wr, RefusalCode::NotAllowed, reason.clone()).await;
-        return Err(ConnectError::Refused {
-            url: remote,
-            code: RefusalCode::NotAllowed,
-            reason,
-        });
-    }
-    // With a key, the dialer must name the same one; the welcome then proves
-    // it, and the dialer's proof follows the welcome.
-    let key_exchange = match &inner.key {
-        None => None,
-        Some(key) => {
-            let refusal = match HelloKey::find(&hello.extensions) {
-                Err(source) => return Err(malformed(&mut wr, &remote, source).await),
-                Ok(None) => Err((
-                    RefusalCode::KeyRequired,
-                    "this node requires its group's session key and the dialer proved none \
-                     (give both sides the same SessionKey)",
-                )),
-                Ok(Some(theirs)) if theirs.key_id != key.id() => Err((
-                    RefusalCode::KeyMismatch,
-                    "the dialer holds another session key than this node",
-                )),
-                Ok(Some(theirs)) => Ok(theirs),
-            };
-            match refusal {
-                Ok(theirs) => {
-                    let ours = WelcomeKey::answer(key, &theirs, hello.node_id, inner.node.0);
-                    Some((key, theirs, ours))
+    let mut slot = None;
+    let mut buf = BytesMut::with_capacity(256);
+    let mut step = ListenerStep::Read;
+    let agreed = loop {
+        step = match step {
+            ListenerStep::SendAndRead(welcome) => {
+                let deadline = tokio::time::Instant::from_std(driver.deadline());
+                match tokio::time::timeout_at(deadline, send(&mut wr, &welcome)).await {
+                    Ok(Ok(())) => ListenerStep::Read,
+                    Ok(Err(e)) => return Err(closed(&remote, e)),
+                    Err(_) => driver.timed_out(now()).unwrap_or(ListenerStep::Read),
                 }
-                Err((code, reason)) => {
-                    refuse(&mut wr, code, reason.to_owned()).await;
-                    return Err(ConnectError::Refused {
-                        url: remote,
-                        code,
-                        reason: reason.to_owned(),
-                    });
+            }
+            ListenerStep::Read => {
+                buf.clear();
+                let deadline = tokio::time::Instant::from_std(driver.deadline());
+                match tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)).await {
+                    Ok(Ok(0)) => driver.end_of_stream(),
+                    Ok(Ok(_)) => driver.receive(&buf, now()),
+                    Ok(Err(e)) => return Err(closed(&remote, e)),
+                    Err(_) => driver.timed_out(now()).unwrap_or(ListenerStep::Read),
                 }
+            }
+            ListenerStep::Admit => {
+                let max = inner.max_connections;
+                slot = HandshakeSlot::take(inner, max).ok();
+                let admission = Admission {
+                    at_limit: slot.is_none().then_some(max),
+                    shutting_down: inner.shutdown.is_cancelled(),
+                    allowed: inner.check_allowed(identity.as_ref()),
+                };
+                driver.admit(admission, |hello| match &inner.accept {
+                    Some(hook) => hook(&ConnectRequest {
+                        node: NodeId(hello.node_id),
+                        remote: remote.clone(),
+                        data: hello.data.clone(),
+                        identity: identity.clone(),
+                    }),
+                    None => Ok(Bytes::new()),
+                })
+            }
+            ListenerStep::Accepted { answer, agreed } => {
+                if let Some(welcome) = answer {
+                    let deadline = tokio::time::Instant::from_std(driver.deadline());
+                    match tokio::time::timeout_at(deadline, send(&mut wr, &welcome)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(closed(&remote, e)),
+                        Err(_) => {
+                            return Err(ConnectError::HandshakeTimeout {
+                                url: remote,
+                                after: inner.config.handshake_timeout,
+                            })
+                        }
+                    }
+                }
+                break agreed;
+            }
+            ListenerStep::Failed { answer, failure } => {
+                if let Some(refusal) = answer {
+                    // Best effort: the peer is told why if it still listens.
+                    let _ = send(&mut wr, &refusal).await;
+                    let _ = wr.shutdown().await;
+                }
+                return Err(connect_error(&remote, me, failure));
             }
         }
     };
-    let request = ConnectRequest {
-        node: NodeId(hello.node_id),
-        remote: remote.clone(),
-        data: hello.data,
-        identity,
-    };
-    let reply = match &inner.accept {
-        Some(hook) => match hook(&request) {
-            Ok(d) if d.len() > handshake::MAX_HANDSHAKE_DATA as usize => {
-                let reason = format!(
-                    "the accept hook's reply of {} bytes exceeds the handshake limit of {} bytes",
-                    d.len(),
-                    handshake::MAX_HANDSHAKE_DATA
-                );
-                tracing::warn!(remote = %remote, "{reason}");
-                refuse(&mut wr, RefusalCode::Rejected, reason.clone()).await;
-                return Err(ConnectError::Refused {
-                    url: remote,
-                    code: RefusalCode::Rejected,
-                    reason,
-                });
-            }
-            Ok(d) => d,
-            Err(reason) => {
-                refuse(&mut wr, RefusalCode::Rejected, reason.clone()).await;
-                return Err(ConnectError::Refused {
-                    url: remote,
-                    code: RefusalCode::Rejected,
-                    reason,
-                });
-            }
-        },
-        None => Bytes::new(),
-    };
-    let welcome = Welcome {
-        version: handshake::VERSION,
-        node_id: inner.node.0,
-        max_frame: inner.config.max_frame,
-        window: inner.config.window,
-        max_calls: inner.config.max_calls,
-        extensions: key_exchange
-            .iter()
-            .map(|(_, _, ours)| ours.extension())
-            .collect(),
-        data: reply,
-    };
-    let mut out = BytesMut::new();
-    Answer::Welcome(welcome).encode(&mut out);
-    wr.write_all(&out).await.map_err(|e| closed(&remote, e))?;
-    wr.flush().await.map_err(|e| closed(&remote, e))?;
-    let mut leftover = leftover;
-    if let Some((key, theirs, ours)) = key_exchange {
-        let proved = tokio::time::timeout_at(deadline, async {
-            loop {
-                match ours.check_dialer_proof(
-                    &mut leftover,
-                    key,
-                    &theirs,
-                    hello.node_id,
-                    inner.node.0,
-                ) {
-                    Ok(Some(good)) => return Ok(good),
-                    Ok(None) => {}
-                    Err(source) => {
-                        return Err(ConnectError::Handshake {
-                            url: remote.clone(),
-                            source,
-                        })
-                    }
-                }
-                match rd.read_buf(&mut leftover).await {
-                    Ok(0) => {
-                        return Err(ConnectError::Closed {
-                            url: remote.clone(),
-                            reason: "the dialer closed the stream before proving the session key"
-                                .into(),
-                        })
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(closed(&remote, e)),
-                }
-            }
-        })
-        .await
-        .map_err(|_| ConnectError::HandshakeTimeout {
-            url: remote.clone(),
-            after: limit,
-        })??;
-        if !proved {
-            // Nothing more is said: a dialer that held the key would have
-            // proved it; this one (a replay, a forgery) learns nothing.
-            return Err(ConnectError::Untrusted {
-                url: remote,
-                reason:
-                    "its proof of the session key is wrong for this handshake (replayed or forged)"
-                        .into(),
-            });
-        }
-    }
     let est = Established {
-        peer: PeerInfo::new(request.node, remote, request.data).with_identity(request.identity),
-        local: inner.node,
+        peer: PeerInfo::new(NodeId(agreed.peer_node), remote, agreed.data).with_identity(identity),
+        local: me,
         dialer: false,
-        peer_max_frame: hello.max_frame,
-        peer_window: hello.window,
-        peer_max_calls: hello.max_calls,
+        peer_max_frame: agreed.peer_max_frame,
+        peer_window: agreed.peer_window,
+        peer_max_calls: agreed.peer_max_calls,
         call_interceptors: inner.call_interceptors.clone(),
-        leftover,
+        leftover: agreed.leftover,
     };
     let conn = Connection::start(
         (rd, wr),
@@ -1099,6 +891,7 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
         inner.events.clone(),
     );
     register(inner, conn);
+    drop(slot);
     Ok(())
 }
 
@@ -1128,14 +921,6 @@ impl<'a> HandshakeSlot<'a> {
 impl Drop for HandshakeSlot<'_> {
     fn drop(&mut self) {
         self.inner.handshaking.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-async fn malformed(wr: &mut WriteHalf, remote: &str, source: WireError) -> ConnectError {
-    refuse(wr, RefusalCode::Malformed, source.to_string()).await;
-    ConnectError::Handshake {
-        url: remote.to_string(),
-        source,
     }
 }
 

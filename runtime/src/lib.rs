@@ -1,21 +1,23 @@
 //! Plexus: typed remote calls between services that find each other.
 //!
-//! Layers, bottom up, each talking only to the one below:
+//! Layers, bottom up. A module uses only modules below it, in the exact
+//! order `runtime/tests/layering.rs` checks (upward imports that remain are
+//! listed there, to be removed; `docs/RUNTIME.md` names them):
 //!
 //! | layer | here |
 //! |---|---|
-//! | transport | [`transport`]: byte streams by URL — `tcp://`, `tls://`, `unix://`, `inproc://` |
 //! | wire | [`wire`]: the pure frame codec and handshake (spec in `docs/PROTOCOL.md`) |
+//! | transport | [`transport`]: byte streams by URL — `tcp://`, `tls://`, `unix://`, `inproc://` |
 //! | connection | [`Connection`]: many calls in both directions over one stream, flow control, keepalive |
 //! | call | [`Connection::call`] and friends, [`CallOptions`], [`CallError`], [`Reject`] |
 //! | service | [`Router`], [`CallContext`], and the generated clients and handlers |
+//! | introspection | [`reflection`] and [`health`]: what an endpoint serves and whether it is serving, over the wire |
 //! | endpoint | [`Endpoint`], [`Server`]: identity, handshake, listeners |
+//! | socket | [`socket`]: [`Socket`] — untyped messages to and from peers; a raw byte-stream server |
 //! | node | [`node`]: [`Node`] — discovery, sessions, roles, [`PeerSet`]s, broadcast, [`Actor`] |
 //! | patterns | [`patterns`]: send to one fairly, publish/subscribe, pipeline, survey over peer sets |
 //! | observability | [`observe`]: a span per call with the OpenTelemetry RPC fields, W3C trace context, metrics, lifecycle events, the topology page |
-//! | introspection | [`reflection`] and [`health`]: what an endpoint serves and whether it is serving, over the wire |
 //! | files | [`files`]: offer files, download one in checked chunks from every peer that has it |
-//! | socket | [`socket`]: [`Socket`] — untyped messages to and from peers; a raw byte-stream server |
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -14,6 +14,7 @@ mod flow;
 mod reader;
 mod redial;
 mod retry;
+mod rules;
 pub(crate) mod scope;
 mod served;
 mod session;

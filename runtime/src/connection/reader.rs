@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
+use super::rules::{self, Hold, StallWatch};
 use super::served::Violation;
 use super::table::{Failure, InItem};
 use super::{CloseReason, Shared};
@@ -21,29 +22,15 @@ use crate::transport::ReadHalf;
 use crate::wire::frame::{encode_goaway, encode_ping};
 use crate::wire::{self, Frame, Kind, SystemCode};
 
-/// Most distinct operations a peer may define on one connection.
-pub(crate) const MAX_OPS: usize = 4096;
-/// Most bytes of operation names a peer may define on one connection.
-pub(crate) const MAX_OP_BYTES: usize = 256 * 1024;
-/// What one interned operation costs besides its name (table slot, route,
-/// shared string header), as charged to the budget.
-const OP_OVERHEAD: usize = 64;
 /// Read buffer kept free before each read, at first: small, so an idle
 /// connection holds little.
 const READ_RESERVE_MIN: usize = 2 * 1024;
 /// ... and at most, once reads keep filling it: bulk streams then take a
 /// few 64 KiB messages per read instead of a message in two reads.
 const READ_RESERVE_MAX: usize = 512 * 1024;
-/// While holding the peer back, how often the reader looks again even
-/// without a wake-up (a safety net; releases and drains wake it).
-const HOLD_RECHECK: Duration = Duration::from_millis(250);
 
 /// Operations the peer has defined, by index, with the handler resolved once.
-#[derive(Default)]
-struct OpTable {
-    ops: Vec<(Arc<str>, Option<Route>)>,
-    name_bytes: usize,
-}
+type OpTable = rules::OpTable<Route>;
 
 pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut) {
     let mut ops = OpTable::default();
@@ -157,9 +144,11 @@ struct Stall {
 async fn hold_back(shared: &Shared, room: impl Fn(&Shared) -> bool) -> Result<(), Stall> {
     shared.set_held_back(true);
     shared.budget.set_waiting(true);
-    let limit = shared.config.stall_timeout;
-    let mut written = shared.out.written();
-    let mut progress = Instant::now();
+    let mut watch = StallWatch::new(
+        shared.config.stall_timeout,
+        shared.out.written(),
+        Instant::now().into_std(),
+    );
     let outcome = loop {
         // Registered before the checks, so a release or a drain in between
         // is not missed.
@@ -170,21 +159,11 @@ async fn hold_back(shared: &Shared, room: impl Fn(&Shared) -> bool) -> Result<()
         if room(shared) || shared.closed.is_cancelled() {
             break Ok(());
         }
-        let now = Instant::now();
-        let queued = shared.out.queued();
-        let now_written = shared.out.written();
-        if now_written != written || queued == 0 {
-            written = now_written;
-            progress = now;
-        }
-        let stalled = now.duration_since(progress);
-        if stalled >= limit {
-            break Err(Stall {
-                queued,
-                after: stalled,
-            });
-        }
-        let wake = now + (limit - stalled).min(HOLD_RECHECK);
+        let now = Instant::now().into_std();
+        let wake = match watch.observe(now, shared.out.written(), shared.out.queued()) {
+            Hold::Wait { until } => Instant::from_std(until),
+            Hold::Stalled { queued, after } => break Err(Stall { queued, after }),
+        };
         tokio::select! {
             biased;
             _ = shared.closed.cancelled() => {}
@@ -240,38 +219,17 @@ fn dispatch(shared: &Arc<Shared>, ops: &mut OpTable, frame: Frame) -> Result<(),
         Frame::CallOpen(open) => {
             let index = open.op.index as usize;
             if let Some(name) = &open.op.name {
-                if index != ops.ops.len() {
-                    return Err(Violation(format!(
-                        "operation `{name}` defined as index {index}, expected {}",
-                        ops.ops.len()
-                    )));
-                }
-                if ops.ops.len() >= MAX_OPS {
-                    return Err(Violation(format!(
-                        "more than {MAX_OPS} operations defined on one connection"
-                    )));
-                }
-                if ops.name_bytes + name.len() > MAX_OP_BYTES {
-                    return Err(Violation(format!(
-                        "operation names on one connection exceed {MAX_OP_BYTES} bytes"
-                    )));
-                }
                 // A name the router knows is shared with it, not stored again.
-                let (name, route) = match shared.router.route_named(name) {
-                    Some((known, route)) => (known, Some(route)),
-                    None => (Arc::from(name.as_str()), None),
-                };
-                ops.name_bytes += name.len();
+                let held = ops
+                    .define(index, name, |name| match shared.router.route_named(name) {
+                        Some((known, route)) => (known, Some(route)),
+                        None => (Arc::from(name), None),
+                    })
+                    .map_err(Violation)?;
                 // Held for the connection's life, so never released.
-                shared.budget.charge(name.len() + OP_OVERHEAD);
-                ops.ops.push((name, route));
+                shared.budget.charge(held);
             }
-            let Some((op, route)) = ops.ops.get(index) else {
-                return Err(Violation(format!(
-                    "call uses undefined operation index {index}"
-                )));
-            };
-            let (op, route) = (op.clone(), route.clone());
+            let (op, route) = ops.get(index).map_err(Violation)?;
             shared.serve(open, op, route)
         }
         Frame::Data { id, body } => {

@@ -5,6 +5,7 @@
 //! The byte layout is specified in `docs/PROTOCOL.md`; this module is the
 //! reference implementation of that document.
 
+pub mod driver;
 pub mod frame;
 pub mod handshake;
 pub mod key;
