@@ -409,7 +409,7 @@ mod tests {
             Err(TopologyError::NotLoopback { .. })
         ));
         assert!(matches!(
-            loopback_addr("10.1.2.3:80"),
+            loopback_addr("192.0.2.7:80"),
             Err(TopologyError::NotLoopback { .. })
         ));
         assert!(matches!(
