@@ -3,7 +3,7 @@
 //! payloads, all over loopback.
 //!
 //! ```text
-//! cargo run --release -p plexus-bench              # full run, ~2 minutes
+//! cargo run --release -p plexus-bench              # full run, ~3 minutes
 //! cargo run --release -p plexus-bench -- --quick   # shorter windows, < 1 minute
 //! cargo run --release -p plexus-bench -- --resilience  # hostile peers vs. a server process
 //! cargo run --release -p plexus-bench -- --security    # TLS, session keys, interceptors
@@ -29,6 +29,7 @@ mod security;
 mod systems;
 mod tarpc_side;
 mod tonic_side;
+mod transports;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -54,7 +55,7 @@ const PEERS: [usize; 3] = [1, 4, 16];
 /// Calls whose allocations are counted.
 const ALLOCATION_CALLS: usize = 2_000;
 /// The phases, in the order they run.
-const PHASES: [&str; 4] = ["memory", "unary", "stream", "broadcast"];
+const PHASES: [&str; 6] = ["memory", "unary", "spread", "local", "stream", "broadcast"];
 /// The longest any one phase may take before the run gives up.
 const PHASE_LIMIT: Duration = Duration::from_secs(120);
 
@@ -318,6 +319,12 @@ fn main() -> Result<(), BoxError> {
     if runs("unary") {
         unary(&rig, &settings, &mut figures)?;
     }
+    if runs("spread") {
+        transports::spread(&rig, &settings, &mut figures)?;
+    }
+    if runs("local") {
+        transports::local(&rig, &settings, &mut figures)?;
+    }
     if runs("stream") {
         streaming(&rig, &settings, &mut figures)?;
     }
@@ -561,6 +568,7 @@ fn streaming(rig: &Rig, settings: &Settings, figures: &mut Figures) -> Result<()
             shown.join(", ")
         );
         figures.stream[i] = Some(median);
+        figures.stream_all[i] = rates;
         figures.stream_runs[i] = shown;
         stop(rig, vec![served])?;
     }

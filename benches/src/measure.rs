@@ -26,11 +26,26 @@ pub async fn throughput(
     warmup: Duration,
     window: Duration,
 ) -> Result<(u64, Duration), BoxError> {
+    throughput_spread(vec![client], in_flight, warmup, window).await
+}
+
+/// Like [`throughput`], with the `in_flight` callers spread evenly over
+/// `clients` (caller `k` uses connection `k mod n`).
+pub async fn throughput_spread(
+    clients: Vec<Echoer>,
+    in_flight: usize,
+    warmup: Duration,
+    window: Duration,
+) -> Result<(u64, Duration), BoxError> {
+    if clients.is_empty() {
+        return Err("no connections to measure".into());
+    }
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let callers: Vec<_> = (0..in_flight)
-        .map(|_| {
-            let (mut client, done, stop) = (client.clone(), done.clone(), stop.clone());
+        .map(|k| {
+            let client = clients[k % clients.len()].clone();
+            let (mut client, done, stop) = (client, done.clone(), stop.clone());
             tokio::spawn(async move {
                 for _ in 0..MAX_CALLS / in_flight as u64 {
                     if stop.load(Ordering::Relaxed) {

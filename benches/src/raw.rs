@@ -8,17 +8,19 @@
 //! one `write_all`. No codec, no handshake, no flow control, no task per call.
 //! It is lean, not naive: the writer yields once before draining so a batch
 //! carries every frame its callers had ready.
+//!
+//! The same echo runs over a Unix socket as the floor of `unix://`.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
@@ -65,16 +67,38 @@ pub async fn start_echo() -> Result<(SocketAddr, JoinHandle<()>), BoxError> {
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let _ = serve_echo(stream).await;
+                let _ = serve_echo_tcp(stream).await;
             });
         }
     });
     Ok((addr, task))
 }
 
-async fn serve_echo(stream: TcpStream) -> io::Result<()> {
+/// Starts the echo server on a Unix socket at `path` (which must not
+/// exist); abort the task to stop it.
+pub fn start_echo_unix(path: &Path) -> Result<(PathBuf, JoinHandle<()>), BoxError> {
+    let listener = UnixListener::bind(path)?;
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (rd, wr) = stream.into_split();
+                let _ = serve_echo(rd, wr).await;
+            });
+        }
+    });
+    Ok((path.to_owned(), task))
+}
+
+async fn serve_echo_tcp(stream: TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    serve_echo(rd, wr).await
+}
+
+async fn serve_echo(
+    mut rd: impl AsyncRead + Unpin,
+    mut wr: impl AsyncWrite + Unpin,
+) -> io::Result<()> {
     let mut input = BytesMut::with_capacity(64 * 1024);
     let mut output = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -204,11 +228,24 @@ impl Shared {
 }
 
 impl Client {
-    /// Connects and starts the connection's reader and writer tasks.
+    /// Connects over TCP and starts the connection's reader and writer tasks.
     pub async fn connect(addr: SocketAddr) -> Result<Client, BoxError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (rd, wr) = stream.into_split();
+        Ok(Client::over(rd, wr))
+    }
+
+    /// Connects over the Unix socket at `path`.
+    pub async fn connect_unix(path: &Path) -> Result<Client, BoxError> {
+        let (rd, wr) = UnixStream::connect(path).await?.into_split();
+        Ok(Client::over(rd, wr))
+    }
+
+    fn over(
+        rd: impl AsyncRead + Unpin + Send + 'static,
+        wr: impl AsyncWrite + Unpin + Send + 'static,
+    ) -> Client {
         let shared = Arc::new(Shared {
             next_id: AtomicU64::new(1),
             outgoing: Mutex::new(BytesMut::with_capacity(64 * 1024)),
@@ -217,7 +254,7 @@ impl Client {
         });
         tokio::spawn(read_replies(shared.clone(), rd));
         tokio::spawn(write_requests(shared.clone(), wr));
-        Ok(Client { shared })
+        Client { shared }
     }
 
     /// One echo call; returns the reply's length.
@@ -239,7 +276,7 @@ impl Client {
     }
 }
 
-async fn read_replies(shared: Arc<Shared>, mut rd: OwnedReadHalf) {
+async fn read_replies(shared: Arc<Shared>, mut rd: impl AsyncRead + Unpin) {
     let mut input = BytesMut::with_capacity(64 * 1024);
     loop {
         match rd.read_buf(&mut input).await {
@@ -268,7 +305,7 @@ async fn read_replies(shared: Arc<Shared>, mut rd: OwnedReadHalf) {
     shared.waiting().clear();
 }
 
-async fn write_requests(shared: Arc<Shared>, mut wr: OwnedWriteHalf) {
+async fn write_requests(shared: Arc<Shared>, mut wr: impl AsyncWrite + Unpin) {
     let mut batch = BytesMut::with_capacity(64 * 1024);
     loop {
         {

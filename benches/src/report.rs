@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::systems::System;
+use crate::transports::Local;
 use crate::{rig, BoxError, Settings, IN_FLIGHT};
 
 /// Everything one run measured, indexed like [`System::ALL`].
@@ -17,12 +18,19 @@ pub struct Figures {
     pub allocations: [Option<f64>; 4],
     pub stream: [Option<f64>; 4],
     pub stream_runs: [Vec<String>; 4],
+    /// Every stream run's rate, MiB/s.
+    pub stream_all: [Vec<f64>; 4],
     pub stream_bytes: usize,
     pub stream_run_count: usize,
     pub broadcast: Vec<(usize, [Option<Duration>; 4])>,
     pub idle: Option<Idle>,
     /// Heap bytes per idle connection opened with `Connection::connect`.
     pub idle_endpoint_each: Option<f64>,
+    /// Unary throughput with the callers spread over several connections:
+    /// (connections, per system).
+    pub spread: Vec<(usize, [Option<f64>; 4])>,
+    /// `unix://` and `inproc://`, beside their floors.
+    pub local: Vec<Local>,
 }
 
 /// The idle-connection measurement.
@@ -54,13 +62,21 @@ fn micros(d: [Option<Duration>; 4]) -> [Option<f64>; 4] {
 }
 
 fn rows(figures: &Figures) -> Vec<Row> {
-    let mut rows = vec![
-        Row {
-            metric: format!("unary 64 B, {IN_FLIGHT} in flight, 1 conn"),
+    let mut rows = vec![Row {
+        metric: format!("unary 64 B, {IN_FLIGHT} in flight, 1 conn"),
+        unit: Unit::CallsPerSecond,
+        higher_is_better: true,
+        values: figures.throughput,
+    }];
+    for (connections, values) in &figures.spread {
+        rows.push(Row {
+            metric: format!("unary 64 B, {IN_FLIGHT} in flight over {connections} conns"),
             unit: Unit::CallsPerSecond,
             higher_is_better: true,
-            values: figures.throughput,
-        },
+            values: *values,
+        });
+    }
+    rows.extend([
         Row {
             metric: "unary 64 B, 1 in flight, p50".into(),
             unit: Unit::Micros,
@@ -89,7 +105,7 @@ fn rows(figures: &Figures) -> Vec<Row> {
             higher_is_better: true,
             values: figures.stream,
         },
-    ];
+    ]);
     for (peers, values) in &figures.broadcast {
         rows.push(Row {
             metric: format!(
@@ -253,6 +269,104 @@ fn targets(figures: &Figures) -> String {
     out
 }
 
+/// The goals of issue 12 (the connection core), met or not.
+fn goals(figures: &Figures) -> String {
+    let index = |s: System| System::ALL.iter().position(|x| *x == s).unwrap_or(0);
+    let (plexus, raw) = (index(System::Plexus), index(System::Raw));
+    let p50 = micros(figures.p50);
+    let idle_per_end = figures.idle.as_ref().map(|i| i.heap_per_connection / 2.0);
+    let slowest_stream = figures.stream_all[plexus]
+        .iter()
+        .copied()
+        .min_by(f64::total_cmp);
+    let inproc_p50 = figures
+        .local
+        .iter()
+        .find(|l| l.scheme == "inproc://")
+        .map(|l| l.plexus_p50.as_secs_f64() * 1e6);
+    let checks: Vec<(&str, String, Option<bool>)> = vec![
+        {
+            let v = ratio_of(figures.throughput[plexus], figures.throughput[raw]);
+            (
+                "unary, 64 in flight, ≥ 0.8× raw",
+                times(v),
+                v.map(|v| v >= 0.8),
+            )
+        },
+        {
+            let v = ratio_of(p50[plexus], p50[raw]);
+            (
+                "p50, 1 in flight, ≤ 1.05× raw",
+                times(v),
+                v.map(|v| v <= 1.05),
+            )
+        },
+        {
+            let v = ratio_of(slowest_stream, figures.stream[raw]);
+            (
+                "server stream ≥ 0.9× raw in every run (slowest run / raw median)",
+                times(v),
+                v.map(|v| v >= 0.9),
+            )
+        },
+        {
+            let v = figures.allocations[plexus];
+            (
+                "≤ 4 heap allocations per unary call, both ends",
+                v.map_or("—".into(), |v| format!("{v:.1}")),
+                v.map(|v| v <= 4.0),
+            )
+        },
+        (
+            "idle connection ≤ 4 KiB heap per end",
+            idle_per_end.map_or("—".into(), |v| format!("{:.1} KiB", v / 1024.0)),
+            idle_per_end.map(|v| v <= 4.0 * 1024.0),
+        ),
+        (
+            "inproc:// p50 ≤ 5 µs",
+            inproc_p50.map_or("—".into(), |v| format!("{v:.1} µs")),
+            inproc_p50.map(|v| v <= 5.0),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, shown, met) in checks {
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "not measured",
+        };
+        let _ = writeln!(out, "- {name}: {shown} — {verdict}");
+    }
+    out
+}
+
+fn times(v: Option<f64>) -> String {
+    v.map_or("—".into(), |v| format!("{v:.2}×"))
+}
+
+/// `unix://` and `inproc://` beside their floors, as Markdown.
+fn local_table(local: &[Local]) -> String {
+    let mut out = String::new();
+    out.push_str("| transport | floor | plexus, 64 in flight | floor | plexus/floor | plexus p50, 1 in flight | floor | plexus/floor |\n");
+    out.push_str("|---|---|--:|--:|--:|--:|--:|--:|\n");
+    for l in local {
+        let p50 = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e6);
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} |",
+            l.scheme,
+            l.floor.unwrap_or("none in one process"),
+            show(Unit::CallsPerSecond, Some(l.plexus_rate)),
+            show(Unit::CallsPerSecond, l.floor_rate),
+            ratio(Some(l.plexus_rate), l.floor_rate),
+            show(Unit::Micros, p50(Some(l.plexus_p50))),
+            show(Unit::Micros, p50(l.floor_p50)),
+            ratio(p50(Some(l.plexus_p50)), p50(l.floor_p50)),
+        );
+    }
+    out
+}
+
 fn ratio_of(plexus: Option<f64>, other: Option<f64>) -> Option<f64> {
     match (plexus, other) {
         (Some(p), Some(o)) if o > 0.0 => Some(p / o),
@@ -311,7 +425,13 @@ pub fn section(settings: &Settings, command: &str, figures: &Figures) -> String 
             let _ = writeln!(out, "- {system}: {}", figures.stream_runs[i].join(", "));
         }
     }
-    let _ = writeln!(out, "\nTargets (issue 6):\n");
+    if !figures.local.is_empty() {
+        let _ = writeln!(out, "\nLocal transports (one connection each, 64 B):\n");
+        out.push_str(&local_table(&figures.local));
+    }
+    let _ = writeln!(out, "\nGoals (issue 12, the connection core):\n");
+    out.push_str(&goals(figures));
+    let _ = writeln!(out, "\nEarlier targets (issue 6):\n");
     out.push_str(&targets(figures));
     out
 }
