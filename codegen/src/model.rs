@@ -98,14 +98,14 @@ impl CallKind {
         matches!(self, CallKind::ServerStream | CallKind::Bidi)
     }
 
-    /// Tokens naming the runtime's `plexus::CallKind` variant.
+    /// Tokens naming the runtime's `plexus::contract::CallKind` variant.
     pub fn runtime_path(self) -> TokenStream {
         match self {
-            CallKind::Unary => quote!(::plexus::CallKind::Unary),
-            CallKind::OneWay => quote!(::plexus::CallKind::OneWay),
-            CallKind::ClientStream => quote!(::plexus::CallKind::ClientStream),
-            CallKind::ServerStream => quote!(::plexus::CallKind::ServerStream),
-            CallKind::Bidi => quote!(::plexus::CallKind::Bidi),
+            CallKind::Unary => quote!(::plexus::contract::CallKind::Unary),
+            CallKind::OneWay => quote!(::plexus::contract::CallKind::OneWay),
+            CallKind::ClientStream => quote!(::plexus::contract::CallKind::ClientStream),
+            CallKind::ServerStream => quote!(::plexus::contract::CallKind::ServerStream),
+            CallKind::Bidi => quote!(::plexus::contract::CallKind::Bidi),
         }
     }
 }
