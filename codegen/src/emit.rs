@@ -533,7 +533,7 @@ fn emit_descriptor(service: &ServiceDef) -> TokenStream {
     let methods = service.methods.iter().map(|method| {
         let name = &method.schema_name;
         let op = service.op_id(method);
-        let kind = method.kind.runtime_path();
+        let kind = crate::model::runtime_path(method.kind);
         let role = match &method.role {
             Some(role) => quote!(::core::option::Option::Some(#role)),
             None => quote!(::core::option::Option::None),
