@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use plexus::discovery::Beacon;
-use plexus::node::{Node, NodeEvent};
+use plexus::{node::NodeEvent, Node};
 use plexus::{NodeId, Reject};
 
 use crate::{memory, BoxError};

@@ -16,7 +16,9 @@ use clap::Args;
 use plexus::discovery::{Beacon, SessionKey, Static};
 use plexus::patterns::{topic_fingerprint, topic_matches};
 use plexus::{
-    CallKind, JsonSchemas, MethodDescriptor, Node, Outbound, Reject, Router, ServiceDescriptor,
+    contract::{CallKind, JsonSchemas, MethodDescriptor, ServiceDescriptor},
+    stream::Outbound,
+    Node, Reject, Router,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;

@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use plexus::health::ServingStatus;
-use plexus::node::Node;
 use plexus::patterns::{Publisher, Subscriber, TopicClient};
+use plexus::Node;
 use plexus::{Bytes, Endpoint, Reject, Server};
 use serde_json::json;
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use plexus::discovery::SessionKey;
 use plexus::node::NodeBuilder;
-use plexus::TlsConfig;
+use plexus::transport::TlsConfig;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,

@@ -328,9 +328,9 @@ pub async fn describe(
 }
 
 /// The machinery generated descriptors use to find a type's JSON Schema:
-/// `(&Probe::<T>::NEW).json_schema()` resolves to [`Provided`] when `T`
+/// `(&Probe::<T>::NEW).json_schema()` resolves to [`Provided`](probe::Provided) when `T`
 /// implements `schemars::JsonSchema` (with the `json-schema` feature on) and
-/// to [`Absent`] otherwise, by method resolution at compile time.
+/// to [`Absent`](probe::Absent) otherwise, by method resolution at compile time.
 pub mod probe {
     use std::marker::PhantomData;
 

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use plexus::node::{Node, NodeEvent, NodeEvents};
+use plexus::{
+    node::{NodeEvent, NodeEvents},
+    Node,
+};
 use plexus::{NodeId, Reject};
 use tokio::time::{timeout, Instant};
 

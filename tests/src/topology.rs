@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plexus::discovery::Beacon;
-use plexus::node::Node;
+use plexus::Node;
 use plexus::{NodeId, Reject};
 
 /// A chat room, as in the `chat` example.

@@ -14,8 +14,8 @@ use plexus::files::{
     Download, DownloadLimits, FileId, FileInfo, FileShare, FileShareClient, FileShareHandler,
     FileStore, Manifest, NOT_FOUND,
 };
-use plexus::node::{Node, NodeBuilder};
-use plexus::{Backoff, Bytes, Reject};
+use plexus::{node::NodeBuilder, Node};
+use plexus::{retry::Backoff, Bytes, Reject};
 use plexus_tests::bounded;
 use tokio::sync::Notify;
 use tokio::time::Instant;

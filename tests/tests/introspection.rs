@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use plexus::health::{self, ServingStatus};
-use plexus::node::Node;
 use plexus::reflection;
+use plexus::Node;
 use plexus::{Bytes, CallError, CallOptions, Connection, Reject, Router, Server};
 use plexus_tests::{bounded, until};
 
@@ -35,7 +35,9 @@ fn raw() -> Router {
     })
 }
 
-async fn server(build: impl FnOnce(plexus::ServerBuilder) -> plexus::ServerBuilder) -> Server {
+async fn server(
+    build: impl FnOnce(plexus::server::ServerBuilder) -> plexus::server::ServerBuilder,
+) -> Server {
     let builder = Server::bind("tcp://127.0.0.1:0")
         .serve(AdderHandler::new(Sum))
         .serve(raw());

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plexus::discovery::Static;
-use plexus::node::Node;
+use plexus::Node;
 use plexus::{BoxStream, CallError, NodeId, Reject};
 use plexus_tests::bounded;
 

@@ -17,8 +17,11 @@ use plexus::discovery::{
     Announcement, Beacon, Discovery, DiscoveryError, DiscoveryEvent, DiscoveryEvents,
     DiscoveryFuture, DiscoveryStats, PeerRecord, Static,
 };
-use plexus::node::{Node, NodeBuilder, NodeError, NodeEvent, NodeEvents};
-use plexus::{Event, NodeId, Reject};
+use plexus::{events::Event, NodeId, Reject};
+use plexus::{
+    node::{NodeBuilder, NodeError, NodeEvent, NodeEvents},
+    Node,
+};
 use plexus_tests::{bounded, eventually, until};
 use tokio::sync::mpsc;
 

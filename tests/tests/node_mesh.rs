@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plexus::discovery::{Beacon, SessionKey};
-use plexus::node::{Actor, Node, NodeBuilder, NodeEvent, NodeEvents, PeerChange, Scope};
+use plexus::{
+    node::{Actor, NodeBuilder, NodeEvent, NodeEvents, PeerChange, Scope},
+    Node,
+};
 use plexus::{CallError, NodeId, Reject};
 use tokio::time::{timeout, Instant};
 
@@ -565,7 +568,7 @@ async fn actor_state_stays_consistent_under_a_thousand_concurrent_calls() {
 /// A server node serving `chat` and a caller-only node send 1,000
 /// concurrent posts: every post sees a distinct count, and the log holds
 /// each message once — no update lost or doubled.
-async fn thousand_concurrent_posts(chat: impl plexus::IntoRouter) {
+async fn thousand_concurrent_posts(chat: impl plexus::server::IntoRouter) {
     const CALLS: u64 = 1000;
     let interval = 100 * MS;
     let bound = 2 * interval + Duration::from_secs(2);

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use plexus::discovery::Static;
-use plexus::node::{Node, NodeEvent};
 use plexus::Reject;
+use plexus::{node::NodeEvent, Node};
 use tokio::time::timeout;
 
 /// Says which node answered.

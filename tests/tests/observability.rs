@@ -663,10 +663,10 @@ mod nodes {
     use std::time::Duration;
 
     use plexus::discovery::Static;
-    use plexus::node::{Node, NodeBuilder};
     use plexus::observe::names;
     use plexus::patterns::{Overflow, Pipeline, Publisher, Subscriber, TopicClient};
     use plexus::Reject;
+    use plexus::{node::NodeBuilder, Node};
     use plexus_tests::observe::{capture, recorder, Captured};
     use plexus_tests::{bounded, until};
 

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexus::discovery::Static;
-use plexus::node::Node;
 use plexus::patterns::Strategy;
+use plexus::Node;
 use plexus::{
-    Backoff, Bytes, CallContext, CallError, CallOptions, Endpoint, NodeId, Reject, RetryBudget,
-    RetryPolicy, Router, Server,
+    retry::{Backoff, RetryBudget, RetryPolicy},
+    Bytes, CallContext, CallError, CallOptions, Endpoint, NodeId, Reject, Router, Server,
 };
 use plexus_tests::{bounded, until};
 use tokio::time::Instant;

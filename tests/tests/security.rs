@@ -15,8 +15,8 @@ use plexus::access::{AllowList, Permission, Policy, Rule};
 use plexus::intercept::{CallInterceptor, Extensions, IncomingCall, OutgoingCall};
 use plexus::wire::{RefusalCode, SessionKey};
 use plexus::{
-    Bytes, CallError, CallOptions, CloseReason, ConnectError, Connection, Endpoint, Event, Reject,
-    Router, Server,
+    events::Event, Bytes, CallError, CallOptions, CloseReason, ConnectError, Connection, Endpoint,
+    Reject, Router, Server,
 };
 use plexus_tests::{bounded, Identity, Member, TestPki, Validity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,7 +60,7 @@ async fn keyed_server(key: &[u8]) -> (Server, Arc<AtomicUsize>) {
 }
 
 /// The next handshake failure the endpoint reports.
-async fn handshake_failure(events: &mut plexus::Events) -> (Option<RefusalCode>, String) {
+async fn handshake_failure(events: &mut plexus::events::Events) -> (Option<RefusalCode>, String) {
     bounded("a handshake failure event", async {
         loop {
             match events.next().await {
@@ -235,8 +235,12 @@ async fn a_recorded_handshake_replayed_is_refused_and_its_calls_never_run() {
     );
 }
 
-fn tls_server_with(pki: &TestPki, id: &Identity, require_client_certs: bool) -> plexus::TlsConfig {
-    let tls = plexus::TlsConfig::server(id.cert_pem.as_bytes(), id.key_pem.as_bytes())
+fn tls_server_with(
+    pki: &TestPki,
+    id: &Identity,
+    require_client_certs: bool,
+) -> plexus::transport::TlsConfig {
+    let tls = plexus::transport::TlsConfig::server(id.cert_pem.as_bytes(), id.key_pem.as_bytes())
         .expect("server tls");
     if require_client_certs {
         tls.require_client_certs(pki.ca_pem.as_bytes())
@@ -246,7 +250,7 @@ fn tls_server_with(pki: &TestPki, id: &Identity, require_client_certs: bool) -> 
     }
 }
 
-fn tls_client_with(pki: &TestPki, id: Option<&Identity>) -> plexus::TlsConfig {
+fn tls_client_with(pki: &TestPki, id: Option<&Identity>) -> plexus::transport::TlsConfig {
     let tls = pki.client_tls();
     match id {
         Some(id) => tls
@@ -274,7 +278,7 @@ async fn tls_server(
 async fn dial_tls(
     pki: &TestPki,
     id: Option<&Identity>,
-    url: &plexus::Url,
+    url: &plexus::transport::Url,
 ) -> Result<Connection, ConnectError> {
     let endpoint = Endpoint::builder().tls(tls_client_with(pki, id)).build();
     let conn = bounded("dial", endpoint.connect(url)).await?;

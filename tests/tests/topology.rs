@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::{header, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use plexus::node::{Node, NodeError};
+use plexus::{node::NodeError, Node};
 use plexus_tests::bounded;
 use plexus_tests::topology::{Mesh, CHAT_SERVICE};
 use serde_json::Value;

@@ -30,8 +30,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plexus::discovery::Beacon;
-use plexus::node::{Actor, Node, NodeEvent};
 use plexus::Reject;
+use plexus::{
+    node::{Actor, NodeEvent},
+    Node,
+};
 use plexus_examples::NodeSecurity;
 use tokio::io::AsyncBufReadExt;
 

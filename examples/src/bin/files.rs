@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use plexus::discovery::Beacon;
 use plexus::files::{Download, FileShareClient, FileStore, Saved};
-use plexus::node::Node;
 use plexus::Bytes;
+use plexus::Node;
 use plexus_examples::NodeSecurity;
 
 fn arg(name: &str, default: u64) -> Result<u64, String> {

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexus::discovery::Beacon;
-use plexus::node::Node;
 use plexus::patterns::Pipeline;
+use plexus::Node;
 use plexus::Reject;
 use plexus_examples::NodeSecurity;
 

@@ -16,8 +16,8 @@
 use std::time::Duration;
 
 use plexus::discovery::Beacon;
-use plexus::node::Node;
 use plexus::patterns::{Overflow, Publisher, Subscriber, TopicClient};
+use plexus::Node;
 use plexus_examples::NodeSecurity;
 
 /// One sensor reading.

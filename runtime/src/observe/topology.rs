@@ -8,7 +8,7 @@
 //! each side, so a node without the page pays nothing), and the HTTP
 //! server (axum). The page itself is one dependency-free HTML file
 //! (`topology.html` beside this file). Turned on with
-//! [`NodeBuilder::topology_page`](crate::NodeBuilder::topology_page);
+//! [`NodeBuilder::topology_page`](crate::node::NodeBuilder::topology_page);
 //! the page never listens beyond loopback.
 
 use std::collections::{BTreeMap, HashMap};

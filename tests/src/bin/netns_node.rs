@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plexus::discovery::Beacon;
-use plexus::node::{Node, NodeEvent};
+use plexus::{node::NodeEvent, Node};
 use plexus::{Connection, Reject};
 use tokio::io::AsyncBufReadExt;
 
