@@ -100,11 +100,6 @@ const KNOWN_UPWARD: &[(&str, &str, &str)] = &[
         "router",
         "the connection's Shared holds the Router that serves the peer",
     ),
-    (
-        "node",
-        "patterns",
-        "known: the node↔patterns cycle, being broken in the public-surface half of issue #12",
-    ),
 ];
 
 fn src_dir() -> PathBuf {

@@ -237,22 +237,6 @@ impl Node {
             .into()
     }
 
-    /// Asks every member of `C`'s peer set the question `ask` puts, and
-    /// streams the answers that arrive before `deadline` has passed; then
-    /// the stream ends, the questions still running are cancelled and late
-    /// answers are discarded. [`Survey::missing`](crate::patterns::Survey::missing)
-    /// names who did not answer. Peers joining meanwhile are not asked.
-    pub fn survey<C, F, Fut, T>(&self, deadline: Duration, ask: F) -> crate::patterns::Survey<T>
-    where
-        C: Client,
-        F: Fn(C) -> Fut,
-        Fut: Future<Output = Result<T, CallError>> + Send + 'static,
-        T: Send + 'static,
-    {
-        let ends = tokio::time::Instant::now() + deadline;
-        crate::patterns::Survey::new(self.broadcast(deadline, ask), ends)
-    }
-
     /// Joins `session`, leaving the current one if any: announces the change,
     /// disconnects session-scoped links to peers of the old session and links
     /// the new one's.

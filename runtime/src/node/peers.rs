@@ -119,12 +119,6 @@ impl<C: Client> PeerSet<C> {
         self.shared.members(C::DESCRIPTOR.full_name)
     }
 
-    /// Sends to one member at a time, chosen by `strategy`; see
-    /// [`Balancer`](crate::patterns::Balancer).
-    pub fn balanced(&self, strategy: crate::patterns::Strategy) -> crate::patterns::Balancer<C> {
-        crate::patterns::Balancer::new(self.clone(), strategy)
-    }
-
     /// Runs `call` once on a client of every current member, all at once,
     /// and waits for every result: the "to all" send mode, and with a
     /// symmetric one-way service, a bus (each member gets each message once).

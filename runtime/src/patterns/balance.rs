@@ -21,6 +21,15 @@ use crate::connection::{RetryPolicy, RetryStats};
 use crate::node::{Client, PeerSet};
 use crate::{CallError, CallOptions, Connection, NodeId};
 
+// Defined here rather than beside the set's other methods so that the node
+// layer does not import the patterns built on top of it.
+impl<C: Client> PeerSet<C> {
+    /// Sends to one member at a time, chosen by `strategy`; see [`Balancer`].
+    pub fn balanced(&self, strategy: Strategy) -> Balancer<C> {
+        Balancer::new(self.clone(), strategy)
+    }
+}
+
 /// How a [`Balancer`] picks the member that takes the next call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Strategy {
