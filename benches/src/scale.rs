@@ -172,7 +172,7 @@ async fn mesh(
             .session("scale")
             .discovery(
                 Beacon::loopback()
-                    .group(group.0)
+                    .multicast_group(group.0)
                     .port(group.1)
                     .interval(interval),
             )

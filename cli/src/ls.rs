@@ -72,14 +72,14 @@ pub fn source_name(args: &DiscoveryArgs) -> String {
     } else {
         format!(
             "the beacon on {}:{} (interface {})",
-            args.beacon_group, args.beacon_port, args.beacon_interface
+            args.beacon_multicast_group, args.beacon_port, args.beacon_interface
         )
     }
 }
 
 fn beacon(args: &DiscoveryArgs) -> Beacon {
     let mut beacon = Beacon::loopback()
-        .group(args.beacon_group)
+        .multicast_group(args.beacon_multicast_group)
         .port(args.beacon_port)
         .interface(args.beacon_interface);
     if let Some(key) = &args.beacon_key {

@@ -88,12 +88,12 @@ pub struct TlsArgs {
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Discovery")]
 pub struct DiscoveryArgs {
-    /// UDP port of the beacon group.
+    /// UDP port of the beacon multicast group.
     #[arg(long, global = true, default_value_t = plexus::discovery::DEFAULT_PORT)]
     pub beacon_port: u16,
     /// Multicast group of the beacon.
-    #[arg(long, global = true, default_value_t = plexus::discovery::DEFAULT_GROUP)]
-    pub beacon_group: std::net::Ipv4Addr,
+    #[arg(long, global = true, default_value_t = plexus::discovery::DEFAULT_MULTICAST_GROUP)]
+    pub beacon_multicast_group: std::net::Ipv4Addr,
     /// Local interface address to listen for beacons on (default loopback).
     #[arg(long, global = true, default_value_t = std::net::Ipv4Addr::LOCALHOST)]
     pub beacon_interface: std::net::Ipv4Addr,

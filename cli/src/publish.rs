@@ -190,7 +190,7 @@ pub async fn run(global: &Global, args: PubArgs) -> Result<(), CliError> {
         ));
     } else {
         let mut beacon = Beacon::loopback()
-            .group(d.beacon_group)
+            .multicast_group(d.beacon_multicast_group)
             .port(d.beacon_port)
             .interface(d.beacon_interface);
         if let Some(key) = &d.beacon_key {

@@ -32,7 +32,7 @@ fn private_group() -> (Ipv4Addr, u16) {
 
 fn beacon(group: (Ipv4Addr, u16), interval: Duration) -> Beacon {
     Beacon::loopback()
-        .group(group.0)
+        .multicast_group(group.0)
         .port(group.1)
         .interval(interval)
 }
@@ -531,7 +531,7 @@ async fn lifecycle_misuse_is_a_typed_error() {
         Err(DiscoveryError::Announcement(_))
     ));
 
-    let unicast = Beacon::loopback().group(Ipv4Addr::new(127, 0, 0, 1));
+    let unicast = Beacon::loopback().multicast_group(Ipv4Addr::new(127, 0, 0, 1));
     let err = unicast
         .start(announcement(1, 1))
         .await

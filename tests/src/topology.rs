@@ -55,7 +55,7 @@ impl Mesh {
             let mut builder = Node::builder(*name)
                 .discovery(
                     Beacon::loopback()
-                        .group(group)
+                        .multicast_group(group)
                         .port(port)
                         .interval(interval),
                 )

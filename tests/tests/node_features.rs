@@ -50,7 +50,7 @@ fn private_group() -> (Ipv4Addr, u16) {
 
 fn beacon(group: (Ipv4Addr, u16)) -> Beacon {
     Beacon::loopback()
-        .group(group.0)
+        .multicast_group(group.0)
         .port(group.1)
         .interval(Duration::from_millis(100))
 }

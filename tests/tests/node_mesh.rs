@@ -101,7 +101,7 @@ fn rand_u32() -> u32 {
 
 fn beacon(group: (Ipv4Addr, u16), interval: Duration) -> Beacon {
     Beacon::loopback()
-        .group(group.0)
+        .multicast_group(group.0)
         .port(group.1)
         .interval(interval)
 }

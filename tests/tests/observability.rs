@@ -734,7 +734,7 @@ mod nodes {
                 .session("observed")
                 .discovery(
                     plexus::discovery::Beacon::loopback()
-                        .group(group)
+                        .multicast_group(group)
                         .port(port)
                         .interval(Duration::from_millis(100)),
                 )

@@ -662,7 +662,7 @@ fn private_group() -> (std::net::Ipv4Addr, u16) {
 
 fn beacon(group: (std::net::Ipv4Addr, u16)) -> plexus::discovery::Beacon {
     plexus::discovery::Beacon::loopback()
-        .group(group.0)
+        .multicast_group(group.0)
         .port(group.1)
         .interval(Duration::from_millis(100))
 }

@@ -137,7 +137,7 @@ fn rand_u32() -> u32 {
 /// A fast loopback beacon on `group`.
 pub fn beacon(group: (Ipv4Addr, u16)) -> Beacon {
     Beacon::loopback()
-        .group(group.0)
+        .multicast_group(group.0)
         .port(group.1)
         .interval(Duration::from_millis(100))
 }
@@ -145,7 +145,7 @@ pub fn beacon(group: (Ipv4Addr, u16)) -> Beacon {
 /// The flags that point `plexus` at `group`.
 pub fn beacon_flags(group: (Ipv4Addr, u16)) -> Vec<String> {
     vec![
-        "--beacon-group".into(),
+        "--beacon-multicast-group".into(),
         group.0.to_string(),
         "--beacon-port".into(),
         group.1.to_string(),

@@ -60,7 +60,7 @@ pub use self::announcement::{
     Announcement, DecodeError, EncodeError, ANNOUNCEMENT_VERSION, MAX_ANNOUNCEMENT_LEN,
     MAX_ENDPOINTS, MAX_SERVICES, MAX_TEXT_LEN,
 };
-pub use self::beacon::{Beacon, BeaconConfig, DEFAULT_GROUP, DEFAULT_PORT};
+pub use self::beacon::{Beacon, BeaconConfig, DEFAULT_MULTICAST_GROUP, DEFAULT_PORT};
 pub use self::datagram::{DatagramError, SessionKey};
 #[cfg(feature = "etcd")]
 pub use self::etcd::{Etcd, EtcdConfig};
