@@ -169,7 +169,7 @@ async fn mesh(
         // beacon on loopback; linking, describing and calls are the same.
         let node = Node::builder(format!("node-{i}"))
             .listen(format!("inproc://scale-{run}-{i}"))
-            .session("scale")
+            .group("scale")
             .discovery(
                 Beacon::loopback()
                     .multicast_group(group.0)

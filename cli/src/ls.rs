@@ -39,8 +39,8 @@ pub struct NodeSighting {
     pub id: String,
     /// Name.
     pub name: String,
-    /// Session.
-    pub session: Option<String>,
+    /// Group.
+    pub group: Option<String>,
     /// Where it listens.
     pub endpoints: Vec<String>,
     /// Service names it announces.
@@ -55,7 +55,7 @@ impl NodeSighting {
         NodeSighting {
             id: record.node_id.to_string(),
             name: record.name.clone(),
-            session: record.session.clone(),
+            group: record.group.clone(),
             endpoints: record.endpoints.clone(),
             services: record.services.clone(),
             state: state.to_owned(),
@@ -178,7 +178,7 @@ async fn static_sightings(global: &Global) -> Vec<NodeSighting> {
             let unreachable = NodeSighting {
                 id: String::new(),
                 name: url.clone(),
-                session: None,
+                group: None,
                 endpoints: vec![url.clone()],
                 services: Vec::new(),
                 state: "unreachable".into(),
@@ -202,7 +202,7 @@ async fn static_sightings(global: &Global) -> Vec<NodeSighting> {
                 name: node
                     .as_ref()
                     .map_or_else(|| url.clone(), |n| n.name.clone()),
-                session: node.as_ref().and_then(|n| n.session.clone()),
+                group: node.as_ref().and_then(|n| n.group.clone()),
                 endpoints: node
                     .as_ref()
                     .map_or_else(|| vec![url.clone()], |n| n.endpoints.clone()),
@@ -299,7 +299,7 @@ pub async fn run(global: &Global, args: LsArgs) -> Result<(), CliError> {
     let mut table = vec![[
         "NAME".to_owned(),
         "ID".to_owned(),
-        "SESSION".to_owned(),
+        "GROUP".to_owned(),
         "STATE".to_owned(),
         "ADDRESSES".to_owned(),
         "SERVICES".to_owned(),
@@ -326,7 +326,7 @@ pub async fn run(global: &Global, args: LsArgs) -> Result<(), CliError> {
         table.push([
             s.name.clone(),
             s.id.chars().take(8).collect(),
-            s.session.clone().unwrap_or_else(|| "-".into()),
+            s.group.clone().unwrap_or_else(|| "-".into()),
             s.state.clone(),
             s.endpoints.join(" "),
             services,
@@ -460,10 +460,10 @@ async fn watch(global: &Global, args: &LsArgs) -> Result<(), CliError> {
             print_line(&value.to_string());
         } else {
             print_line(&format!(
-                "{name:<10} {} {} session={} {} [{}]",
+                "{name:<10} {} {} group={} {} [{}]",
                 node.name,
                 node.id.chars().take(8).collect::<String>(),
-                node.session.as_deref().unwrap_or("-"),
+                node.group.as_deref().unwrap_or("-"),
                 node.endpoints.join(" "),
                 node.services.join(", ")
             ));

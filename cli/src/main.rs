@@ -117,7 +117,7 @@ pub struct DiscoveryArgs {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List nodes: name, id, session, roles, services, addresses, liveness.
+    /// List nodes: name, id, group, roles, services, addresses, liveness.
     Ls(ls::LsArgs),
     /// Show what a server or node serves: services, operations, message schemas.
     Describe(describe::DescribeArgs),
@@ -127,7 +127,7 @@ pub enum Command {
     Health(health::HealthArgs),
     /// Print a topic's events as JSON lines.
     Sub(sub::SubArgs),
-    /// Publish events on a topic to the subscribers in a session.
+    /// Publish events on a topic to the subscribers in a group.
     Pub(publish::PubArgs),
     /// Load an operation with concurrent calls; report calls/s and latency percentiles.
     Bench(bench::BenchArgs),

@@ -1,4 +1,4 @@
-//! `plexus pub`: publish events on a topic to the subscribers of a session.
+//! `plexus pub`: publish events on a topic to the subscribers of a group.
 //!
 //! Subscribers follow publishers they are linked with, so this command
 //! joins the mesh for a moment: it starts a node that serves the topic in
@@ -35,9 +35,9 @@ pub struct PubArgs {
     pub topic: String,
     /// Events as JSON (none: one per line of stdin).
     pub events: Vec<String>,
-    /// The session to publish in (subscribers link only inside theirs).
+    /// The group to publish in (subscribers link only inside theirs).
     #[arg(long)]
-    pub session: Option<String>,
+    pub group: Option<String>,
     /// Subscribers to wait for before publishing.
     #[arg(long, default_value_t = 1)]
     pub subscribers: usize,
@@ -178,8 +178,8 @@ pub async fn run(global: &Global, args: PubArgs) -> Result<(), CliError> {
             "publisher",
         )
         .without_reflection();
-    if let Some(session) = &args.session {
-        builder = builder.session(session.clone());
+    if let Some(group) = &args.group {
+        builder = builder.group(group.clone());
     }
     let d = &global.discovery;
     builder = if !d.static_urls.is_empty() {
@@ -210,7 +210,7 @@ pub async fn run(global: &Global, args: PubArgs) -> Result<(), CliError> {
     .await;
     let outcome = match waited {
         Err(_) => Err(CliError::Unreachable(format!(
-            "{} of {} subscriber(s) of {} subscribed within {}\n  try: check the --session and discovery flags, or a longer --wait-subscribers",
+            "{} of {} subscriber(s) of {} subscribed within {}\n  try: check the --group and discovery flags, or a longer --wait-subscribers",
             subscribers.all().len(),
             args.subscribers,
             args.service,

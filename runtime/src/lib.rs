@@ -14,7 +14,7 @@
 //! | introspection | [`reflection`] and [`health`]: what an endpoint serves and whether it is serving, over the wire |
 //! | endpoint | [`Endpoint`], [`Server`]: identity, handshake, listeners |
 //! | socket | [`socket`]: [`Socket`](socket::Socket) — untyped messages to and from peers; a raw byte-stream server |
-//! | node | [`node`]: [`Node`] — discovery, sessions, roles, [`PeerSet`](node::PeerSet)s, broadcast, [`Actor`](node::Actor) |
+//! | node | [`node`]: [`Node`] — discovery, groups, roles, [`PeerSet`](node::PeerSet)s, broadcast, [`Actor`](node::Actor) |
 //! | patterns | [`patterns`]: send to one fairly, publish/subscribe, pipeline, survey over peer sets |
 //! | observability | [`observe`]: a span per call with the OpenTelemetry RPC fields, W3C trace context, metrics, lifecycle events, the topology page |
 //! | files | [`files`]: offer files, download one in checked chunks from every peer that has it |

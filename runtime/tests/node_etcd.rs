@@ -42,7 +42,7 @@ impl Whoami for Named {
 async fn node(etcd: &EtcdServer, prefix: &str, name: &'static str, id: NodeId) -> Node {
     Node::builder(name)
         .node_id(id)
-        .session("fleet")
+        .group("fleet")
         .discovery(etcd.discovery(prefix, TTL))
         .serve(WhoamiHandler::new(Named(name)))
         .reconcile_interval(Duration::from_millis(100))

@@ -34,7 +34,7 @@ fn content(len: usize) -> Bytes {
 fn builder(name: &str, peers: Vec<String>) -> NodeBuilder {
     Node::builder(name)
         .listen("tcp://127.0.0.1:0")
-        .session("files")
+        .group("files")
         .discovery(Static::new(peers))
         .reconcile_interval(Duration::from_millis(50))
 }

@@ -53,7 +53,7 @@ impl Jobs for Worker {
 fn builder(name: &str, peers: Vec<String>) -> NodeBuilder {
     Node::builder(name)
         .listen("tcp://127.0.0.1:0")
-        .session("patterns")
+        .group("patterns")
         .discovery(Static::new(peers))
         .reconcile_interval(Duration::from_millis(50))
 }

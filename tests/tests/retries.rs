@@ -112,7 +112,7 @@ async fn peer(name: &'static str, id: u128, mode: Mode, list: Vec<String>) -> Pe
     });
     let node = Node::builder(name)
         .node_id(NodeId(id))
-        .session("retries")
+        .group("retries")
         .discovery(Static::new(list))
         .serve(router(worker))
         .reconcile_interval(Duration::from_millis(50))
@@ -134,7 +134,7 @@ async fn caller(peers: &[&Peer]) -> Node {
         .collect();
     let node = Node::builder("caller")
         .node_id(NodeId(u128::MAX))
-        .session("retries")
+        .group("retries")
         .discovery(Static::new(urls))
         .uses::<WorkClient>()
         .reconcile_interval(Duration::from_millis(50))

@@ -652,7 +652,7 @@ impl Greet for Greeter {
     }
 }
 
-fn private_group() -> (std::net::Ipv4Addr, u16) {
+fn private_multicast() -> (std::net::Ipv4Addr, u16) {
     let n = (plexus::NodeId::random().0 >> 64) as u32;
     (
         std::net::Ipv4Addr::new(239, 254, (n >> 8) as u8, (n as u8) | 1),
@@ -660,10 +660,10 @@ fn private_group() -> (std::net::Ipv4Addr, u16) {
     )
 }
 
-fn beacon(group: (std::net::Ipv4Addr, u16)) -> plexus::discovery::Beacon {
+fn beacon(multicast: (std::net::Ipv4Addr, u16)) -> plexus::discovery::Beacon {
     plexus::discovery::Beacon::loopback()
-        .multicast_group(group.0)
-        .port(group.1)
+        .multicast_group(multicast.0)
+        .port(multicast.1)
         .interval(Duration::from_millis(100))
 }
 
@@ -671,14 +671,14 @@ fn beacon(group: (std::net::Ipv4Addr, u16)) -> plexus::discovery::Beacon {
 async fn a_fleet_of_five_on_tls_with_a_key_links_up_and_an_outsider_gets_nothing() {
     let pki = TestPki::new("fleet ca");
     let key = SessionKey::new(b"fleet-7 key");
-    let group = private_group();
+    let multicast = private_multicast();
     let mut nodes = Vec::new();
     for i in 0..5 {
         let name = format!("node-{i}");
         let id = pki.member(&Member::named(&name));
         let node = plexus::Node::builder(name.clone())
-            .session("fleet")
-            .discovery(beacon(group))
+            .group("fleet")
+            .discovery(beacon(multicast))
             .reconcile_interval(Duration::from_millis(100))
             .tls(pki.node_tls(&id))
             .session_key(key.clone())
@@ -725,10 +725,10 @@ async fn a_fleet_of_five_on_tls_with_a_key_links_up_and_an_outsider_gets_nothing
 async fn a_keyed_node_does_not_answer_a_plain_connection_to_its_announced_url() {
     // What the issue saw: the URL is in the clear-text announcement, and a
     // plain Connection::connect to it used to call the node's services.
-    let group = private_group();
+    let multicast = private_multicast();
     let node = plexus::Node::builder("keyed")
-        .session("lab")
-        .discovery(beacon(group))
+        .group("lab")
+        .discovery(beacon(multicast))
         .session_key(SessionKey::new(b"lab key"))
         .serve(GreetHandler::new(Greeter))
         .start()

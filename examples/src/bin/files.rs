@@ -54,7 +54,7 @@ async fn node(
     store: &FileStore,
 ) -> Result<Node, Box<dyn std::error::Error>> {
     let builder = Node::builder(name)
-        .session("files")
+        .group("files")
         .discovery(Beacon::loopback().interval(Duration::from_millis(200)))
         .serve(store.clone());
     Ok(security.apply(builder, name)?.start().await?)

@@ -205,7 +205,7 @@ mod tests {
 
     fn ann() -> Announcement {
         Announcement::new(NodeId(9), "bob")
-            .session("s")
+            .group("s")
             .endpoint("tcp://127.0.0.1:9")
             .incarnation(1)
     }

@@ -10,7 +10,7 @@ pub(super) struct Inner {
     /// Shared with the driver, which re-announces for newcomers.
     pub(super) discovery: Arc<dyn Discovery>,
     /// The current announcement; `None` once stopped. An async lock so that
-    /// session changes are announced in the order they were made.
+    /// group changes are announced in the order they were made.
     pub(super) announcement: Arc<tokio::sync::Mutex<Option<Announcement>>>,
     pub(super) local_urls: Vec<Url>,
     pub(super) stop: CancellationToken,
@@ -52,7 +52,7 @@ impl std::fmt::Debug for Node {
         f.debug_struct("Node")
             .field("id", &self.inner.shared.id)
             .field("name", &self.inner.shared.name())
-            .field("session", &self.inner.shared.session())
+            .field("group", &self.inner.shared.group())
             .finish_non_exhaustive()
     }
 }
@@ -64,7 +64,7 @@ impl Node {
             name: name.into(),
             node_id: None,
             listen: Vec::new(),
-            session: None,
+            group: None,
             discovery: None,
             router: Router::new(),
             services: Vec::new(),
@@ -149,9 +149,9 @@ impl Node {
         })
     }
 
-    /// The session the node is in.
-    pub fn session(&self) -> Option<String> {
-        self.inner.shared.session()
+    /// The group the node is in.
+    pub fn group(&self) -> Option<String> {
+        self.inner.shared.group()
     }
 
     /// Where the node listens (with real ports for `:0`).
@@ -174,7 +174,7 @@ impl Node {
         self.inner.discovery.stats()
     }
 
-    /// Subscribes to peer and session events from now on.
+    /// Subscribes to peer and group events from now on.
     pub fn events(&self) -> NodeEvents {
         NodeEvents::new(self.inner.shared.events.subscribe())
     }
@@ -237,32 +237,32 @@ impl Node {
             .into()
     }
 
-    /// Joins `session`, leaving the current one if any: announces the change,
-    /// disconnects session-scoped links to peers of the old session and links
+    /// Joins `group`, leaving the current one if any: announces the change,
+    /// disconnects group-scoped links to peers of the old group and links
     /// the new one's.
-    pub async fn join(&self, session: impl Into<String>) -> Result<(), NodeError> {
-        self.set_session(Some(session.into())).await
+    pub async fn join(&self, group: impl Into<String>) -> Result<(), NodeError> {
+        self.set_group(Some(group.into())).await
     }
 
-    /// Same as [`Node::join`]: moves to `session`.
-    pub async fn switch(&self, session: impl Into<String>) -> Result<(), NodeError> {
-        self.set_session(Some(session.into())).await
+    /// Same as [`Node::join`]: moves to `group`.
+    pub async fn switch(&self, group: impl Into<String>) -> Result<(), NodeError> {
+        self.set_group(Some(group.into())).await
     }
 
-    /// Leaves the current session; only global services stay linked.
-    pub async fn leave_session(&self) -> Result<(), NodeError> {
-        self.set_session(None).await
+    /// Leaves the current group; only global services stay linked.
+    pub async fn leave_group(&self) -> Result<(), NodeError> {
+        self.set_group(None).await
     }
 
-    async fn set_session(&self, to: Option<String>) -> Result<(), NodeError> {
-        self.inner.shared.change_session(to).await
+    async fn set_group(&self, to: Option<String>) -> Result<(), NodeError> {
+        self.inner.shared.change_group(to).await
     }
 
-    /// Asks `peer` to join this node's session. It answers through its
+    /// Asks `peer` to join this node's group. It answers through its
     /// invite hook ([`NodeBuilder::on_invite`]): `Ok(())` once it has joined
     /// (and announced it), [`NodeError::InviteDeclined`] with its reason if
     /// it declined. A peer this node holds no connection to (it is in
-    /// another session, say) is dialed for the invitation at the endpoints
+    /// another group, say) is dialed for the invitation at the endpoints
     /// it announced, and the connection closed after.
     pub async fn invite(&self, peer: NodeId) -> Result<(), NodeError> {
         hooks::invite(&self.inner.shared, &self.inner.endpoint, peer).await

@@ -4,7 +4,7 @@
 //! or more URLs and serving several services, a [`Discovery`] backend
 //! announcing it, and a driver that tracks peers, dials them, exchanges
 //! service descriptions over the built-in `plexus.Node/describe` operation,
-//! and links services by session, scope and role. Applications see the
+//! and links services by group, scope and role. Applications see the
 //! result as typed, live [`PeerSet`]s, a [`broadcast`](Node::broadcast) to
 //! every member, and a stream of [`NodeEvent`]s. [`Actor`] runs a service's
 //! `&mut` state on its own task.
@@ -23,7 +23,7 @@
 //! use futures_util::StreamExt;
 //!
 //! let node = Node::builder("alice")
-//!     .session("lobby")
+//!     .group("lobby")
 //!     .discovery(Beacon::loopback())
 //!     .serve(ChatHandler::new(Room))
 //!     .start()
@@ -167,9 +167,9 @@ pub enum NodeError {
         /// The node's name.
         node: String,
     },
-    /// An invitation needs a session to invite to.
-    #[error("node `{node}` is in no session; join one before inviting peers to it")]
-    NotInSession {
+    /// An invitation needs a group to invite to.
+    #[error("node `{node}` is in no group; join one before inviting peers to it")]
+    NotInGroup {
         /// The node's name.
         node: String,
     },
@@ -183,22 +183,22 @@ pub enum NodeError {
         peer: NodeId,
     },
     /// The invited peer declined to join.
-    #[error("peer {peer} declined the invitation to session `{session}`: {reason}")]
+    #[error("peer {peer} declined the invitation to group `{group}`: {reason}")]
     InviteDeclined {
         /// The peer.
         peer: NodeId,
-        /// The session it was invited to.
-        session: String,
+        /// The group it was invited to.
+        group: String,
         /// Its reason.
         reason: String,
     },
     /// The invitation could not be delivered or answered.
-    #[error("inviting peer {peer} to session `{session}` failed: {reason}")]
+    #[error("inviting peer {peer} to group `{group}` failed: {reason}")]
     InviteFailed {
         /// The peer.
         peer: NodeId,
-        /// The session.
-        session: String,
+        /// The group.
+        group: String,
         /// What went wrong (dialing it, or the call).
         reason: String,
     },
@@ -211,8 +211,8 @@ pub struct KnownPeer {
     pub id: NodeId,
     /// Its name.
     pub name: String,
-    /// Its session.
-    pub session: Option<String>,
+    /// Its group.
+    pub group: Option<String>,
     /// Alive, suspect, lost or left.
     pub state: PeerState,
     /// Whether this node holds a connection to it.
@@ -231,7 +231,7 @@ pub(crate) struct Shared {
     name: Mutex<String>,
     incarnation: u64,
     pub(crate) services: Vec<ServiceInfo>,
-    session: Mutex<Option<String>>,
+    group: Mutex<Option<String>>,
     /// Service full name → linked peers and the connection to each.
     links: Mutex<HashMap<String, BTreeMap<NodeId, Connection>>>,
     known: Mutex<BTreeMap<NodeId, KnownPeer>>,
@@ -244,7 +244,7 @@ pub(crate) struct Shared {
     pub(crate) hooks: hooks::Hooks,
     /// Broadcasts relayed through this node recently (mesh relay).
     pub(crate) relayed: relay::Seen,
-    /// What changing the session needs, set once the node has started.
+    /// What changing the group needs, set once the node has started.
     control: std::sync::OnceLock<Control>,
 }
 
@@ -263,29 +263,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn session(&self) -> Option<String> {
-        lock(&self.session).clone()
+    pub(crate) fn group(&self) -> Option<String> {
+        lock(&self.group).clone()
     }
 
-    /// Moves this node to session `to` (`None`: no session): announces the
-    /// change through discovery at once, emits `SessionChanged` and has the
+    /// Moves this node to group `to` (`None`: no group): announces the
+    /// change through discovery at once, emits `GroupChanged` and has the
     /// driver re-check every peer. Even if announcing fails the node is in
-    /// the new session; peers learn it when they connect (descriptions carry
+    /// the new group; peers learn it when they connect (descriptions carry
     /// it).
-    pub(crate) async fn change_session(&self, to: Option<String>) -> Result<(), NodeError> {
+    pub(crate) async fn change_group(&self, to: Option<String>) -> Result<(), NodeError> {
         let stopped = || NodeError::Stopped { node: self.name() };
         let control = self.control.get().ok_or_else(stopped)?;
         let mut announcement = control.announcement.lock().await;
         let Some(current) = announcement.as_mut() else {
             return Err(stopped());
         };
-        let from = std::mem::replace(&mut *lock(&self.session), to.clone());
+        let from = std::mem::replace(&mut *lock(&self.group), to.clone());
         if from == to {
             return Ok(());
         }
-        current.session = to.clone();
+        current.group = to.clone();
         let result = control.discovery.update(current.clone()).await;
-        let _ = self.inputs.send(Input::SessionChanged { from, to });
+        let _ = self.inputs.send(Input::GroupChanged { from, to });
         result.map_err(|source| NodeError::Discovery {
             node: self.name(),
             source,
@@ -300,7 +300,7 @@ impl Shared {
         NodeDescription {
             node_id: self.id.to_string(),
             name: self.name(),
-            session: self.session(),
+            group: self.group(),
             incarnation: self.incarnation,
             services: self.services.clone(),
         }
@@ -356,7 +356,7 @@ pub struct NodeBuilder {
     name: String,
     node_id: Option<NodeId>,
     listen: Vec<String>,
-    session: Option<String>,
+    group: Option<String>,
     discovery: Option<Box<dyn Discovery>>,
     router: Router,
     services: Vec<Participation>,
@@ -396,7 +396,7 @@ impl std::fmt::Debug for NodeBuilder {
         f.debug_struct("NodeBuilder")
             .field("name", &self.name)
             .field("listen", &self.listen)
-            .field("session", &self.session)
+            .field("group", &self.group)
             .field("services", &services)
             .finish_non_exhaustive()
     }
@@ -453,7 +453,7 @@ impl NodeBuilder {
 
     /// Serves a live page of the mesh this node sees on `addr`, a loopback
     /// `host:port` (`127.0.0.1:0` picks a port; [`Node::topology_url`] says
-    /// which): the nodes it knows with their sessions, roles, services and
+    /// which): the nodes it knows with their groups, roles, services and
     /// liveness, its links and the call rate on each, updated as they
     /// change. Feature `topology`; see `docs/OBSERVABILITY.md`.
     #[cfg(feature = "topology")]
@@ -478,9 +478,9 @@ impl NodeBuilder {
         self
     }
 
-    /// The session to be in from the start.
-    pub fn session(mut self, session: impl Into<String>) -> Self {
-        self.session = Some(session.into());
+    /// The group to be in from the start.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
         self
     }
 
@@ -543,7 +543,7 @@ impl NodeBuilder {
     }
 
     /// Sets the scope of service `C` on this node (default
-    /// [`Scope::Session`]). A link is global only when both sides say so.
+    /// [`Scope::Group`]). A link is global only when both sides say so.
     pub fn scope<C: Contract>(mut self, scope: Scope) -> Self {
         self.scopes.push((C::DESCRIPTOR.full_name, scope));
         self
@@ -606,12 +606,12 @@ impl NodeBuilder {
         NodeEvents::new(self.events.subscribe())
     }
 
-    /// While the node is in no session, it joins the session of the first
+    /// While the node is in no group, it joins the group of the first
     /// peer on the same host that is in one (LightImage's *follow
     /// locally*): a tool started next to an application joins whatever the
     /// application is doing. A peer is on this host when its endpoints are
     /// (`unix://`, `inproc://`, a loopback address, or an address this host
-    /// can bind). Once in a session the node stays there until told
+    /// can bind). Once in a group the node stays there until told
     /// otherwise.
     pub fn follow_locally(mut self) -> Self {
         self.follow_locally = true;
@@ -619,7 +619,7 @@ impl NodeBuilder {
     }
 
     /// Decides on invitations ([`Node::invite`]) from peers: return `Ok(())`
-    /// to join the inviter's session (leaving the current one), `Err(reason)`
+    /// to join the inviter's group (leaving the current one), `Err(reason)`
     /// to decline. Without a hook (or [`accept_invites`](Self::accept_invites))
     /// every invitation is declined. The hook runs on the connection's task:
     /// keep it short.
@@ -682,12 +682,7 @@ impl NodeBuilder {
             if let Some(role) = &p.role {
                 check_role(d, role)?;
             }
-            infos.push(ServiceInfo::new(
-                d,
-                p.role.clone(),
-                Scope::Session,
-                p.serves,
-            ));
+            infos.push(ServiceInfo::new(d, p.role.clone(), Scope::Group, p.serves));
         }
         for (service, scope) in &self.scopes {
             let info = infos
@@ -734,7 +729,7 @@ impl NodeBuilder {
             name: Mutex::new(self.name.clone()),
             incarnation: announcement.incarnation,
             services,
-            session: Mutex::new(self.session.clone()),
+            group: Mutex::new(self.group.clone()),
             links: Mutex::new(HashMap::new()),
             known: Mutex::new(BTreeMap::new()),
             events,
@@ -833,7 +828,7 @@ impl NodeBuilder {
             .iter()
             .map(|s| s.full_name.clone())
             .collect();
-        announcement.session = self.session;
+        announcement.group = self.group;
         let mut discovery: Box<dyn Discovery> = match self.discovery {
             Some(d) => d,
             None => Box::new(Beacon::loopback()),
@@ -894,7 +889,7 @@ impl NodeBuilder {
     }
 }
 
-/// The node's part of its reflection: name, session, endpoints, roles.
+/// The node's part of its reflection: name, group, endpoints, roles.
 fn node_reflection(
     shared: Weak<Shared>,
     listening: Arc<std::sync::OnceLock<Vec<String>>>,
@@ -903,7 +898,7 @@ fn node_reflection(
         let shared = shared.upgrade()?;
         Some(crate::reflection::NodeReflection {
             name: shared.name(),
-            session: shared.session(),
+            group: shared.group(),
             incarnation: shared.incarnation,
             endpoints: listening.get().cloned().unwrap_or_default(),
             participation: shared
@@ -913,7 +908,8 @@ fn node_reflection(
                     service: s.full_name.clone(),
                     role: s.role.clone(),
                     scope: match s.scope {
-                        Scope::Session => "session".into(),
+                        // The wire keeps the scope's first name.
+                        Scope::Group => "session".into(),
                         Scope::Global => "global".into(),
                     },
                     serves: s.serves,

@@ -109,7 +109,7 @@ async fn main() {
         .port(o.port)
         .interval(Duration::from_millis(200));
     let mut builder = Node::builder(o.name.clone())
-        .session("hosts")
+        .group("hosts")
         .discovery(beacon)
         .reconcile_interval(Duration::from_millis(200))
         .serve(SiteHandler::new(Named(o.name.clone())))
