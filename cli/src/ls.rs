@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::Args;
-use plexus::discovery::{Beacon, DiscoveryEvent, DiscoveryEvents, PeerRecord, SessionKey};
+use plexus::discovery::{Beacon, DiscoveryEvent, DiscoveryEvents, PeerRecord};
 use plexus::reflection::{self, Description};
+use plexus::wire::SessionKey;
 use plexus::CallOptions;
 use serde::Serialize;
 

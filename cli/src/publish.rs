@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
-use plexus::discovery::{Beacon, SessionKey, Static};
+use plexus::discovery::{Beacon, Static};
 use plexus::patterns::{topic_fingerprint, topic_matches};
+use plexus::wire::SessionKey;
 use plexus::{
     contract::{CallKind, JsonSchemas, MethodDescriptor, ServiceDescriptor},
     stream::Outbound,

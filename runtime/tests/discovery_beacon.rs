@@ -10,8 +10,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use plexus::discovery::{
-    Announcement, Beacon, Discovery, DiscoveryError, DiscoveryEvent, DiscoveryEvents, SessionKey,
+    Announcement, Beacon, Discovery, DiscoveryError, DiscoveryEvent, DiscoveryEvents,
 };
+use plexus::wire::SessionKey;
 use plexus::NodeId;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};

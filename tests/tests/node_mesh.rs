@@ -12,7 +12,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use plexus::discovery::{Beacon, SessionKey};
+use plexus::discovery::Beacon;
+use plexus::wire::SessionKey;
 use plexus::{
     node::{Actor, NodeBuilder, NodeEvent, NodeEvents, PeerChange, Scope},
     Node,

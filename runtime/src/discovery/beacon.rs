@@ -144,7 +144,8 @@ impl Default for BeaconConfig {
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
-/// use plexus::discovery::{Announcement, Beacon, Discovery, SessionKey};
+/// use plexus::discovery::{Announcement, Beacon, Discovery};
+/// use plexus::wire::SessionKey;
 ///
 /// let beacon = Beacon::loopback()
 ///     .port(47500)

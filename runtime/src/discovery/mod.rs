@@ -61,11 +61,11 @@ pub use self::announcement::{
     MAX_ENDPOINTS, MAX_SERVICES, MAX_TEXT_LEN,
 };
 pub use self::beacon::{Beacon, BeaconConfig, DEFAULT_MULTICAST_GROUP, DEFAULT_PORT};
-pub use self::datagram::{DatagramError, SessionKey};
 #[cfg(feature = "etcd")]
 pub use self::etcd::{Etcd, EtcdConfig};
 pub use self::liveness::{Liveness, LivenessConfig, Observation, PeerState};
 pub use self::static_list::Static;
+use crate::wire::SessionKey;
 use crate::NodeId;
 
 /// The future a [`Discovery`] method returns.
