@@ -42,7 +42,7 @@ pub async fn start_at(url: &str) -> Result<Server, BoxError> {
 }
 
 /// A server of the echo contract on `url`, to configure further and start.
-pub fn server(url: &str) -> plexus::ServerBuilder {
+pub fn server(url: &str) -> plexus::server::ServerBuilder {
     Server::bind(url).serve(EchoHandler::new(Echoing))
 }
 

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use plexus::discovery::Beacon;
-use plexus::node::{Node, NodeEvent};
+use plexus::{node::NodeEvent, Node};
 use plexus::{NodeId, Reject};
 
 use crate::{memory, BoxError};
@@ -169,10 +169,10 @@ async fn mesh(
         // beacon on loopback; linking, describing and calls are the same.
         let node = Node::builder(format!("node-{i}"))
             .listen(format!("inproc://scale-{run}-{i}"))
-            .session("scale")
+            .group("scale")
             .discovery(
                 Beacon::loopback()
-                    .group(group.0)
+                    .multicast_group(group.0)
                     .port(group.1)
                     .interval(interval),
             )

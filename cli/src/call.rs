@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use futures_util::StreamExt;
 use plexus::reflection;
-use plexus::{CallError, CallOptions, Connection, Inbound};
+use plexus::{stream::Inbound, CallError, CallOptions, Connection};
 use tokio::io::AsyncBufReadExt;
 
 use crate::error::CliError;
@@ -206,7 +206,7 @@ async fn print_stream(
 async fn send_items(
     plan: &Plan,
     items: &[String],
-    out: &mut plexus::Outbound,
+    out: &mut plexus::stream::Outbound,
 ) -> Result<(), CliError> {
     let failed = |e: CallError| CliError::call(&plan.op, e, Some(&plan.shape));
     if !items.is_empty() {

@@ -100,9 +100,9 @@ fn print_description(description: &Description, services: &[&ServiceReflection])
     let id = &description.node_id;
     match &description.node {
         Some(node) => print_line(&format!(
-            "node {} {id} session={} at {}",
+            "node {} {id} group={} at {}",
             node.name,
-            node.session.as_deref().unwrap_or("-"),
+            node.group.as_deref().unwrap_or("-"),
             node.endpoints.join(" ")
         )),
         None => print_line(&format!("endpoint {id}")),

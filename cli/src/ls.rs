@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::Args;
-use plexus::discovery::{Beacon, DiscoveryEvent, DiscoveryEvents, PeerRecord, SessionKey};
+use plexus::discovery::{Beacon, DiscoveryEvent, DiscoveryEvents, PeerRecord};
 use plexus::reflection::{self, Description};
+use plexus::wire::SessionKey;
 use plexus::CallOptions;
 use serde::Serialize;
 
@@ -39,8 +40,8 @@ pub struct NodeSighting {
     pub id: String,
     /// Name.
     pub name: String,
-    /// Session.
-    pub session: Option<String>,
+    /// Group.
+    pub group: Option<String>,
     /// Where it listens.
     pub endpoints: Vec<String>,
     /// Service names it announces.
@@ -55,7 +56,7 @@ impl NodeSighting {
         NodeSighting {
             id: record.node_id.to_string(),
             name: record.name.clone(),
-            session: record.session.clone(),
+            group: record.group.clone(),
             endpoints: record.endpoints.clone(),
             services: record.services.clone(),
             state: state.to_owned(),
@@ -72,14 +73,14 @@ pub fn source_name(args: &DiscoveryArgs) -> String {
     } else {
         format!(
             "the beacon on {}:{} (interface {})",
-            args.beacon_group, args.beacon_port, args.beacon_interface
+            args.beacon_multicast_group, args.beacon_port, args.beacon_interface
         )
     }
 }
 
 fn beacon(args: &DiscoveryArgs) -> Beacon {
     let mut beacon = Beacon::loopback()
-        .group(args.beacon_group)
+        .multicast_group(args.beacon_multicast_group)
         .port(args.beacon_port)
         .interface(args.beacon_interface);
     if let Some(key) = &args.beacon_key {
@@ -178,7 +179,7 @@ async fn static_sightings(global: &Global) -> Vec<NodeSighting> {
             let unreachable = NodeSighting {
                 id: String::new(),
                 name: url.clone(),
-                session: None,
+                group: None,
                 endpoints: vec![url.clone()],
                 services: Vec::new(),
                 state: "unreachable".into(),
@@ -202,7 +203,7 @@ async fn static_sightings(global: &Global) -> Vec<NodeSighting> {
                 name: node
                     .as_ref()
                     .map_or_else(|| url.clone(), |n| n.name.clone()),
-                session: node.as_ref().and_then(|n| n.session.clone()),
+                group: node.as_ref().and_then(|n| n.group.clone()),
                 endpoints: node
                     .as_ref()
                     .map_or_else(|| vec![url.clone()], |n| n.endpoints.clone()),
@@ -299,7 +300,7 @@ pub async fn run(global: &Global, args: LsArgs) -> Result<(), CliError> {
     let mut table = vec![[
         "NAME".to_owned(),
         "ID".to_owned(),
-        "SESSION".to_owned(),
+        "GROUP".to_owned(),
         "STATE".to_owned(),
         "ADDRESSES".to_owned(),
         "SERVICES".to_owned(),
@@ -326,7 +327,7 @@ pub async fn run(global: &Global, args: LsArgs) -> Result<(), CliError> {
         table.push([
             s.name.clone(),
             s.id.chars().take(8).collect(),
-            s.session.clone().unwrap_or_else(|| "-".into()),
+            s.group.clone().unwrap_or_else(|| "-".into()),
             s.state.clone(),
             s.endpoints.join(" "),
             services,
@@ -460,10 +461,10 @@ async fn watch(global: &Global, args: &LsArgs) -> Result<(), CliError> {
             print_line(&value.to_string());
         } else {
             print_line(&format!(
-                "{name:<10} {} {} session={} {} [{}]",
+                "{name:<10} {} {} group={} {} [{}]",
                 node.name,
                 node.id.chars().take(8).collect::<String>(),
-                node.session.as_deref().unwrap_or("-"),
+                node.group.as_deref().unwrap_or("-"),
                 node.endpoints.join(" "),
                 node.services.join(", ")
             ));

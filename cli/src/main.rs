@@ -88,12 +88,12 @@ pub struct TlsArgs {
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Discovery")]
 pub struct DiscoveryArgs {
-    /// UDP port of the beacon group.
+    /// UDP port of the beacon multicast group.
     #[arg(long, global = true, default_value_t = plexus::discovery::DEFAULT_PORT)]
     pub beacon_port: u16,
     /// Multicast group of the beacon.
-    #[arg(long, global = true, default_value_t = plexus::discovery::DEFAULT_GROUP)]
-    pub beacon_group: std::net::Ipv4Addr,
+    #[arg(long, global = true, default_value_t = plexus::discovery::DEFAULT_MULTICAST_GROUP)]
+    pub beacon_multicast_group: std::net::Ipv4Addr,
     /// Local interface address to listen for beacons on (default loopback).
     #[arg(long, global = true, default_value_t = std::net::Ipv4Addr::LOCALHOST)]
     pub beacon_interface: std::net::Ipv4Addr,
@@ -117,7 +117,7 @@ pub struct DiscoveryArgs {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List nodes: name, id, session, roles, services, addresses, liveness.
+    /// List nodes: name, id, group, roles, services, addresses, liveness.
     Ls(ls::LsArgs),
     /// Show what a server or node serves: services, operations, message schemas.
     Describe(describe::DescribeArgs),
@@ -127,7 +127,7 @@ pub enum Command {
     Health(health::HealthArgs),
     /// Print a topic's events as JSON lines.
     Sub(sub::SubArgs),
-    /// Publish events on a topic to the subscribers in a session.
+    /// Publish events on a topic to the subscribers in a group.
     Pub(publish::PubArgs),
     /// Load an operation with concurrent calls; report calls/s and latency percentiles.
     Bench(bench::BenchArgs),

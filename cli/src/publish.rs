@@ -1,4 +1,4 @@
-//! `plexus pub`: publish events on a topic to the subscribers of a session.
+//! `plexus pub`: publish events on a topic to the subscribers of a group.
 //!
 //! Subscribers follow publishers they are linked with, so this command
 //! joins the mesh for a moment: it starts a node that serves the topic in
@@ -13,10 +13,13 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
-use plexus::discovery::{Beacon, SessionKey, Static};
+use plexus::discovery::{Beacon, Static};
 use plexus::patterns::{topic_fingerprint, topic_matches};
+use plexus::wire::SessionKey;
 use plexus::{
-    CallKind, JsonSchemas, MethodDescriptor, Node, Outbound, Reject, Router, ServiceDescriptor,
+    contract::{CallKind, JsonSchemas, MethodDescriptor, ServiceDescriptor},
+    stream::Outbound,
+    Node, Reject, Router,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
@@ -33,9 +36,9 @@ pub struct PubArgs {
     pub topic: String,
     /// Events as JSON (none: one per line of stdin).
     pub events: Vec<String>,
-    /// The session to publish in (subscribers link only inside theirs).
+    /// The group to publish in (subscribers link only inside theirs).
     #[arg(long)]
-    pub session: Option<String>,
+    pub group: Option<String>,
     /// Subscribers to wait for before publishing.
     #[arg(long, default_value_t = 1)]
     pub subscribers: usize,
@@ -176,8 +179,8 @@ pub async fn run(global: &Global, args: PubArgs) -> Result<(), CliError> {
             "publisher",
         )
         .without_reflection();
-    if let Some(session) = &args.session {
-        builder = builder.session(session.clone());
+    if let Some(group) = &args.group {
+        builder = builder.group(group.clone());
     }
     let d = &global.discovery;
     builder = if !d.static_urls.is_empty() {
@@ -188,7 +191,7 @@ pub async fn run(global: &Global, args: PubArgs) -> Result<(), CliError> {
         ));
     } else {
         let mut beacon = Beacon::loopback()
-            .group(d.beacon_group)
+            .multicast_group(d.beacon_multicast_group)
             .port(d.beacon_port)
             .interface(d.beacon_interface);
         if let Some(key) = &d.beacon_key {
@@ -208,7 +211,7 @@ pub async fn run(global: &Global, args: PubArgs) -> Result<(), CliError> {
     .await;
     let outcome = match waited {
         Err(_) => Err(CliError::Unreachable(format!(
-            "{} of {} subscriber(s) of {} subscribed within {}\n  try: check the --session and discovery flags, or a longer --wait-subscribers",
+            "{} of {} subscriber(s) of {} subscribed within {}\n  try: check the --group and discovery flags, or a longer --wait-subscribers",
             subscribers.all().len(),
             args.subscribers,
             args.service,

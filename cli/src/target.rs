@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use plexus::{Connection, Endpoint, TlsConfig};
+use plexus::{transport::TlsConfig, Connection, Endpoint};
 
 use crate::error::{did_you_mean, nearest, CliError};
 use crate::ls::{self, NodeSighting};

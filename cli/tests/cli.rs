@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use plexus::health::ServingStatus;
-use plexus::node::Node;
 use plexus::patterns::{Publisher, Subscriber, TopicClient};
+use plexus::Node;
 use plexus::{Bytes, Endpoint, Reject, Server};
 use serde_json::json;
 
@@ -41,12 +41,12 @@ fn url(server: &Server) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ls_finds_three_nodes_with_their_services() {
-    let group = private_group();
+    let multicast = private_multicast();
     let mut nodes = Vec::new();
-    for (name, session) in [("alice", "lab"), ("bob", "lab"), ("carol", "ops")] {
+    for (name, group) in [("alice", "lab"), ("bob", "lab"), ("carol", "ops")] {
         let mut builder = Node::builder(name)
-            .session(session)
-            .discovery(beacon(group))
+            .group(group)
+            .discovery(beacon(multicast))
             .serve(GreeterHandler::new(Host::default()));
         if name == "carol" {
             builder = builder.serve_as(
@@ -57,7 +57,7 @@ async fn ls_finds_three_nodes_with_their_services() {
         nodes.push(bounded("node starts", builder.start()).await.expect("node"));
     }
     let mut args = vec!["ls", "--json", "--wait", "3s"];
-    let flags = beacon_flags(group);
+    let flags = beacon_flags(multicast);
     args.extend(flags.iter().map(String::as_str));
     let listed = plexus(&args).await.ok().json();
     let listed = listed.as_array().expect("an array of nodes");
@@ -68,7 +68,7 @@ async fn ls_finds_three_nodes_with_their_services() {
             .find(|r| r["name"] == node.name())
             .unwrap_or_else(|| panic!("{} missing from {listed:#?}", node.name()));
         assert_eq!(row["id"], node.id().to_string());
-        assert_eq!(row["session"], json!(node.session()));
+        assert_eq!(row["group"], json!(node.group()));
         assert_eq!(row["state"], "alive");
         assert_eq!(row["endpoints"], json!([node.local_urls()[0].to_string()]));
         let services: Vec<&str> = row["services"]
@@ -133,14 +133,14 @@ async fn ls_finds_three_nodes_with_their_services() {
 
 #[tokio::test]
 async fn ls_watch_reports_a_node_arriving_and_leaving() {
-    let group = private_group();
+    let multicast = private_multicast();
     let mut args: Vec<String> = ["ls", "--watch", "--json", "--for", "20s"]
         .map(String::from)
         .into();
-    args.extend(beacon_flags(group));
+    args.extend(beacon_flags(multicast));
     let mut watching = Running::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let node = Node::builder("dave")
-        .discovery(beacon(group))
+        .discovery(beacon(multicast))
         .serve(GreeterHandler::new(Host::default()))
         .start()
         .await
@@ -568,7 +568,7 @@ async fn health_exit_codes_follow_the_served_status_and_the_drain() {
 #[tokio::test]
 async fn a_node_reports_not_serving_from_the_start_of_its_stop() {
     let node = Node::builder("erin")
-        .discovery(beacon(private_group()))
+        .discovery(beacon(private_multicast()))
         .serve(GreeterHandler::new(Host::default()))
         .start()
         .await
@@ -719,11 +719,11 @@ plexus::topic! {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_prints_a_topics_events_and_pub_reaches_subscribers() {
-    let group = private_group();
+    let multicast = private_multicast();
     let publisher = Publisher::<Telemetry>::new();
     let pub_node = Node::builder("station")
-        .session("lab")
-        .discovery(beacon(group))
+        .group("lab")
+        .discovery(beacon(multicast))
         .serve_as(publisher.clone(), "publisher")
         .start()
         .await
@@ -746,23 +746,23 @@ async fn sub_prints_a_topics_events_and_pub_reaches_subscribers() {
             json!({"topic": "hall/t2", "event": {"sensor": "hall/t2", "celsius": 21.0}}),
         ]
     );
-    // `plexus pub` joins the session as a publisher and reaches a subscriber node.
+    // `plexus pub` joins the group as a publisher and reaches a subscriber node.
     let sub_node = Node::builder("listener")
-        .session("lab")
-        .discovery(beacon(group))
+        .group("lab")
+        .discovery(beacon(multicast))
         .uses_as::<Telemetry>("subscriber")
         .start()
         .await
         .expect("subscriber node");
     let subscriber =
         Subscriber::<Telemetry>::builder().follow(sub_node.peers::<TopicClient<Telemetry>>());
-    let flags = beacon_flags(group);
+    let flags = beacon_flags(multicast);
     let mut args = vec![
         "pub",
         "telemetry.Telemetry",
         "roof/t9",
         r#"{"sensor": "roof", "celsius": -3.5}"#,
-        "--session",
+        "--group",
         "lab",
         "--json",
         "--subscribers",

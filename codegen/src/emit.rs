@@ -533,7 +533,7 @@ fn emit_descriptor(service: &ServiceDef) -> TokenStream {
     let methods = service.methods.iter().map(|method| {
         let name = &method.schema_name;
         let op = service.op_id(method);
-        let kind = method.kind.runtime_path();
+        let kind = crate::model::runtime_path(method.kind);
         let role = match &method.role {
             Some(role) => quote!(::core::option::Option::Some(#role)),
             None => quote!(::core::option::Option::None),
@@ -547,7 +547,7 @@ fn emit_descriptor(service: &ServiceDef) -> TokenStream {
                 let params = method.params.iter().map(|p| {
                     let pname = p.name.to_string();
                     let ty = crate::fingerprint::squeeze(&p.ty.to_token_stream().to_string());
-                    quote!(::plexus::ParamDescriptor { name: #pname, ty: #ty })
+                    quote!(::plexus::contract::ParamDescriptor { name: #pname, ty: #ty })
                 });
                 let request_ty = method.request_type();
                 let reply_ty = &method.reply;
@@ -566,17 +566,19 @@ fn emit_descriptor(service: &ServiceDef) -> TokenStream {
                 (
                     quote!(&[#(#params),*]),
                     quote! {
-                        || ::plexus::JsonSchemas {
+                        || ::plexus::contract::JsonSchemas {
                             request: #request_probe,
                             reply: #reply_probe,
                         }
                     },
                 )
             }
-            SchemaSource::Proto { .. } => (quote!(&[]), quote!(::plexus::JsonSchemas::none)),
+            SchemaSource::Proto { .. } => {
+                (quote!(&[]), quote!(::plexus::contract::JsonSchemas::none))
+            }
         };
         quote! {
-            ::plexus::MethodDescriptor {
+            ::plexus::contract::MethodDescriptor {
                 name: #name,
                 op: #op,
                 kind: #kind,
@@ -591,7 +593,7 @@ fn emit_descriptor(service: &ServiceDef) -> TokenStream {
         }
     });
     quote! {
-        &::plexus::ServiceDescriptor {
+        &::plexus::contract::ServiceDescriptor {
             package: #package,
             name: #name,
             full_name: #full_name,
@@ -635,7 +637,7 @@ fn emit_client(service: &ServiceDef, names: &Names) -> TokenStream {
         #[allow(dead_code)]
         impl #client {
             /// The contract this client speaks.
-            pub const DESCRIPTOR: &'static ::plexus::ServiceDescriptor = #descriptor;
+            pub const DESCRIPTOR: &'static ::plexus::contract::ServiceDescriptor = #descriptor;
 
             /// A client calling over an established connection.
             pub fn new(connection: ::plexus::Connection) -> Self {
@@ -662,8 +664,8 @@ fn emit_client(service: &ServiceDef, names: &Names) -> TokenStream {
             #(#methods)*
         }
 
-        impl ::plexus::Contract for #client {
-            const DESCRIPTOR: &'static ::plexus::ServiceDescriptor = #client::DESCRIPTOR;
+        impl ::plexus::contract::Contract for #client {
+            const DESCRIPTOR: &'static ::plexus::contract::ServiceDescriptor = #client::DESCRIPTOR;
         }
 
         impl ::plexus::node::Client for #client {
@@ -759,12 +761,12 @@ fn emit_client_method(service: &ServiceDef, names: &Names, method: &MethodDef) -
             },
         ),
         CallKind::ClientStream => (
-            quote!((::plexus::StreamSender<#request_ty>, ::plexus::ReplyFuture<#reply>)),
+            quote!((::plexus::StreamSender<#request_ty>, ::plexus::contract::ReplyFuture<#reply>)),
             quote! {
                 let (outbound, reply) = self.connection.client_stream(#op, #options).await?;
                 ::core::result::Result::Ok((
                     ::plexus::StreamSender::new::<#request_codec>(outbound, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
-                    ::plexus::ReplyFuture::new::<#reply_codec>(reply, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
+                    ::plexus::contract::ReplyFuture::new::<#reply_codec>(reply, #op, ::core::clone::Clone::clone(self.connection.peer().label())),
                 ))
             },
         ),
@@ -813,7 +815,7 @@ fn emit_handler(service: &ServiceDef, names: &Names) -> TokenStream {
         #[allow(dead_code)]
         impl<T> #handler<T> {
             /// The contract this handler serves.
-            pub const DESCRIPTOR: &'static ::plexus::ServiceDescriptor = #client::DESCRIPTOR;
+            pub const DESCRIPTOR: &'static ::plexus::contract::ServiceDescriptor = #client::DESCRIPTOR;
 
             /// Serves `service`.
             pub fn new(service: T) -> Self {
@@ -838,11 +840,11 @@ fn emit_handler(service: &ServiceDef, names: &Names) -> TokenStream {
             }
         }
 
-        impl<T> ::plexus::Contract for #handler<T> {
-            const DESCRIPTOR: &'static ::plexus::ServiceDescriptor = #client::DESCRIPTOR;
+        impl<T> ::plexus::contract::Contract for #handler<T> {
+            const DESCRIPTOR: &'static ::plexus::contract::ServiceDescriptor = #client::DESCRIPTOR;
         }
 
-        impl<T> ::plexus::IntoRouter for #handler<T>
+        impl<T> ::plexus::server::IntoRouter for #handler<T>
         where
             T: #ident + ::core::marker::Send + ::core::marker::Sync + 'static,
         {
@@ -909,9 +911,9 @@ fn emit_route(
         quote!(_)
     };
     let forward = if method.fallible_items {
-        quote!(::plexus::typed::forward_fallible::<#reply_codec, #reply>)
+        quote!(::plexus::contract::forward_fallible::<#reply_codec, #reply>)
     } else {
-        quote!(::plexus::typed::forward::<#reply_codec, #reply>)
+        quote!(::plexus::contract::forward::<#reply_codec, #reply>)
     };
 
     let (register, params, body_code) = match method.kind {
@@ -932,7 +934,7 @@ fn emit_route(
                         #unpack
                         #invoke
                     }
-                    ::core::result::Result::Err(reject) => ::plexus::typed::undecodable_oneway(#op, &reject),
+                    ::core::result::Result::Err(reject) => ::plexus::contract::undecodable_oneway(#op, &reject),
                 }
             },
         ),

@@ -7,6 +7,13 @@
 //! - front ends: the `#[plexus::service]` macro (crate `plexus-macros`) and
 //!   [`compile_protos`] for `.proto` files in `build.rs` (feature `proto`, on by default).
 //!
+//! What the emitter generates is pinned by a golden file: the expansion of
+//! one contract with every call kind, `macros/golden/chat.expanded.rs`,
+//! checked by `macros/src/golden.rs`. A change here that alters generated
+//! code fails that test; rewrite the file with
+//! `PLEXUS_BLESS=1 cargo test -p plexus-macros --lib golden` and review its
+//! diff with the change (`docs/CONTRACTS.md`).
+//!
 //! ```no_run
 //! // build.rs
 //! fn main() -> Result<(), plexus_codegen::Error> {

@@ -61,52 +61,19 @@ pub enum SchemaSource {
     },
 }
 
-/// The five shapes a call can take on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CallKind {
-    /// One request, then an ack carrying the reply or a rejection.
-    Unary,
-    /// One request, no ack: fire-and-forget.
-    OneWay,
-    /// A stream of requests, then one reply.
-    ClientStream,
-    /// One request, then a stream of replies.
-    ServerStream,
-    /// Requests and replies streamed both ways at once.
-    Bidi,
-}
+/// The five shapes a call can take on the wire: the runtime's own type
+/// (`plexus::contract::CallKind`), from the crate both depend on.
+pub use plexus_call_kind::CallKind;
 
-impl CallKind {
-    /// The stable name used in descriptors and fingerprints.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallKind::Unary => "unary",
-            CallKind::OneWay => "oneway",
-            CallKind::ClientStream => "client_stream",
-            CallKind::ServerStream => "server_stream",
-            CallKind::Bidi => "bidi",
-        }
-    }
-
-    /// Whether requests arrive as a stream.
-    pub fn streams_requests(self) -> bool {
-        matches!(self, CallKind::ClientStream | CallKind::Bidi)
-    }
-
-    /// Whether replies leave as a stream.
-    pub fn streams_replies(self) -> bool {
-        matches!(self, CallKind::ServerStream | CallKind::Bidi)
-    }
-
-    /// Tokens naming the runtime's `plexus::CallKind` variant.
-    pub fn runtime_path(self) -> TokenStream {
-        match self {
-            CallKind::Unary => quote!(::plexus::CallKind::Unary),
-            CallKind::OneWay => quote!(::plexus::CallKind::OneWay),
-            CallKind::ClientStream => quote!(::plexus::CallKind::ClientStream),
-            CallKind::ServerStream => quote!(::plexus::CallKind::ServerStream),
-            CallKind::Bidi => quote!(::plexus::CallKind::Bidi),
-        }
+/// Tokens naming `kind`'s variant of the runtime's
+/// `plexus::contract::CallKind`, for generated descriptors.
+pub fn runtime_path(kind: CallKind) -> TokenStream {
+    match kind {
+        CallKind::Unary => quote!(::plexus::contract::CallKind::Unary),
+        CallKind::OneWay => quote!(::plexus::contract::CallKind::OneWay),
+        CallKind::ClientStream => quote!(::plexus::contract::CallKind::ClientStream),
+        CallKind::ServerStream => quote!(::plexus::contract::CallKind::ServerStream),
+        CallKind::Bidi => quote!(::plexus::contract::CallKind::Bidi),
     }
 }
 

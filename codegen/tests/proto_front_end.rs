@@ -54,7 +54,7 @@ fn good_schema_generates_messages_client_handler_and_descriptor_set() {
         "for ::plexus::node::Actor<PlexusActorState>",
         "pub struct GreeterFanout",
         "\"greet.Greeter/SayHello\"",
-        "::plexus::CallKind::OneWay",
+        "::plexus::contract::CallKind::OneWay",
         "/// Says hello.",
     ] {
         assert!(code.contains(expected), "missing `{expected}` in:\n{code}");

@@ -14,9 +14,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use plexus::discovery::SessionKey;
 use plexus::node::NodeBuilder;
-use plexus::TlsConfig;
+use plexus::transport::TlsConfig;
+use plexus::wire::SessionKey;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,

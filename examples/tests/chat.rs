@@ -52,10 +52,7 @@ fn chat_on_tls_with_a_key_links_with_verified_certificates_and_sees_a_leave() {
         })
         .count();
     assert_eq!(linked, 6, "{out}");
-    assert!(
-        out.contains("all 3 nodes are in session \"lobby\""),
-        "{out}"
-    );
+    assert!(out.contains("all 3 nodes are in group \"lobby\""), "{out}");
     assert_eq!(out.matches("delivered").count(), 6, "{out}");
     assert_eq!(out.matches(" leave").count(), 2, "{out}");
 }

@@ -12,6 +12,8 @@
 
 mod args;
 mod ast;
+#[cfg(test)]
+mod golden;
 mod lower;
 mod valid;
 

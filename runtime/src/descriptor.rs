@@ -7,40 +7,9 @@
 //! time; this module only defines its shape and never computes anything
 //! at run time.
 
-/// The shape of one operation's call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CallKind {
-    /// One request, then an ack carrying the reply, or a rejection.
-    Unary,
-    /// One request and no ack: fire-and-forget.
-    OneWay,
-    /// A stream of requests, then one reply.
-    ClientStream,
-    /// One request, then a stream of replies.
-    ServerStream,
-    /// Requests and replies streamed both ways at once.
-    Bidi,
-}
-
-impl CallKind {
-    /// The stable lowercase name used in descriptors and fingerprints
-    /// (`unary`, `oneway`, `client_stream`, `server_stream`, `bidi`).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            CallKind::Unary => "unary",
-            CallKind::OneWay => "oneway",
-            CallKind::ClientStream => "client_stream",
-            CallKind::ServerStream => "server_stream",
-            CallKind::Bidi => "bidi",
-        }
-    }
-}
-
-impl std::fmt::Display for CallKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The shape of one operation's call; defined once, in `plexus-call-kind`,
+/// shared with the code generator.
+pub use plexus_call_kind::CallKind;
 
 /// One service contract, as static data.
 ///

@@ -284,7 +284,7 @@ pub enum CallError {
     },
     /// A call meant for one peer of a set found no peer to take it: the set
     /// was empty, or every member failed before running it.
-    #[error("no peer serving {service} could take the call (is any peer serving it linked to this node, in the same session?)")]
+    #[error("no peer serving {service} could take the call (is any peer serving it linked to this node, in the same group?)")]
     NoPeers {
         /// The service's full name.
         service: Arc<str>,

@@ -43,9 +43,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{decode_reply, decode_request, encode_reply, Codec, MsgPack};
+use crate::connection::{Inbound, Outbound};
 use crate::error::{CallError, Reject};
 use crate::router::{CallContext, Router};
-use crate::{CallOptions, Connection, Inbound, Outbound};
+use crate::{CallOptions, Connection};
 
 /// Operation id of the one-shot check.
 pub const CHECK_OP: &str = "plexus.Health/check";
@@ -323,7 +324,7 @@ pub async fn watch(
     })
 }
 
-/// The statuses a [`watch`] receives.
+/// The statuses a [`watch()`] receives.
 #[derive(Debug)]
 pub struct HealthWatch {
     inbound: Inbound,

@@ -4,7 +4,7 @@
 //! [`Interceptor`] sees each call the peer opens — operation, metadata,
 //! the peer and its verified certificate, the session — before its handler
 //! runs, and may refuse it with a [`Reject`], or admit it and leave values
-//! for the handler ([`CallContext::extension`]). A client-side
+//! for the handler ([`CallContext::extension`](crate::CallContext::extension)). A client-side
 //! [`CallInterceptor`] sees each call this side opens before it is sent
 //! (and may add metadata, such as a bearer token, or refuse it) and its
 //! outcome after. Interceptors compose in the order they were added; an

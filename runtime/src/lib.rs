@@ -13,8 +13,8 @@
 //! | service | [`Router`], [`CallContext`], and the generated clients and handlers |
 //! | introspection | [`reflection`] and [`health`]: what an endpoint serves and whether it is serving, over the wire |
 //! | endpoint | [`Endpoint`], [`Server`]: identity, handshake, listeners |
-//! | socket | [`socket`]: [`Socket`] — untyped messages to and from peers; a raw byte-stream server |
-//! | node | [`node`]: [`Node`] — discovery, sessions, roles, [`PeerSet`]s, broadcast, [`Actor`] |
+//! | socket | [`socket`]: [`Socket`](socket::Socket) — untyped messages to and from peers; a raw byte-stream server |
+//! | node | [`node`]: [`Node`] — discovery, groups, roles, [`PeerSet`](node::PeerSet)s, broadcast, [`Actor`](node::Actor) |
 //! | patterns | [`patterns`]: send to one fairly, publish/subscribe, pipeline, survey over peer sets |
 //! | observability | [`observe`]: a span per call with the OpenTelemetry RPC fields, W3C trace context, metrics, lifecycle events, the topology page |
 //! | files | [`files`]: offer files, download one in checked chunks from every peer that has it |
@@ -46,7 +46,7 @@ mod connection;
 pub mod discovery;
 mod endpoint;
 mod error;
-mod events;
+pub mod events;
 pub mod files;
 pub mod health;
 pub mod intercept;
@@ -59,35 +59,67 @@ pub mod socket;
 pub mod transport;
 pub mod wire;
 
-pub use bytes::Bytes;
-
-pub use crate::connection::{
-    Backoff, CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats, Inbound,
-    NodeId, Outbound, PeerInfo, Reply, RetryBudget, RetryPolicy, RetryStats, Session,
-    SessionRequest, TrySendError, NO_SESSIONS,
-};
-pub use crate::endpoint::{
-    ConnectRequest, Endpoint, EndpointBuilder, Listening, Server, ServerBuilder, ToUrl,
-};
-pub use crate::error::{CallError, ConnectError, Reject};
-pub use crate::events::{Event, Events};
-pub use crate::node::{Actor, Node, NodeBuilder, NodeError, NodeEvent, PeerSet, Scope};
-pub use crate::router::{CallContext, IntoRouter, Router};
-pub use crate::socket::{Message, PeerId, Socket, SocketError};
-#[cfg(feature = "tls")]
-pub use crate::transport::TlsConfig;
-pub use crate::transport::Url;
-
 // -- service-contract layer (descriptor, codecs, typed wrappers) --
 pub mod codec;
 mod descriptor;
-pub mod typed;
+mod typed;
 
-pub use crate::descriptor::{
-    CallKind, Contract, JsonSchemas, MethodDescriptor, ParamDescriptor, ServiceDescriptor,
-};
-pub use crate::typed::{BoxStream, ReplyFuture, StreamSender, Streaming};
+// The root: what a first program names. Every public item has exactly one
+// public path; the rest lives in the modules below and in the layer modules
+// above.
+pub use bytes::Bytes;
 pub use plexus_macros::service;
+
+pub use crate::connection::{
+    CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats, NodeId, PeerInfo,
+};
+pub use crate::endpoint::{Endpoint, Server, ToUrl};
+pub use crate::error::{CallError, ConnectError, Reject};
+pub use crate::node::handle::Node;
+pub use crate::router::{CallContext, Router};
+pub use crate::typed::{BoxStream, StreamSender, Streaming};
+
+/// Setting up the accepting side: the builders behind [`Server::bind`] and
+/// [`Endpoint::builder`], a running listener, what an accept hook sees, and
+/// what [`Server`] and [`Endpoint`] accept as services.
+pub mod server {
+    pub use crate::endpoint::{ConnectRequest, EndpointBuilder, Listening, ServerBuilder};
+    pub use crate::router::IntoRouter;
+}
+
+/// Sessions: named scopes opened on one connection with data, accepted or
+/// rejected by the peer, whose calls end when the session closes
+/// (`docs/PROTOCOL.md` §12). Open one with [`Connection::open_session`].
+pub mod session {
+    pub use crate::connection::{Session, SessionRequest, NO_SESSIONS};
+}
+
+/// Retries and redials: how a call is retried ([`RetryPolicy`](retry::RetryPolicy),
+/// bounded by a [`RetryBudget`](retry::RetryBudget)) and how a reconnecting
+/// connection waits between dials ([`Backoff`](retry::Backoff)).
+pub mod retry {
+    pub use crate::connection::{Backoff, RetryBudget, RetryPolicy, RetryStats};
+}
+
+/// The byte-level streams of one call, for code that works without a
+/// contract: [`Inbound`](stream::Inbound) (bodies arriving),
+/// [`Outbound`](stream::Outbound) (bodies leaving, with flow control) and
+/// [`Reply`](stream::Reply) (a client stream's answer). Typed contracts see
+/// them as [`Streaming`], [`StreamSender`] and [`ReplyFuture`](contract::ReplyFuture).
+pub mod stream {
+    pub use crate::connection::{Inbound, Outbound, Reply, TrySendError};
+}
+
+/// What a service contract is at run time: its descriptor (services,
+/// methods, call kinds, schemas), the [`Contract`](contract::Contract) trait
+/// every generated client and handler implements, and the pieces generated
+/// code builds on.
+pub mod contract {
+    pub use crate::descriptor::{
+        CallKind, Contract, JsonSchemas, MethodDescriptor, ParamDescriptor, ServiceDescriptor,
+    };
+    pub use crate::typed::{forward, forward_fallible, undecodable_oneway, ReplyFuture};
+}
 
 /// The crates generated code reaches through `plexus`, so that a crate with
 /// generated contracts needs `plexus` as its only dependency for them:

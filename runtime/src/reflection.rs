@@ -8,7 +8,7 @@
 //! with their message schemas (the compiled `FileDescriptorSet` of `.proto`
 //! contracts; argument names, Rust type names and, where the types provide
 //! one, a JSON Schema for `#[plexus::service]` contracts), every operation id
-//! it answers, and for a node its name, session, endpoints and the role it
+//! it answers, and for a node its name, group, endpoints and the role it
 //! takes in each service. Tools such as the `plexus` command-line client read
 //! it with [`describe`]; nothing in the runtime depends on it.
 //!
@@ -58,7 +58,7 @@ pub struct DescribeRequest {
 pub struct Description {
     /// The endpoint's node id, 32 hex digits.
     pub node_id: String,
-    /// For a [`Node`](crate::Node): its name, session, endpoints and roles.
+    /// For a [`Node`](crate::Node): its name, group, endpoints and roles.
     pub node: Option<NodeReflection>,
     /// The contracts served, in the order they were added (only the one
     /// asked for, if the request named one).
@@ -156,8 +156,10 @@ pub struct ParamReflection {
 pub struct NodeReflection {
     /// The node's name.
     pub name: String,
-    /// The session it is in right now.
-    pub session: Option<String>,
+    /// The group it is in right now. On the wire it keeps its first name,
+    /// `session`.
+    #[serde(rename = "session")]
+    pub group: Option<String>,
     /// Its process incarnation.
     pub incarnation: u64,
     /// The URLs it listens on.
@@ -173,7 +175,8 @@ pub struct Participation {
     pub service: String,
     /// The role the node takes, if any.
     pub role: Option<String>,
-    /// `session` or `global`.
+    /// `session` (group-scoped; the wire keeps the scope's first name) or
+    /// `global`.
     pub scope: String,
     /// Whether the node serves it (`false`: it only calls it).
     pub serves: bool,
@@ -328,9 +331,9 @@ pub async fn describe(
 }
 
 /// The machinery generated descriptors use to find a type's JSON Schema:
-/// `(&Probe::<T>::NEW).json_schema()` resolves to [`Provided`] when `T`
+/// `(&Probe::<T>::NEW).json_schema()` resolves to [`Provided`](probe::Provided) when `T`
 /// implements `schemars::JsonSchema` (with the `json-schema` feature on) and
-/// to [`Absent`] otherwise, by method resolution at compile time.
+/// to [`Absent`](probe::Absent) otherwise, by method resolution at compile time.
 pub mod probe {
     use std::marker::PhantomData;
 
@@ -363,5 +366,52 @@ pub mod probe {
         fn json_schema(&self) -> Option<String> {
             serde_json::to_string(&schemars::schema_for!(T)).ok()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node's reflection as protocol v2 names it (the group was first
+    /// called the session).
+    #[derive(Serialize, Deserialize)]
+    struct V2Node {
+        name: String,
+        session: Option<String>,
+        incarnation: u64,
+        endpoints: Vec<String>,
+        participation: Vec<Participation>,
+    }
+
+    #[test]
+    fn a_nodes_reflection_keeps_its_v2_bytes_after_the_group_rename() {
+        let participation = vec![Participation {
+            service: "demo.Chat".into(),
+            role: None,
+            scope: "session".into(),
+            serves: true,
+        }];
+        let ours = NodeReflection {
+            name: "ada".into(),
+            group: Some("lab".into()),
+            incarnation: 2,
+            endpoints: vec!["tcp://127.0.0.1:4000".into()],
+            participation: participation.clone(),
+        };
+        let v2 = V2Node {
+            name: "ada".into(),
+            session: Some("lab".into()),
+            incarnation: 2,
+            endpoints: vec!["tcp://127.0.0.1:4000".into()],
+            participation,
+        };
+        let bytes = <MsgPack as Codec<NodeReflection>>::encode(&ours).expect("encodes");
+        assert_eq!(
+            bytes,
+            <MsgPack as Codec<V2Node>>::encode(&v2).expect("encodes")
+        );
+        let back: NodeReflection = MsgPack::decode(bytes).expect("decodes");
+        assert_eq!(back, ours);
     }
 }

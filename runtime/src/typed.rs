@@ -161,8 +161,8 @@ impl<T> StreamSender<T> {
             .map_err(|e| CallError::encode(self.op.clone(), self.peer.clone(), e))?;
         match self.outbound.try_send(bytes) {
             Ok(()) => Ok(true),
-            Err(crate::TrySendError::Full(_)) => Ok(false),
-            Err(crate::TrySendError::Closed(e)) => Err(e),
+            Err(crate::connection::TrySendError::Full(_)) => Ok(false),
+            Err(crate::connection::TrySendError::Closed(e)) => Err(e),
         }
     }
 

@@ -10,8 +10,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use plexus::discovery::{
-    Announcement, Beacon, Discovery, DiscoveryError, DiscoveryEvent, DiscoveryEvents, SessionKey,
+    Announcement, Beacon, Discovery, DiscoveryError, DiscoveryEvent, DiscoveryEvents,
 };
+use plexus::wire::SessionKey;
 use plexus::NodeId;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
@@ -23,23 +24,23 @@ const MS: Duration = Duration::from_millis(1);
 const SLACK: Duration = Duration::from_millis(250);
 
 /// A group and port no other test uses.
-fn private_group() -> (Ipv4Addr, u16) {
+fn private_multicast() -> (Ipv4Addr, u16) {
     let n: u32 = rand::random();
-    let group = Ipv4Addr::new(239, 255, (n >> 8) as u8, (n as u8) | 1);
+    let multicast = Ipv4Addr::new(239, 255, (n >> 8) as u8, (n as u8) | 1);
     let port = 20_000 + ((n >> 16) as u16 % 40_000);
-    (group, port)
+    (multicast, port)
 }
 
-fn beacon(group: (Ipv4Addr, u16), interval: Duration) -> Beacon {
+fn beacon(multicast: (Ipv4Addr, u16), interval: Duration) -> Beacon {
     Beacon::loopback()
-        .group(group.0)
-        .port(group.1)
+        .multicast_group(multicast.0)
+        .port(multicast.1)
         .interval(interval)
 }
 
 fn announcement(id: u128, incarnation: u64) -> Announcement {
     Announcement::new(NodeId(id), format!("node-{id}"))
-        .session("lab-3")
+        .group("lab-3")
         .endpoint(format!("tcp://127.0.0.1:{}", 4000 + id))
         .incarnation(incarnation)
 }
@@ -94,13 +95,13 @@ async fn fifty_beacons_see_each_other_then_a_leave_and_a_crash() {
     // Every beacon announces at start, so each should hear all others within
     // one interval; the bound allows one more interval plus slack.
     let discovery_bound = 2 * interval + SLACK;
-    let group = private_group();
+    let multicast = private_multicast();
 
     let mut beacons = Vec::new();
     let mut streams = Vec::new();
     let started = Instant::now();
     for i in 0..N {
-        let b = beacon(group, interval);
+        let b = beacon(multicast, interval);
         let events = b
             .start(announcement(i as u128 + 1, 1))
             .await
@@ -123,7 +124,7 @@ async fn fifty_beacons_see_each_other_then_a_leave_and_a_crash() {
                     NodeId(i as u128 + 1),
                     "a beacon discovered itself"
                 );
-                assert_eq!(peer.session.as_deref(), Some("lab-3"));
+                assert_eq!(peer.group.as_deref(), Some("lab-3"));
                 seen[i].insert(peer.node_id);
             }
         }
@@ -226,10 +227,10 @@ async fn fifty_beacons_see_each_other_then_a_leave_and_a_crash() {
 #[tokio::test]
 async fn dropped_beacon_goes_suspect_then_lost_within_the_bound() {
     let interval = 50 * MS;
-    let group = private_group();
-    let observer = beacon(group, interval);
+    let multicast = private_multicast();
+    let observer = beacon(multicast, interval);
     let mut events = observer.start(announcement(1, 1)).await.expect("starts");
-    let doomed = beacon(group, interval);
+    let doomed = beacon(multicast, interval);
     let _doomed_events = doomed.start(announcement(2, 1)).await.expect("starts");
     expect(
         &mut events,
@@ -268,10 +269,10 @@ async fn dropped_beacon_goes_suspect_then_lost_within_the_bound() {
 async fn graceful_leave_is_seen_well_within_one_interval() {
     // A long interval, so a leave seen quickly cannot be a timeout.
     let interval = 1000 * MS;
-    let group = private_group();
-    let observer = beacon(group, interval);
+    let multicast = private_multicast();
+    let observer = beacon(multicast, interval);
     let mut events = observer.start(announcement(1, 1)).await.expect("starts");
-    let leaver = beacon(group, interval);
+    let leaver = beacon(multicast, interval);
     let mut leaver_events = leaver.start(announcement(2, 1)).await.expect("starts");
     expect(
         &mut events,
@@ -314,11 +315,11 @@ async fn graceful_leave_is_seen_well_within_one_interval() {
 #[tokio::test]
 async fn restarted_node_is_reported_returned() {
     let interval = 50 * MS;
-    let group = private_group();
-    let observer = beacon(group, interval);
+    let multicast = private_multicast();
+    let observer = beacon(multicast, interval);
     let mut events = observer.start(announcement(1, 1)).await.expect("starts");
 
-    let first = beacon(group, interval);
+    let first = beacon(multicast, interval);
     let _e1 = first.start(announcement(7, 100)).await.expect("starts");
     expect(
         &mut events,
@@ -330,7 +331,7 @@ async fn restarted_node_is_reported_returned() {
 
     // The process "restarts" faster than the failure detector notices.
     drop(first);
-    let second = beacon(group, interval);
+    let second = beacon(multicast, interval);
     let _e2 = second.start(announcement(7, 101)).await.expect("starts");
     let returned = expect(&mut events, 10 * interval, "returned", |e| {
         matches!(e, DiscoveryEvent::Returned(_) | DiscoveryEvent::Lost(_))
@@ -351,7 +352,7 @@ async fn restarted_node_is_reported_returned() {
         *e == DiscoveryEvent::Lost(NodeId(7))
     })
     .await;
-    let third = beacon(group, interval);
+    let third = beacon(multicast, interval);
     let _e3 = third.start(announcement(7, 102)).await.expect("starts");
     expect(
         &mut events,
@@ -363,12 +364,12 @@ async fn restarted_node_is_reported_returned() {
 }
 
 #[tokio::test]
-async fn session_switch_is_reported_as_updated() {
+async fn group_switch_is_reported_as_updated() {
     let interval = 1000 * MS;
-    let group = private_group();
-    let observer = beacon(group, interval);
+    let multicast = private_multicast();
+    let observer = beacon(multicast, interval);
     let mut events = observer.start(announcement(1, 1)).await.expect("starts");
-    let mover = beacon(group, interval);
+    let mover = beacon(multicast, interval);
     let _e = mover.start(announcement(2, 1)).await.expect("starts");
     expect(
         &mut events,
@@ -380,7 +381,7 @@ async fn session_switch_is_reported_as_updated() {
 
     let switched = Instant::now();
     mover
-        .update(announcement(2, 1).session("lab-4"))
+        .update(announcement(2, 1).group("lab-4"))
         .await
         .expect("update");
     let updated = expect(&mut events, interval / 2, "update", |e| {
@@ -388,24 +389,24 @@ async fn session_switch_is_reported_as_updated() {
     })
     .await;
     match updated {
-        DiscoveryEvent::Updated(peer) => assert_eq!(peer.session.as_deref(), Some("lab-4")),
+        DiscoveryEvent::Updated(peer) => assert_eq!(peer.group.as_deref(), Some("lab-4")),
         other => panic!("expected Updated, got {other:?}"),
     }
-    eprintln!("session switch seen after {:?}", switched.elapsed());
+    eprintln!("group switch seen after {:?}", switched.elapsed());
 }
 
 #[tokio::test]
 async fn beacons_without_the_session_key_are_ignored_and_counted() {
     let interval = 50 * MS;
-    let group = private_group();
+    let multicast = private_multicast();
     let key = SessionKey::new(b"lab-3 shared secret");
-    let a = beacon(group, interval).key(key.clone());
+    let a = beacon(multicast, interval).key(key.clone());
     let mut a_events = a.start(announcement(1, 1)).await.expect("starts");
-    let b = beacon(group, interval).key(key);
+    let b = beacon(multicast, interval).key(key);
     let mut b_events = b.start(announcement(2, 1)).await.expect("starts");
-    let stranger = beacon(group, interval);
+    let stranger = beacon(multicast, interval);
     let mut stranger_events = stranger.start(announcement(3, 1)).await.expect("starts");
-    let impostor = beacon(group, interval).key(SessionKey::new(b"a guess"));
+    let impostor = beacon(multicast, interval).key(SessionKey::new(b"a guess"));
     let _impostor_events = impostor.start(announcement(4, 1)).await.expect("starts");
 
     expect(
@@ -451,8 +452,8 @@ async fn beacons_without_the_session_key_are_ignored_and_counted() {
 #[tokio::test]
 async fn malformed_datagrams_are_counted_and_ignored() {
     let interval = 50 * MS;
-    let group = private_group();
-    let target = beacon(group, interval);
+    let multicast = private_multicast();
+    let target = beacon(multicast, interval);
     let mut events = target.start(announcement(1, 1)).await.expect("starts");
 
     // A raw sender on the loopback interface only.
@@ -467,7 +468,7 @@ async fn malformed_datagrams_are_counted_and_ignored() {
     raw.set_multicast_if_v4(&Ipv4Addr::LOCALHOST)
         .expect("multicast if");
     raw.set_multicast_ttl_v4(0).expect("ttl");
-    let to = SocketAddrV4::new(group.0, group.1).into();
+    let to = SocketAddrV4::new(multicast.0, multicast.1).into();
 
     let valid = plexus::discovery::datagram::seal(&announcement(9, 1), None).expect("seals");
     let mut bad_version = valid.to_vec();
@@ -514,8 +515,8 @@ async fn malformed_datagrams_are_counted_and_ignored() {
 
 #[tokio::test]
 async fn lifecycle_misuse_is_a_typed_error() {
-    let group = private_group();
-    let b = beacon(group, 100 * MS);
+    let multicast = private_multicast();
+    let b = beacon(multicast, 100 * MS);
     assert!(matches!(
         b.update(announcement(1, 1)).await,
         Err(DiscoveryError::NotStarted { .. })
@@ -531,11 +532,11 @@ async fn lifecycle_misuse_is_a_typed_error() {
         Err(DiscoveryError::Announcement(_))
     ));
 
-    let unicast = Beacon::loopback().group(Ipv4Addr::new(127, 0, 0, 1));
+    let unicast = Beacon::loopback().multicast_group(Ipv4Addr::new(127, 0, 0, 1));
     let err = unicast
         .start(announcement(1, 1))
         .await
-        .expect_err("unicast group refused");
+        .expect_err("unicast multicast refused");
     assert!(matches!(err, DiscoveryError::Config { .. }), "{err}");
     assert!(err.to_string().contains("multicast"), "{err}");
 }
@@ -543,10 +544,10 @@ async fn lifecycle_misuse_is_a_typed_error() {
 #[tokio::test]
 async fn works_through_a_boxed_trait_object() {
     let interval = 50 * MS;
-    let group = private_group();
+    let multicast = private_multicast();
     let backends: Vec<Box<dyn Discovery>> = vec![
-        Box::new(beacon(group, interval)),
-        Box::new(beacon(group, interval)),
+        Box::new(beacon(multicast, interval)),
+        Box::new(beacon(multicast, interval)),
     ];
     assert_eq!(backends[0].backend(), "beacon");
     let mut first = backends[0].start(announcement(1, 1)).await.expect("starts");
@@ -563,13 +564,13 @@ async fn works_through_a_boxed_trait_object() {
 
 #[tokio::test]
 async fn an_observer_hears_every_node_and_is_heard_by_none() {
-    let group = private_group();
+    let multicast = private_multicast();
     let interval = 50 * MS;
-    let observer = beacon(group, interval);
+    let observer = beacon(multicast, interval);
     let mut observed = observer.observe().expect("observe");
-    let alice = beacon(group, interval);
+    let alice = beacon(multicast, interval);
     let mut alice_events = alice.start(announcement(1, 1)).await.expect("start alice");
-    let bob = beacon(group, interval);
+    let bob = beacon(multicast, interval);
     let mut bob_events = bob.start(announcement(2, 1)).await.expect("start bob");
     let mut seen = HashSet::new();
     while seen.len() < 2 {
@@ -612,7 +613,7 @@ async fn an_observer_hears_every_node_and_is_heard_by_none() {
 }
 
 /// A raw socket on the group, recording what is sent there.
-fn recorder(group: (Ipv4Addr, u16)) -> std::net::UdpSocket {
+fn recorder(multicast: (Ipv4Addr, u16)) -> std::net::UdpSocket {
     let socket = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::DGRAM,
@@ -622,10 +623,13 @@ fn recorder(group: (Ipv4Addr, u16)) -> std::net::UdpSocket {
     socket.set_reuse_address(true).expect("reuse address");
     socket.set_reuse_port(true).expect("reuse port");
     socket
-        .bind(&std::net::SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, group.1)).into())
+        .bind(
+            &std::net::SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, multicast.1))
+                .into(),
+        )
         .expect("bind");
     socket
-        .join_multicast_v4(&group.0, &Ipv4Addr::LOCALHOST)
+        .join_multicast_v4(&multicast.0, &Ipv4Addr::LOCALHOST)
         .expect("join");
     socket.set_multicast_loop_v4(true).expect("loop");
     // What it sends (the replay) stays on this host's loopback.
@@ -641,7 +645,7 @@ fn recorder(group: (Ipv4Addr, u16)) -> std::net::UdpSocket {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_captured_keyed_announcement_replayed_later_is_ignored() {
-    let group = private_group();
+    let multicast = private_multicast();
     let key = SessionKey::new(b"lab key");
     let interval = 50 * MS;
     // Forgets departed peers fast, so only the replay window stands between
@@ -649,13 +653,13 @@ async fn a_captured_keyed_announcement_replayed_later_is_ignored() {
     let mut liveness = plexus::discovery::LivenessConfig::for_interval(interval);
     liveness.forget_after = liveness.lost_after;
     let window = 400 * MS;
-    let observer = beacon(group, interval)
+    let observer = beacon(multicast, interval)
         .key(key.clone())
         .liveness(liveness)
         .replay_window(window);
     let mut heard = observer.observe().expect("observer");
-    let tap = recorder(group);
-    let node = beacon(group, interval).key(key.clone());
+    let tap = recorder(multicast);
+    let node = beacon(multicast, interval).key(key.clone());
     node.start(announcement(7, 1)).await.expect("node");
     expect(
         &mut heard,
@@ -676,7 +680,7 @@ async fn a_captured_keyed_announcement_replayed_later_is_ignored() {
     tokio::time::sleep(window + 100 * MS).await;
     let before = observer.stats().dropped_unauthenticated;
     for _ in 0..3 {
-        tap.send_to(&captured, SocketAddrV4::new(group.0, group.1))
+        tap.send_to(&captured, SocketAddrV4::new(multicast.0, multicast.1))
             .expect("replay");
     }
     let resurrected = timeout(interval * 10, async {

@@ -25,7 +25,7 @@ fn node_on(etcd: &EtcdServer, prefix: &str) -> Etcd {
 
 fn announcement(id: u128, incarnation: u64) -> Announcement {
     Announcement::new(NodeId(id), format!("node-{id}"))
-        .session("lab-3")
+        .group("lab-3")
         .endpoint(format!("tcp://127.0.0.1:{}", 5000 + id))
         .incarnation(incarnation)
 }
@@ -122,7 +122,7 @@ async fn a_graceful_leave_is_seen_as_left_not_lost() {
 }
 
 #[tokio::test]
-async fn session_switch_and_restart_are_reported() {
+async fn group_switch_and_restart_are_reported() {
     let etcd = EtcdServer::start().await;
     let observer = node_on(&etcd, "/test/update");
     let mut events = observer.start(announcement(1, 1)).await.expect("starts");
@@ -137,14 +137,14 @@ async fn session_switch_and_restart_are_reported() {
     .await;
 
     mover
-        .update(announcement(2, 1).session("lab-4"))
+        .update(announcement(2, 1).group("lab-4"))
         .await
         .expect("update");
     let updated = expect(&mut events, Duration::from_secs(5), "update", |e| {
         matches!(e, DiscoveryEvent::Updated(_))
     })
     .await;
-    assert!(matches!(updated, DiscoveryEvent::Updated(p) if p.session.as_deref() == Some("lab-4")));
+    assert!(matches!(updated, DiscoveryEvent::Updated(p) if p.group.as_deref() == Some("lab-4")));
 
     // A restart (new incarnation) before the old lease expires.
     drop(mover);
@@ -172,15 +172,14 @@ async fn session_switch_and_restart_are_reported() {
 #[tokio::test]
 async fn with_a_key_only_records_tagged_under_it_are_believed() {
     let etcd = EtcdServer::start().await;
-    let key = plexus::discovery::SessionKey::new(b"fleet key, 32 bytes of secret!!!");
+    let key = plexus::wire::SessionKey::new(b"fleet key, 32 bytes of secret!!!");
     let observer = node_on(&etcd, "/test/keyed").key(key.clone());
     let mut events = observer.start(announcement(1, 1)).await.expect("starts");
 
     // A node without the key, and one with another key, in the same prefix.
     let keyless = node_on(&etcd, "/test/keyed");
     let _keyless_events = keyless.start(announcement(2, 1)).await.expect("starts");
-    let other =
-        node_on(&etcd, "/test/keyed").key(plexus::discovery::SessionKey::new(b"another key"));
+    let other = node_on(&etcd, "/test/keyed").key(plexus::wire::SessionKey::new(b"another key"));
     let _other_events = other.start(announcement(3, 1)).await.expect("starts");
     // A record written straight into etcd by someone who can write to the
     // prefix but has no key: a well-formed announcement, untagged.

@@ -23,7 +23,7 @@ async fn reports_each_configured_endpoint_then_ends_on_leave() {
         assert_eq!(event.and_then(|e| e.node_id()), None);
     }
     backend
-        .update(Announcement::new(NodeId(1), "alice").session("lab-4"))
+        .update(Announcement::new(NodeId(1), "alice").group("lab-4"))
         .await
         .expect("update is accepted");
     backend.leave().await.expect("leave");

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use plexus::node::{Node, NodeEvent, NodeEvents};
+use plexus::{
+    node::{NodeEvent, NodeEvents},
+    Node,
+};
 use plexus::{NodeId, Reject};
 use tokio::time::{timeout, Instant};
 
@@ -39,7 +42,7 @@ impl Whoami for Named {
 async fn node(etcd: &EtcdServer, prefix: &str, name: &'static str, id: NodeId) -> Node {
     Node::builder(name)
         .node_id(id)
-        .session("fleet")
+        .group("fleet")
         .discovery(etcd.discovery(prefix, TTL))
         .serve(WhoamiHandler::new(Named(name)))
         .reconcile_interval(Duration::from_millis(100))

@@ -8,7 +8,11 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use plexus::{ConnectionConfig, Endpoint, EndpointBuilder, IntoRouter, TlsConfig};
+use plexus::{
+    server::{EndpointBuilder, IntoRouter},
+    transport::TlsConfig,
+    ConnectionConfig, Endpoint,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -290,7 +294,7 @@ pub struct Pair {
     /// The dialing endpoint.
     pub client: Endpoint,
     /// The URL to dial.
-    pub url: plexus::Url,
+    pub url: plexus::transport::Url,
     _dir: Option<tempdir::Dir>,
 }
 

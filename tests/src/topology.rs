@@ -1,5 +1,5 @@
 //! The chat-style mesh the topology page tests look at: a few nodes on a
-//! private loopback beacon group, in session `lobby`, each serving a chat
+//! private loopback multicast group, in group `lobby`, each serving a chat
 //! room, the last one serving the live topology page.
 
 use std::net::Ipv4Addr;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plexus::discovery::Beacon;
-use plexus::node::Node;
+use plexus::Node;
 use plexus::{NodeId, Reject};
 
 /// A chat room, as in the `chat` example.
@@ -37,30 +37,30 @@ pub struct Mesh {
 }
 
 /// A multicast group and port no other test uses.
-fn private_group() -> (Ipv4Addr, u16) {
+fn private_multicast() -> (Ipv4Addr, u16) {
     let n = (NodeId::random().0 >> 64) as u32;
-    let group = Ipv4Addr::new(239, 255, (n >> 8) as u8, (n as u8) | 1);
+    let multicast = Ipv4Addr::new(239, 255, (n >> 8) as u8, (n as u8) | 1);
     let port = 20_000 + ((n >> 16) as u16 % 40_000);
-    (group, port)
+    (multicast, port)
 }
 
 impl Mesh {
     /// Starts one node per name and waits (bounded) until each has linked
     /// every other.
     pub async fn start(names: &[&str]) -> Mesh {
-        let (group, port) = private_group();
+        let (multicast, port) = private_multicast();
         let interval = Duration::from_millis(100);
         let mut nodes = Vec::new();
         for (i, name) in names.iter().enumerate() {
             let mut builder = Node::builder(*name)
                 .discovery(
                     Beacon::loopback()
-                        .group(group)
+                        .multicast_group(multicast)
                         .port(port)
                         .interval(interval),
                 )
                 .reconcile_interval(interval)
-                .session("lobby")
+                .group("lobby")
                 .serve(ChatHandler::new(Room));
             if i == names.len() - 1 {
                 builder = builder.topology_page("127.0.0.1:0");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plexus::{
-    BoxStream, Bytes, CallError, CallKind, CallOptions, Reject, Router, Server, Streaming,
+    contract::CallKind, BoxStream, Bytes, CallError, CallOptions, Reject, Router, Server, Streaming,
 };
 use plexus_tests::bounded;
 use serde::{Deserialize, Serialize};
@@ -354,7 +354,7 @@ fn descriptor_describes_the_contract() {
     // The handler and the Contract trait expose the same static data.
     assert!(std::ptr::eq(ChatHandler::<Room>::DESCRIPTOR, d));
     assert_eq!(
-        <ChatClient as plexus::Contract>::DESCRIPTOR.fingerprint,
+        <ChatClient as plexus::contract::Contract>::DESCRIPTOR.fingerprint,
         d.fingerprint
     );
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plexus::{
-    BoxStream, Bytes, CallContext, CallError, CallKind, CallOptions, Reject, Server, Streaming,
+    contract::CallKind, BoxStream, Bytes, CallContext, CallError, CallOptions, Reject, Server,
+    Streaming,
 };
 use plexus_tests::bounded;
 

@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use plexus::{BoxStream, CallContext, CallKind, Connection, Contract, Reject, Server, Streaming};
+use plexus::{
+    contract::{CallKind, Contract},
+    BoxStream, CallContext, Connection, Reject, Server, Streaming,
+};
 use plexus_tests::{bounded, until};
 use prost::Message as _;
 use prost_types::{

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use plexus::wire::{self, Answer, Frame, Hello, RefusalCode, SystemCode, Welcome};
 use plexus::{
-    Bytes, CallError, CallOptions, ConnectError, ConnectionConfig, Endpoint, Reject, Router,
-    Server, TlsConfig,
+    transport::TlsConfig, Bytes, CallError, CallOptions, ConnectError, ConnectionConfig, Endpoint,
+    Reject, Router, Server,
 };
 use plexus_tests::{bounded, until, TestPki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

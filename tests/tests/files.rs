@@ -13,8 +13,8 @@ use plexus::files::{
     Download, DownloadError, Downloaded, FileId, FileInfo, FileShare, FileShareClient,
     FileShareHandler, FileStore, Manifest, OfferError, Saved, NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE,
 };
-use plexus::node::{Node, NodeBuilder};
-use plexus::{Bytes, CallError, IntoRouter, NodeId, Reject};
+use plexus::{node::NodeBuilder, Node};
+use plexus::{server::IntoRouter, Bytes, CallError, NodeId, Reject};
 use plexus_tests::{bounded, until};
 
 /// Deterministic content that differs in every chunk.
@@ -34,7 +34,7 @@ fn content(len: usize) -> Bytes {
 fn builder(name: &str, peers: Vec<String>) -> NodeBuilder {
     Node::builder(name)
         .listen("tcp://127.0.0.1:0")
-        .session("files")
+        .group("files")
         .discovery(Static::new(peers))
         .reconcile_interval(Duration::from_millis(50))
 }

@@ -14,8 +14,8 @@ use plexus::files::{
     Download, DownloadLimits, FileId, FileInfo, FileShare, FileShareClient, FileShareHandler,
     FileStore, Manifest, NOT_FOUND,
 };
-use plexus::node::{Node, NodeBuilder};
-use plexus::{Backoff, Bytes, Reject};
+use plexus::{node::NodeBuilder, Node};
+use plexus::{retry::Backoff, Bytes, Reject};
 use plexus_tests::bounded;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -38,7 +38,7 @@ fn content(len: usize, seed: u32) -> Bytes {
 fn builder(name: &str, peers: Vec<String>) -> NodeBuilder {
     Node::builder(name)
         .listen("tcp://127.0.0.1:0")
-        .session("files")
+        .group("files")
         .discovery(Static::new(peers))
         .reconcile_interval(Duration::from_millis(50))
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use plexus::wire::{Frame, RefusalCode, SystemCode};
 use plexus::{
-    Bytes, CallError, CallOptions, CloseReason, ConnectError, Connection, ConnectionConfig,
-    Endpoint, Event, Reject, Router, Server,
+    events::Event, Bytes, CallError, CallOptions, CloseReason, ConnectError, Connection,
+    ConnectionConfig, Endpoint, Reject, Router, Server,
 };
 use plexus_tests::raw::{self, RawPeer};
 use plexus_tests::{bounded, until, RssPeak, TestPki};
@@ -76,7 +76,7 @@ fn steady_client(
 
 /// Waits for the server to report a connection closed for `matches`.
 async fn disconnect(
-    events: &mut plexus::Events,
+    events: &mut plexus::events::Events,
     matches: impl Fn(&CloseReason) -> bool,
 ) -> CloseReason {
     bounded("the attacker is cut off", async {
@@ -551,7 +551,7 @@ async fn a_dial_to_an_address_that_never_answers_times_out() {
     let redial = endpoint
         .reconnecting(
             format!("tcp://127.0.0.1:{port}"),
-            plexus::Backoff::new()
+            plexus::retry::Backoff::new()
                 .initial(Duration::from_millis(10))
                 .max(Duration::from_millis(20))
                 .max_attempts(2),
@@ -588,7 +588,7 @@ async fn a_peer_holding_unread_stream_data_is_held_back_by_the_budget() {
     let gate = Arc::new(tokio::sync::Notify::new());
     let sink = {
         let gate = gate.clone();
-        Router::new().client_stream(SINK, move |_ctx, mut requests: plexus::Inbound| {
+        Router::new().client_stream(SINK, move |_ctx, mut requests: plexus::stream::Inbound| {
             let gate = gate.clone();
             async move {
                 gate.notified().await;

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use plexus::health::{self, ServingStatus};
-use plexus::node::Node;
 use plexus::reflection;
+use plexus::Node;
 use plexus::{Bytes, CallError, CallOptions, Connection, Reject, Router, Server};
 use plexus_tests::{bounded, until};
 
@@ -35,7 +35,9 @@ fn raw() -> Router {
     })
 }
 
-async fn server(build: impl FnOnce(plexus::ServerBuilder) -> plexus::ServerBuilder) -> Server {
+async fn server(
+    build: impl FnOnce(plexus::server::ServerBuilder) -> plexus::server::ServerBuilder,
+) -> Server {
     let builder = Server::bind("tcp://127.0.0.1:0")
         .serve(AdderHandler::new(Sum))
         .serve(raw());
@@ -183,9 +185,9 @@ async fn reflection_carries_the_descriptor_set_of_a_proto_contract() {
 }
 
 #[tokio::test]
-async fn a_node_adds_its_name_session_and_roles() {
+async fn a_node_adds_its_name_group_and_roles() {
     let node = Node::builder("zed")
-        .session("lab")
+        .group("lab")
         .discovery(plexus::discovery::Static::new(Vec::<String>::new()))
         .serve(AdderHandler::new(Sum))
         .start()
@@ -202,10 +204,11 @@ async fn a_node_adds_its_name_session_and_roles() {
         .expect("described");
     let info = d.node.expect("node info");
     assert_eq!(info.name, "zed");
-    assert_eq!(info.session.as_deref(), Some("lab"));
+    assert_eq!(info.group.as_deref(), Some("lab"));
     assert_eq!(info.endpoints, [node.local_urls()[0].to_string()]);
     assert_eq!(info.participation.len(), 1);
     assert_eq!(info.participation[0].service, "intro.Adder");
+    // Group-scoped: the wire keeps the scope's first name.
     assert_eq!(info.participation[0].scope, "session");
     assert!(info.participation[0].serves);
     assert!(d.operations.iter().any(|o| o == "plexus.Node/describe"));

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plexus::discovery::Static;
-use plexus::node::Node;
+use plexus::Node;
 use plexus::{BoxStream, CallError, NodeId, Reject};
 use plexus_tests::bounded;
 
@@ -89,7 +89,7 @@ async fn mesh(n: usize, links: impl Fn(usize) -> Vec<usize>, hung: &[usize]) -> 
             hung: hung.contains(&i),
         };
         let node = Node::builder(format!("node-{i}"))
-            .session("mesh")
+            .group("mesh")
             .discovery(Static::new(listed))
             .serve(EchoHandler::new(member))
             .reconcile_interval(Duration::from_millis(100))

@@ -258,7 +258,7 @@ fn nodes_on_three_hosts_discover_wire_broadcast_and_notice_a_lost_host() {
     lab.hosts_file(&hosts[1], "10.77.0.2 me\n10.77.0.12 me\n")
         .expect("hosts file");
     let group = "239.255.77.7";
-    let common = ["--group", group, "--port", "47477"];
+    let common = ["--multicast-group", group, "--port", "47477"];
     let mut nodes: Vec<Host> = Vec::new();
     for (i, ns) in hosts.iter().enumerate() {
         let name = format!("host-{i}");

@@ -1,5 +1,5 @@
 //! LightImage's node features, through the public API: the `Initialized`
-//! and `PeerRenamed` events, following a local peer into its session,
+//! and `PeerRenamed` events, following a local peer into its group,
 //! invitations (accepted and declined), the per-peer `allow_connection`
 //! hook beside the connect rules, and service traffic counting as a
 //! heartbeat when discovery stops hearing a peer.
@@ -17,8 +17,11 @@ use plexus::discovery::{
     Announcement, Beacon, Discovery, DiscoveryError, DiscoveryEvent, DiscoveryEvents,
     DiscoveryFuture, DiscoveryStats, PeerRecord, Static,
 };
-use plexus::node::{Node, NodeBuilder, NodeError, NodeEvent, NodeEvents};
-use plexus::{Event, NodeId, Reject};
+use plexus::{events::Event, NodeId, Reject};
+use plexus::{
+    node::{NodeBuilder, NodeError, NodeEvent, NodeEvents},
+    Node,
+};
 use plexus_tests::{bounded, eventually, until};
 use tokio::sync::mpsc;
 
@@ -37,7 +40,7 @@ impl Chat for Named {
     }
 }
 
-fn private_group() -> (Ipv4Addr, u16) {
+fn private_multicast() -> (Ipv4Addr, u16) {
     let n = (NodeId::random().0 >> 64) as u32;
     (
         Ipv4Addr::new(239, 255, (n >> 8) as u8, (n as u8) | 1),
@@ -45,16 +48,16 @@ fn private_group() -> (Ipv4Addr, u16) {
     )
 }
 
-fn beacon(group: (Ipv4Addr, u16)) -> Beacon {
+fn beacon(multicast: (Ipv4Addr, u16)) -> Beacon {
     Beacon::loopback()
-        .group(group.0)
-        .port(group.1)
+        .multicast_group(multicast.0)
+        .port(multicast.1)
         .interval(Duration::from_millis(100))
 }
 
-fn node(name: &'static str, group: (Ipv4Addr, u16)) -> NodeBuilder {
+fn node(name: &'static str, multicast: (Ipv4Addr, u16)) -> NodeBuilder {
     Node::builder(name)
-        .discovery(beacon(group))
+        .discovery(beacon(multicast))
         .reconcile_interval(Duration::from_millis(100))
         .serve(ChatHandler::new(Named(name)))
 }
@@ -88,7 +91,7 @@ async fn linked(a: &Node, b: &Node) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initialized_is_the_first_event_and_names_where_the_node_listens() {
-    let builder = node("first", private_group());
+    let builder = node("first", private_multicast());
     let mut events = builder.events();
     let n = builder.start().await.expect("starts");
     let first = bounded("the first event", events.recv())
@@ -108,9 +111,9 @@ async fn initialized_is_the_first_event_and_names_where_the_node_listens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renamed_node_is_reported_renamed_by_itself_and_its_peers() {
-    let group = private_group();
-    let a = node("a", group).session("lab").start().await.expect("a");
-    let b = node("b", group).session("lab").start().await.expect("b");
+    let multicast = private_multicast();
+    let a = node("a", multicast).group("lab").start().await.expect("a");
+    let b = node("b", multicast).group("lab").start().await.expect("b");
     linked(&a, &b).await;
     let mut a_events = a.events();
     let mut b_events = b.events();
@@ -150,24 +153,24 @@ async fn a_renamed_node_is_reported_renamed_by_itself_and_its_peers() {
 
 /// Announces a node that lives elsewhere (TEST-NET-1, never dialed: it
 /// shares no service with anyone here).
-async fn far_away(group: (Ipv4Addr, u16), session: &str) -> (Beacon, NodeId) {
+async fn far_away(multicast: (Ipv4Addr, u16), group: &str) -> (Beacon, NodeId) {
     let id = NodeId::random();
-    let far = beacon(group);
+    let far = beacon(multicast);
     let announcement = Announcement::new(id, "far")
-        .session(session)
+        .group(group)
         .endpoint("tcp://192.0.2.1:9");
     let _events = far.start(announcement).await.expect("far announces");
     (far, id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_in_no_session_follows_a_local_peer_not_a_distant_one() {
-    let group = private_group();
-    let (far, far_id) = far_away(group, "elsewhere").await;
-    let follower = node("follower", group).follow_locally();
+async fn a_node_in_no_group_follows_a_local_peer_not_a_distant_one() {
+    let multicast = private_multicast();
+    let (far, far_id) = far_away(multicast, "elsewhere").await;
+    let follower = node("follower", multicast).follow_locally();
     let mut events = follower.events();
     let follower = follower.start().await.expect("starts");
-    let stays = node("stays", group).start().await.expect("starts");
+    let stays = node("stays", multicast).start().await.expect("starts");
     // The distant peer is heard first; it is not on this host.
     expect(
         &mut events,
@@ -175,20 +178,20 @@ async fn a_node_in_no_session_follows_a_local_peer_not_a_distant_one() {
         |e| matches!(e, NodeEvent::PeerDiscovered { peer, .. } if *peer == far_id),
     )
     .await;
-    let local = node("app", group)
-        .session("lab")
+    let local = node("app", multicast)
+        .group("lab")
         .start()
         .await
         .expect("app");
     let moved = expect(
         &mut events,
         "the move",
-        |e| matches!(e, NodeEvent::SessionChanged { node, .. } if *node == follower.id()),
+        |e| matches!(e, NodeEvent::GroupChanged { node, .. } if *node == follower.id()),
     )
     .await;
     assert_eq!(
         moved,
-        NodeEvent::SessionChanged {
+        NodeEvent::GroupChanged {
             node: follower.id(),
             from: None,
             to: Some("lab".into())
@@ -202,10 +205,10 @@ async fn a_node_in_no_session_follows_a_local_peer_not_a_distant_one() {
         stays
             .known_peers()
             .into_iter()
-            .find(|p| p.id == local_id && p.session.as_deref() == Some("lab"))
+            .find(|p| p.id == local_id && p.group.as_deref() == Some("lab"))
     })
     .await;
-    assert_eq!(stays.session(), None);
+    assert_eq!(stays.group(), None);
     assert!(stays.peers::<ChatClient>().is_empty());
     for n in [follower, stays, local] {
         n.stop().await.expect("stop");
@@ -214,28 +217,28 @@ async fn a_node_in_no_session_follows_a_local_peer_not_a_distant_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invited_node_joins_the_inviters_session_or_declines_with_its_reason() {
-    let group = private_group();
-    let host = node("host", group)
-        .session("lab")
+async fn an_invited_node_joins_the_inviters_group_or_declines_with_its_reason() {
+    let multicast = private_multicast();
+    let host = node("host", multicast)
+        .group("lab")
         .start()
         .await
         .expect("host");
-    let willing = node("willing", group)
-        .session("hall")
+    let willing = node("willing", multicast)
+        .group("hall")
         .accept_invites()
         .start()
         .await
         .expect("willing");
-    let deaf = node("deaf", group)
-        .session("hall")
+    let deaf = node("deaf", multicast)
+        .group("hall")
         .start()
         .await
         .expect("deaf");
-    let busy = node("busy", group)
-        .session("hall")
+    let busy = node("busy", multicast)
+        .group("hall")
         .on_invite(|invitation| {
-            assert_eq!(invitation.session, "lab");
+            assert_eq!(invitation.group, "lab");
             Err(format!("{} asked, but I am busy", invitation.name))
         })
         .start()
@@ -249,13 +252,13 @@ async fn an_invited_node_joins_the_inviters_session_or_declines_with_its_reason(
         .await;
     }
     let mut willing_events = willing.events();
-    // Not linked (other session): the invitation dials.
+    // Not linked (other group): the invitation dials.
     host.invite(willing.id()).await.expect("accepted");
-    assert_eq!(willing.session().as_deref(), Some("lab"));
+    assert_eq!(willing.group().as_deref(), Some("lab"));
     expect(
         &mut willing_events,
         "the invitation",
-        |e| matches!(e, NodeEvent::Invited { accepted: true, session, .. } if session == "lab"),
+        |e| matches!(e, NodeEvent::Invited { accepted: true, group, .. } if group == "lab"),
     )
     .await;
     linked(&host, &willing).await;
@@ -270,16 +273,13 @@ async fn an_invited_node_joins_the_inviters_session_or_declines_with_its_reason(
         matches!(&err, NodeError::InviteDeclined { reason, .. } if reason == "host asked, but I am busy"),
         "{err}"
     );
-    assert_eq!(deaf.session().as_deref(), Some("hall"));
-    assert_eq!(busy.session().as_deref(), Some("hall"));
+    assert_eq!(deaf.group().as_deref(), Some("hall"));
+    assert_eq!(busy.group().as_deref(), Some("hall"));
 
     let err = host.invite(NodeId(7)).await.expect_err("unknown");
     assert!(matches!(err, NodeError::UnknownPeer { .. }), "{err}");
-    let err = deaf.leave_session().await.and(deaf.invite(host.id()).await);
-    assert!(
-        matches!(err, Err(NodeError::NotInSession { .. })),
-        "{err:?}"
-    );
+    let err = deaf.leave_group().await.and(deaf.invite(host.id()).await);
+    assert!(matches!(err, Err(NodeError::NotInGroup { .. })), "{err:?}");
     for n in [host, willing, deaf, busy] {
         n.stop().await.expect("stop");
     }
@@ -287,21 +287,21 @@ async fn an_invited_node_joins_the_inviters_session_or_declines_with_its_reason(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_connection_keeps_refused_peers_out_until_it_changes_its_mind() {
-    let group = private_group();
+    let multicast = private_multicast();
     let open_door = Arc::new(AtomicBool::new(false));
     let door = open_door.clone();
     // Started first, so that its connection events are watched before
     // the picky node exists.
-    let stranger = node("stranger", group)
-        .session("lab")
+    let stranger = node("stranger", multicast)
+        .group("lab")
         .start()
         .await
         .expect("stranger");
     let mut conns = stranger.endpoint().events();
     // The highest id: every other node dials it and describes itself first.
-    let picky = node("picky", group)
+    let picky = node("picky", multicast)
         .node_id(NodeId(u128::MAX))
-        .session("lab")
+        .group("lab")
         .allow_connection(move |c| {
             assert_eq!(c.service, "features.Chat");
             assert!(c.remote.is_some(), "asked once connected");
@@ -310,8 +310,8 @@ async fn allow_connection_keeps_refused_peers_out_until_it_changes_its_mind() {
         .start()
         .await
         .expect("picky");
-    let friend = node("friend", group)
-        .session("lab")
+    let friend = node("friend", multicast)
+        .group("lab")
         .start()
         .await
         .expect("friend");
@@ -392,7 +392,7 @@ fn record(n: &Node) -> PeerRecord {
     PeerRecord {
         node_id: n.id(),
         name: n.name(),
-        session: n.session(),
+        group: n.group(),
         endpoints: n.local_urls().iter().map(|u| u.to_string()).collect(),
         incarnation: n.description().incarnation,
         services: vec!["features.Chat".into()],
@@ -405,7 +405,7 @@ fn marker(n: u128) -> DiscoveryEvent {
     DiscoveryEvent::Discovered(PeerRecord {
         node_id: NodeId(n),
         name: format!("marker-{n}"),
-        session: Some("elsewhere".into()),
+        group: Some("elsewhere".into()),
         endpoints: Vec::new(),
         incarnation: 1,
         services: Vec::new(),
@@ -433,7 +433,7 @@ async fn service_traffic_keeps_a_peer_whose_announcements_are_lost() {
         // The peer: found through its connection alone (static, empty list).
         let peer = Node::builder("peer")
             .node_id(NodeId(u128::MAX))
-            .session("lab")
+            .group("lab")
             .discovery(Static::new(Vec::<String>::new()))
             .serve(ChatHandler::new(Named("peer")))
             .start()
@@ -442,7 +442,7 @@ async fn service_traffic_keeps_a_peer_whose_announcements_are_lost() {
         let (script, discovery) = Scripted::new();
         let watcher = Node::builder("watcher")
             .node_id(NodeId(1))
-            .session("lab")
+            .group("lab")
             .discovery(script)
             .heartbeat_window(window)
             .serve(ChatHandler::new(Named("watcher")))

@@ -1,5 +1,5 @@
 //! Nodes on the loopback beacon, through the public API: many nodes find and
-//! link each other, notice leaves and crashes, follow session switches and
+//! link each other, notice leaves and crashes, follow group switches and
 //! role rules, broadcast past a hung peer, ignore nodes without the key, and
 //! keep actor state consistent.
 //!
@@ -12,8 +12,12 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use plexus::discovery::{Beacon, SessionKey};
-use plexus::node::{Actor, Node, NodeBuilder, NodeEvent, NodeEvents, PeerChange, Scope};
+use plexus::discovery::Beacon;
+use plexus::wire::SessionKey;
+use plexus::{
+    node::{Actor, NodeBuilder, NodeEvent, NodeEvents, PeerChange, Scope},
+    Node,
+};
 use plexus::{CallError, NodeId, Reject};
 use tokio::time::{timeout, Instant};
 
@@ -84,11 +88,11 @@ impl Feed for Named {
 }
 
 /// A multicast group and port no other test uses.
-fn private_group() -> (Ipv4Addr, u16) {
+fn private_multicast() -> (Ipv4Addr, u16) {
     let n: u32 = rand_u32();
-    let group = Ipv4Addr::new(239, 255, (n >> 8) as u8, (n as u8) | 1);
+    let multicast = Ipv4Addr::new(239, 255, (n >> 8) as u8, (n as u8) | 1);
     let port = 20_000 + ((n >> 16) as u16 % 40_000);
-    (group, port)
+    (multicast, port)
 }
 
 fn rand_u32() -> u32 {
@@ -96,16 +100,16 @@ fn rand_u32() -> u32 {
     (NodeId::random().0 >> 64) as u32
 }
 
-fn beacon(group: (Ipv4Addr, u16), interval: Duration) -> Beacon {
+fn beacon(multicast: (Ipv4Addr, u16), interval: Duration) -> Beacon {
     Beacon::loopback()
-        .group(group.0)
-        .port(group.1)
+        .multicast_group(multicast.0)
+        .port(multicast.1)
         .interval(interval)
 }
 
-fn node(name: String, group: (Ipv4Addr, u16), interval: Duration) -> NodeBuilder {
+fn node(name: String, multicast: (Ipv4Addr, u16), interval: Duration) -> NodeBuilder {
     Node::builder(name)
-        .discovery(beacon(group, interval))
+        .discovery(beacon(multicast, interval))
         .reconcile_interval(interval)
 }
 
@@ -162,14 +166,14 @@ async fn fifty_nodes_link_each_other_then_see_a_leave_and_a_crash() {
     // stated bound.
     const SCALE_SLACK: Duration = Duration::from_secs(10);
     let link_bound = 3 * interval + Duration::from_secs(2) + SCALE_SLACK;
-    let group = private_group();
+    let multicast = private_multicast();
 
     let started = Instant::now();
     let mut nodes = Vec::new();
     let mut events = Vec::new();
     for i in 0..N {
-        let n = node(format!("node-{i}"), group, interval)
-            .session("lobby")
+        let n = node(format!("node-{i}"), multicast, interval)
+            .group("lobby")
             .serve(ChatHandler::new(Room::new()))
             .start()
             .await
@@ -245,7 +249,7 @@ async fn fifty_nodes_link_each_other_then_see_a_leave_and_a_crash() {
 
     // A node dropped without stopping is reported lost within the bound.
     let crashed = ids[1];
-    let bound = beacon(group, interval)
+    let bound = beacon(multicast, interval)
         .config()
         .liveness_config()
         .detection_bound();
@@ -277,13 +281,13 @@ async fn fifty_nodes_link_each_other_then_see_a_leave_and_a_crash() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_switch_connects_and_disconnects_the_right_peers() {
+async fn group_switch_connects_and_disconnects_the_right_peers() {
     let interval = 100 * MS;
     let bound = 2 * interval + Duration::from_secs(2);
-    let group = private_group();
-    let start = |name: &str, session: &str| {
-        node(name.into(), group, interval)
-            .session(session)
+    let multicast = private_multicast();
+    let start = |name: &str, group: &str| {
+        node(name.into(), multicast, interval)
+            .group(group)
             .serve(ChatHandler::new(Room::new()))
             .start()
     };
@@ -298,9 +302,9 @@ async fn session_switch_connects_and_disconnects_the_right_peers() {
     let mut events = a1.events();
     let switched = Instant::now();
     a1.switch("b").await.expect("switches");
-    assert_eq!(a1.session().as_deref(), Some("b"));
-    expect(&mut events, bound, "own session change", |e| {
-        *e == NodeEvent::SessionChanged {
+    assert_eq!(a1.group().as_deref(), Some("b"));
+    expect(&mut events, bound, "own group change", |e| {
+        *e == NodeEvent::GroupChanged {
             node: a1.id(),
             from: Some("a".into()),
             to: Some("b".into()),
@@ -310,9 +314,9 @@ async fn session_switch_connects_and_disconnects_the_right_peers() {
     chat_peers_become(&a1, &[b1.id(), b2.id()], bound, "after switch").await;
     chat_peers_become(&a2, &[], bound, "after switch").await;
     chat_peers_become(&b1, &[a1.id(), b2.id()], bound, "after switch").await;
-    eprintln!("session switch settled in {:?}", switched.elapsed());
+    eprintln!("group switch settled in {:?}", switched.elapsed());
 
-    // The old session's peer was disconnected, not just hidden.
+    // The old group's peer was disconnected, not just hidden.
     let connected_to_a2 = a1
         .endpoint()
         .connections()
@@ -332,8 +336,8 @@ async fn session_switch_connects_and_disconnects_the_right_peers() {
     assert!(seen.contains(&PeerChange::Joined(b1.id())), "{seen:?}");
     assert!(seen.contains(&PeerChange::Joined(b2.id())), "{seen:?}");
 
-    // Leaving the session unlinks everything session-scoped.
-    a1.leave_session().await.expect("leaves");
+    // Leaving the group unlinks everything group-scoped.
+    a1.leave_group().await.expect("leaves");
     chat_peers_become(&a1, &[], bound, "after leaving").await;
     chat_peers_become(&b2, &[b1.id()], bound, "after a1 left").await;
     for n in [a1, a2, b1, b2] {
@@ -342,16 +346,16 @@ async fn session_switch_connects_and_disconnects_the_right_peers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn global_services_link_across_sessions() {
+async fn global_services_link_across_groups() {
     let interval = 100 * MS;
     let bound = 2 * interval + Duration::from_secs(2);
-    let group = private_group();
-    let start = |name: &str, session: Option<&str>| {
-        let b = node(name.into(), group, interval)
+    let multicast = private_multicast();
+    let start = |name: &str, group: Option<&str>| {
+        let b = node(name.into(), multicast, interval)
             .serve(ChatHandler::new(Room::new()))
             .scope::<ChatClient>(Scope::Global);
-        let b = match session {
-            Some(s) => b.session(s),
+        let b = match group {
+            Some(s) => b.group(s),
             None => b,
         };
         b.start()
@@ -370,10 +374,10 @@ async fn global_services_link_across_sessions() {
 async fn role_rules_connect_only_the_allowed_pairs() {
     let interval = 100 * MS;
     let bound = 2 * interval + Duration::from_secs(2);
-    let group = private_group();
+    let multicast = private_multicast();
     let start = |name: &str, role: &str| {
-        node(name.into(), group, interval)
-            .session("lab")
+        node(name.into(), multicast, interval)
+            .group("lab")
             .serve_as(FeedHandler::new(Named(name.into())), role)
             .connect_rule::<FeedClient>("subscriber", "publisher")
             .start()
@@ -426,7 +430,7 @@ async fn role_rules_connect_only_the_allowed_pairs() {
         assert!(name.starts_with('p'), "subscriber reached {name}");
     }
     // A role the contract does not declare is refused at start.
-    let err = node("bad".into(), group, interval)
+    let err = node("bad".into(), multicast, interval)
         .serve_as(FeedHandler::new(Named("bad".into())), "lurker")
         .start()
         .await
@@ -437,18 +441,18 @@ async fn role_rules_connect_only_the_allowed_pairs() {
     }
 }
 
-/// Chat rooms in session `room`: `peers` nodes serving (the one at `hung`
+/// Chat rooms in group `room`: `peers` nodes serving (the one at `hung`
 /// never answers a post), and a caller built by `caller` linked with all of
 /// them (beacon interval 100 ms).
 async fn caller_and_rooms(
     caller: impl FnOnce(NodeBuilder) -> NodeBuilder,
     peers: usize,
     hung: usize,
-    group: (Ipv4Addr, u16),
+    multicast: (Ipv4Addr, u16),
 ) -> (Node, Vec<Node>) {
     let interval = 100 * MS;
     let bound = 2 * interval + Duration::from_secs(3);
-    let caller = caller(node("caller".into(), group, interval).session("room"))
+    let caller = caller(node("caller".into(), multicast, interval).group("room"))
         .start()
         .await
         .expect("starts");
@@ -459,8 +463,8 @@ async fn caller_and_rooms(
             ..Room::new()
         };
         others.push(
-            node(format!("peer-{i}"), group, interval)
-                .session("room")
+            node(format!("peer-{i}"), multicast, interval)
+                .group("room")
                 .serve(ChatHandler::new(room))
                 .start()
                 .await
@@ -477,9 +481,14 @@ async fn caller_and_rooms(
 async fn broadcast_returns_every_reply_before_the_deadline_and_times_out_the_hung_peer() {
     const PEERS: usize = 20;
     let interval = 100 * MS;
-    let group = private_group();
-    let (caller, others) =
-        caller_and_rooms(|b| b.serve(ChatHandler::new(Room::new())), PEERS, 7, group).await;
+    let multicast = private_multicast();
+    let (caller, others) = caller_and_rooms(
+        |b| b.serve(ChatHandler::new(Room::new())),
+        PEERS,
+        7,
+        multicast,
+    )
+    .await;
     let hung = others[7].id();
 
     let deadline = Duration::from_millis(1500);
@@ -489,8 +498,8 @@ async fn broadcast_returns_every_reply_before_the_deadline_and_times_out_the_hun
     });
     assert_eq!(replies.peers().len(), PEERS);
     // A node joining after the broadcast started does not take part.
-    let late = node("late".into(), group, interval)
-        .session("room")
+    let late = node("late".into(), multicast, interval)
+        .group("room")
         .serve(ChatHandler::new(Room::new()))
         .start()
         .await
@@ -533,7 +542,7 @@ async fn broadcast_returns_every_reply_before_the_deadline_and_times_out_the_hun
 async fn fanout_calls_every_peer_through_the_generated_methods() {
     const PEERS: usize = 4;
     let (caller, others) =
-        caller_and_rooms(|b| b.uses::<ChatClient>(), PEERS, 2, private_group()).await;
+        caller_and_rooms(|b| b.uses::<ChatClient>(), PEERS, 2, private_multicast()).await;
     let hung = others[2].id();
     let peers = caller.peers::<ChatClient>();
 
@@ -565,19 +574,19 @@ async fn actor_state_stays_consistent_under_a_thousand_concurrent_calls() {
 /// A server node serving `chat` and a caller-only node send 1,000
 /// concurrent posts: every post sees a distinct count, and the log holds
 /// each message once — no update lost or doubled.
-async fn thousand_concurrent_posts(chat: impl plexus::IntoRouter) {
+async fn thousand_concurrent_posts(chat: impl plexus::server::IntoRouter) {
     const CALLS: u64 = 1000;
     let interval = 100 * MS;
     let bound = 2 * interval + Duration::from_secs(2);
-    let group = private_group();
-    let server = node("server".into(), group, interval)
-        .session("s")
+    let multicast = private_multicast();
+    let server = node("server".into(), multicast, interval)
+        .group("s")
         .serve(chat)
         .start()
         .await
         .expect("starts");
-    let client = node("client".into(), group, interval)
-        .session("s")
+    let client = node("client".into(), multicast, interval)
+        .group("s")
         .uses::<ChatClient>()
         .start()
         .await
@@ -647,20 +656,20 @@ async fn a_mut_self_service_takes_a_thousand_concurrent_calls_one_at_a_time() {
 async fn a_node_without_the_session_key_is_ignored() {
     let interval = 50 * MS;
     let bound = 2 * interval + Duration::from_secs(2);
-    let group = private_group();
+    let multicast = private_multicast();
     let key = SessionKey::new(b"lobby secret");
     let keyed = |name: &str| {
         Node::builder(name)
-            .discovery(beacon(group, interval).key(key.clone()))
+            .discovery(beacon(multicast, interval).key(key.clone()))
             .reconcile_interval(interval)
-            .session("lobby")
+            .group("lobby")
             .serve(ChatHandler::new(Room::new()))
             .start()
     };
     let a = keyed("a").await.expect("starts");
     let b = keyed("b").await.expect("starts");
-    let stranger = node("stranger".into(), group, interval)
-        .session("lobby")
+    let stranger = node("stranger".into(), multicast, interval)
+        .group("lobby")
         .serve(ChatHandler::new(Room::new()))
         .start()
         .await
@@ -686,15 +695,15 @@ async fn a_node_without_the_session_key_is_ignored() {
 async fn stop_lets_calls_in_flight_finish() {
     let interval = 100 * MS;
     let bound = 2 * interval + Duration::from_secs(2);
-    let group = private_group();
-    let slow = node("slow".into(), group, interval)
-        .session("s")
+    let multicast = private_multicast();
+    let slow = node("slow".into(), multicast, interval)
+        .group("s")
         .serve(SlowHandler::new(Sleeper))
         .start()
         .await
         .expect("starts");
-    let caller = node("caller".into(), group, interval)
-        .session("s")
+    let caller = node("caller".into(), multicast, interval)
+        .group("s")
         .serve(SlowHandler::new(Sleeper))
         .start()
         .await
@@ -748,10 +757,10 @@ async fn a_departed_node_is_not_relinked_by_a_late_connection_from_the_same_proc
 
     let interval = 100 * MS;
     let bound = 2 * interval + Duration::from_secs(2);
-    let group = private_group();
+    let multicast = private_multicast();
     let start = |name: &str| {
-        node(name.into(), group, interval)
-            .session("s")
+        node(name.into(), multicast, interval)
+            .group("s")
             .serve(ChatHandler::new(Room::new()))
             .start()
     };

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use plexus::discovery::Static;
-use plexus::node::{Node, NodeEvent};
 use plexus::Reject;
+use plexus::{node::NodeEvent, Node};
 use tokio::time::timeout;
 
 /// Says which node answered.
@@ -30,7 +30,7 @@ const STEP: Duration = Duration::from_secs(20);
 async fn node(name: &'static str, listen: &str, peers: Vec<String>) -> Node {
     Node::builder(name)
         .listen(listen)
-        .session("static-room")
+        .group("static-room")
         .discovery(Static::new(peers))
         .serve(WhoamiHandler::new(Named(name)))
         .reconcile_interval(Duration::from_millis(50))
@@ -100,7 +100,7 @@ async fn static_list_links_both_sides_and_redials_a_returning_peer() {
         loop {
             match Node::builder("b2")
                 .listen(b_url.as_str())
-                .session("static-room")
+                .group("static-room")
                 .discovery(Static::new(Vec::<String>::new()))
                 .serve(WhoamiHandler::new(Named("b2")))
                 .start()

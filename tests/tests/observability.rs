@@ -663,10 +663,10 @@ mod nodes {
     use std::time::Duration;
 
     use plexus::discovery::Static;
-    use plexus::node::{Node, NodeBuilder};
     use plexus::observe::names;
     use plexus::patterns::{Overflow, Pipeline, Publisher, Subscriber, TopicClient};
     use plexus::Reject;
+    use plexus::{node::NodeBuilder, Node};
     use plexus_tests::observe::{capture, recorder, Captured};
     use plexus_tests::{bounded, until};
 
@@ -707,7 +707,7 @@ mod nodes {
     fn builder(name: &str, peers: Vec<String>) -> NodeBuilder {
         Node::builder(name)
             .listen("tcp://127.0.0.1:0")
-            .session("observed")
+            .group("observed")
             .discovery(Static::new(peers))
             .reconcile_interval(Duration::from_millis(50))
     }
@@ -727,14 +727,14 @@ mod nodes {
         // On a private loopback beacon group, where a graceful leave is
         // announced (a static list only notices a peer is gone).
         let n = (plexus::NodeId::random().0 >> 64) as u32;
-        let group = std::net::Ipv4Addr::new(239, 255, (n >> 8) as u8, (n as u8) | 1);
+        let multicast = std::net::Ipv4Addr::new(239, 255, (n >> 8) as u8, (n as u8) | 1);
         let port = 20_000 + ((n >> 16) as u16 % 40_000);
         let beaconed = |name: &str| {
             Node::builder(name)
-                .session("observed")
+                .group("observed")
                 .discovery(
                     plexus::discovery::Beacon::loopback()
-                        .group(group)
+                        .multicast_group(multicast)
                         .port(port)
                         .interval(Duration::from_millis(100)),
                 )

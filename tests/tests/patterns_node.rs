@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use plexus::discovery::Static;
-use plexus::node::{Node, NodeBuilder};
 use plexus::patterns::{
     Failover, Overflow, Pipeline, Publisher, Strategy, Subscriber, TopicClient,
 };
-use plexus::{CallError, IntoRouter, NodeId, Reject};
+use plexus::{node::NodeBuilder, Node};
+use plexus::{server::IntoRouter, CallError, NodeId, Reject};
 use plexus_tests::{bounded, until};
 
 /// Work items for the pipeline tests.
@@ -53,7 +53,7 @@ impl Jobs for Worker {
 fn builder(name: &str, peers: Vec<String>) -> NodeBuilder {
     Node::builder(name)
         .listen("tcp://127.0.0.1:0")
-        .session("patterns")
+        .group("patterns")
         .discovery(Static::new(peers))
         .reconcile_interval(Duration::from_millis(50))
 }
@@ -795,7 +795,7 @@ use inventory::StockChanges;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proto_topic_over_a_plain_connection() {
-    use plexus::{Connection, Contract, Server};
+    use plexus::{contract::Contract, Connection, Server};
 
     assert_eq!(StockChanges::DESCRIPTOR.codec, "protobuf");
     assert_eq!(

@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use plexus::socket::{PeerEvent, RawCloseReason, RawError, RawId, RawServer, RecvMode, SendMode};
-use plexus::{Bytes, ConnectionConfig, Message, PeerId, Socket, SocketError};
+use plexus::{
+    socket::{Message, PeerId, Socket, SocketError},
+    Bytes, ConnectionConfig,
+};
 use plexus_tests::tempdir::Dir;
 use plexus_tests::{bounded, eventually, until, TestPki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -798,7 +801,7 @@ async fn raw_stop_closes_connections_and_a_panicking_callback_closes_only_its_ow
     let url = server.local_url().to_string();
     let dial = || async {
         let c = plexus::transport::dial(
-            &plexus::Url::parse(&url).expect("url"),
+            &plexus::transport::Url::parse(&url).expect("url"),
             &plexus::transport::TransportConfig::new(),
         )
         .await
@@ -924,7 +927,7 @@ async fn a_redialing_socket_comes_back_when_its_peer_returns() {
     serve_echo(&first, 1);
     let client = Socket::builder()
         .redial(
-            plexus::Backoff::new()
+            plexus::retry::Backoff::new()
                 .initial(Duration::from_millis(10))
                 .max(Duration::from_millis(100)),
         )

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus::{Backoff, Bytes, CallError, CallOptions, Endpoint, Reject, Router, Server};
+use plexus::{retry::Backoff, Bytes, CallError, CallOptions, Endpoint, Reject, Router, Server};
 use plexus_tests::{bounded, until};
 
 fn counting(hits: Arc<AtomicUsize>, hang: bool) -> Router {

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus::{Backoff, CallContext, CallError, CallOptions, Endpoint, IntoRouter, Reject, Server};
+use plexus::{
+    retry::Backoff, server::IntoRouter, CallContext, CallError, CallOptions, Endpoint, Reject,
+    Server,
+};
 use plexus_tests::{bounded, until};
 
 #[plexus::service(package = "test")]

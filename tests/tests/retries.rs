@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexus::discovery::Static;
-use plexus::node::Node;
 use plexus::patterns::Strategy;
+use plexus::Node;
 use plexus::{
-    Backoff, Bytes, CallContext, CallError, CallOptions, Endpoint, NodeId, Reject, RetryBudget,
-    RetryPolicy, Router, Server,
+    retry::{Backoff, RetryBudget, RetryPolicy},
+    Bytes, CallContext, CallError, CallOptions, Endpoint, NodeId, Reject, Router, Server,
 };
 use plexus_tests::{bounded, until};
 use tokio::time::Instant;
@@ -112,7 +112,7 @@ async fn peer(name: &'static str, id: u128, mode: Mode, list: Vec<String>) -> Pe
     });
     let node = Node::builder(name)
         .node_id(NodeId(id))
-        .session("retries")
+        .group("retries")
         .discovery(Static::new(list))
         .serve(router(worker))
         .reconcile_interval(Duration::from_millis(50))
@@ -134,7 +134,7 @@ async fn caller(peers: &[&Peer]) -> Node {
         .collect();
     let node = Node::builder("caller")
         .node_id(NodeId(u128::MAX))
-        .session("retries")
+        .group("retries")
         .discovery(Static::new(urls))
         .uses::<WorkClient>()
         .reconcile_interval(Duration::from_millis(50))

@@ -15,8 +15,8 @@ use plexus::access::{AllowList, Permission, Policy, Rule};
 use plexus::intercept::{CallInterceptor, Extensions, IncomingCall, OutgoingCall};
 use plexus::wire::{RefusalCode, SessionKey};
 use plexus::{
-    Bytes, CallError, CallOptions, CloseReason, ConnectError, Connection, Endpoint, Event, Reject,
-    Router, Server,
+    events::Event, Bytes, CallError, CallOptions, CloseReason, ConnectError, Connection, Endpoint,
+    Reject, Router, Server,
 };
 use plexus_tests::{bounded, Identity, Member, TestPki, Validity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,7 +60,7 @@ async fn keyed_server(key: &[u8]) -> (Server, Arc<AtomicUsize>) {
 }
 
 /// The next handshake failure the endpoint reports.
-async fn handshake_failure(events: &mut plexus::Events) -> (Option<RefusalCode>, String) {
+async fn handshake_failure(events: &mut plexus::events::Events) -> (Option<RefusalCode>, String) {
     bounded("a handshake failure event", async {
         loop {
             match events.next().await {
@@ -235,8 +235,12 @@ async fn a_recorded_handshake_replayed_is_refused_and_its_calls_never_run() {
     );
 }
 
-fn tls_server_with(pki: &TestPki, id: &Identity, require_client_certs: bool) -> plexus::TlsConfig {
-    let tls = plexus::TlsConfig::server(id.cert_pem.as_bytes(), id.key_pem.as_bytes())
+fn tls_server_with(
+    pki: &TestPki,
+    id: &Identity,
+    require_client_certs: bool,
+) -> plexus::transport::TlsConfig {
+    let tls = plexus::transport::TlsConfig::server(id.cert_pem.as_bytes(), id.key_pem.as_bytes())
         .expect("server tls");
     if require_client_certs {
         tls.require_client_certs(pki.ca_pem.as_bytes())
@@ -246,7 +250,7 @@ fn tls_server_with(pki: &TestPki, id: &Identity, require_client_certs: bool) -> 
     }
 }
 
-fn tls_client_with(pki: &TestPki, id: Option<&Identity>) -> plexus::TlsConfig {
+fn tls_client_with(pki: &TestPki, id: Option<&Identity>) -> plexus::transport::TlsConfig {
     let tls = pki.client_tls();
     match id {
         Some(id) => tls
@@ -274,7 +278,7 @@ async fn tls_server(
 async fn dial_tls(
     pki: &TestPki,
     id: Option<&Identity>,
-    url: &plexus::Url,
+    url: &plexus::transport::Url,
 ) -> Result<Connection, ConnectError> {
     let endpoint = Endpoint::builder().tls(tls_client_with(pki, id)).build();
     let conn = bounded("dial", endpoint.connect(url)).await?;
@@ -648,7 +652,7 @@ impl Greet for Greeter {
     }
 }
 
-fn private_group() -> (std::net::Ipv4Addr, u16) {
+fn private_multicast() -> (std::net::Ipv4Addr, u16) {
     let n = (plexus::NodeId::random().0 >> 64) as u32;
     (
         std::net::Ipv4Addr::new(239, 254, (n >> 8) as u8, (n as u8) | 1),
@@ -656,10 +660,10 @@ fn private_group() -> (std::net::Ipv4Addr, u16) {
     )
 }
 
-fn beacon(group: (std::net::Ipv4Addr, u16)) -> plexus::discovery::Beacon {
+fn beacon(multicast: (std::net::Ipv4Addr, u16)) -> plexus::discovery::Beacon {
     plexus::discovery::Beacon::loopback()
-        .group(group.0)
-        .port(group.1)
+        .multicast_group(multicast.0)
+        .port(multicast.1)
         .interval(Duration::from_millis(100))
 }
 
@@ -667,14 +671,14 @@ fn beacon(group: (std::net::Ipv4Addr, u16)) -> plexus::discovery::Beacon {
 async fn a_fleet_of_five_on_tls_with_a_key_links_up_and_an_outsider_gets_nothing() {
     let pki = TestPki::new("fleet ca");
     let key = SessionKey::new(b"fleet-7 key");
-    let group = private_group();
+    let multicast = private_multicast();
     let mut nodes = Vec::new();
     for i in 0..5 {
         let name = format!("node-{i}");
         let id = pki.member(&Member::named(&name));
         let node = plexus::Node::builder(name.clone())
-            .session("fleet")
-            .discovery(beacon(group))
+            .group("fleet")
+            .discovery(beacon(multicast))
             .reconcile_interval(Duration::from_millis(100))
             .tls(pki.node_tls(&id))
             .session_key(key.clone())
@@ -721,10 +725,10 @@ async fn a_fleet_of_five_on_tls_with_a_key_links_up_and_an_outsider_gets_nothing
 async fn a_keyed_node_does_not_answer_a_plain_connection_to_its_announced_url() {
     // What the issue saw: the URL is in the clear-text announcement, and a
     // plain Connection::connect to it used to call the node's services.
-    let group = private_group();
+    let multicast = private_multicast();
     let node = plexus::Node::builder("keyed")
-        .session("lab")
-        .discovery(beacon(group))
+        .group("lab")
+        .discovery(beacon(multicast))
         .session_key(SessionKey::new(b"lab key"))
         .serve(GreetHandler::new(Greeter))
         .start()

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexus::{
-    Bytes, CallError, CallOptions, CloseReason, ConnectionConfig, Endpoint, Event, Reject, Router,
+    events::Event, Bytes, CallError, CallOptions, CloseReason, ConnectionConfig, Endpoint, Reject,
+    Router,
 };
 use plexus_tests::{bounded, eventually, until, Pair, Transport};
 use tokio::sync::mpsc;
@@ -107,7 +108,10 @@ async fn rejected_session_carries_the_reason() {
     let err = bounded("open", c2.open_session("any", "", Duration::from_secs(5)))
         .await
         .expect_err("no hook");
-    assert_eq!(err.as_reject().map(|r| r.code()), Some(plexus::NO_SESSIONS));
+    assert_eq!(
+        err.as_reject().map(|r| r.code()),
+        Some(plexus::session::NO_SESSIONS)
+    );
 }
 
 #[tokio::test]

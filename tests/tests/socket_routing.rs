@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use plexus::socket::SocketBuilder;
-use plexus::{Bytes, Socket, SocketError};
+use plexus::{
+    socket::{Socket, SocketError},
+    Bytes,
+};
 use plexus_tests::{bounded, until};
 
 fn inproc(name: &str) -> String {

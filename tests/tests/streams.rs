@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus::{Bytes, CallError, CallOptions, ConnectionConfig, Reject, Router, TrySendError};
+use plexus::{
+    stream::TrySendError, Bytes, CallError, CallOptions, ConnectionConfig, Reject, Router,
+};
 use plexus_tests::{bounded, until, Pair, Transport};
 use tokio::sync::mpsc;
 

@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::{header, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use plexus::node::{Node, NodeError};
+use plexus::{node::NodeError, Node};
 use plexus_tests::bounded;
 use plexus_tests::topology::{Mesh, CHAT_SERVICE};
 use serde_json::Value;
@@ -144,12 +144,12 @@ async fn the_feed_shows_the_mesh_its_calls_and_a_node_leaving() {
     assert_eq!(kind, "application/json");
     let snap: Value = serde_json::from_str(&text(body).await).expect("JSON");
     assert_eq!(snap["node"]["name"], "cy");
-    assert_eq!(snap["node"]["session"], "lobby");
+    assert_eq!(snap["node"]["group"], "lobby");
     assert_eq!(snap["node"]["services"][0]["name"], CHAT_SERVICE);
     let urls = snap["node"]["urls"].as_array().expect("urls");
     assert!(!urls.is_empty(), "{snap}");
 
-    // The feed: both peers alive, in the session, linked for chat.
+    // The feed: both peers alive, in the group, linked for chat.
     let mut feed = Feed::open(&mesh.page).await;
     let linked = feed
         .until("both peers alive and linked", |s| {
@@ -166,7 +166,7 @@ async fn the_feed_shows_the_mesh_its_calls_and_a_node_leaving() {
         .await;
     for name in ["ada", "bob"] {
         let p = peer(&linked, name).expect("listed");
-        assert_eq!(p["session"], "lobby");
+        assert_eq!(p["group"], "lobby");
         assert_eq!(p["services"][0]["name"], CHAT_SERVICE);
         let id = p["id"].as_str().expect("an id");
         let node = mesh.nodes.iter().find(|n| n.name() == name).expect("node");

@@ -10,8 +10,9 @@ use bytes::BytesMut;
 use plexus::transport::{self, ReadHalf, TransportConfig, WriteHalf};
 use plexus::wire::{self, Answer, Frame, Hello, RefusalCode, SystemCode, Welcome};
 use plexus::{
+    transport::{TlsConfig, Url},
     Bytes, CallError, CallOptions, ConnectError, ConnectionConfig, Endpoint, Reject, Router,
-    Server, TlsConfig, Url,
+    Server,
 };
 use plexus_tests::raw::hello;
 use plexus_tests::{bounded, tempdir, until, Transport};
@@ -42,7 +43,7 @@ impl Target {
     async fn start_with(
         transport: Transport,
         config: ConnectionConfig,
-        hook: impl FnOnce(plexus::ServerBuilder) -> plexus::ServerBuilder,
+        hook: impl FnOnce(plexus::server::ServerBuilder) -> plexus::server::ServerBuilder,
     ) -> Option<Target> {
         let dir = (transport == Transport::Unix).then(|| tempdir::Dir::new("transports"));
         let scratch = std::env::temp_dir();

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use plexus::patterns::Publisher;
-use plexus::{CloseReason, ConnectionConfig, Event, Reject, Router, Server};
+use plexus::{events::Event, CloseReason, ConnectionConfig, Reject, Router, Server};
 use serde_bytes::ByteBuf;
 
 use crate::BoxError;

@@ -116,11 +116,11 @@ impl Running {
 }
 
 /// A multicast group and port no other test (or process) uses.
-pub fn private_group() -> (Ipv4Addr, u16) {
+pub fn private_multicast() -> (Ipv4Addr, u16) {
     let n: u32 = rand_u32();
-    let group = Ipv4Addr::new(239, 255, (n >> 8) as u8, (n as u8) | 1);
+    let multicast = Ipv4Addr::new(239, 255, (n >> 8) as u8, (n as u8) | 1);
     let port = 20_000 + ((n >> 16) as u16 % 40_000);
-    (group, port)
+    (multicast, port)
 }
 
 fn rand_u32() -> u32 {
@@ -135,20 +135,20 @@ fn rand_u32() -> u32 {
 }
 
 /// A fast loopback beacon on `group`.
-pub fn beacon(group: (Ipv4Addr, u16)) -> Beacon {
+pub fn beacon(multicast: (Ipv4Addr, u16)) -> Beacon {
     Beacon::loopback()
-        .group(group.0)
-        .port(group.1)
+        .multicast_group(multicast.0)
+        .port(multicast.1)
         .interval(Duration::from_millis(100))
 }
 
 /// The flags that point `plexus` at `group`.
-pub fn beacon_flags(group: (Ipv4Addr, u16)) -> Vec<String> {
+pub fn beacon_flags(multicast: (Ipv4Addr, u16)) -> Vec<String> {
     vec![
-        "--beacon-group".into(),
-        group.0.to_string(),
+        "--beacon-multicast-group".into(),
+        multicast.0.to_string(),
         "--beacon-port".into(),
-        group.1.to_string(),
+        multicast.1.to_string(),
     ]
 }
 

@@ -1,4 +1,4 @@
-//! Nodes that find each other on the loopback beacon, join a session and chat.
+//! Nodes that find each other on the loopback beacon, join a group and chat.
 //!
 //! ```text
 //! cargo run -p plexus-examples --bin chat                 # 3 nodes in this process
@@ -12,7 +12,7 @@
 //! first node leaves when a line is read from standard input, and the
 //! program ends at its end.
 //!
-//! Each node serves the `Chat` service and joins the session `lobby`. Once
+//! Each node serves the `Chat` service and joins the group `lobby`. Once
 //! every node sees all the others, each broadcasts a message to the room and
 //! prints the replies; every node prints what it receives. Then the first
 //! node stops, and the others print that it left. Nothing leaves this host:
@@ -30,8 +30,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plexus::discovery::Beacon;
-use plexus::node::{Actor, Node, NodeEvent};
 use plexus::Reject;
+use plexus::{
+    node::{Actor, NodeEvent},
+    Node,
+};
 use plexus_examples::NodeSecurity;
 use tokio::io::AsyncBufReadExt;
 
@@ -121,7 +124,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let builder = Node::builder(name.clone())
             .discovery(Beacon::loopback().interval(interval))
             .reconcile_interval(interval)
-            .session("lobby");
+            .group("lobby");
         #[cfg(feature = "topology")]
         let builder = match &page {
             Some(addr) if i == count - 1 => builder.topology_page(addr.clone()),
@@ -161,7 +164,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|_| format!("{} found only {} peers", node.name(), peers.len()))?;
     }
-    println!("all {count} nodes are in session \"lobby\" and see each other\n");
+    println!("all {count} nodes are in group \"lobby\" and see each other\n");
 
     for node in &nodes {
         let from = node.name().to_string();

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use plexus::discovery::Beacon;
 use plexus::files::{Download, FileShareClient, FileStore, Saved};
-use plexus::node::Node;
 use plexus::Bytes;
+use plexus::Node;
 use plexus_examples::NodeSecurity;
 
 fn arg(name: &str, default: u64) -> Result<u64, String> {
@@ -54,7 +54,7 @@ async fn node(
     store: &FileStore,
 ) -> Result<Node, Box<dyn std::error::Error>> {
     let builder = Node::builder(name)
-        .session("files")
+        .group("files")
         .discovery(Beacon::loopback().interval(Duration::from_millis(200)))
         .serve(store.clone());
     Ok(security.apply(builder, name)?.start().await?)

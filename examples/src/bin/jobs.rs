@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexus::discovery::Beacon;
-use plexus::node::Node;
 use plexus::patterns::Pipeline;
+use plexus::Node;
 use plexus::Reject;
 use plexus_examples::NodeSecurity;
 
@@ -68,7 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let beacon = || Beacon::loopback().interval(Duration::from_millis(200));
 
     let dispatcher = Node::builder("dispatcher")
-        .session("jobs")
+        .group("jobs")
         .discovery(beacon())
         .uses_as::<JobsClient>("dispatcher");
     let dispatcher = security.apply(dispatcher, "dispatcher")?.start().await?;
@@ -82,7 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Arc::default()
         };
         let node = Node::builder(name.as_str())
-            .session("jobs")
+            .group("jobs")
             .discovery(beacon())
             .serve_as(
                 JobsHandler::new(Squarer {

@@ -16,8 +16,8 @@
 use std::time::Duration;
 
 use plexus::discovery::Beacon;
-use plexus::node::Node;
 use plexus::patterns::{Overflow, Publisher, Subscriber, TopicClient};
+use plexus::Node;
 use plexus_examples::NodeSecurity;
 
 /// One sensor reading.
@@ -34,7 +34,7 @@ plexus::topic! {
     pub struct Readings in "telemetry" => Reading;
 }
 
-const SESSION: &str = "plant";
+const GROUP: &str = "plant";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -45,14 +45,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for site in ["site-a", "site-b"] {
         let publisher = Publisher::<Readings>::new();
         let node = Node::builder(site)
-            .session(SESSION)
+            .group(GROUP)
             .discovery(beacon())
             .serve_as(publisher.clone(), "publisher");
         let node = security.apply(node, site)?.start().await?;
         sensors.push((site, node, publisher));
     }
     let watcher = Node::builder("watcher")
-        .session(SESSION)
+        .group(GROUP)
         .discovery(beacon())
         .uses_as::<Readings>("subscriber");
     let watcher = security.apply(watcher, "watcher")?.start().await?;

@@ -16,9 +16,9 @@ use super::scope::{cascade, CallScope, Parent};
 use super::stream::{CallGuard, Inbound, Outbound, Reply};
 use super::table::{Entry, Failure, InboundTx};
 use super::Shared;
+use crate::descriptor::CallKind;
 use crate::error::CallError;
 use crate::wire::frame::CallOpenHead;
-use crate::CallKind;
 
 /// Per-call options: a deadline and metadata.
 ///

@@ -976,7 +976,7 @@ impl Connection {
     }
 
     /// Opens a named session with `data`. The peer's session hook
-    /// ([`EndpointBuilder::on_session`](crate::EndpointBuilder::on_session))
+    /// ([`EndpointBuilder::on_session`](crate::server::EndpointBuilder::on_session))
     /// accepts — the returned [`Session`] carries its reply in
     /// [`Session::peer_data`] — or rejects, giving
     /// [`CallError::Rejected`](crate::CallError::Rejected). If it does neither

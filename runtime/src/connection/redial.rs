@@ -31,7 +31,7 @@ use crate::transport::Url;
 ///
 /// ```
 /// use std::time::Duration;
-/// let b = plexus::Backoff::new().initial(Duration::from_millis(10)).max(Duration::from_secs(1));
+/// let b = plexus::retry::Backoff::new().initial(Duration::from_millis(10)).max(Duration::from_secs(1));
 /// let d = b.delay(3);
 /// assert!(d >= Duration::from_millis(40) && d <= Duration::from_millis(80));
 /// ```

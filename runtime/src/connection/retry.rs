@@ -37,7 +37,7 @@ use crate::error::CallError;
 ///
 /// ```
 /// use std::time::Duration;
-/// use plexus::{Backoff, RetryBudget, RetryPolicy};
+/// use plexus::retry::{Backoff, RetryBudget, RetryPolicy};
 ///
 /// let policy = RetryPolicy::new()
 ///     .attempts(4)
@@ -161,7 +161,7 @@ impl RetryPolicy {
 /// occasional failures are always retried. Clones share one bucket.
 ///
 /// ```
-/// let budget = plexus::RetryBudget::new(0.2, 10);
+/// let budget = plexus::retry::RetryBudget::new(0.2, 10);
 /// assert_eq!(budget.stats().retries, 0);
 /// ```
 #[derive(Clone, Debug)]

@@ -21,13 +21,13 @@ use super::flow::{RecvWindow, SendCredit};
 use super::stream::{Inbound, Outbound};
 use super::table::{Entry, InboundTx};
 use super::{Connection, Session, Shared};
+use crate::descriptor::CallKind;
 use crate::error::Reject;
 use crate::intercept::{IncomingCall, Interceptors};
 use crate::observe::call as observe;
 use crate::router::{CallContext, Route};
 use crate::wire::frame::encode_reject;
 use crate::wire::{CallOpen, Kind, SystemCode};
-use crate::CallKind;
 
 /// A violation the reader closes the connection for.
 pub(crate) struct Violation(pub(crate) String);

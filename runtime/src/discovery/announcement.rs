@@ -18,7 +18,7 @@ pub const ANNOUNCEMENT_VERSION: u8 = 1;
 /// under the UDP limit and bounds what a receiver allocates per datagram.
 pub const MAX_ANNOUNCEMENT_LEN: usize = 4096;
 
-/// Longest name, session, endpoint URL or service name, in bytes.
+/// Longest name, group, endpoint URL or service name, in bytes.
 pub const MAX_TEXT_LEN: usize = 255;
 
 /// Most endpoints one announcement may list.
@@ -31,13 +31,13 @@ pub const MAX_SERVICES: usize = 64;
 const FIXED_LEN: usize = 1 + 16 + 8 + 8 + 1;
 
 const FLAG_LEAVING: u8 = 0b0000_0001;
-const FLAG_SESSION: u8 = 0b0000_0010;
-const KNOWN_FLAGS: u8 = FLAG_LEAVING | FLAG_SESSION;
+const FLAG_GROUP: u8 = 0b0000_0010;
+const KNOWN_FLAGS: u8 = FLAG_LEAVING | FLAG_GROUP;
 
-/// A node's announcement: who it is, where to reach it, and which session it
+/// A node's announcement: who it is, where to reach it, and which group it
 /// is in.
 ///
-/// The node fills in identity, endpoints and session; a discovery backend
+/// The node fills in identity, endpoints and group; a discovery backend
 /// owns `sequence` (it overwrites it with its own increasing counter on every
 /// send) and sets `leaving` when it announces a graceful leave.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,8 +46,8 @@ pub struct Announcement {
     pub node_id: NodeId,
     /// A human-readable node name (not unique).
     pub name: String,
-    /// The session the node is in, if any.
-    pub session: Option<String>,
+    /// The group the node is in, if any.
+    pub group: Option<String>,
     /// URLs the node listens on, e.g. `tcp://127.0.0.1:4000`.
     pub endpoints: Vec<String>,
     /// Grows each time the node process restarts; a higher incarnation means
@@ -64,7 +64,7 @@ pub struct Announcement {
 }
 
 impl Announcement {
-    /// An announcement for `node_id` named `name`, with no session, endpoints
+    /// An announcement for `node_id` named `name`, with no group, endpoints
     /// or services, and an incarnation taken from the wall clock (milliseconds
     /// since the Unix epoch) so that a restarted process announces a higher one.
     pub fn new(node_id: NodeId, name: impl Into<String>) -> Self {
@@ -75,7 +75,7 @@ impl Announcement {
         Announcement {
             node_id,
             name: name.into(),
-            session: None,
+            group: None,
             endpoints: Vec::new(),
             incarnation,
             sequence: 0,
@@ -84,9 +84,9 @@ impl Announcement {
         }
     }
 
-    /// Sets the session (builder style).
-    pub fn session(mut self, session: impl Into<String>) -> Self {
-        self.session = Some(session.into());
+    /// Sets the group (builder style).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
         self
     }
 
@@ -112,8 +112,8 @@ impl Announcement {
     /// [`Announcement::encode`] makes.
     pub fn validate(&self) -> Result<(), EncodeError> {
         check_text("name", &self.name)?;
-        if let Some(session) = &self.session {
-            check_text("session", session)?;
+        if let Some(group) = &self.group {
+            check_text("group", group)?;
         }
         check_count("endpoints", self.endpoints.len(), MAX_ENDPOINTS)?;
         for url in &self.endpoints {
@@ -138,7 +138,7 @@ impl Announcement {
         let text = |s: &String| 1 + s.len();
         FIXED_LEN
             + text(&self.name)
-            + self.session.as_ref().map_or(0, text)
+            + self.group.as_ref().map_or(0, text)
             + 1
             + self.endpoints.iter().map(text).sum::<usize>()
             + 1
@@ -159,8 +159,8 @@ impl Announcement {
         if self.leaving {
             flags |= FLAG_LEAVING;
         }
-        if self.session.is_some() {
-            flags |= FLAG_SESSION;
+        if self.group.is_some() {
+            flags |= FLAG_GROUP;
         }
         buf.reserve(self.encoded_len());
         buf.put_u8(ANNOUNCEMENT_VERSION);
@@ -169,8 +169,8 @@ impl Announcement {
         buf.put_u64(self.sequence);
         buf.put_u8(flags);
         put_text(buf, &self.name);
-        if let Some(session) = &self.session {
-            put_text(buf, session);
+        if let Some(group) = &self.group {
+            put_text(buf, group);
         }
         // Counts were checked against MAX_ENDPOINTS/MAX_SERVICES (< 256) above.
         buf.put_u8(self.endpoints.len() as u8);
@@ -209,8 +209,8 @@ impl Announcement {
             return Err(DecodeError::UnknownFlags(flags));
         }
         let name = r.text("name")?;
-        let session = if flags & FLAG_SESSION != 0 {
-            Some(r.text("session")?)
+        let group = if flags & FLAG_GROUP != 0 {
+            Some(r.text("group")?)
         } else {
             None
         };
@@ -222,7 +222,7 @@ impl Announcement {
         Ok(Announcement {
             node_id,
             name,
-            session,
+            group,
             endpoints,
             incarnation,
             sequence,
@@ -384,7 +384,7 @@ mod tests {
 
     fn sample() -> Announcement {
         Announcement::new(NodeId(0x0123_4567_89ab_cdef_0011_2233_4455_6677), "alice")
-            .session("lab-3")
+            .group("lab-3")
             .endpoint("tcp://127.0.0.1:4000")
             .endpoint("unix:///tmp/alice.sock")
             .service("chat.Chat")
@@ -402,9 +402,9 @@ mod tests {
     }
 
     #[test]
-    fn absent_session_differs_from_empty_session() {
+    fn absent_group_differs_from_empty_group() {
         let none = Announcement::new(NodeId(1), "n").incarnation(1);
-        let empty = none.clone().session("");
+        let empty = none.clone().group("");
         assert_ne!(none.encode().ok(), empty.encode().ok());
         assert_eq!(
             Announcement::decode(&empty.encode().expect("encodes")),
@@ -511,11 +511,11 @@ mod tests {
             any::<bool>(),
         )
             .prop_map(
-                |(id, name, session, endpoints, incarnation, sequence, services, leaving)| {
+                |(id, name, group, endpoints, incarnation, sequence, services, leaving)| {
                     Announcement {
                         node_id: NodeId(id),
                         name,
-                        session,
+                        group,
                         endpoints,
                         incarnation,
                         sequence,

@@ -2,7 +2,7 @@
 //!
 //! Owns the multicast socket and the one task that announces, listens and
 //! ticks the [`Liveness`] table. It sends to exactly one address — the
-//! configured group and port, out of the configured interface — and never
+//! configured multicast group and port, out of the configured interface — and never
 //! opens a Plexus connection.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -24,9 +24,9 @@ use super::{
 
 /// The default multicast group: in 239.255.0.0/16, the organisation-local
 /// scope, which routers do not forward beyond a site.
-pub const DEFAULT_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 73, 1);
+pub const DEFAULT_MULTICAST_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 73, 1);
 
-/// The default UDP port of the group.
+/// The default UDP port of the multicast group.
 pub const DEFAULT_PORT: u16 = 47473;
 
 const BACKEND: &str = "beacon";
@@ -35,10 +35,10 @@ const BACKEND: &str = "beacon";
 #[derive(Clone, Debug)]
 pub struct BeaconConfig {
     /// The IPv4 multicast group announcements are sent to and heard on.
-    pub group: Ipv4Addr,
-    /// The UDP port of the group; every node of a group uses the same one.
+    pub multicast_group: Ipv4Addr,
+    /// The UDP port of the multicast group; every node on it uses the same one.
     pub port: u16,
-    /// The local interface address to send from and join the group on
+    /// The local interface address to send from and join the multicast group on
     /// (`127.0.0.1` for loopback; `0.0.0.0` lets the OS choose).
     pub interface: Ipv4Addr,
     /// Time between announcements.
@@ -59,11 +59,11 @@ pub struct BeaconConfig {
 }
 
 impl BeaconConfig {
-    /// Loopback only: group [`DEFAULT_GROUP`], port [`DEFAULT_PORT`], interface
+    /// Loopback only: multicast group [`DEFAULT_MULTICAST_GROUP`], port [`DEFAULT_PORT`], interface
     /// 127.0.0.1, TTL 0, one announcement a second. Nothing leaves the host.
     pub fn loopback() -> Self {
         BeaconConfig {
-            group: DEFAULT_GROUP,
+            multicast_group: DEFAULT_MULTICAST_GROUP,
             port: DEFAULT_PORT,
             interface: Ipv4Addr::LOCALHOST,
             interval: Duration::from_secs(1),
@@ -99,10 +99,10 @@ impl BeaconConfig {
             backend: BACKEND,
             reason,
         };
-        if !self.group.is_multicast() {
+        if !self.multicast_group.is_multicast() {
             return Err(invalid(format!(
-                "group {} is not an IPv4 multicast address (224.0.0.0/4); use e.g. {DEFAULT_GROUP}",
-                self.group
+                "multicast group {} is not an IPv4 multicast address (224.0.0.0/4); use e.g. {DEFAULT_MULTICAST_GROUP}",
+                self.multicast_group
             )));
         }
         if self.port == 0 {
@@ -133,9 +133,9 @@ impl Default for BeaconConfig {
 
 /// Discovery by UDP multicast announcements: the embedded default.
 ///
-/// Every `interval` the beacon sends its [`Announcement`] to the group; it
+/// Every `interval` the beacon sends its [`Announcement`] to the multicast group; it
 /// hears the others' and reports them through a [`Liveness`] table. Any
-/// number of beacons — in one process or many — can share a group and port
+/// number of beacons — in one process or many — can share a multicast group and port
 /// (the socket uses `SO_REUSEADDR`/`SO_REUSEPORT`).
 ///
 /// Datagrams that are not valid announcements, or fail the session-key
@@ -144,7 +144,8 @@ impl Default for BeaconConfig {
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
-/// use plexus::discovery::{Announcement, Beacon, Discovery, SessionKey};
+/// use plexus::discovery::{Announcement, Beacon, Discovery};
+/// use plexus::wire::SessionKey;
 ///
 /// let beacon = Beacon::loopback()
 ///     .port(47500)
@@ -198,15 +199,15 @@ impl Beacon {
         &self.config
     }
 
-    /// Sets the group's UDP port.
+    /// Sets the multicast group's UDP port.
     pub fn port(mut self, port: u16) -> Self {
         self.config.port = port;
         self
     }
 
     /// Sets the multicast group.
-    pub fn group(mut self, group: Ipv4Addr) -> Self {
-        self.config.group = group;
+    pub fn multicast_group(mut self, group: Ipv4Addr) -> Self {
+        self.config.multicast_group = group;
         self
     }
 
@@ -253,7 +254,7 @@ impl Beacon {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Listens without announcing: reports every node heard on the group,
+    /// Listens without announcing: reports every node heard on the multicast group,
     /// with its liveness, while this process stays invisible to them — for
     /// observers such as `plexus ls`. [`Discovery::leave`] stops it, sending
     /// nothing; [`Discovery::update`] is accepted and ignored.
@@ -288,7 +289,10 @@ impl Beacon {
         current.sequence = current.sequence.max(self.sequence.load(Ordering::Relaxed));
         let task = Task {
             socket,
-            target: SocketAddr::V4(SocketAddrV4::new(self.config.group, self.config.port)),
+            target: SocketAddr::V4(SocketAddrV4::new(
+                self.config.multicast_group,
+                self.config.port,
+            )),
             key: self.config.key.clone(),
             counters: self.counters.clone(),
             sequence: self.sequence.clone(),
@@ -374,13 +378,13 @@ impl Drop for Beacon {
     }
 }
 
-/// Opens the group socket: shared port, joined on `interface` only, sending
+/// Opens the multicast group socket: shared port, joined on `interface` only, sending
 /// out of `interface` only, looped back so other sockets on this host hear it.
 fn bind(config: &BeaconConfig) -> Result<UdpSocket, DiscoveryError> {
     let io = |what: &str| {
         let context = format!(
-            "{what} (group {}:{}, interface {})",
-            config.group, config.port, config.interface
+            "{what} (multicast group {}:{}, interface {})",
+            config.multicast_group, config.port, config.interface
         );
         move |source| DiscoveryError::Io { context, source }
     };
@@ -393,23 +397,23 @@ fn bind(config: &BeaconConfig) -> Result<UdpSocket, DiscoveryError> {
     socket
         .set_reuse_port(true)
         .map_err(io("setting SO_REUSEPORT"))?;
-    // Binding to the group address (where the OS allows it) means unicast
+    // Binding to the multicast group address (where the OS allows it) means unicast
     // datagrams to this port, and other groups, are never delivered here.
     #[cfg(unix)]
-    let bind_ip = config.group;
+    let bind_ip = config.multicast_group;
     #[cfg(not(unix))]
     let bind_ip = Ipv4Addr::UNSPECIFIED;
     socket
         .bind(&SocketAddrV4::new(bind_ip, config.port).into())
         .map_err(io(
-            "binding the group port (is another program using it without SO_REUSEPORT?)",
+            "binding the multicast group port (is another program using it without SO_REUSEPORT?)",
         ))?;
     #[cfg(target_os = "linux")]
     socket
         .set_multicast_all_v4(false)
         .map_err(io("clearing IP_MULTICAST_ALL"))?;
     socket
-        .join_multicast_v4(&config.group, &config.interface)
+        .join_multicast_v4(&config.multicast_group, &config.interface)
         .map_err(io("joining the multicast group on the interface"))?;
     socket
         .set_multicast_if_v4(&config.interface)

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{BufMut, Bytes, BytesMut};
 use hmac::Mac;
 
-pub use crate::wire::SessionKey;
+use crate::wire::SessionKey;
 
 use super::announcement::{Announcement, DecodeError, EncodeError, MAX_ANNOUNCEMENT_LEN};
 
@@ -205,7 +205,7 @@ mod tests {
 
     fn ann() -> Announcement {
         Announcement::new(NodeId(9), "bob")
-            .session("s")
+            .group("s")
             .endpoint("tcp://127.0.0.1:9")
             .incarnation(1)
     }

@@ -369,10 +369,10 @@ mod tests {
             DiscoveryEvent::Recovered(NodeId(1))
         );
         l.tick(t0 + 700 * MS);
-        let moved = ann(1, 1, 3).session("lab-4");
+        let moved = ann(1, 1, 3).group("lab-4");
         assert!(matches!(
             event(l.observe(&moved, t0 + 710 * MS)),
-            DiscoveryEvent::Updated(r) if r.session.as_deref() == Some("lab-4")
+            DiscoveryEvent::Updated(r) if r.group.as_deref() == Some("lab-4")
         ));
         assert_eq!(l.state(NodeId(1)), Some(PeerState::Alive));
     }

@@ -4,7 +4,7 @@
 //! announcements, and turning them into a stream of [`DiscoveryEvent`]s with
 //! a per-peer liveness state machine ([`Liveness`]). It never opens a Plexus
 //! connection: the node layer above reacts to the events (dials endpoints,
-//! exchanges descriptors, matches sessions and roles).
+//! exchanges descriptors, matches groups and roles).
 //!
 //! Backends sit behind one object-safe trait, [`Discovery`]:
 //!
@@ -16,7 +16,7 @@
 //!
 //! A node drives a backend in three steps: [`Discovery::start`] with its
 //! announcement (returns the event stream), [`Discovery::update`] when the
-//! announcement changes (e.g. a session switch), [`Discovery::leave`] to stop
+//! announcement changes (e.g. a group switch), [`Discovery::leave`] to stop
 //! with a graceful leave. Dropping a backend without `leave` stops it at once
 //! with no leave, which peers see as a crash (suspect, then lost).
 //!
@@ -27,7 +27,7 @@
 //!
 //! let beacon = Beacon::loopback();
 //! let me = Announcement::new(NodeId::random(), "alice")
-//!     .session("lab-3")
+//!     .group("lab-3")
 //!     .endpoint("tcp://127.0.0.1:4000");
 //! let mut events = beacon.start(me).await?;
 //! while let Some(event) = events.recv().await {
@@ -60,12 +60,12 @@ pub use self::announcement::{
     Announcement, DecodeError, EncodeError, ANNOUNCEMENT_VERSION, MAX_ANNOUNCEMENT_LEN,
     MAX_ENDPOINTS, MAX_SERVICES, MAX_TEXT_LEN,
 };
-pub use self::beacon::{Beacon, BeaconConfig, DEFAULT_GROUP, DEFAULT_PORT};
-pub use self::datagram::{DatagramError, SessionKey};
+pub use self::beacon::{Beacon, BeaconConfig, DEFAULT_MULTICAST_GROUP, DEFAULT_PORT};
 #[cfg(feature = "etcd")]
 pub use self::etcd::{Etcd, EtcdConfig};
 pub use self::liveness::{Liveness, LivenessConfig, Observation, PeerState};
 pub use self::static_list::Static;
+use crate::wire::SessionKey;
 use crate::NodeId;
 
 /// The future a [`Discovery`] method returns.
@@ -87,7 +87,7 @@ pub trait Discovery: Send + Sync + 'static {
     /// when the backend is dropped.
     fn start(&self, announcement: Announcement) -> DiscoveryFuture<'_, DiscoveryEvents>;
 
-    /// Replaces the announcement (new session, endpoints or services) and
+    /// Replaces the announcement (new group, endpoints or services) and
     /// announces it at once. The backend keeps its own sequence counter, so
     /// the `sequence` given here is only a floor.
     fn update(&self, announcement: Announcement) -> DiscoveryFuture<'_, ()>;
@@ -140,8 +140,8 @@ pub struct PeerRecord {
     pub node_id: NodeId,
     /// The peer's name.
     pub name: String,
-    /// The session the peer is in, if any.
-    pub session: Option<String>,
+    /// The group the peer is in, if any.
+    pub group: Option<String>,
     /// URLs to dial, in the peer's order of preference.
     pub endpoints: Vec<String>,
     /// The peer process's incarnation.
@@ -156,7 +156,7 @@ impl PeerRecord {
         PeerRecord {
             node_id: announcement.node_id,
             name: announcement.name.clone(),
-            session: announcement.session.clone(),
+            group: announcement.group.clone(),
             endpoints: announcement.endpoints.clone(),
             incarnation: announcement.incarnation,
             services: announcement.services.clone(),
@@ -172,7 +172,7 @@ impl PeerRecord {
 pub enum DiscoveryEvent {
     /// A peer heard of for the first time.
     Discovered(PeerRecord),
-    /// A known, live peer changed its session, endpoints, name or services.
+    /// A known, live peer changed its group, endpoints, name or services.
     Updated(PeerRecord),
     /// A peer has been silent for `suspect_after`; it may be gone.
     Suspect(NodeId),

@@ -12,7 +12,7 @@ use super::{
     Announcement, Discovery, DiscoveryError, DiscoveryEvent, DiscoveryEvents, DiscoveryFuture,
     DiscoveryStats,
 };
-use crate::Url;
+use crate::transport::Url;
 
 const BACKEND: &str = "static";
 

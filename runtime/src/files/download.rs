@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::limits::{DownloadLimits, Permit, Seat};
 use super::{FileId, FileShareClient, FileStore, Manifest, NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE};
+use crate::connection::Backoff;
 use crate::node::{Client, PeerChange, PeerSet};
-use crate::{Backoff, CallError, CallOptions, NodeId};
+use crate::{CallError, CallOptions, NodeId};
 
 /// How far a download has come. Sent on [`Download::progress`] after every
 /// chunk, source change and retry.

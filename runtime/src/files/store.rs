@@ -13,7 +13,8 @@ use super::{
     FileId, FileInfo, FileShare, FileShareHandler, Manifest, DEFAULT_CHUNK_SIZE, MAX_CHUNKS,
     MAX_CHUNK_SIZE, NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE,
 };
-use crate::{IntoRouter, Reject, Router};
+use crate::router::IntoRouter;
+use crate::{Reject, Router};
 
 /// Why a file could not be offered.
 #[derive(Debug, thiserror::Error)]

@@ -14,14 +14,16 @@ use crate::NodeId;
 /// The operation id of the built-in descriptor exchange every node serves.
 pub const DESCRIBE_OP: &str = "plexus.Node/describe";
 
-/// Whether a service links peers only inside a shared session, or always.
+/// Whether a service links peers only inside a shared group, or always.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Scope {
-    /// Linked only with peers in the same session (the default). A node in no
-    /// session links none of its session-scoped services.
+    /// Linked only with peers in the same group (the default). A node in no
+    /// group links none of its group-scoped services. On the wire (the
+    /// describe exchange) it keeps its first name, `Session`.
     #[default]
-    Session,
-    /// Linked with every peer that has the service, whatever the sessions.
+    #[serde(rename = "Session")]
+    Group,
+    /// Linked with every peer that has the service, whatever the groups.
     Global,
 }
 
@@ -65,7 +67,7 @@ pub struct ServiceInfo {
     pub roles: Vec<String>,
     /// The role this node takes, if any.
     pub role: Option<String>,
-    /// Session-scoped or global, on this node.
+    /// Group-scoped or global, on this node.
     pub scope: Scope,
     /// Whether this node serves the service (`false`: it only calls it).
     pub serves: bool,
@@ -115,8 +117,10 @@ pub struct NodeDescription {
     pub node_id: String,
     /// The node's name.
     pub name: String,
-    /// The session it is in right now.
-    pub session: Option<String>,
+    /// The group it is in right now. On the wire (MessagePack, by field
+    /// name) it keeps its first name, `session`.
+    #[serde(rename = "session")]
+    pub group: Option<String>,
     /// Its process incarnation (as in its announcements).
     pub incarnation: u64,
     /// The services it serves or calls.
@@ -138,26 +142,26 @@ impl NodeDescription {
     }
 }
 
-/// Whether service `a` of one node (in `a_session`) links with service `b` of
-/// another (in `b_session`). Symmetric in its two sides:
+/// Whether service `a` of one node (in `a_group`) links with service `b` of
+/// another (in `b_group`). Symmetric in its two sides:
 ///
 /// - same contract: equal full names and fingerprints;
 /// - scope: global only if both sides say global; otherwise both must be in
-///   the same session;
+///   the same group;
 /// - roles: if either side declares rules for the service, the pair links
 ///   only when some rule (of either side) connects one's role to the other's,
 ///   in either direction; without rules every pair links.
 pub fn services_link(
     a: &ServiceInfo,
-    a_session: Option<&str>,
+    a_group: Option<&str>,
     b: &ServiceInfo,
-    b_session: Option<&str>,
+    b_group: Option<&str>,
 ) -> bool {
     if a.full_name != b.full_name || a.fingerprint != b.fingerprint {
         return false;
     }
     let global = a.scope == Scope::Global && b.scope == Scope::Global;
-    if !global && (a_session.is_none() || a_session != b_session) {
+    if !global && (a_group.is_none() || a_group != b_group) {
         return false;
     }
     let mut rules = a.rules.iter().chain(&b.rules).peekable();
@@ -198,8 +202,8 @@ mod tests {
     const SUB_TO_PUB: &[(&str, &str)] = &[("subscriber", "publisher")];
 
     #[test]
-    fn session_scoped_services_link_only_inside_one_session() {
-        let a = service(None, Scope::Session, &[]);
+    fn group_scoped_services_link_only_inside_one_group() {
+        let a = service(None, Scope::Group, &[]);
         assert!(services_link(&a, Some("lab"), &a, Some("lab")));
         assert!(!services_link(&a, Some("lab"), &a, Some("other")));
         assert!(!services_link(&a, None, &a, None));
@@ -208,7 +212,7 @@ mod tests {
     #[test]
     fn global_scope_needs_both_sides() {
         let g = service(None, Scope::Global, &[]);
-        let s = service(None, Scope::Session, &[]);
+        let s = service(None, Scope::Group, &[]);
         assert!(services_link(&g, None, &g, Some("x")));
         assert!(!services_link(&g, None, &s, Some("x")));
         assert!(services_link(&g, Some("x"), &s, Some("x")));
@@ -216,14 +220,14 @@ mod tests {
 
     #[test]
     fn role_rules_link_only_the_allowed_pairs_in_either_direction() {
-        let sub = service(Some("subscriber"), Scope::Session, SUB_TO_PUB);
-        let publ = service(Some("publisher"), Scope::Session, SUB_TO_PUB);
+        let sub = service(Some("subscriber"), Scope::Group, SUB_TO_PUB);
+        let publ = service(Some("publisher"), Scope::Group, SUB_TO_PUB);
         let s = Some("lab");
         assert!(services_link(&sub, s, &publ, s));
         assert!(services_link(&publ, s, &sub, s));
         assert!(!services_link(&sub, s, &sub, s));
         assert!(!services_link(&publ, s, &publ, s));
-        let roleless = service(None, Scope::Session, &[]);
+        let roleless = service(None, Scope::Group, &[]);
         assert!(!services_link(&roleless, s, &publ, s));
     }
 
@@ -244,7 +248,7 @@ mod tests {
         let d = NodeDescription {
             node_id: id.to_string(),
             name: "n".into(),
-            session: None,
+            group: None,
             incarnation: 1,
             services: Vec::new(),
         };
@@ -254,5 +258,72 @@ mod tests {
             ..d
         };
         assert_eq!(bad.id(), None);
+    }
+
+    /// The describe exchange as protocol v2 names it: the group was first
+    /// called the session, and the bytes keep that name.
+    #[derive(Serialize, Deserialize)]
+    struct V2Description {
+        node_id: String,
+        name: String,
+        session: Option<String>,
+        incarnation: u64,
+        services: Vec<V2Service>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct V2Service {
+        full_name: String,
+        version: u32,
+        fingerprint: u64,
+        codec: String,
+        roles: Vec<String>,
+        role: Option<String>,
+        scope: V2Scope,
+        serves: bool,
+        rules: Vec<RoleRule>,
+        methods: Vec<MethodInfo>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    enum V2Scope {
+        Session,
+    }
+
+    #[test]
+    fn a_description_keeps_its_v2_bytes_after_the_group_rename() {
+        use crate::codec::{Codec, MsgPack};
+        let ours = NodeDescription {
+            node_id: NodeId(7).to_string(),
+            name: "ada".into(),
+            group: Some("lab".into()),
+            incarnation: 3,
+            services: vec![service(Some("subscriber"), Scope::Group, SUB_TO_PUB)],
+        };
+        let v2 = V2Description {
+            node_id: NodeId(7).to_string(),
+            name: "ada".into(),
+            session: Some("lab".into()),
+            incarnation: 3,
+            services: vec![V2Service {
+                full_name: "demo.Feed".into(),
+                version: 1,
+                fingerprint: 7,
+                codec: "msgpack".into(),
+                roles: vec!["subscriber".into(), "publisher".into()],
+                role: Some("subscriber".into()),
+                scope: V2Scope::Session,
+                serves: true,
+                rules: ours.services[0].rules.clone(),
+                methods: Vec::new(),
+            }],
+        };
+        let bytes = <MsgPack as Codec<NodeDescription>>::encode(&ours).expect("encodes");
+        assert_eq!(
+            bytes,
+            <MsgPack as Codec<V2Description>>::encode(&v2).expect("encodes")
+        );
+        let back: NodeDescription = MsgPack::decode(bytes).expect("decodes");
+        assert_eq!(back, ours);
     }
 }

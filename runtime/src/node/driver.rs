@@ -3,7 +3,7 @@
 //!
 //! Inputs are discovery events, descriptions that arrive over connections
 //! (dialed here or accepted by the describe handler), closed connections,
-//! this node's own session changes, and a periodic reconcile tick that
+//! this node's own group changes, and a periodic reconcile tick that
 //! retries what failed. Outputs are connections dialed or closed, the
 //! published peer sets ([`Shared::links`]) and [`NodeEvent`]s. Owning the
 //! table in one task means every decision sees one consistent state.
@@ -62,8 +62,8 @@ pub(crate) enum Input {
     },
     /// Dialing a statically listed URL failed; the tick retries.
     StaticFailed { url: String, reason: String },
-    /// This node's session changed (already announced).
-    SessionChanged {
+    /// This node's group changed (already announced).
+    GroupChanged {
         from: Option<String>,
         to: Option<String>,
     },
@@ -91,7 +91,7 @@ const DECLINED_BACKOFF: u32 = 10;
 #[derive(Debug)]
 struct Peer {
     name: String,
-    session: Option<String>,
+    group: Option<String>,
     endpoints: Vec<String>,
     incarnation: u64,
     /// Service names from the announcement, until a description arrives.
@@ -120,7 +120,7 @@ impl Peer {
     fn from_record(r: &PeerRecord) -> Self {
         Peer {
             name: r.name.clone(),
-            session: r.session.clone(),
+            group: r.group.clone(),
             endpoints: r.endpoints.clone(),
             incarnation: r.incarnation,
             hint: r.services.clone(),
@@ -148,7 +148,7 @@ pub(crate) struct Driver {
     reconcile_every: Duration,
     follow_locally: bool,
     heartbeat_window: Option<Duration>,
-    /// A move to a local peer's session is under way (follow locally).
+    /// A move to a local peer's group is under way (follow locally).
     following: bool,
     peers: HashMap<NodeId, Peer>,
     /// Tags each registered connection, so a stale close notice is ignored.
@@ -328,7 +328,7 @@ impl Driver {
                 self.emit(NodeEvent::PeerDiscovered {
                     peer: id,
                     name: r.name.clone(),
-                    session: r.session.clone(),
+                    group: r.group.clone(),
                 });
             }
             Some(p) => {
@@ -346,7 +346,7 @@ impl Driver {
                     }
                     p.incarnation = r.incarnation;
                 }
-                let from = std::mem::replace(&mut p.session, r.session.clone());
+                let from = std::mem::replace(&mut p.group, r.group.clone());
                 let old_name = std::mem::replace(&mut p.name, r.name.clone());
                 p.endpoints = r.endpoints.clone();
                 p.hint = r.services.clone();
@@ -364,11 +364,11 @@ impl Driver {
                         to: r.name.clone(),
                     });
                 }
-                if from != r.session {
-                    self.emit(NodeEvent::SessionChanged {
+                if from != r.group {
+                    self.emit(NodeEvent::GroupChanged {
                         node: id,
                         from,
-                        to: r.session.clone(),
+                        to: r.group.clone(),
                     });
                 }
             }
@@ -377,23 +377,23 @@ impl Driver {
         self.reconcile(id, true);
     }
 
-    /// Follow locally: a node in no session joins the session of a peer on
+    /// Follow locally: a node in no group joins the group of a peer on
     /// this host.
     fn consider_following(&mut self, r: &PeerRecord) {
-        if !self.follow_locally || self.following || self.shared.session().is_some() {
+        if !self.follow_locally || self.following || self.shared.group().is_some() {
             return;
         }
-        let Some(session) = r.session.clone() else {
+        let Some(group) = r.group.clone() else {
             return;
         };
         if !locality::on_this_host(&r.endpoints) {
             return;
         }
         self.following = true;
-        tracing::debug!(peer = %r.node_id, %session, "following a local peer into its session");
+        tracing::debug!(peer = %r.node_id, %group, "following a local peer into its group");
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = shared.change_session(Some(session)).await {
+            if let Err(e) = shared.change_group(Some(group)).await {
                 tracing::debug!("following a local peer failed: {e}");
             }
         });
@@ -564,9 +564,9 @@ impl Driver {
                     }
                 }
             }
-            Input::SessionChanged { from, to } => {
+            Input::GroupChanged { from, to } => {
                 self.following = false;
-                self.emit(NodeEvent::SessionChanged {
+                self.emit(NodeEvent::GroupChanged {
                     node: self.shared.id,
                     from,
                     to,
@@ -589,13 +589,13 @@ impl Driver {
             self.emit(NodeEvent::PeerDiscovered {
                 peer: id,
                 name: desc.name.clone(),
-                session: desc.session.clone(),
+                group: desc.group.clone(),
             });
             self.peers.insert(
                 id,
                 Peer {
                     name: desc.name.clone(),
-                    session: desc.session.clone(),
+                    group: desc.group.clone(),
                     endpoints: Vec::new(),
                     incarnation: desc.incarnation,
                     hint: Vec::new(),
@@ -631,12 +631,12 @@ impl Driver {
                 to: desc.name.clone(),
             });
         }
-        if peer.session != desc.session {
-            let from = std::mem::replace(&mut peer.session, desc.session.clone());
-            let _ = events.send(NodeEvent::SessionChanged {
+        if peer.group != desc.group {
+            let from = std::mem::replace(&mut peer.group, desc.group.clone());
+            let _ = events.send(NodeEvent::GroupChanged {
                 node: id,
                 from,
-                to: desc.session.clone(),
+                to: desc.group.clone(),
             });
         }
         // Two connections to one peer (both sides dialed): keep the one the
@@ -718,12 +718,12 @@ impl Driver {
 
     /// Brings one peer's connection and links in line with what is known.
     fn reconcile(&mut self, id: NodeId, may_dial: bool) {
-        let my_session = self.shared.session();
+        let my_group = self.shared.group();
         let me = self.shared.id;
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        let wanted = p.alive() && wanted(&self.shared, my_session.as_deref(), id, p);
+        let wanted = p.alive() && wanted(&self.shared, my_group.as_deref(), id, p);
         let declined = p.declined_until.is_some_and(|t| Instant::now() < t);
         if !wanted {
             if let Some((_, conn)) = p.conn.take() {
@@ -753,7 +753,7 @@ impl Driver {
                 let _ = shared.inputs.send(input);
             });
         }
-        let links = links(&self.shared, my_session.as_deref(), id, p);
+        let links = links(&self.shared, my_group.as_deref(), id, p);
         if links != p.links {
             let old = std::mem::replace(&mut p.links, links);
             let conn = p.conn.as_ref().map(|(_, c)| c.clone());
@@ -792,7 +792,7 @@ impl Driver {
         self.shared.set_known(KnownPeer {
             id,
             name: p.name.clone(),
-            session: p.session.clone(),
+            group: p.group.clone(),
             state: p.state,
             connected: p.conn.is_some(),
             services,
@@ -805,16 +805,16 @@ impl Driver {
 /// with one of theirs (and the link hook agrees). Before their description
 /// arrives, the announced service names stand in, with the scope of our
 /// side.
-fn wanted(shared: &Shared, my_session: Option<&str>, id: NodeId, p: &Peer) -> bool {
+fn wanted(shared: &Shared, my_group: Option<&str>, id: NodeId, p: &Peer) -> bool {
     match &p.description {
         Some(d) => shared
             .services
             .iter()
-            .any(|mine| linked_service(shared, my_session, id, p, d, mine, false)),
+            .any(|mine| linked_service(shared, my_group, id, p, d, mine, false)),
         None => shared.services.iter().any(|mine| {
             p.hint.contains(&mine.full_name)
                 && (mine.scope == super::Scope::Global
-                    || (my_session.is_some() && my_session == p.session.as_deref()))
+                    || (my_group.is_some() && my_group == p.group.as_deref()))
         }),
     }
 }
@@ -824,7 +824,7 @@ fn wanted(shared: &Shared, my_session: Option<&str>, id: NodeId, p: &Peer) -> bo
 /// and the link hook agrees.
 fn linked_service(
     shared: &Shared,
-    my_session: Option<&str>,
+    my_group: Option<&str>,
     id: NodeId,
     p: &Peer,
     d: &NodeDescription,
@@ -832,7 +832,7 @@ fn linked_service(
     serving: bool,
 ) -> bool {
     let Some(theirs) = d.services.iter().find(|theirs| {
-        (!serving || theirs.serves) && services_link(mine, my_session, theirs, p.session.as_deref())
+        (!serving || theirs.serves) && services_link(mine, my_group, theirs, p.group.as_deref())
     }) else {
         return false;
     };
@@ -840,7 +840,7 @@ fn linked_service(
     shared.hooks.allows(&LinkCandidate {
         peer: id,
         name: &p.name,
-        session: p.session.as_deref(),
+        group: p.group.as_deref(),
         service: &mine.full_name,
         role: theirs.role.as_deref(),
         remote: remote.as_ref().map(|r| r.remote()),
@@ -849,14 +849,14 @@ fn linked_service(
 
 /// The services of ours `p` is linked for: connected, described, serving it,
 /// matching scope and roles, and allowed by the link hook.
-fn links(shared: &Shared, my_session: Option<&str>, id: NodeId, p: &Peer) -> BTreeSet<String> {
+fn links(shared: &Shared, my_group: Option<&str>, id: NodeId, p: &Peer) -> BTreeSet<String> {
     let (Some(d), Some(_), true) = (&p.description, &p.conn, p.alive() && p.announced) else {
         return BTreeSet::new();
     };
     shared
         .services
         .iter()
-        .filter(|mine| linked_service(shared, my_session, id, p, d, mine, true))
+        .filter(|mine| linked_service(shared, my_group, id, p, d, mine, true))
         .map(|mine| mine.full_name.clone())
         .collect()
 }

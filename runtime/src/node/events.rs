@@ -38,8 +38,8 @@ pub enum NodeEvent {
         peer: NodeId,
         /// Its name.
         name: String,
-        /// Its session.
-        session: Option<String>,
+        /// Its group.
+        group: Option<String>,
     },
     /// A connection to a peer is up and described (either side dialed):
     /// `identity` is the peer's verified certificate on a secured transport
@@ -71,24 +71,24 @@ pub enum NodeEvent {
         /// The name now.
         to: String,
     },
-    /// A peer invited this node to its session ([`Node::invite`](super::Node::invite)),
+    /// A peer invited this node to its group ([`Node::invite`](super::Node::invite)),
     /// and the invite hook said yes or no.
     Invited {
         /// The inviting peer.
         by: NodeId,
-        /// The session it invited to.
-        session: String,
-        /// Whether this node accepted (and so moved to the session).
+        /// The group it invited to.
+        group: String,
+        /// Whether this node accepted (and so moved to the group).
         accepted: bool,
     },
-    /// A node's session changed: `node` is a peer, or this node itself after
+    /// A node's group changed: `node` is a peer, or this node itself after
     /// [`Node::join`](super::Node::join) and friends.
-    SessionChanged {
-        /// Whose session changed.
+    GroupChanged {
+        /// Whose group changed.
         node: NodeId,
-        /// The session before.
+        /// The group before.
         from: Option<String>,
-        /// The session now.
+        /// The group now.
         to: Option<String>,
     },
     /// A peer's description arrived and lists this service.
@@ -126,7 +126,7 @@ impl NodeEvent {
             | NodeEvent::ServiceDiscovered { peer, .. }
             | NodeEvent::ServiceLinked { peer, .. }
             | NodeEvent::ServiceUnlinked { peer, .. } => *peer,
-            NodeEvent::SessionChanged { node, .. } | NodeEvent::Initialized { node, .. } => *node,
+            NodeEvent::GroupChanged { node, .. } | NodeEvent::Initialized { node, .. } => *node,
             NodeEvent::PeerRenamed { peer, .. } => *peer,
             NodeEvent::Invited { by, .. } => *by,
             NodeEvent::PeerSuspect(id)

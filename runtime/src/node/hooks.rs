@@ -1,5 +1,5 @@
 //! The application's say in what a node does with its peers: invitations to
-//! join a session ([`Node::invite`](super::Node::invite), LightImage's
+//! join a group ([`Node::invite`](super::Node::invite), LightImage's
 //! `Add(peer)`/`JOIN`), and a per-peer decision on every link
 //! ([`NodeBuilder::allow_connection`](super::NodeBuilder::allow_connection),
 //! LightImage's `AllowConnection`).
@@ -34,7 +34,7 @@ pub const INVITE_DECLINED: u32 = 403;
 /// How long an invitation may take: dialing the peer, and its answer.
 const INVITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An invitation to join a session, as the invited node's hook sees it.
+/// An invitation to join a group, as the invited node's hook sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Invitation {
@@ -42,8 +42,8 @@ pub struct Invitation {
     pub from: NodeId,
     /// Its name.
     pub name: String,
-    /// The session it invites to: its own.
-    pub session: String,
+    /// The group it invites to: its own.
+    pub group: String,
 }
 
 /// One prospective link, as the [`allow_connection`](super::NodeBuilder::allow_connection)
@@ -56,8 +56,8 @@ pub struct LinkCandidate<'a> {
     pub peer: NodeId,
     /// Its name.
     pub name: &'a str,
-    /// Its session.
-    pub session: Option<&'a str>,
+    /// Its group.
+    pub group: Option<&'a str>,
     /// The service's full name (`package.Service`).
     pub service: &'a str,
     /// The role the peer takes in it, if any.
@@ -87,7 +87,9 @@ impl Hooks {
 /// What an invitation carries on the wire (MessagePack).
 #[derive(Debug, Serialize, Deserialize)]
 struct InviteRequest {
-    session: String,
+    /// Named `session` on the wire, its first name.
+    #[serde(rename = "session")]
+    group: String,
     name: String,
 }
 
@@ -100,21 +102,21 @@ pub(crate) fn describe_refusal(
     remote: &str,
 ) -> Option<Reject> {
     shared.hooks.allow.as_ref()?;
-    let (Some(peer), mine) = (theirs.id(), shared.session()) else {
+    let (Some(peer), mine) = (theirs.id(), shared.group()) else {
         return None;
     };
     let mut linkable = shared.services.iter().filter_map(|ours| {
         theirs
             .services
             .iter()
-            .find(|t| services_link(ours, mine.as_deref(), t, theirs.session.as_deref()))
+            .find(|t| services_link(ours, mine.as_deref(), t, theirs.group.as_deref()))
     });
     let first = linkable.next()?;
     let allowed = std::iter::once(first).chain(linkable).any(|service| {
         shared.hooks.allows(&LinkCandidate {
             peer,
             name: &theirs.name,
-            session: theirs.session.as_deref(),
+            group: theirs.group.as_deref(),
             service: &service.full_name,
             role: service.role.as_deref(),
             remote: Some(remote),
@@ -133,7 +135,7 @@ pub(crate) fn describe_refusal(
 }
 
 /// The invited side of `plexus.Node/invite`: asks the hook, joins the
-/// session if it agrees, and answers once the move is announced.
+/// group if it agrees, and answers once the move is announced.
 pub(crate) fn invite_route(shared: Weak<Shared>) -> Router {
     Router::new().unary(INVITE_OP, move |ctx, body: Bytes| {
         let shared = shared.upgrade();
@@ -145,7 +147,7 @@ pub(crate) fn invite_route(shared: Weak<Shared>) -> Router {
             let invitation = Invitation {
                 from: ctx.peer().node_id(),
                 name: request.name,
-                session: request.session,
+                group: request.group,
             };
             let verdict = match &shared.hooks.invite {
                 Some(hook) => hook(&invitation),
@@ -156,13 +158,13 @@ pub(crate) fn invite_route(shared: Weak<Shared>) -> Router {
             };
             let _ = shared.events.send(NodeEvent::Invited {
                 by: invitation.from,
-                session: invitation.session.clone(),
+                group: invitation.group.clone(),
                 accepted: verdict.is_ok(),
             });
             match verdict {
                 Ok(()) => {
                     shared
-                        .change_session(Some(invitation.session))
+                        .change_group(Some(invitation.group))
                         .await
                         .map_err(|e| Reject::handler_failed(e.to_string()))?;
                     encode_reply::<MsgPack, _>(&())
@@ -180,7 +182,7 @@ pub(crate) async fn invite(
     endpoint: &Endpoint,
     peer: NodeId,
 ) -> Result<(), NodeError> {
-    let session = shared.session().ok_or_else(|| NodeError::NotInSession {
+    let group = shared.group().ok_or_else(|| NodeError::NotInGroup {
         node: shared.name(),
     })?;
     let unknown = || NodeError::UnknownPeer {
@@ -189,7 +191,7 @@ pub(crate) async fn invite(
     };
     let failed = |reason: String| NodeError::InviteFailed {
         peer,
-        session: session.clone(),
+        group: group.clone(),
         reason,
     };
     let (reply, contact) = oneshot::channel();
@@ -208,7 +210,7 @@ pub(crate) async fn invite(
         ),
     };
     let body = <MsgPack as Codec<InviteRequest>>::encode(&InviteRequest {
-        session: session.clone(),
+        group: group.clone(),
         name: shared.name(),
     })
     .map_err(|e| failed(e.to_string()))?;
@@ -223,7 +225,7 @@ pub(crate) async fn invite(
         Err(CallError::Rejected(r)) if r.code() == INVITE_DECLINED => {
             Err(NodeError::InviteDeclined {
                 peer,
-                session,
+                group,
                 reason: r.message().to_owned(),
             })
         }
@@ -253,4 +255,36 @@ async fn dial(
         return Err("it announced no endpoint".into());
     }
     Err(failures.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An invitation as protocol v2 names it (the group was first called the
+    /// session).
+    #[derive(Serialize, Deserialize)]
+    struct V2Invite {
+        session: String,
+        name: String,
+    }
+
+    #[test]
+    fn an_invitation_keeps_its_v2_bytes_after_the_group_rename() {
+        let ours = InviteRequest {
+            group: "lab".into(),
+            name: "ada".into(),
+        };
+        let v2 = V2Invite {
+            session: "lab".into(),
+            name: "ada".into(),
+        };
+        let bytes = <MsgPack as Codec<InviteRequest>>::encode(&ours).expect("encodes");
+        assert_eq!(
+            bytes,
+            <MsgPack as Codec<V2Invite>>::encode(&v2).expect("encodes")
+        );
+        let back: InviteRequest = MsgPack::decode(bytes).expect("decodes");
+        assert_eq!((back.group, back.name), (ours.group, ours.name));
+    }
 }

@@ -4,7 +4,7 @@
 //! or more URLs and serving several services, a [`Discovery`] backend
 //! announcing it, and a driver that tracks peers, dials them, exchanges
 //! service descriptions over the built-in `plexus.Node/describe` operation,
-//! and links services by session, scope and role. Applications see the
+//! and links services by group, scope and role. Applications see the
 //! result as typed, live [`PeerSet`]s, a [`broadcast`](Node::broadcast) to
 //! every member, and a stream of [`NodeEvent`]s. [`Actor`] runs a service's
 //! `&mut` state on its own task.
@@ -13,7 +13,7 @@
 //! drives the endpoint and the discovery backend.
 //!
 //! ```no_run
-//! # use plexus::{Reject, node::Node, discovery::Beacon};
+//! # use plexus::{Reject, Node, discovery::Beacon};
 //! # #[plexus::service(package = "chat")]
 //! # pub trait Chat { async fn post(&self, text: String) -> Result<u64, Reject>; }
 //! # struct Room;
@@ -23,7 +23,7 @@
 //! use futures_util::StreamExt;
 //!
 //! let node = Node::builder("alice")
-//!     .session("lobby")
+//!     .group("lobby")
 //!     .discovery(Beacon::loopback())
 //!     .serve(ChatHandler::new(Room))
 //!     .start()
@@ -48,6 +48,7 @@ mod broadcast;
 mod description;
 mod driver;
 mod events;
+pub(crate) mod handle;
 mod hooks;
 mod locality;
 mod peers;
@@ -71,6 +72,8 @@ pub use self::description::{
 };
 use self::driver::{Driver, Input};
 pub use self::events::{NodeEvent, NodeEvents};
+use self::handle::Inner;
+pub(crate) use self::handle::Node;
 pub use self::hooks::{Invitation, LinkCandidate, INVITE_DECLINED, INVITE_OP};
 pub use self::peers::{Client, PeerChange, PeerChanges, PeerSet};
 pub use self::relay::{DEFAULT_MAX_HOPS, RELAY_OP};
@@ -79,10 +82,11 @@ use crate::descriptor::{Contract, ServiceDescriptor};
 use crate::discovery::{
     Announcement, Beacon, Discovery, DiscoveryError, DiscoveryStats, PeerState, MAX_SERVICES,
 };
+use crate::router::IntoRouter;
+use crate::transport::Url;
 use crate::wire::SystemCode;
 use crate::{
-    CallError, ConnectError, Connection, ConnectionConfig, Endpoint, IntoRouter, NodeId, Reject,
-    Router, Url,
+    CallError, ConnectError, Connection, ConnectionConfig, Endpoint, NodeId, Reject, Router,
 };
 
 /// Why a node could not start, or could not do what it was asked.
@@ -163,9 +167,9 @@ pub enum NodeError {
         /// The node's name.
         node: String,
     },
-    /// An invitation needs a session to invite to.
-    #[error("node `{node}` is in no session; join one before inviting peers to it")]
-    NotInSession {
+    /// An invitation needs a group to invite to.
+    #[error("node `{node}` is in no group; join one before inviting peers to it")]
+    NotInGroup {
         /// The node's name.
         node: String,
     },
@@ -179,22 +183,22 @@ pub enum NodeError {
         peer: NodeId,
     },
     /// The invited peer declined to join.
-    #[error("peer {peer} declined the invitation to session `{session}`: {reason}")]
+    #[error("peer {peer} declined the invitation to group `{group}`: {reason}")]
     InviteDeclined {
         /// The peer.
         peer: NodeId,
-        /// The session it was invited to.
-        session: String,
+        /// The group it was invited to.
+        group: String,
         /// Its reason.
         reason: String,
     },
     /// The invitation could not be delivered or answered.
-    #[error("inviting peer {peer} to session `{session}` failed: {reason}")]
+    #[error("inviting peer {peer} to group `{group}` failed: {reason}")]
     InviteFailed {
         /// The peer.
         peer: NodeId,
-        /// The session.
-        session: String,
+        /// The group.
+        group: String,
         /// What went wrong (dialing it, or the call).
         reason: String,
     },
@@ -207,8 +211,8 @@ pub struct KnownPeer {
     pub id: NodeId,
     /// Its name.
     pub name: String,
-    /// Its session.
-    pub session: Option<String>,
+    /// Its group.
+    pub group: Option<String>,
     /// Alive, suspect, lost or left.
     pub state: PeerState,
     /// Whether this node holds a connection to it.
@@ -227,7 +231,7 @@ pub(crate) struct Shared {
     name: Mutex<String>,
     incarnation: u64,
     pub(crate) services: Vec<ServiceInfo>,
-    session: Mutex<Option<String>>,
+    group: Mutex<Option<String>>,
     /// Service full name → linked peers and the connection to each.
     links: Mutex<HashMap<String, BTreeMap<NodeId, Connection>>>,
     known: Mutex<BTreeMap<NodeId, KnownPeer>>,
@@ -240,7 +244,7 @@ pub(crate) struct Shared {
     pub(crate) hooks: hooks::Hooks,
     /// Broadcasts relayed through this node recently (mesh relay).
     pub(crate) relayed: relay::Seen,
-    /// What changing the session needs, set once the node has started.
+    /// What changing the group needs, set once the node has started.
     control: std::sync::OnceLock<Control>,
 }
 
@@ -259,29 +263,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn session(&self) -> Option<String> {
-        lock(&self.session).clone()
+    pub(crate) fn group(&self) -> Option<String> {
+        lock(&self.group).clone()
     }
 
-    /// Moves this node to session `to` (`None`: no session): announces the
-    /// change through discovery at once, emits `SessionChanged` and has the
+    /// Moves this node to group `to` (`None`: no group): announces the
+    /// change through discovery at once, emits `GroupChanged` and has the
     /// driver re-check every peer. Even if announcing fails the node is in
-    /// the new session; peers learn it when they connect (descriptions carry
+    /// the new group; peers learn it when they connect (descriptions carry
     /// it).
-    pub(crate) async fn change_session(&self, to: Option<String>) -> Result<(), NodeError> {
+    pub(crate) async fn change_group(&self, to: Option<String>) -> Result<(), NodeError> {
         let stopped = || NodeError::Stopped { node: self.name() };
         let control = self.control.get().ok_or_else(stopped)?;
         let mut announcement = control.announcement.lock().await;
         let Some(current) = announcement.as_mut() else {
             return Err(stopped());
         };
-        let from = std::mem::replace(&mut *lock(&self.session), to.clone());
+        let from = std::mem::replace(&mut *lock(&self.group), to.clone());
         if from == to {
             return Ok(());
         }
-        current.session = to.clone();
+        current.group = to.clone();
         let result = control.discovery.update(current.clone()).await;
-        let _ = self.inputs.send(Input::SessionChanged { from, to });
+        let _ = self.inputs.send(Input::GroupChanged { from, to });
         result.map_err(|source| NodeError::Discovery {
             node: self.name(),
             source,
@@ -296,7 +300,7 @@ impl Shared {
         NodeDescription {
             node_id: self.id.to_string(),
             name: self.name(),
-            session: self.session(),
+            group: self.group(),
             incarnation: self.incarnation,
             services: self.services.clone(),
         }
@@ -352,7 +356,7 @@ pub struct NodeBuilder {
     name: String,
     node_id: Option<NodeId>,
     listen: Vec<String>,
-    session: Option<String>,
+    group: Option<String>,
     discovery: Option<Box<dyn Discovery>>,
     router: Router,
     services: Vec<Participation>,
@@ -367,8 +371,11 @@ pub struct NodeBuilder {
     tls: Option<crate::transport::TlsConfig>,
     key: Option<crate::wire::SessionKey>,
     allow: Option<crate::access::AllowList>,
-    call_interceptors:
-        Vec<Box<dyn FnOnce(crate::EndpointBuilder) -> crate::EndpointBuilder + Send>>,
+    call_interceptors: Vec<
+        Box<
+            dyn FnOnce(crate::endpoint::EndpointBuilder) -> crate::endpoint::EndpointBuilder + Send,
+        >,
+    >,
     events: channel::Sender<NodeEvent>,
     follow_locally: bool,
     hooks: hooks::Hooks,
@@ -389,7 +396,7 @@ impl std::fmt::Debug for NodeBuilder {
         f.debug_struct("NodeBuilder")
             .field("name", &self.name)
             .field("listen", &self.listen)
-            .field("session", &self.session)
+            .field("group", &self.group)
             .field("services", &services)
             .finish_non_exhaustive()
     }
@@ -417,7 +424,7 @@ impl NodeBuilder {
     }
 
     /// The group's session key: every connection of the node proves it in
-    /// its handshake (see [`EndpointBuilder::session_key`](crate::EndpointBuilder::session_key)),
+    /// its handshake (see [`EndpointBuilder::session_key`](crate::endpoint::EndpointBuilder::session_key)),
     /// and the node's discovery uses it too — beacon announcements are
     /// tagged with it and checked for freshness, etcd records are signed with
     /// it. A node without the key can neither be linked nor announce itself
@@ -428,7 +435,7 @@ impl NodeBuilder {
     }
 
     /// Admits as peers only the nodes whose verified certificate `list`
-    /// admits (both ways; see [`EndpointBuilder::allow`](crate::EndpointBuilder::allow)).
+    /// admits (both ways; see [`EndpointBuilder::allow`](crate::endpoint::EndpointBuilder::allow)).
     /// Replace it at run time with `node.endpoint().set_allow_list(..)`.
     pub fn allow(mut self, list: crate::access::AllowList) -> Self {
         self.allow = Some(list);
@@ -446,7 +453,7 @@ impl NodeBuilder {
 
     /// Serves a live page of the mesh this node sees on `addr`, a loopback
     /// `host:port` (`127.0.0.1:0` picks a port; [`Node::topology_url`] says
-    /// which): the nodes it knows with their sessions, roles, services and
+    /// which): the nodes it knows with their groups, roles, services and
     /// liveness, its links and the call rate on each, updated as they
     /// change. Feature `topology`; see `docs/OBSERVABILITY.md`.
     #[cfg(feature = "topology")]
@@ -465,15 +472,15 @@ impl NodeBuilder {
     /// see [`CallInterceptor`](crate::intercept::CallInterceptor).
     pub fn intercept_calls(mut self, interceptor: impl crate::intercept::CallInterceptor) -> Self {
         self.call_interceptors
-            .push(Box::new(move |b: crate::EndpointBuilder| {
+            .push(Box::new(move |b: crate::endpoint::EndpointBuilder| {
                 b.intercept_calls(interceptor)
             }));
         self
     }
 
-    /// The session to be in from the start.
-    pub fn session(mut self, session: impl Into<String>) -> Self {
-        self.session = Some(session.into());
+    /// The group to be in from the start.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
         self
     }
 
@@ -536,7 +543,7 @@ impl NodeBuilder {
     }
 
     /// Sets the scope of service `C` on this node (default
-    /// [`Scope::Session`]). A link is global only when both sides say so.
+    /// [`Scope::Group`]). A link is global only when both sides say so.
     pub fn scope<C: Contract>(mut self, scope: Scope) -> Self {
         self.scopes.push((C::DESCRIPTOR.full_name, scope));
         self
@@ -599,12 +606,12 @@ impl NodeBuilder {
         NodeEvents::new(self.events.subscribe())
     }
 
-    /// While the node is in no session, it joins the session of the first
+    /// While the node is in no group, it joins the group of the first
     /// peer on the same host that is in one (LightImage's *follow
     /// locally*): a tool started next to an application joins whatever the
     /// application is doing. A peer is on this host when its endpoints are
     /// (`unix://`, `inproc://`, a loopback address, or an address this host
-    /// can bind). Once in a session the node stays there until told
+    /// can bind). Once in a group the node stays there until told
     /// otherwise.
     pub fn follow_locally(mut self) -> Self {
         self.follow_locally = true;
@@ -612,7 +619,7 @@ impl NodeBuilder {
     }
 
     /// Decides on invitations ([`Node::invite`]) from peers: return `Ok(())`
-    /// to join the inviter's session (leaving the current one), `Err(reason)`
+    /// to join the inviter's group (leaving the current one), `Err(reason)`
     /// to decline. Without a hook (or [`accept_invites`](Self::accept_invites))
     /// every invitation is declined. The hook runs on the connection's task:
     /// keep it short.
@@ -675,12 +682,7 @@ impl NodeBuilder {
             if let Some(role) = &p.role {
                 check_role(d, role)?;
             }
-            infos.push(ServiceInfo::new(
-                d,
-                p.role.clone(),
-                Scope::Session,
-                p.serves,
-            ));
+            infos.push(ServiceInfo::new(d, p.role.clone(), Scope::Group, p.serves));
         }
         for (service, scope) in &self.scopes {
             let info = infos
@@ -727,7 +729,7 @@ impl NodeBuilder {
             name: Mutex::new(self.name.clone()),
             incarnation: announcement.incarnation,
             services,
-            session: Mutex::new(self.session.clone()),
+            group: Mutex::new(self.group.clone()),
             links: Mutex::new(HashMap::new()),
             known: Mutex::new(BTreeMap::new()),
             events,
@@ -826,7 +828,7 @@ impl NodeBuilder {
             .iter()
             .map(|s| s.full_name.clone())
             .collect();
-        announcement.session = self.session;
+        announcement.group = self.group;
         let mut discovery: Box<dyn Discovery> = match self.discovery {
             Some(d) => d,
             None => Box::new(Beacon::loopback()),
@@ -887,7 +889,7 @@ impl NodeBuilder {
     }
 }
 
-/// The node's part of its reflection: name, session, endpoints, roles.
+/// The node's part of its reflection: name, group, endpoints, roles.
 fn node_reflection(
     shared: Weak<Shared>,
     listening: Arc<std::sync::OnceLock<Vec<String>>>,
@@ -896,7 +898,7 @@ fn node_reflection(
         let shared = shared.upgrade()?;
         Some(crate::reflection::NodeReflection {
             name: shared.name(),
-            session: shared.session(),
+            group: shared.group(),
             incarnation: shared.incarnation,
             endpoints: listening.get().cloned().unwrap_or_default(),
             participation: shared
@@ -906,7 +908,8 @@ fn node_reflection(
                     service: s.full_name.clone(),
                     role: s.role.clone(),
                     scope: match s.scope {
-                        Scope::Session => "session".into(),
+                        // The wire keeps the scope's first name.
+                        Scope::Group => "session".into(),
                         Scope::Global => "global".into(),
                     },
                     serves: s.serves,
@@ -959,318 +962,4 @@ fn describe_route(shared: Weak<Shared>) -> Router {
             encode_reply::<MsgPack, _>(&ours)
         }
     })
-}
-
-struct Inner {
-    shared: Arc<Shared>,
-    endpoint: Endpoint,
-    /// Shared with the driver, which re-announces for newcomers.
-    discovery: Arc<dyn Discovery>,
-    /// The current announcement; `None` once stopped. An async lock so that
-    /// session changes are announced in the order they were made.
-    announcement: Arc<tokio::sync::Mutex<Option<Announcement>>>,
-    local_urls: Vec<Url>,
-    stop: CancellationToken,
-    task: Mutex<Option<JoinHandle<()>>>,
-    /// The live topology page, when the node serves one.
-    #[cfg(feature = "topology")]
-    topology: Option<crate::observe::topology::TopologyPage>,
-}
-
-impl Drop for Inner {
-    /// Dropped without [`Node::stop`]: stop at once, like a crash. The
-    /// discovery backend is dropped without a leave, so peers see this node
-    /// go suspect, then lost; connections are aborted.
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(task) = lock(&self.task).take() {
-            task.abort();
-        }
-        for conn in self.endpoint.connections() {
-            conn.abort();
-        }
-        lock(&self.shared.links).clear();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let endpoint = self.endpoint.clone();
-            runtime.spawn(async move { endpoint.shutdown().await });
-        }
-    }
-}
-
-/// A running node: an identity, its services, its peers. Cheap to clone;
-/// dropping the last clone without [`Node::stop`] stops it like a crash.
-#[derive(Clone)]
-pub struct Node {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for Node {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node")
-            .field("id", &self.inner.shared.id)
-            .field("name", &self.inner.shared.name())
-            .field("session", &self.inner.shared.session())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Node {
-    /// Starts configuring a node called `name`.
-    pub fn builder(name: impl Into<String>) -> NodeBuilder {
-        NodeBuilder {
-            name: name.into(),
-            node_id: None,
-            listen: Vec::new(),
-            session: None,
-            discovery: None,
-            router: Router::new(),
-            services: Vec::new(),
-            scopes: Vec::new(),
-            rules: Vec::new(),
-            config: ConnectionConfig::default(),
-            describe_timeout: Duration::from_secs(5),
-            reconcile_every: Duration::from_secs(1),
-            reflection: true,
-            health: true,
-            #[cfg(feature = "tls")]
-            tls: None,
-            key: None,
-            allow: None,
-            call_interceptors: Vec::new(),
-            events: channel::channel(events::CAPACITY).0,
-            follow_locally: false,
-            hooks: hooks::Hooks::default(),
-            heartbeat_window: Some(Duration::from_secs(3)),
-            #[cfg(feature = "topology")]
-            topology: None,
-        }
-    }
-
-    /// The node's health table; see [`Endpoint::health`]. It reports
-    /// `NOT_SERVING` from the moment [`stop`](Self::stop) or
-    /// [`drain`](Self::drain) begins.
-    pub fn health(&self) -> &crate::health::Health {
-        self.inner.endpoint.health()
-    }
-
-    /// Stops in two steps, for load balancers and orchestrators: reports
-    /// `NOT_SERVING` at once while still serving for `grace`, then
-    /// [`stop`](Self::stop)s.
-    pub async fn drain(&self, grace: Duration) -> Result<(), NodeError> {
-        self.inner.endpoint.health().drain();
-        tokio::time::sleep(grace).await;
-        self.stop().await
-    }
-
-    /// The URL of the node's topology page (`http://127.0.0.1:PORT/`), when
-    /// it serves one ([`NodeBuilder::topology_page`]).
-    #[cfg(feature = "topology")]
-    pub fn topology_url(&self) -> Option<&str> {
-        self.inner.topology.as_ref().map(|p| p.url())
-    }
-
-    /// The node's id: the endpoint's, the one in its announcements.
-    pub fn id(&self) -> NodeId {
-        self.inner.shared.id
-    }
-
-    /// The node's name.
-    pub fn name(&self) -> String {
-        self.inner.shared.name()
-    }
-
-    /// Renames the node: announces the new name at once (peers report
-    /// [`NodeEvent::PeerRenamed`]) and reports it here too.
-    pub async fn rename(&self, name: impl Into<String>) -> Result<(), NodeError> {
-        let to = name.into();
-        let mut announcement = self.inner.announcement.lock().await;
-        let Some(current) = announcement.as_mut() else {
-            return Err(NodeError::Stopped {
-                node: self.inner.shared.name(),
-            });
-        };
-        let from = std::mem::replace(&mut *lock(&self.inner.shared.name), to.clone());
-        if from == to {
-            return Ok(());
-        }
-        current.name = to.clone();
-        let result = self.inner.discovery.update(current.clone()).await;
-        let _ = self.inner.shared.events.send(NodeEvent::PeerRenamed {
-            peer: self.inner.shared.id,
-            from,
-            to,
-        });
-        result.map_err(|source| NodeError::Discovery {
-            node: self.inner.shared.name(),
-            source,
-        })
-    }
-
-    /// The session the node is in.
-    pub fn session(&self) -> Option<String> {
-        self.inner.shared.session()
-    }
-
-    /// Where the node listens (with real ports for `:0`).
-    pub fn local_urls(&self) -> &[Url] {
-        &self.inner.local_urls
-    }
-
-    /// The endpoint underneath, for direct connections and its events.
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.inner.endpoint
-    }
-
-    /// What the node tells peers about itself.
-    pub fn description(&self) -> NodeDescription {
-        self.inner.shared.describe()
-    }
-
-    /// The discovery backend's counters (sent, received, dropped…).
-    pub fn discovery_stats(&self) -> DiscoveryStats {
-        self.inner.discovery.stats()
-    }
-
-    /// Subscribes to peer and session events from now on.
-    pub fn events(&self) -> NodeEvents {
-        NodeEvents::new(self.inner.shared.events.subscribe())
-    }
-
-    /// Every peer this node has heard of, with its state, by id.
-    pub fn known_peers(&self) -> Vec<KnownPeer> {
-        self.inner.shared.known_peers()
-    }
-
-    /// The live set of peers serving `C` that this node is linked with.
-    pub fn peers<C: Client>(&self) -> PeerSet<C> {
-        PeerSet::new(self.inner.shared.clone())
-    }
-
-    /// Calls `call` with a client of every member of `peers::<C>()` at this
-    /// moment (peers joining later do not take part). Each call runs on its
-    /// own task, bounded by `deadline` (which also travels with the call);
-    /// replies stream back as they arrive, and a peer that does not answer
-    /// in time yields [`CallError::Timeout`].
-    pub fn broadcast<C, F, Fut, T>(&self, deadline: Duration, call: F) -> Broadcast<T>
-    where
-        C: Client,
-        F: Fn(C) -> Fut,
-        Fut: Future<Output = Result<T, CallError>> + Send + 'static,
-        T: Send + 'static,
-    {
-        let service = C::DESCRIPTOR.full_name;
-        Broadcast::start(service, self.inner.shared.members(service), deadline, call)
-    }
-
-    /// Typed calls to every member of `peers::<C>()` at this moment, each
-    /// bounded by `deadline`: `node.fanout::<ChatClient>(deadline).post(msg)`
-    /// is a [`Broadcast`] of the replies, with the request encoded once.
-    /// Unary and one-way operations only; for anything else use
-    /// [`broadcast`](Self::broadcast) with a closure.
-    pub fn fanout<C: Client>(&self, deadline: Duration) -> C::Fanout {
-        let service = C::DESCRIPTOR.full_name;
-        Fanout::new(service, self.inner.shared.members(service), deadline).into()
-    }
-
-    /// Typed calls relayed to every node of the mesh of service `C`, not
-    /// only this node's own members: each member runs its handler and
-    /// relays the call on to its members (never back where it came from),
-    /// each node answers once however many ways the call reaches it, and
-    /// the replies stream back tagged with the node that produced them —
-    /// `node.relay::<ChatClient>(deadline).post(msg)`. At most
-    /// [`DEFAULT_MAX_HOPS`] hops from here; see
-    /// [`relay_within`](Self::relay_within). Unary and one-way operations
-    /// only. Nodes joining meanwhile may or may not be reached.
-    pub fn relay<C: Client>(&self, deadline: Duration) -> C::Fanout {
-        self.relay_within::<C>(deadline, DEFAULT_MAX_HOPS)
-    }
-
-    /// [`relay`](Self::relay), at most `max_hops` hops from this node
-    /// (1 is the members only).
-    pub fn relay_within<C: Client>(&self, deadline: Duration, max_hops: u8) -> C::Fanout {
-        let service = C::DESCRIPTOR.full_name;
-        Fanout::new(service, self.inner.shared.members(service), deadline)
-            .relayed(self.inner.shared.clone(), max_hops)
-            .into()
-    }
-
-    /// Asks every member of `C`'s peer set the question `ask` puts, and
-    /// streams the answers that arrive before `deadline` has passed; then
-    /// the stream ends, the questions still running are cancelled and late
-    /// answers are discarded. [`Survey::missing`](crate::patterns::Survey::missing)
-    /// names who did not answer. Peers joining meanwhile are not asked.
-    pub fn survey<C, F, Fut, T>(&self, deadline: Duration, ask: F) -> crate::patterns::Survey<T>
-    where
-        C: Client,
-        F: Fn(C) -> Fut,
-        Fut: Future<Output = Result<T, CallError>> + Send + 'static,
-        T: Send + 'static,
-    {
-        let ends = tokio::time::Instant::now() + deadline;
-        crate::patterns::Survey::new(self.broadcast(deadline, ask), ends)
-    }
-
-    /// Joins `session`, leaving the current one if any: announces the change,
-    /// disconnects session-scoped links to peers of the old session and links
-    /// the new one's.
-    pub async fn join(&self, session: impl Into<String>) -> Result<(), NodeError> {
-        self.set_session(Some(session.into())).await
-    }
-
-    /// Same as [`Node::join`]: moves to `session`.
-    pub async fn switch(&self, session: impl Into<String>) -> Result<(), NodeError> {
-        self.set_session(Some(session.into())).await
-    }
-
-    /// Leaves the current session; only global services stay linked.
-    pub async fn leave_session(&self) -> Result<(), NodeError> {
-        self.set_session(None).await
-    }
-
-    async fn set_session(&self, to: Option<String>) -> Result<(), NodeError> {
-        self.inner.shared.change_session(to).await
-    }
-
-    /// Asks `peer` to join this node's session. It answers through its
-    /// invite hook ([`NodeBuilder::on_invite`]): `Ok(())` once it has joined
-    /// (and announced it), [`NodeError::InviteDeclined`] with its reason if
-    /// it declined. A peer this node holds no connection to (it is in
-    /// another session, say) is dialed for the invitation at the endpoints
-    /// it announced, and the connection closed after.
-    pub async fn invite(&self, peer: NodeId) -> Result<(), NodeError> {
-        hooks::invite(&self.inner.shared, &self.inner.endpoint, peer).await
-    }
-
-    /// Stops gracefully: stops tracking peers and linking new ones,
-    /// announces a leave (peers see it at once), lets calls in flight in both
-    /// directions finish (up to the connection drain timeout) and closes
-    /// every connection and listener. Calling it again does nothing.
-    pub async fn stop(&self) -> Result<(), NodeError> {
-        self.inner.endpoint.health().drain();
-        let Some(_) = self.inner.announcement.lock().await.take() else {
-            return Ok(());
-        };
-        // The driver goes first: were it still running after the leave, a
-        // peer closing its link on hearing the leave could be redialed and
-        // linked again by a node that has already said goodbye.
-        self.inner.shared.stopping.store(true, Ordering::Release);
-        self.inner.stop.cancel();
-        let task = lock(&self.inner.task).take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-        let left = self.inner.discovery.leave().await;
-        self.inner.endpoint.shutdown().await;
-        lock(&self.inner.shared.links).clear();
-        let shared = &self.inner.shared;
-        crate::observe::lifecycle::node_state(&shared.name(), shared.id, "stopped");
-        #[cfg(feature = "topology")]
-        if let Some(page) = &self.inner.topology {
-            page.stop();
-        }
-        left.map_err(|source| NodeError::Discovery {
-            node: self.inner.shared.name(),
-            source,
-        })
-    }
 }

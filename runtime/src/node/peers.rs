@@ -34,7 +34,7 @@ pub trait Client: Contract + Clone + Send + Sync + 'static {
 }
 
 /// The peers serving service `C` that this node is linked with: connected,
-/// described, in a matching session (for session-scoped services) and allowed
+/// described, in a matching group (for group-scoped services) and allowed
 /// by the role rules. Kept up to date by the node; every method reads the
 /// current membership.
 ///
@@ -119,12 +119,6 @@ impl<C: Client> PeerSet<C> {
         self.shared.members(C::DESCRIPTOR.full_name)
     }
 
-    /// Sends to one member at a time, chosen by `strategy`; see
-    /// [`Balancer`](crate::patterns::Balancer).
-    pub fn balanced(&self, strategy: crate::patterns::Strategy) -> crate::patterns::Balancer<C> {
-        crate::patterns::Balancer::new(self.clone(), strategy)
-    }
-
     /// Runs `call` once on a client of every current member, all at once,
     /// and waits for every result: the "to all" send mode, and with a
     /// symmetric one-way service, a bus (each member gets each message once).
@@ -181,7 +175,7 @@ impl<C: Client> PeerSet<C> {
 pub enum PeerChange {
     /// The peer became a member.
     Joined(NodeId),
-    /// The peer stopped being a member (it left the session, was lost,
+    /// The peer stopped being a member (it left the group, was lost,
     /// stopped, or its connection closed).
     Left(NodeId),
 }

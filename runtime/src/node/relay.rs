@@ -35,9 +35,10 @@ use tokio::time::Instant;
 use super::broadcast::Broadcast;
 use super::Shared;
 use crate::codec::{decode_request, Codec, CodecError, MsgPack};
+use crate::connection::Outbound;
 use crate::router::Route;
 use crate::wire::SystemCode;
-use crate::{CallContext, CallError, CallOptions, Connection, NodeId, Outbound, Reject, Router};
+use crate::{CallContext, CallError, CallOptions, Connection, NodeId, Reject, Router};
 
 /// The operation id of the built-in relay every node serves.
 pub const RELAY_OP: &str = "plexus.Node/relay";

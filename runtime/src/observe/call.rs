@@ -22,9 +22,9 @@ use super::names;
 use super::trace_context::{TraceContext, TRACEPARENT};
 use super::{metrics_enabled, tracing_enabled, Address};
 use crate::connection::{CallOptions, PeerInfo};
+use crate::descriptor::CallKind;
 use crate::error::{CallError, Reject};
 use crate::wire::SystemCode;
-use crate::CallKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {

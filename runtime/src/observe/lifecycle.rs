@@ -293,7 +293,7 @@ fn node_event_name(event: &NodeEvent) -> &'static str {
         NodeEvent::PeerLost(_) => "peer_lost",
         NodeEvent::PeerReturned(_) => "peer_returned",
         NodeEvent::PeerLeft(_) => "peer_left",
-        NodeEvent::SessionChanged { .. } => "session_changed",
+        NodeEvent::GroupChanged { .. } => "group_changed",
         NodeEvent::ServiceDiscovered { .. } => "service_discovered",
         NodeEvent::ServiceLinked { .. } => "service_linked",
         NodeEvent::ServiceUnlinked { .. } => "service_unlinked",

@@ -9,7 +9,7 @@
 //! never changes what a call does: a call observed and one not observed
 //! send the same frames (but for the `traceparent` metadata entry) and end
 //! the same way. Nothing is built when nothing listens: the call path asks
-//! [`active`] — a level check against the installed `tracing` subscriber
+//! `active` — a level check against the installed `tracing` subscriber
 //! and a look at the `metrics` recorder, a few nanoseconds together — and
 //! runs exactly as it did before this module existed when it says no.
 //!

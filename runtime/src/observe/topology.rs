@@ -1,5 +1,5 @@
 //! The live topology page: a node serves, over HTTP on loopback, a small
-//! page showing the nodes it knows — their sessions, roles, services,
+//! page showing the nodes it knows — their groups, roles, services,
 //! links and liveness — and the call rate on each of its links, updated
 //! as things change (server-sent events).
 //!
@@ -8,7 +8,7 @@
 //! each side, so a node without the page pays nothing), and the HTTP
 //! server (axum). The page itself is one dependency-free HTML file
 //! (`topology.html` beside this file). Turned on with
-//! [`NodeBuilder::topology_page`](crate::NodeBuilder::topology_page);
+//! [`NodeBuilder::topology_page`](crate::node::NodeBuilder::topology_page);
 //! the page never listens beyond loopback.
 
 use std::collections::{BTreeMap, HashMap};
@@ -141,7 +141,7 @@ struct Snapshot {
 struct SelfView {
     id: String,
     name: String,
-    session: Option<String>,
+    group: Option<String>,
     urls: Vec<String>,
     services: Vec<ServiceView>,
 }
@@ -156,7 +156,7 @@ struct ServiceView {
 struct PeerView {
     id: String,
     name: String,
-    session: Option<String>,
+    group: Option<String>,
     /// `alive`, `suspect`, `lost` or `left`.
     state: &'static str,
     /// Whether the node holds a connection to it.
@@ -197,7 +197,7 @@ fn snapshot(
     let node = SelfView {
         id: me.node_id.clone(),
         name: me.name.clone(),
-        session: me.session.clone(),
+        group: me.group.clone(),
         urls: urls.get().cloned().unwrap_or_default(),
         services: me
             .services
@@ -217,7 +217,7 @@ fn snapshot(
             PeerView {
                 id: p.id.to_string(),
                 name: p.name,
-                session: p.session,
+                group: p.group,
                 state: state_name(p.state),
                 connected: p.connected,
                 services: p

@@ -17,8 +17,18 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::connection::scope::CallScope;
+use crate::connection::{RetryPolicy, RetryStats};
 use crate::node::{Client, PeerSet};
-use crate::{CallError, CallOptions, Connection, NodeId, RetryPolicy, RetryStats};
+use crate::{CallError, CallOptions, Connection, NodeId};
+
+// Defined here rather than beside the set's other methods so that the node
+// layer does not import the patterns built on top of it.
+impl<C: Client> PeerSet<C> {
+    /// Sends to one member at a time, chosen by `strategy`; see [`Balancer`].
+    pub fn balanced(&self, strategy: Strategy) -> Balancer<C> {
+        Balancer::new(self.clone(), strategy)
+    }
+}
 
 /// How a [`Balancer`] picks the member that takes the next call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -146,13 +156,13 @@ impl Drop for Slot {
 /// cancelled.
 ///
 /// ```no_run
-/// # use plexus::{Reject, node::Node};
+/// # use plexus::{Reject, Node};
 /// # #[plexus::service(package = "demo")]
 /// # pub trait Resize { async fn resize(&self, width: u32) -> Result<u32, Reject>; }
 /// # async fn demo(node: Node) -> Result<(), plexus::CallError> {
 /// use std::time::Duration;
 /// use plexus::patterns::Strategy;
-/// use plexus::RetryPolicy;
+/// use plexus::retry::RetryPolicy;
 ///
 /// let resizers = node
 ///     .peers::<ResizeClient>()

@@ -1,20 +1,20 @@
 //! Messaging patterns over a node's peer sets: send to one fairly, to all,
 //! to a chosen peer; publish/subscribe; pipeline; bus; survey.
 //!
-//! Everything here is built on [`PeerSet`](crate::PeerSet)s and typed
+//! Everything here is built on [`PeerSet`](crate::node::PeerSet)s and typed
 //! clients: the node keeps the sets current (discovery, sessions, roles),
 //! the patterns decide who gets which message. None of them opens a socket
 //! or parses a frame.
 //!
 //! | pattern | here |
 //! |---|---|
-//! | to one peer, fairly, with failover | [`Balancer`] ([`PeerSet::balanced`](crate::PeerSet::balanced)), [`Strategy`], [`Failover`] |
-//! | to all peers | [`PeerSet::send_all`](crate::PeerSet::send_all), [`Node::broadcast`](crate::Node::broadcast) |
-//! | to a chosen peer | [`PeerSet::get`](crate::PeerSet::get) |
-//! | no receive (send-only) | [`NodeBuilder::uses_as`](crate::NodeBuilder::uses_as): take part without serving |
+//! | to one peer, fairly, with failover | [`Balancer`] ([`PeerSet::balanced`](crate::node::PeerSet::balanced)), [`Strategy`], [`Failover`] |
+//! | to all peers | [`PeerSet::send_all`](crate::node::PeerSet::send_all), [`Node::broadcast`](crate::Node::broadcast) |
+//! | to a chosen peer | [`PeerSet::get`](crate::node::PeerSet::get) |
+//! | no receive (send-only) | [`NodeBuilder::uses_as`](crate::node::NodeBuilder::uses_as): take part without serving |
 //! | publish/subscribe | [`topic!`](crate::topic), [`Publisher`], [`Subscriber`], [`Overflow`] |
 //! | pipeline (push/pull) | [`Pipeline`]: acked, fair, redelivered when a worker dies |
-//! | bus | a symmetric one-way service + [`PeerSet::send_all`](crate::PeerSet::send_all) |
+//! | bus | a symmetric one-way service + [`PeerSet::send_all`](crate::node::PeerSet::send_all) |
 //! | survey | [`Node::survey`](crate::Node::survey) → [`Survey`] |
 //!
 //! Untyped messaging (bytes to and from peers, no contract) is

@@ -55,7 +55,7 @@ pub struct Delivered<T> {
 /// error — only failures that lose the worker move it on.
 ///
 /// ```no_run
-/// # use plexus::{Reject, node::Node};
+/// # use plexus::{Reject, Node};
 /// # #[plexus::service(package = "jobs")]
 /// # pub trait Jobs { async fn run(&self, job: u64) -> Result<u64, Reject>; }
 /// # async fn demo(node: Node) -> Result<(), plexus::CallError> {

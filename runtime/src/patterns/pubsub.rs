@@ -35,10 +35,12 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Codec, CodecError, MsgPack};
+use crate::connection::Outbound;
 use crate::descriptor::{Contract, ServiceDescriptor};
 use crate::node::{Client, PeerChange, PeerSet};
+use crate::router::IntoRouter;
 use crate::wire::varint;
-use crate::{CallOptions, Connection, IntoRouter, NodeId, Outbound, Reject, Router};
+use crate::{CallOptions, Connection, NodeId, Reject, Router};
 
 /// Longest topic a publisher sends or a filter may be, in bytes.
 pub const MAX_TOPIC_LEN: usize = 1024;
@@ -82,7 +84,7 @@ pub trait Topic: Contract + Send + Sync + 'static {
 ///     pub struct Telemetry in "telemetry" => Reading;
 /// }
 ///
-/// use plexus::Contract;
+/// use plexus::contract::Contract;
 /// assert_eq!(Telemetry::DESCRIPTOR.full_name, "telemetry.Telemetry");
 /// assert_eq!(Telemetry::DESCRIPTOR.roles, ["publisher", "subscriber"]);
 /// ```
@@ -102,25 +104,25 @@ macro_rules! topic {
         #[derive(Clone, Copy, Debug, Default)]
         $vis struct $name;
 
-        impl $crate::Contract for $name {
-            const DESCRIPTOR: &'static $crate::ServiceDescriptor = &$crate::ServiceDescriptor {
+        impl $crate::contract::Contract for $name {
+            const DESCRIPTOR: &'static $crate::contract::ServiceDescriptor = &$crate::contract::ServiceDescriptor {
                 package: $package,
                 name: stringify!($name),
                 full_name: concat!($package, ".", stringify!($name)),
                 version: 1,
                 docs: "",
                 roles: &["publisher", "subscriber"],
-                methods: &[$crate::MethodDescriptor {
+                methods: &[$crate::contract::MethodDescriptor {
                     name: "subscribe",
                     op: concat!($package, ".", stringify!($name), "/subscribe"),
-                    kind: $crate::CallKind::ServerStream,
+                    kind: $crate::contract::CallKind::ServerStream,
                     role: Some("publisher"),
                     idempotent: false,
                     request: "plexus.Subscribe",
                     reply: stringify!($event),
                     docs: "Events on the topics matching the filters, from now on.",
                     params: &[],
-                    json_schemas: $crate::JsonSchemas::none,
+                    json_schemas: $crate::contract::JsonSchemas::none,
                 }],
                 codec: <$codec as $crate::codec::Format>::NAME,
                 fingerprint: $crate::patterns::topic_fingerprint(&[

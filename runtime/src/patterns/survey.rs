@@ -15,8 +15,28 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use tokio::time::{Instant, Sleep};
 
-use crate::node::Broadcast;
-use crate::{CallError, NodeId};
+use crate::node::{Broadcast, Client};
+use crate::{CallError, Node, NodeId};
+
+// Defined here rather than beside the node's other methods so that the node
+// layer does not import the patterns built on top of it.
+impl Node {
+    /// Asks every member of `C`'s peer set the question `ask` puts, and
+    /// streams the answers that arrive before `deadline` has passed; then
+    /// the stream ends, the questions still running are cancelled and late
+    /// answers are discarded. [`Survey::missing`] names who did not answer.
+    /// Peers joining meanwhile are not asked.
+    pub fn survey<C, F, Fut, T>(&self, deadline: std::time::Duration, ask: F) -> Survey<T>
+    where
+        C: Client,
+        F: Fn(C) -> Fut,
+        Fut: Future<Output = Result<T, CallError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let ends = Instant::now() + deadline;
+        Survey::new(self.broadcast(deadline, ask), ends)
+    }
+}
 
 /// Answers to a survey, in the order they arrive, until its deadline; see
 /// [`Node::survey`](crate::Node::survey). Dropping it cancels the questions

@@ -60,7 +60,7 @@ pub enum SocketError {
     },
     /// The dialed endpoint speaks Plexus but is not a message socket.
     #[error(
-        "{url} is a Plexus endpoint but not a message socket; dial a listening plexus::Socket"
+        "{url} is a Plexus endpoint but not a message socket; dial a listening plexus::socket::Socket"
     )]
     NotASocket {
         /// The dialed URL.

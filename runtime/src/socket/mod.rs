@@ -197,8 +197,8 @@ impl Drop for Owner {
 /// received message goes to exactly one [`recv`](Self::recv) call.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), plexus::SocketError> {
-/// use plexus::Socket;
+/// # async fn demo() -> Result<(), plexus::socket::SocketError> {
+/// use plexus::socket::Socket;
 ///
 /// let server = Socket::new();
 /// let url = server.listen("tcp://127.0.0.1:0").await?;
@@ -395,7 +395,7 @@ impl SocketBuilder {
             .accept(move |req| {
                 let Some(offer) = req.data().strip_prefix(SOCKET_HELLO) else {
                     return Err(
-                        "this is a plexus message socket (envelope v2); connect with plexus::Socket::dial"
+                        "this is a plexus message socket (envelope v2); connect with plexus::socket::Socket::dial"
                             .into(),
                     );
                 };

@@ -13,7 +13,7 @@
 //! It takes commands on stdin: `broadcast`, `feed`, `dial <url>`, `quit`.
 //!
 //! Options: `--name`, `--ip` (the interface address to announce on),
-//! `--group`, `--port` (the beacon's), `--role publisher|subscriber`,
+//! `--multicast-group`, `--port` (the beacon's), `--role publisher|subscriber`,
 //! `--listen <url>` (repeatable; default `tcp://<ip>:0`).
 
 use std::net::Ipv4Addr;
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plexus::discovery::Beacon;
-use plexus::node::{Node, NodeEvent};
+use plexus::{node::NodeEvent, Node};
 use plexus::{Connection, Reject};
 use tokio::io::AsyncBufReadExt;
 
@@ -56,7 +56,7 @@ impl Feed for Named {
 struct Options {
     name: String,
     ip: Ipv4Addr,
-    group: Ipv4Addr,
+    multicast_group: Ipv4Addr,
     port: u16,
     role: String,
     listen: Vec<String>,
@@ -67,7 +67,7 @@ fn options() -> Result<Options, String> {
     let mut o = Options {
         name: "node".into(),
         ip: Ipv4Addr::LOCALHOST,
-        group: plexus::discovery::DEFAULT_GROUP,
+        multicast_group: plexus::discovery::DEFAULT_MULTICAST_GROUP,
         port: plexus::discovery::DEFAULT_PORT,
         role: "subscriber".into(),
         listen: Vec::new(),
@@ -78,7 +78,7 @@ fn options() -> Result<Options, String> {
         match flag.as_str() {
             "--name" => o.name = value,
             "--ip" => o.ip = value.parse().map_err(bad)?,
-            "--group" => o.group = value.parse().map_err(bad)?,
+            "--multicast-group" => o.multicast_group = value.parse().map_err(bad)?,
             "--port" => o.port = value.parse().map_err(|e| format!("--port: {e}"))?,
             "--role" => o.role = value,
             "--listen" => o.listen.push(value),
@@ -105,11 +105,11 @@ async fn main() {
         }
     };
     let beacon = Beacon::new(plexus::discovery::BeaconConfig::on_interface(o.ip))
-        .group(o.group)
+        .multicast_group(o.multicast_group)
         .port(o.port)
         .interval(Duration::from_millis(200));
     let mut builder = Node::builder(o.name.clone())
-        .session("hosts")
+        .group("hosts")
         .discovery(beacon)
         .reconcile_interval(Duration::from_millis(200))
         .serve(SiteHandler::new(Named(o.name.clone())))
