@@ -1,14 +1,15 @@
 // A small Plexus client for the browser, over ws:// and wss://.
 //
 // Written for the browser example from docs/PROTOCOL.md (version 2): the
-// handshake, unary and one-way calls, server streams with flow-control
-// credit, Ping answered, GoAway, and MessagePack arguments the way
-// `#[plexus::service]` contracts pack them (none → nil, one → the value,
-// several → an array). No build step, no dependencies: import it as an ES
-// module.
+// handshake (with a session key proved by WebCrypto HMAC, §3.6), unary and
+// one-way calls, server streams with flow-control credit, Ping answered,
+// GoAway, and MessagePack arguments the way `#[plexus::service]` contracts
+// pack them (none → nil, one → the value, several → an array). No build
+// step, no dependencies: import it as an ES module. WebCrypto needs a secure
+// context (https://, or a page from localhost/127.0.0.1) for keys.
 //
 //   import { connect, MsgPackService } from "./plexus.js";
-//   const conn = await connect("ws://127.0.0.1:4000");
+//   const conn = await connect("ws://127.0.0.1:4000");   // { key: "hex" } for a keyed server
 //   const greeter = new MsgPackService(conn, "greet.Greeter");
 //   await greeter.unary("hello", "ada");            // "hello, ada!"
 //   for await (const n of greeter.serverStream("countdown", 3)) { ... }
@@ -22,24 +23,47 @@ const VERSION = 2;
 const HEADER = 10;
 const KIND = { CALL_OPEN: 1, DATA: 2, END: 3, ACK: 4, REJECT: 5, CANCEL: 6, CREDIT: 7, PING: 8, PONG: 9, GOAWAY: 10 };
 const FLAG = { END: 0x01, ONEWAY: 0x02, OP_NEW: 0x04, DEADLINE: 0x08 };
-const SYSTEM_NAMES = {
+/** System codes of Rejects with SYSTEM and of GoAway (§8). */
+export const SYSTEM_NAMES = {
   1: "NoSuchOperation", 2: "HandlerFailed", 3: "DeadlineExceeded", 4: "Cancelled", 5: "InvalidPayload",
   6: "GoingAway", 7: "Protocol", 8: "TooLarge", 9: "SessionClosed", 10: "ResourceExhausted",
+  11: "PermissionDenied",
 };
+/** Refusal codes of the handshake (§3.2); any other code is "Other". */
+export const REFUSAL_NAMES = {
+  1: "VersionMismatch", 2: "SelfConnect", 3: "Rejected", 4: "TooManyConnections", 5: "Malformed",
+  6: "ShuttingDown", 7: "KeyRequired", 8: "KeyMismatch", 9: "NotAllowed",
+};
+const KEY_EXTENSION = 1;
+const KEY_ID_LEN = 8;
+const NONCE_LEN = 32;
+const PROOF_LEN = 32;
+const PROOF_KIND = 2;
+const MIN_HEX_KEY_LEN = 16;
 const utf8 = new TextEncoder();
 const fromUtf8 = new TextDecoder("utf-8", { fatal: true });
 
-/** A call failed. `code`, `message` and `details` are the Reject's when the peer rejected it. */
+/**
+ * A connection or a call failed. `kind` says how: "Rejected" (the handler
+ * said no: `code`, `rejectMessage`, `details`), a system name such as
+ * "NoSuchOperation" or "PermissionDenied" (`system` true), "Refused" (the
+ * listener refused the handshake: `code`, and `refusal` its name, such as
+ * "KeyRequired" or "KeyMismatch"), "Untrusted" (the listener did not prove
+ * this client's session key), "Timeout", "ConnectionLost", "CutOff" and
+ * "AccessRevoked" (the peer's GoAway said ResourceExhausted or
+ * PermissionDenied; `code` is its system code), "Closing", ...
+ */
 export class PlexusError extends Error {
-  constructor(kind, message, { op = "", code = 0, details = new Uint8Array(), system = false } = {}) {
+  constructor(kind, message, { op = "", code = 0, details = new Uint8Array(), system = false, refusal = "" } = {}) {
     super(op ? `${op}: ${message}` : message);
     this.name = "PlexusError";
-    this.kind = kind; // "Rejected", a system name such as "NoSuchOperation", "Timeout", "ConnectionLost", ...
+    this.kind = kind;
     this.op = op;
     this.code = code;
     this.rejectMessage = message;
     this.details = details;
     this.system = system;
+    this.refusal = refusal;
   }
 }
 
@@ -86,6 +110,89 @@ class Reader {
 }
 
 const be32 = (b, at) => ((b[at] << 24) >>> 0) + (b[at + 1] << 16) + (b[at + 2] << 8) + b[at + 3];
+
+// -- session keys (§3.6) -----------------------------------------------------------
+
+/**
+ * A session key written in hex, read exactly as the Rust runtime's
+ * `SessionKey::from_hex` reads it: an even number of hex digits, at least 16
+ * bytes' worth, surrounding whitespace ignored. A Uint8Array is the key itself.
+ */
+export function parseKey(key) {
+  if (key instanceof Uint8Array) {
+    if (key.length === 0) throw new PlexusError("KeyFormat", "a session key is empty");
+    return key;
+  }
+  if (typeof key !== "string") throw new PlexusError("KeyFormat", "a session key is hex text or a Uint8Array");
+  const text = utf8.encode(key.trim());
+  if (text.length % 2 !== 0) throw new PlexusError("KeyFormat", `a hex session key has an even number of digits, not ${text.length}`);
+  const digit = (at) => {
+    const c = String.fromCharCode(text[at]);
+    if (!/^[0-9a-fA-F]$/.test(c)) throw new PlexusError("KeyFormat", `character ${at} of the session key is not a hex digit`);
+    return parseInt(c, 16);
+  };
+  const bytes = new Uint8Array(text.length / 2);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = (digit(2 * i) << 4) | digit(2 * i + 1);
+  if (bytes.length < MIN_HEX_KEY_LEN) {
+    throw new PlexusError("KeyFormat", `a session key of ${bytes.length} bytes is too short to be secret (at least ${MIN_HEX_KEY_LEN}; SessionKey::generate makes 32)`);
+  }
+  return bytes;
+}
+
+const concat = (...parts) => {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+};
+const sameBytes = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
+
+/**
+ * The HMAC-SHA256 computations of the key proof, over WebCrypto. Node ids
+ * are their 16 big-endian bytes. Exported for tests against the golden
+ * vectors; `connect({ key })` uses them.
+ */
+export const keyProof = {
+  async hmacKey(raw) {
+    return crypto.subtle.importKey("raw", raw, { name: "HMAC", hash: "SHA-256" }, false, ["sign", "verify"]);
+  },
+  /** The key's public name: the first 8 bytes of HMAC(key, "plexus key id"). */
+  async keyId(hmac) {
+    return new Uint8Array(await crypto.subtle.sign("HMAC", hmac, utf8.encode("plexus key id"))).slice(0, KEY_ID_LEN);
+  },
+  input(role, dialer, listener, dialerNonce, listenerNonce) {
+    return concat(utf8.encode(`plexus v2 key proof ${role}`), dialer, listener, dialerNonce, listenerNonce);
+  },
+  async listenerProof(hmac, dialer, listener, dialerNonce, listenerNonce) {
+    return new Uint8Array(await crypto.subtle.sign("HMAC", hmac, this.input("listener", dialer, listener, dialerNonce, listenerNonce)));
+  },
+  /** Whether `tag` is the listener's proof for this handshake (WebCrypto's verify compares in constant time). */
+  async verifyListener(hmac, tag, dialer, listener, dialerNonce, listenerNonce) {
+    return crypto.subtle.verify("HMAC", hmac, tag, this.input("listener", dialer, listener, dialerNonce, listenerNonce));
+  },
+  /** The dialer's proof message, sent after the Welcome and before any frame. */
+  async dialerProofMessage(hmac, dialer, listener, dialerNonce, listenerNonce) {
+    const tag = new Uint8Array(await crypto.subtle.sign("HMAC", hmac, this.input("dialer", dialer, listener, dialerNonce, listenerNonce)));
+    return concat(Uint8Array.from(MAGIC), Uint8Array.of(0, VERSION, PROOF_KIND), tag);
+  },
+};
+
+/** The entries of a handshake's extension area (§3.5); a malformed area throws. */
+function extensions(area) {
+  const out = new Map();
+  let at = 0;
+  while (at < area.length) {
+    if (area.length - at < 4) throw new PlexusError("Handshake", "truncated handshake extension header");
+    const type = (area[at] << 8) | area[at + 1];
+    const len = (area[at + 2] << 8) | area[at + 3];
+    at += 4;
+    if (area.length - at < len) throw new PlexusError("Handshake", "truncated handshake extension value");
+    if (out.has(type)) throw new PlexusError("Handshake", `handshake extension type ${type} appears twice`);
+    out.set(type, area.subarray(at, at + len));
+    at += len;
+  }
+  return out;
+}
 
 // -- MessagePack (the subset serde types use) ----------------------------------
 
@@ -200,13 +307,21 @@ function unpackFrom(r) {
 /**
  * Opens a Plexus connection over `ws://` or `wss://`. `data` (a Uint8Array or
  * string) travels in the Hello; `conn.peerData` is the listener's answer.
- * A refusal rejects with a PlexusError of kind "Refused" (`code`, `message`).
+ * A refusal rejects with a PlexusError of kind "Refused" (`code`, `refusal`
+ * such as "KeyRequired", `message`).
+ *
+ * `key` is the group's session key (hex text, as the Rust side reads it, or
+ * a Uint8Array): both sides prove it over fresh nonces; a listener that
+ * proves no key or another one rejects with kind "Untrusted", and nothing is
+ * sent to it after the Hello (a keyed client never accepts a keyless peer).
  */
-export async function connect(url, { data = new Uint8Array(), timeout = 10000, window = 2 << 20, maxFrame = 16 << 20, maxCalls = 64 } = {}) {
+export async function connect(url, { data = new Uint8Array(), timeout = 10000, window = 2 << 20, maxFrame = 16 << 20, maxCalls = 64, key = null } = {}) {
+  const raw = key === null || key === undefined ? null : parseKey(key);
+  const hmac = raw ? await keyProof.hmacKey(raw) : null;
   const socket = new WebSocket(url, ["plexus"]);
   socket.binaryType = "arraybuffer";
   const conn = new Connection(socket, url, { window, maxFrame, maxCalls });
-  await conn._handshake(typeof data === "string" ? utf8.encode(data) : data, timeout);
+  await conn._handshake(typeof data === "string" ? utf8.encode(data) : data, timeout, hmac);
   return conn;
 }
 
@@ -234,17 +349,24 @@ class Connection {
     socket.addEventListener("error", () => this._fail("the WebSocket failed"));
   }
 
-  async _handshake(data, timeout) {
+  async _handshake(data, timeout, hmac) {
     await new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new PlexusError("Timeout", `no connection to ${this.url} within ${timeout} ms`)), timeout);
       this.socket.addEventListener("open", () => { clearTimeout(timer); resolve(); }, { once: true });
       this.socket.addEventListener("close", () => { clearTimeout(timer); reject(new PlexusError("Transport", `could not open ${this.url}`)); }, { once: true });
     });
     const node = crypto.getRandomValues(new Uint8Array(16));
+    const proof = hmac ? { keyId: await keyProof.keyId(hmac), nonce: crypto.getRandomValues(new Uint8Array(NONCE_LEN)) } : null;
     const w = new Writer();
     w.raw(MAGIC); w.u16(VERSION); w.u16(0); w.raw(node);
     w.u32(this.limits.maxFrame); w.u32(this.limits.window); w.u32(this.limits.maxCalls);
-    w.u16(0); w.u32(data.length); w.raw(data);
+    if (proof) {
+      w.u16(4 + KEY_ID_LEN + NONCE_LEN); w.u32(data.length);
+      w.u16(KEY_EXTENSION); w.u16(KEY_ID_LEN + NONCE_LEN); w.raw(proof.keyId); w.raw(proof.nonce);
+    } else {
+      w.u16(0); w.u32(data.length);
+    }
+    w.raw(data);
     this.socket.send(w.done());
     const answer = await new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new PlexusError("Timeout", `no handshake answer from ${this.url} within ${timeout} ms`)), timeout);
@@ -255,13 +377,43 @@ class Connection {
         } catch (error) { clearTimeout(timer); reject(error); }
       };
     });
-    this.onBytes = null;
+    // Bytes after the answer stay in inbuf, unread, until the handshake is done.
+    this.onBytes = () => {};
     if (answer.refused) {
       this.socket.close();
-      throw new PlexusError("Refused", answer.reason, { code: answer.code });
+      const refusal = REFUSAL_NAMES[answer.code] || "Other";
+      throw new PlexusError("Refused", `refused (${refusal}): ${answer.reason}`, { code: answer.code, refusal });
     }
+    if (sameBytes(answer.peerNode, node)) {
+      this.socket.close();
+      throw new PlexusError("SelfConnect", "the peer is this client itself");
+    }
+    if (proof) {
+      // The listener must prove the same key in this handshake (§3.6 step 3);
+      // only then does this side prove it back, before any frame.
+      const why = await this._untrusted(hmac, proof, node, answer);
+      if (why) {
+        this.socket.close();
+        throw new PlexusError("Untrusted", `refused to trust ${this.url}: ${why}`);
+      }
+      this.socket.send(await keyProof.dialerProofMessage(hmac, node, answer.peerNode, proof.nonce, answer.keyExtension.subarray(KEY_ID_LEN, KEY_ID_LEN + NONCE_LEN)));
+    }
+    delete answer.keyExtension;
     Object.assign(this, answer);
+    this.onBytes = null;
     this._readFrames();
+  }
+
+  /** Why the listener's Welcome does not prove this side's key, or "" when it does. */
+  async _untrusted(hmac, proof, node, answer) {
+    const theirs = answer.keyExtension;
+    if (!theirs) return "it proved no session key, and this side has one (a keyed client never accepts a keyless peer; give both the same key)";
+    if (theirs.length !== KEY_ID_LEN + NONCE_LEN + PROOF_LEN) return `its key proof is malformed (${theirs.length} bytes, not ${KEY_ID_LEN + NONCE_LEN + PROOF_LEN})`;
+    if (!sameBytes(theirs.subarray(0, KEY_ID_LEN), proof.keyId)) return "it holds another session key than this side";
+    const nonce = theirs.subarray(KEY_ID_LEN, KEY_ID_LEN + NONCE_LEN);
+    const tag = theirs.subarray(KEY_ID_LEN + NONCE_LEN);
+    if (!(await keyProof.verifyListener(hmac, tag, node, answer.peerNode, proof.nonce, nonce))) return "its proof of the session key is wrong for this handshake";
+    return "";
   }
 
   /** Decodes the listener's answer once it is whole (§3.2). */
@@ -284,10 +436,12 @@ class Connection {
     if (b.length < 41 + extLen + dataLen) return null;
     const answer = {
       refused: false,
+      peerNode: b.slice(7, 23),
       peerMaxFrame: be32(b, 23),
       peerWindow: be32(b, 27),
       peerMaxCalls: be32(b, 31),
       peerData: b.slice(41 + extLen, 41 + extLen + dataLen),
+      keyExtension: extensions(b.slice(41, 41 + extLen)).get(KEY_EXTENSION),
     };
     this.inbuf = b.slice(41 + extLen + dataLen);
     return answer;
@@ -394,8 +548,12 @@ class Connection {
 
   _fail(reason) {
     if (this.closed) return;
+    // After the peer's GoAway with a code, calls in flight learn it (§8).
+    const code = this.goaway ? this.goaway.code : 0;
+    const kind = code === 10 ? "CutOff" : code === 11 ? "AccessRevoked" : "ConnectionLost";
+    if (this.goaway) reason = `the peer went away (${this.goaway.name}): ${this.goaway.reason}`;
     this.closed = reason;
-    for (const [, call] of this.calls) call.fail(new PlexusError("ConnectionLost", reason, { op: call.op }));
+    for (const [, call] of this.calls) call.fail(new PlexusError(kind, reason, { op: call.op, code, system: code !== 0 }));
     this.calls.clear();
   }
 
@@ -447,9 +605,14 @@ class Connection {
       case KIND.PING:
         if (payload.length !== 8) throw new Error("a ping payload must be exactly 8 bytes");
         return this._send(frame(KIND.PONG, 0, 0, payload));
-      case KIND.GOAWAY:
+      case KIND.GOAWAY: {
         this.peerDraining = true;
+        const r = new Reader(payload);
+        r.take(4); // last id: this client has no retry logic to feed
+        const code = r.varint();
+        if (code !== 0) this.goaway = { code, name: SYSTEM_NAMES[code] || `system code ${code}`, reason: fromUtf8.decode(r.rest()) };
         return;
+      }
       case KIND.CALL_OPEN: {
         // This client serves nothing: refuse calls, drop one-way messages.
         if ((flags & FLAG.ONEWAY) === 0) {

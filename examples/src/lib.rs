@@ -1,6 +1,7 @@
 //! What the example programs share: the `--tls-dir DIR` option that lets
 //! `tls://`, `wss://` and `quic://` run across processes with a development
-//! certificate authority, and the `--tls` / `--key SECRET` options of the
+//! certificate authority, the `--key HEX` option of `echo` and `greeter`
+//! ([`take_session_key`]), and the `--tls` / `--key SECRET` options of the
 //! node examples ([`NodeSecurity`]), with [`DevCa`] giving the nodes of one
 //! process their certificates for mutual TLS.
 //!
@@ -33,6 +34,25 @@ pub fn take_tls_dir(args: &mut Vec<String>) -> Result<Option<PathBuf>, String> {
     let dir = args.remove(at + 1);
     args.remove(at);
     Ok(Some(PathBuf::from(dir)))
+}
+
+/// Takes `--key HEX` out of `args`, if present: the session key every
+/// connection must prove in its handshake (docs/PROTOCOL.md §3.6), in hex
+/// as [`SessionKey::to_hex`] writes it (at least 16 bytes). `echo` and
+/// `greeter` take the key in hex so the same text can be handed to a client
+/// in another language (`plexus.connect(url, key=HEX)` in Python).
+pub fn take_session_key(args: &mut Vec<String>) -> Result<Option<SessionKey>, String> {
+    let Some(at) = args.iter().position(|a| a == "--key") else {
+        return Ok(None);
+    };
+    if at + 1 >= args.len() {
+        return Err("--key needs a session key in hex (64 hex digits for 32 bytes)".to_owned());
+    }
+    let hex = args.remove(at + 1);
+    args.remove(at);
+    SessionKey::from_hex(&hex)
+        .map(Some)
+        .map_err(|e| format!("--key: {e}"))
 }
 
 /// Takes a flag such as `--quiet` out of `args`; true if it was there.

@@ -12,9 +12,10 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use plexus::wire::key::{HelloKey, WelcomeKey, NONCE_LEN};
 use plexus::wire::{
     self, handshake, Answer, CallOpen, Extension, Frame, Hello, OpRef, Refusal, RefusalCode,
-    SystemCode, Welcome, WireError,
+    SessionKey, SystemCode, Welcome, WireError,
 };
 use serde_json::{json, Map, Value};
 
@@ -490,6 +491,139 @@ fn invalid() -> Vec<Invalid> {
     v
 }
 
+// ------------------------------------------------- key proofs (§3.6)
+
+/// One key-proof exchange with every input fixed (the key, both node ids,
+/// both nonces), so another implementation can check that it derives the
+/// same key id, listener proof and dialer proof message from them.
+struct KeyProof {
+    name: &'static str,
+    meaning: &'static str,
+    key: Vec<u8>,
+    dialer: u128,
+    listener: u128,
+    dialer_nonce: [u8; NONCE_LEN],
+    listener_nonce: [u8; NONCE_LEN],
+}
+
+fn key_proofs() -> Vec<KeyProof> {
+    let counting = |from: u8| -> [u8; NONCE_LEN] { std::array::from_fn(|i| from + i as u8) };
+    vec![
+        KeyProof {
+            name: "key_proof",
+            meaning: "A 32-byte key (00 01 … 1f, as SessionKey::from_hex reads \"000102…1f\"); dialer node 000102…0f, listener node 0f0e…00; dialer nonce 20 21 … 3f, listener nonce 40 41 … 5f.",
+            key: (0..32).collect(),
+            dialer: NODE,
+            listener: 0x0f0e_0d0c_0b0a_0908_0706_0504_0302_0100,
+            dialer_nonce: counting(0x20),
+            listener_nonce: counting(0x40),
+        },
+        KeyProof {
+            name: "key_proof_short_key",
+            meaning: "A key may be any length: the 12 bytes of \"lab-3 secret\" (SessionKey::new); dialer node 0xd1, listener node 0x11; nonces of all aa (dialer) and all bb (listener).",
+            key: b"lab-3 secret".to_vec(),
+            dialer: 0xd1,
+            listener: 0x11,
+            dialer_nonce: [0xaa; NONCE_LEN],
+            listener_nonce: [0xbb; NONCE_LEN],
+        },
+    ]
+}
+
+/// HMAC-SHA256 of `parts` under `key`, computed from the spec's words
+/// rather than through the runtime's key module, which this checks.
+fn spec_hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("any key length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+impl KeyProof {
+    fn hello_key(&self) -> HelloKey {
+        HelloKey {
+            key_id: SessionKey::new(&self.key).id(),
+            nonce: self.dialer_nonce,
+        }
+    }
+
+    /// The listener's proof, by the spec's definition.
+    fn listener_proof(&self) -> [u8; 32] {
+        spec_hmac(
+            &self.key,
+            &[
+                b"plexus v2 key proof listener",
+                &self.dialer.to_be_bytes(),
+                &self.listener.to_be_bytes(),
+                &self.dialer_nonce,
+                &self.listener_nonce,
+            ],
+        )
+    }
+
+    fn welcome_key(&self) -> WelcomeKey {
+        WelcomeKey {
+            key_id: SessionKey::new(&self.key).id(),
+            nonce: self.listener_nonce,
+            proof: self.listener_proof(),
+        }
+    }
+
+    fn dialer_proof_message(&self) -> Bytes {
+        self.welcome_key().dialer_proof(
+            &SessionKey::new(&self.key),
+            &self.hello_key(),
+            self.dialer,
+            self.listener,
+        )
+    }
+
+    fn hello(&self) -> Message {
+        Message::Hello(Hello {
+            version: handshake::VERSION,
+            node_id: self.dialer,
+            max_frame: 16 << 20,
+            window: 256 << 10,
+            max_calls: 256,
+            extensions: vec![self.hello_key().extension()],
+            data: Bytes::new(),
+        })
+    }
+
+    fn welcome(&self) -> Message {
+        Message::Answer(Answer::Welcome(Welcome {
+            version: handshake::VERSION,
+            node_id: self.listener,
+            max_frame: 16 << 20,
+            window: 256 << 10,
+            max_calls: 256,
+            extensions: vec![self.welcome_key().extension()],
+            data: Bytes::new(),
+        }))
+    }
+
+    fn json(&self) -> Value {
+        let message =
+            |m: &Message| json!({"hex": hex(&encode_message(m)), "decoded": message_json(m)});
+        json!({
+            "name": self.name,
+            "meaning": self.meaning,
+            "key": hex(&self.key),
+            "dialer_node_id": format!("{:032x}", self.dialer),
+            "listener_node_id": format!("{:032x}", self.listener),
+            "dialer_nonce": hex(&self.dialer_nonce),
+            "listener_nonce": hex(&self.listener_nonce),
+            "key_id": hex(&SessionKey::new(&self.key).id()),
+            "listener_proof": hex(&self.listener_proof()),
+            "dialer_proof_message": hex(&self.dialer_proof_message()),
+            "hello": message(&self.hello()),
+            "welcome": message(&self.welcome()),
+        })
+    }
+}
+
 // ----------------------------------------------------- meaning as JSON
 
 fn frame_json(f: &Frame) -> Value {
@@ -625,14 +759,16 @@ fn document() -> Value {
             Value::Object(o)
         })
         .collect();
+    let key_proofs: Vec<Value> = key_proofs().iter().map(KeyProof::json).collect();
     json!({
         "protocol": "plexus",
         "version": handshake::VERSION,
         "spec": "docs/PROTOCOL.md",
-        "about": "Each frame and handshake vector gives the exact bytes (hex) and what they mean; decoding the bytes must give the meaning and encoding the meaning must give the bytes. Each invalid vector must be refused with the named error (the Rust variant name; the message is this implementation's wording). Byte strings in meanings are hex too.",
+        "about": "Each frame and handshake vector gives the exact bytes (hex) and what they mean; decoding the bytes must give the meaning and encoding the meaning must give the bytes. Each invalid vector must be refused with the named error (the Rust variant name; the message is this implementation's wording). Each key proof fixes a session key, both node ids and both nonces of one handshake (PROTOCOL.md 3.6): an implementation must derive the same key id, listener proof (HMAC-SHA256 over the spec's input) and dialer proof message, and its hello and welcome carry the key extensions. Byte strings in meanings are hex too.",
         "frames": frames,
         "handshakes": handshakes,
         "invalid": invalid,
+        "key_proofs": key_proofs,
     })
 }
 
@@ -715,5 +851,75 @@ fn every_vector_decodes_to_its_meaning_and_encodes_to_its_bytes() {
         };
         assert_eq!(got.as_ref().err(), Some(err), "{name}");
         assert_eq!(v["error"], error_name(err), "{name}");
+    }
+}
+
+#[test]
+fn key_proof_vectors_are_what_the_runtime_derives_and_accepts() {
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(PATH).expect("vectors")).expect("json");
+    let on_disk = doc["key_proofs"].as_array().expect("key_proofs section");
+    assert_eq!(on_disk.len(), key_proofs().len());
+    for (p, v) in key_proofs().iter().zip(on_disk) {
+        let name = p.name;
+        assert_eq!(v["name"], name);
+        let key = SessionKey::new(&p.key);
+        // The key id by the spec's definition is the runtime's.
+        let spec_id = spec_hmac(&p.key, &[b"plexus key id"]);
+        assert_eq!(key.id()[..], spec_id[..8], "{name}: key id");
+        assert_eq!(
+            unhex(v["key_id"].as_str().expect("hex")),
+            key.id(),
+            "{name}"
+        );
+        // The runtime's dialer accepts the spec's listener proof and answers
+        // with the message on disk; its listener accepts that message.
+        let (hello, welcome) = (p.hello_key(), p.welcome_key());
+        assert!(
+            welcome.verify(&key, &hello, p.dialer, p.listener),
+            "{name}: listener proof"
+        );
+        assert!(
+            !welcome.verify(&key, &hello, p.listener, p.dialer),
+            "{name}: the proof is bound to who dialed whom"
+        );
+        let message = unhex(v["dialer_proof_message"].as_str().expect("hex"));
+        assert_eq!(p.dialer_proof_message()[..], message[..], "{name}");
+        let mut src = BytesMut::from(&message[..]);
+        assert_eq!(
+            welcome.check_dialer_proof(&mut src, &key, &hello, p.dialer, p.listener),
+            Ok(Some(true)),
+            "{name}: dialer proof"
+        );
+        assert!(src.is_empty());
+        let spec_dialer_tag = spec_hmac(
+            &p.key,
+            &[
+                b"plexus v2 key proof dialer",
+                &p.dialer.to_be_bytes(),
+                &p.listener.to_be_bytes(),
+                &p.dialer_nonce,
+                &p.listener_nonce,
+            ],
+        );
+        assert_eq!(message[7..], spec_dialer_tag[..], "{name}: dialer tag");
+        // The hello and welcome on disk carry the extensions the runtime finds.
+        let mut raw = BytesMut::from(&unhex(v["hello"]["hex"].as_str().expect("hex"))[..]);
+        let decoded = Hello::decode(&mut raw).expect("valid").expect("whole");
+        assert_eq!(
+            HelloKey::find(&decoded.extensions),
+            Ok(Some(hello)),
+            "{name}"
+        );
+        let mut raw = BytesMut::from(&unhex(v["welcome"]["hex"].as_str().expect("hex"))[..]);
+        let Answer::Welcome(decoded) = Answer::decode(&mut raw).expect("valid").expect("whole")
+        else {
+            panic!("{name}: the welcome vector is not a welcome");
+        };
+        assert_eq!(
+            WelcomeKey::find(&decoded.extensions),
+            Ok(Some(welcome)),
+            "{name}"
+        );
     }
 }

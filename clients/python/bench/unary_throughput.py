@@ -3,8 +3,9 @@
     python bench/unary_throughput.py tcp://127.0.0.1:4000            # a running `echo serve`
     python bench/unary_throughput.py --start target/release/echo     # starts one itself
 
-Measures, on one connection: calls per second with 64 calls in flight, and
-p50/p99 latency with one in flight, for 64-byte bodies (the Rust benchmark's
+Measures, on one connection: calls per second with 64 calls in flight
+(``--in-flight N`` for another number), then calls per second and p50/p99
+latency with one in flight, for 64-byte bodies (the Rust benchmark's
 payload). Every run is bounded in calls and in seconds.
 """
 
@@ -63,7 +64,11 @@ async def run(url: str, calls: int, seconds: float, in_flight: int) -> None:
         samples = sorted(await latency(conn, min(calls, 20_000), seconds))
         p50 = statistics.median(samples) * 1e6
         p99 = samples[int(len(samples) * 0.99) - 1] * 1e6
-        print(f"unary echo 64 B, 1 in flight: p50 {p50:.0f} µs, p99 {p99:.0f} µs over {len(samples)} calls")
+        rate = len(samples) / sum(samples)
+        print(
+            f"unary echo 64 B, 1 in flight: {rate:,.0f} calls/s, p50 {p50:.0f} µs, p99 {p99:.0f} µs"
+            f" over {len(samples)} calls"
+        )
 
 
 def start_echo(binary: str, scheme: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -88,7 +93,7 @@ def main() -> None:
     parser.add_argument("--scheme", default="tcp", choices=["tcp", "unix", "ws"], help="with --start")
     parser.add_argument("--calls", type=int, default=200_000, help="at most this many calls per phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="at most this long per phase")
-    parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--in-flight", type=int, default=64, help="calls in flight in the throughput phase")
     args = parser.parse_args()
     process = None
     url = args.url

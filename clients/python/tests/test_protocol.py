@@ -5,22 +5,33 @@ control, violations, calls from the peer, and sessions."""
 from __future__ import annotations
 
 import asyncio
-from typing import Optional
+from typing import Callable, Optional
 
 import pytest
 
 import plexus
 from conftest import run
-from plexus import wire
+from plexus import key, wire
 
 
 class FakePeer:
     """A listener that speaks frames by hand, one connection at a time."""
 
     def __init__(
-        self, answer: Optional[bytes] = None, window: int = 1 << 20, max_frame: int = 1 << 20, max_calls: int = 256
+        self,
+        answer: Optional[bytes] = None,
+        window: int = 1 << 20,
+        max_frame: int = 1 << 20,
+        max_calls: int = 256,
+        answer_for: Optional[Callable[[wire.Hello], bytes]] = None,
+        proof_len: int = 0,
     ) -> None:
         self.answer = answer
+        #: Makes the answer from the Hello (for key proofs); overrides ``answer``.
+        self.answer_for = answer_for
+        #: Bytes the dialer sends before its first frame (its key proof).
+        self.proof_len = proof_len
+        self.proof: Optional[bytes] = None
         self.window = window
         self.max_frame = max_frame
         self.max_calls = max_calls
@@ -49,12 +60,22 @@ class FakePeer:
             if not chunk:
                 return
             buf += chunk
-        if self.answer is None:
+        if self.answer_for is not None:
+            writer.write(self.answer_for(self.hello))
+        elif self.answer is None:
             writer.write(wire.Welcome(0xABCD << 100, self.max_frame, self.window, self.max_calls, b"welcome").encode())
         elif self.answer:
             writer.write(self.answer)
         self.connected.set()
         try:
+            while len(buf) < self.proof_len:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            if self.proof_len:
+                self.proof = bytes(buf[: self.proof_len])
+                del buf[: self.proof_len]
             while True:
                 while (decoded_frame := wire.decode(buf, 1 << 24)) is not None:
                     frame, used = decoded_frame
@@ -160,6 +181,39 @@ def test_a_refusal_carries_its_code_and_reason() -> None:
     run(scenario())
 
 
+@pytest.mark.parametrize(
+    "code, error",
+    [
+        (wire.RefusalCode.REJECTED, plexus.Refused),
+        (wire.RefusalCode.TOO_MANY_CONNECTIONS, plexus.TooManyConnections),
+        (wire.RefusalCode.MALFORMED, plexus.Refused),
+        (wire.RefusalCode.SHUTTING_DOWN, plexus.ShuttingDown),
+        (wire.RefusalCode.KEY_REQUIRED, plexus.KeyRequired),
+        (wire.RefusalCode.KEY_MISMATCH, plexus.KeyMismatch),
+        (wire.RefusalCode.NOT_ALLOWED, plexus.NotAllowed),
+    ],
+)
+def test_every_refusal_code_has_its_name_and_type(code: wire.RefusalCode, error: type) -> None:
+    async def scenario() -> None:
+        peer = FakePeer(answer=wire.Refusal(code, "because").encode())
+        url = await peer.start()
+        with pytest.raises(error) as refused:
+            await plexus.connect(url, config=quiet())
+        assert type(refused.value) is error
+        assert (refused.value.code, refused.value.reason) == (code, "because")
+        assert code.name in str(refused.value)
+        await peer.stop()
+
+    run(scenario())
+
+
+def test_an_unknown_refusal_code_is_other() -> None:
+    raw = wire.MAGIC + b"\x00\x02\x01\x00\x63\x00\x00"  # code 99, no reason
+    assert wire.decode_answer(raw) == (wire.Refusal(wire.RefusalCode.OTHER, ""), len(raw))
+    assert wire.SystemCode.of(99) is wire.SystemCode.UNKNOWN
+    assert wire.SystemCode.of(11) is wire.SystemCode.PERMISSION_DENIED
+
+
 def test_a_welcome_with_our_own_node_id_is_a_self_connect() -> None:
     async def scenario() -> None:
         me = 0x1234 << 64
@@ -192,6 +246,150 @@ def test_bytes_right_after_the_welcome_are_frames() -> None:
         assert await peer.next(wire.Pong) == wire.Pong(42)
         await conn.abort()
         await peer.stop()
+
+    run(scenario())
+
+
+# -- session keys (§3.6) ------------------------------------------------------------
+
+SECRET = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+LISTENER = 0x5EED << 100
+
+
+def keyed_welcome(
+    listener_key: Optional[str] = SECRET,
+    *,
+    proof: Optional[bytes] = None,
+    value: Optional[bytes] = None,
+    sent: Optional[list[key.WelcomeKey]] = None,
+) -> Callable[[wire.Hello], bytes]:
+    """A listener answering the Hello's key extension as §3.6 says (or with
+    a forged ``proof``, or a raw extension ``value``); what it answered is
+    appended to ``sent``."""
+
+    def answer(hello: wire.Hello) -> bytes:
+        extensions = []
+        if value is not None:
+            extensions = [wire.Extension(key.KEY_EXTENSION, value)]
+        elif listener_key is not None:
+            hello_key = key.HelloKey.find(hello.extensions)
+            assert hello_key is not None, "the client sent no key extension"
+            ours = key.WelcomeKey.answer(key.SessionKey.from_hex(listener_key), hello_key, hello.node_id, LISTENER)
+            if proof is not None:
+                ours = key.WelcomeKey(ours.key_id, ours.nonce, proof)
+            if sent is not None:
+                sent.append(ours)
+            extensions = [ours.extension()]
+        return wire.Welcome(LISTENER, 1 << 20, 1 << 20, extensions=extensions).encode()
+
+    return answer
+
+
+def test_a_keyed_client_proves_its_key_before_any_frame() -> None:
+    async def scenario() -> None:
+        sent: list[key.WelcomeKey] = []
+        peer = FakePeer(answer_for=keyed_welcome(sent=sent), proof_len=key.PROOF_MESSAGE_LEN)
+        url = await peer.start()
+        conn = await plexus.connect(url, config=quiet(), key=SECRET)
+        assert peer.hello is not None
+        secret = key.SessionKey.from_hex(SECRET)
+        hello_key = key.HelloKey.find(peer.hello.extensions)
+        assert hello_key is not None and hello_key.key_id == secret.id()
+        call = asyncio.ensure_future(conn.call("a.B/c", b"x"))
+        # The proof came before the first frame: the dialer's tag over both
+        # node ids and both nonces.
+        opened = await peer.next(wire.CallOpen)
+        [welcome_key] = sent
+        assert peer.proof == welcome_key.dialer_proof(secret, hello_key, conn.node_id, LISTENER)
+        assert peer.proof[:7] == wire.MAGIC + b"\x00\x02\x02"
+        peer.send(wire.Ack(opened.id, b"ok"))  # type: ignore[union-attr]
+        assert await call == b"ok"
+        await conn.abort()
+        await peer.stop()
+
+    run(scenario())
+
+
+def test_a_fresh_nonce_every_handshake() -> None:
+    async def scenario() -> None:
+        nonces = []
+        for _ in range(2):
+            peer = FakePeer(answer_for=keyed_welcome(), proof_len=key.PROOF_MESSAGE_LEN)
+            url = await peer.start()
+            conn = await plexus.connect(url, config=quiet(), key=SECRET)
+            assert peer.hello is not None
+            found = key.HelloKey.find(peer.hello.extensions)
+            assert found is not None
+            nonces.append(found.nonce)
+            await conn.abort()
+            await peer.stop()
+        assert nonces[0] != nonces[1]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "answer, text",
+    [
+        (keyed_welcome(None), "proved no session key"),
+        (keyed_welcome("ff" * 32), "another session key"),
+        (keyed_welcome(proof=bytes(32)), "proof of the session key is wrong"),
+        (keyed_welcome(value=b"short"), "malformed"),
+    ],
+    ids=["keyless-welcome", "another-key", "forged-proof", "malformed-extension"],
+)
+def test_a_keyed_client_never_trusts_a_listener_that_does_not_prove_the_key(
+    answer: Callable[[wire.Hello], bytes], text: str
+) -> None:
+    async def scenario() -> None:
+        peer = FakePeer(answer_for=answer, proof_len=1)
+        url = await peer.start()
+        with pytest.raises(plexus.Untrusted, match=text):
+            await plexus.connect(url, config=quiet(), key=SECRET)
+        # Nothing was sent after the Hello: no proof, no frame.
+        await asyncio.wait_for(peer.closed.wait(), 5)
+        assert peer.proof is None and peer.frames.empty()
+        await peer.stop()
+
+    run(scenario())
+
+
+def test_a_keyless_client_ignores_a_listeners_key_extension() -> None:
+    async def scenario() -> None:
+        extension = wire.Extension(key.KEY_EXTENSION, bytes(72))
+        peer = FakePeer(answer=wire.Welcome(LISTENER, 1 << 20, 1 << 20, extensions=[extension]).encode())
+        url = await peer.start()
+        conn = await plexus.connect(url, config=quiet())
+        assert peer.hello is not None and peer.hello.extensions == []
+        await conn.abort()
+        await peer.stop()
+
+    run(scenario())
+
+
+def test_keys_are_read_as_the_rust_runtime_reads_them() -> None:
+    secret = key.SessionKey.from_hex(f"  {SECRET.upper()}\n")
+    assert secret == key.SessionKey(bytes.fromhex(SECRET)) == key.SessionKey.of(bytes.fromhex(SECRET))
+    assert secret.to_hex() == SECRET and len(secret) == 32
+    assert repr(secret) == "SessionKey(32 bytes)" and SECRET not in repr(secret)
+    with pytest.raises(plexus.KeyFormatError, match="even number of digits, not 3"):
+        key.SessionKey.from_hex("abc")
+    with pytest.raises(plexus.KeyFormatError, match="character 30 of the session key is not a hex digit"):
+        key.SessionKey.from_hex("00112233445566778899aabbccddeexz")
+    with pytest.raises(plexus.KeyFormatError, match="3 bytes is too short"):
+        key.SessionKey.from_hex("c0ffee")
+    with pytest.raises(plexus.KeyFormatError, match="empty"):
+        key.SessionKey(b"")
+    with pytest.raises(TypeError):
+        key.SessionKey.of(42)  # type: ignore[arg-type]
+    # Raw bytes may be any length, as SessionKey::new takes them.
+    assert len(key.SessionKey.of(b"k")) == 1
+
+
+def test_a_bad_key_is_refused_before_dialing() -> None:
+    async def scenario() -> None:
+        with pytest.raises(plexus.KeyFormatError):
+            await plexus.connect("tcp://127.0.0.1:9", key="not hex")
 
     run(scenario())
 
@@ -249,6 +447,8 @@ def test_calls_use_odd_ids_and_intern_operation_names() -> None:
         (7, plexus.ProtocolViolation),
         (8, plexus.TooLarge),
         (9, plexus.SessionClosed),
+        (10, plexus.Overloaded),
+        (11, plexus.PermissionDenied),
         (77, plexus.HandlerFailed),
     ],
 )
@@ -433,6 +633,33 @@ def test_a_cut_off_names_the_peers_reason() -> None:
         peer.send(wire.GoAway(0, 10, "read nothing"))
         peer.hang_up()
         assert "cut off by the peer: read nothing" in await asyncio.wait_for(conn.wait_closed(), 5)
+        await peer.stop()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "code, error, text",
+    [
+        (wire.SystemCode.RESOURCE_EXHAUSTED, plexus.CutOff, "cut off by the peer: slow"),
+        (wire.SystemCode.PERMISSION_DENIED, plexus.AccessRevoked, "access revoked by the peer: slow"),
+        (wire.SystemCode.PROTOCOL, plexus.ConnectionLost, "protocol error reported by the peer: slow"),
+        (77, plexus.ConnectionLost, "system code 77 \\(UNKNOWN\\): slow"),
+    ],
+)
+def test_calls_in_flight_learn_the_code_of_the_peers_goaway(code: int, error: type, text: str) -> None:
+    async def scenario() -> None:
+        peer = FakePeer()
+        url = await peer.start()
+        conn = await plexus.connect(url, config=quiet())
+        call = asyncio.ensure_future(conn.call("a.B/c", timeout=None))
+        opened = await peer.next(wire.CallOpen)
+        peer.send(wire.GoAway(opened.id, code, "slow"))  # type: ignore[union-attr]
+        peer.hang_up()
+        with pytest.raises(error, match=text) as lost:
+            await call
+        assert type(lost.value) is error and lost.value.code == wire.SystemCode.of(code)
+        assert conn.goaway_code == wire.SystemCode.of(code)
         await peer.stop()
 
     run(scenario())

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from plexus import wire
+from plexus import key, wire
 
 VECTORS = Path(__file__).resolve().parents[3] / "docs" / "vectors" / "v2.json"
 DATA: dict[str, Any] = json.loads(VECTORS.read_text())
@@ -106,3 +106,36 @@ def test_invalid_vectors_are_refused_with_the_named_error(vector: dict[str, Any]
         else:
             wire.decode_answer(raw)
     assert refused.value.kind == vector["error"], f"{vector['meaning']}: {refused.value}"
+
+
+@pytest.mark.parametrize("vector", DATA["key_proofs"], ids=lambda v: v["name"])
+def test_key_proof_vectors_derive_the_same_tags(vector: dict[str, Any]) -> None:
+    """The session-key exchange of PROTOCOL.md §3.6 with every input fixed:
+    the same key id, listener proof and dialer proof message, carried in the
+    hello and welcome the vector shows; a keyed client accepts the listener's
+    proof and answers with the vector's message."""
+    secret = key.SessionKey(hexbytes(vector["key"]))
+    dialer = int(vector["dialer_node_id"], 16)
+    listener = int(vector["listener_node_id"], 16)
+    nd, nl = hexbytes(vector["dialer_nonce"]), hexbytes(vector["listener_nonce"])
+    assert secret.id() == hexbytes(vector["key_id"])
+    assert secret.proof("listener", dialer, listener, nd, nl) == hexbytes(vector["listener_proof"])
+
+    hello_raw = hexbytes(vector["hello"]["hex"])
+    hello = handshake_of(vector["hello"]["decoded"])
+    assert wire.Hello.decode(hello_raw) == (hello, len(hello_raw))
+    assert hello.encode() == hello_raw
+    hello_key = key.HelloKey.find(hello.extensions)
+    assert hello_key == key.HelloKey(secret.id(), nd)
+    assert hello_key.extension() == hello.extensions[0]
+
+    welcome_raw = hexbytes(vector["welcome"]["hex"])
+    welcome = handshake_of(vector["welcome"]["decoded"])
+    assert wire.decode_answer(welcome_raw) == (welcome, len(welcome_raw))
+    assert welcome.encode() == welcome_raw
+    ours = key.WelcomeKey.answer(secret, hello_key, dialer, listener, nonce=nl)
+    assert key.WelcomeKey.find(welcome.extensions) == ours
+
+    message = key.prove_to_listener(secret, hello_key, welcome.extensions, dialer, listener)
+    assert message == hexbytes(vector["dialer_proof_message"])
+    assert len(message) == key.PROOF_MESSAGE_LEN

@@ -1,15 +1,17 @@
 // The browser example in headless Chromium: the page calls the greeter (a
 // real `greeter serve ws://...` process) from JavaScript and must show every
-// call kind's outcome, then answer the form.
+// call kind's outcome, then answer the form; against a greeter started with
+// `--key HEX` it proves the key, and every wrong combination is refused with
+// its name.
 //
 //   cargo build -p plexus-examples --bin greeter
-//   npm install && npm test            # in examples/browser
+//   npm ci && npm test                 # in examples/browser
 //
 // Chromium is Debian's (/usr/bin/chromium, or $CHROMIUM); nothing is
 // downloaded. $PLEXUS_EXAMPLES_DIR points at the built examples (default
 // target/debug of the workspace).
 
-import { test } from "node:test";
+import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
@@ -31,9 +33,9 @@ function bounded(what, promise, ms = STEP) {
   return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
 }
 
-/** Starts `greeter serve ws://127.0.0.1:0` and resolves with the URL it prints. */
-function startGreeter() {
-  const child = spawn(join(examples, "greeter"), ["serve", "ws://127.0.0.1:0"], { stdio: ["ignore", "pipe", "inherit"] });
+/** Starts `greeter serve ws://127.0.0.1:0 [extra...]` and resolves with the URL it prints. */
+function startGreeter(...extra) {
+  const child = spawn(join(examples, "greeter"), ["serve", "ws://127.0.0.1:0", ...extra], { stdio: ["ignore", "pipe", "inherit"] });
   const url = new Promise((resolve, reject) => {
     let seen = "";
     child.stdout.on("data", (chunk) => {
@@ -69,39 +71,63 @@ async function serveFiles() {
   return server;
 }
 
+let files;
+let profile;
+let context;
+
+before(async () => {
+  files = await serveFiles();
+  profile = await mkdtemp(join(tmpdir(), "plexus-chromium-"));
+  context = await bounded("Chromium starting", chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    chromiumSandbox: false,
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  }));
+});
+
+after(async () => {
+  if (context) await context.close();
+  if (files) files.close();
+  if (profile) await rm(profile, { recursive: true, force: true });
+});
+
+/** Opens the page against `ws` (with `key`, if given) and waits until it is done or failed. */
+async function openPage(ws, key) {
+  const page = await context.newPage();
+  const problems = [];
+  page.on("console", (message) => { if (message.type() === "error") problems.push(message.text()); });
+  page.on("pageerror", (error) => problems.push(String(error)));
+  const { port } = files.address();
+  const query = `server=${encodeURIComponent(ws)}${key ? `&key=${key}` : ""}`;
+  await bounded("the page loading", page.goto(`http://127.0.0.1:${port}/?${query}`));
+  await bounded("the calls", page.waitForFunction(() => document.body.dataset.status !== "connecting", null, { timeout: STEP }));
+  const status = await page.evaluate(() => document.body.dataset.status);
+  const error = await page.evaluate(() => document.body.dataset.error || "");
+  return { page, problems, status, error };
+}
+
+/** What every call kind shows on a page that connected. */
+async function assertEveryCallKind(page) {
+  const text = (id) => page.locator(`#${id} output`).textContent();
+  assert.equal(await text("hello"), "hello, ada!");
+  assert.equal(await text("reject"), "rejected with code 400: a greeting needs a name");
+  assert.equal(await text("countdown"), "5 4 3 2 1");
+  assert.equal(await text("waves"), "1 new");
+  assert.equal(await text("missing"), "NoSuchOperation (system code 1)");
+}
+
+const randomKey = () => Array.from(crypto.getRandomValues(new Uint8Array(32)), (b) => b.toString(16).padStart(2, "0")).join("");
+
 test("the page calls the greeter over ws:// in headless Chromium", { timeout: 120_000 }, async () => {
   const greeter = startGreeter();
-  const files = await serveFiles();
-  const profile = await mkdtemp(join(tmpdir(), "plexus-chromium-"));
-  let context;
   try {
-    const ws = await greeter.url;
-    context = await bounded("Chromium starting", chromium.launchPersistentContext(profile, {
-      executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-      headless: true,
-      chromiumSandbox: false,
-      args: [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      ],
-    }));
-    const page = context.pages()[0] || (await context.newPage());
-    const problems = [];
-    page.on("console", (message) => { if (message.type() === "error") problems.push(message.text()); });
-    page.on("pageerror", (error) => problems.push(String(error)));
-
-    const { port } = files.address();
-    await bounded("the page loading", page.goto(`http://127.0.0.1:${port}/?server=${encodeURIComponent(ws)}`));
-    await bounded("the calls", page.waitForFunction(() => document.body.dataset.status !== "connecting", null, { timeout: STEP }));
-    const status = await page.evaluate(() => document.body.dataset.status);
+    const { page, problems, status } = await openPage(await greeter.url);
     assert.equal(status, "done", `page status: ${status}; console: ${problems.join(" | ")}`);
-
-    const text = (id) => page.locator(`#${id} output`).textContent();
-    assert.equal(await text("hello"), "hello, ada!");
-    assert.equal(await text("reject"), "rejected with code 400: a greeting needs a name");
-    assert.equal(await text("countdown"), "5 4 3 2 1");
-    assert.equal(await text("waves"), "1 new");
-    assert.equal(await text("missing"), "NoSuchOperation (system code 1)");
+    await assertEveryCallKind(page);
 
     await page.fill("input[name=name]", "grace");
     await page.click("button");
@@ -112,10 +138,38 @@ test("the page calls the greeter over ws:// in headless Chromium", { timeout: 12
     await bounded("the form's rejection", page.waitForFunction(() => document.getElementById("answer").textContent.startsWith("Rejected"), null, { timeout: STEP }));
     assert.deepEqual(problems, []);
     if (process.env.PLEXUS_SCREENSHOT) await page.screenshot({ path: process.env.PLEXUS_SCREENSHOT });
+    await page.close();
   } finally {
-    if (context) await context.close();
     greeter.child.kill("SIGINT");
-    files.close();
-    await rm(profile, { recursive: true, force: true });
+  }
+});
+
+test("the page proves a session key to a keyed greeter, and wrong keys are refused by name", { timeout: 120_000 }, async () => {
+  const key = randomKey();
+  const keyed = startGreeter("--key", key);
+  const keyless = startGreeter();
+  try {
+    const ws = await keyed.url;
+    // The right key: every call kind, as without a key.
+    const right = await openPage(ws, key);
+    assert.equal(right.status, "done", `page status: ${right.status}; console: ${right.problems.join(" | ")}`);
+    await assertEveryCallKind(right.page);
+    assert.deepEqual(right.problems, []);
+    await right.page.close();
+
+    // Another key, no key, and a key against a server that has none.
+    for (const [server, given, expected] of [
+      [ws, randomKey(), "KeyMismatch"],
+      [ws, null, "KeyRequired"],
+      [await keyless.url, key, "Untrusted"],
+    ]) {
+      const refused = await openPage(server, given);
+      assert.match(refused.status, /^failed: /, `expected ${expected}, page status: ${refused.status}`);
+      assert.equal(refused.error, expected, refused.status);
+      await refused.page.close();
+    }
+  } finally {
+    keyed.child.kill("SIGINT");
+    keyless.child.kill("SIGINT");
   }
 });

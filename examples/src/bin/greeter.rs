@@ -22,12 +22,29 @@
 //!
 //! `tls://`, `wss://` and `quic://` need `--tls-dir DIR` on both sides: the
 //! server makes a development CA and certificate there, the caller trusts it.
+//! `--key HEX` on both sides gives them a session key (hex, at least 16
+//! bytes) that every connection proves in its handshake; a caller without
+//! it, or with another, is refused.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::StreamExt;
+use plexus::discovery::SessionKey;
 use plexus::{BoxStream, CallError, Endpoint, Reject, Server};
+
+const USAGE: &str = "\
+usage: greeter [<url> | serve <url> | call <url>] [--tls-dir DIR] [--key HEX]
+
+  (no command), <url>  serve greet.Greeter (on tcp://127.0.0.1:<any> by default)
+                       and call every method in one process
+  serve <url>          serve greet.Greeter until Ctrl-C
+  call <url>           call every method of a greeter serving at <url>
+  --tls-dir DIR        tls://, wss://, quic://: the server makes a development
+                       CA and certificate in DIR, the caller trusts DIR/ca.pem
+  --key HEX            a session key in hex (at least 16 bytes, e.g. 64 digits
+                       from `openssl rand -hex 32`): every connection proves
+                       it; give the same key to the server and its callers";
 
 /// Greets people. The contract: one trait, three call kinds.
 #[plexus::service(package = "greet", version = 1)]
@@ -70,10 +87,17 @@ impl Greeter for Host {
     }
 }
 
-async fn serve(url: &str, tls_dir: Option<&Path>) -> Result<Server, Box<dyn std::error::Error>> {
+async fn serve(
+    url: &str,
+    tls_dir: Option<&Path>,
+    key: Option<&SessionKey>,
+) -> Result<Server, Box<dyn std::error::Error>> {
     let mut server = Server::bind(url).serve(GreeterHandler::new(Host::default()));
     if let Some(dir) = tls_dir {
         server = server.tls(plexus_examples::server_tls(dir)?);
+    }
+    if let Some(key) = key {
+        server = server.session_key(key.clone());
     }
     let server = server.start().await?;
     println!(
@@ -116,14 +140,29 @@ async fn call(greeter: &GreeterClient) -> Result<(), Box<dyn std::error::Error>>
     Ok(())
 }
 
-/// Serves and calls in one process.
-async fn demo(bind: &str, tls_dir: Option<&Path>) -> Result<(), Box<dyn std::error::Error>> {
-    let server = serve(bind, tls_dir).await?;
+/// A dialing endpoint with the TLS trust and key asked for.
+fn client(
+    tls_dir: Option<&Path>,
+    key: Option<&SessionKey>,
+) -> Result<Endpoint, Box<dyn std::error::Error>> {
     let mut client = Endpoint::builder();
     if let Some(dir) = tls_dir {
         client = client.tls(plexus_examples::client_tls(dir)?);
     }
-    let conn = client.build().connect(server.local_url()).await?;
+    if let Some(key) = key {
+        client = client.session_key(key.clone());
+    }
+    Ok(client.build())
+}
+
+/// Serves and calls in one process.
+async fn demo(
+    bind: &str,
+    tls_dir: Option<&Path>,
+    key: Option<&SessionKey>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let server = serve(bind, tls_dir, key).await?;
+    let conn = client(tls_dir, key)?.connect(server.local_url()).await?;
     call(&GreeterClient::new(conn)).await?;
     for method in GreeterClient::DESCRIPTOR.methods {
         println!("  {:<26} {}", method.op, method.kind);
@@ -137,6 +176,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let tls_dir = plexus_examples::take_tls_dir(&mut args)?;
     let tls_dir = tls_dir.as_deref();
+    let key = plexus_examples::take_session_key(&mut args)?;
+    let key = key.as_ref();
     match args
         .iter()
         .map(String::as_str)
@@ -144,24 +185,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .as_slice()
     {
         ["serve", url] => {
-            let server = serve(url, tls_dir).await?;
+            let server = serve(url, tls_dir, key).await?;
             tokio::signal::ctrl_c().await?;
             // Health says NOT_SERVING at once; calls in flight finish.
             server.drain(std::time::Duration::from_millis(500)).await;
         }
         ["call", url] => {
-            let mut client = Endpoint::builder();
-            if let Some(dir) = tls_dir {
-                client = client.tls(plexus_examples::client_tls(dir)?);
-            }
-            let conn = client.build().connect(*url).await?;
+            let conn = client(tls_dir, key)?.connect(*url).await?;
             call(&GreeterClient::new(conn.clone())).await?;
             conn.close().await;
         }
-        [] => demo("tcp://127.0.0.1:0", tls_dir).await?,
-        [url] if !["serve", "call"].contains(url) => demo(url, tls_dir).await?,
+        [] => demo("tcp://127.0.0.1:0", tls_dir, key).await?,
+        ["--help" | "-h"] => println!("{USAGE}"),
+        [url] if !["serve", "call"].contains(url) => demo(url, tls_dir, key).await?,
         _ => {
-            eprintln!("usage: greeter [<url> | serve <url> | call <url>] [--tls-dir DIR]");
+            eprintln!("{USAGE}");
             std::process::exit(2);
         }
     }

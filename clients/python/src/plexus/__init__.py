@@ -26,20 +26,26 @@ from .connection import (
     connect,
 )
 from .errors import (
+    AccessRevoked,
     CallError,
     Cancelled,
     Closing,
     ConnectError,
     ConnectionLost,
+    CutOff,
     DeadlineExceeded,
     DecodeError,
     GoingAway,
     HandlerFailed,
     HandshakeError,
     InvalidPayload,
+    KeyMismatch,
+    KeyRequired,
     MessageTooLarge,
     NoSuchOperation,
+    NotAllowed,
     Overloaded,
+    PermissionDenied,
     PlexusError,
     ProtocolViolation,
     Refused,
@@ -47,11 +53,15 @@ from .errors import (
     SelfConnect,
     SessionClosed,
     SessionTimeout,
+    ShuttingDown,
     Timeout,
     TooLarge,
+    TooManyConnections,
     TransportError,
+    Untrusted,
     VersionMismatch,
 )
+from .key import KeyFormatError, SessionKey
 from .protobuf import ProtobufService
 from .service import MsgPackService
 from .transport import parse_url
@@ -59,11 +69,12 @@ from .transport import parse_url
 __version__ = "0.1.0"
 
 __all__ = [
-    "BidiStream", "CallContext", "CallError", "Cancelled", "ClientStream", "Closing", "Config",
-    "ConnectError", "Connection", "ConnectionLost", "DeadlineExceeded", "DecodeError", "GoingAway",
-    "HandlerFailed", "Handlers", "HandshakeError", "InvalidPayload", "MessageTooLarge",
-    "MsgPackService", "NoSuchOperation", "Overloaded", "PlexusError", "ProtobufService", "ProtocolViolation",
-    "Refused", "Rejected", "ReplyStream", "SelfConnect", "Session", "SessionClosed", "SessionTimeout",
-    "Timeout", "TooLarge", "TransportError", "VersionMismatch", "connect", "pack", "pack_args",
-    "parse_url", "unpack",
+    "AccessRevoked", "BidiStream", "CallContext", "CallError", "Cancelled", "ClientStream", "Closing",
+    "Config", "ConnectError", "Connection", "ConnectionLost", "CutOff", "DeadlineExceeded", "DecodeError",
+    "GoingAway", "HandlerFailed", "Handlers", "HandshakeError", "InvalidPayload", "KeyFormatError",
+    "KeyMismatch", "KeyRequired", "MessageTooLarge", "MsgPackService", "NoSuchOperation", "NotAllowed",
+    "Overloaded", "PermissionDenied", "PlexusError", "ProtobufService", "ProtocolViolation", "Refused",
+    "Rejected", "ReplyStream", "SelfConnect", "Session", "SessionClosed", "SessionKey", "SessionTimeout",
+    "ShuttingDown", "Timeout", "TooLarge", "TooManyConnections", "TransportError", "Untrusted",
+    "VersionMismatch", "connect", "pack", "pack_args", "parse_url", "unpack",
 ]

@@ -27,16 +27,19 @@ from .errors import (
     ConnectionLost,
     HandshakeError,
     MessageTooLarge,
-    Refused,
     Rejected,
     SelfConnect,
     SessionClosed,
     SessionTimeout,
     Timeout,
+    Untrusted,
     VersionMismatch,
+    connection_lost,
     peer_name,
+    refused,
     rejected,
 )
+from .key import HelloKey, SessionKey, prove_to_listener
 from .transport import ByteStream, open_stream, parse_url
 from .wire import SystemCode
 
@@ -351,6 +354,8 @@ class Connection:
         self._highest_admitted = 0
         self._peer_last_id: Optional[int] = None
         self._peer_draining = False
+        #: The system code of the peer's GoAway, once it sent one with a code.
+        self.goaway_code: Optional[SystemCode] = None
         self._cut_off: Optional[str] = None
         self._draining = False
         self._ping = 0
@@ -745,7 +750,7 @@ class Connection:
 
     async def _ended(self, reason: str) -> None:
         reason = self._cut_off or reason
-        await self._shutdown(reason, ConnectionLost, reason, flush=False)
+        await self._shutdown(reason, connection_lost(self.goaway_code), reason, flush=False)
 
     def _on_frame(self, frame: wire.Frame) -> None:
         if isinstance(frame, wire.CallOpen):
@@ -796,10 +801,15 @@ class Connection:
                 self._peer_last_id = frame.last_id
             if frame.code != 0:
                 log.warning("%s is going away with code %d: %s", self.peer, frame.code, frame.reason)
-                if frame.code == SystemCode.RESOURCE_EXHAUSTED:
+                code = self.goaway_code = SystemCode.of(frame.code)
+                if code == SystemCode.RESOURCE_EXHAUSTED:
                     self._cut_off = f"cut off by the peer: {frame.reason}"
-                else:
+                elif code == SystemCode.PERMISSION_DENIED:
+                    self._cut_off = f"access revoked by the peer: {frame.reason}"
+                elif code == SystemCode.PROTOCOL:
                     self._cut_off = f"protocol error reported by the peer: {frame.reason}"
+                else:
+                    self._cut_off = f"the peer went away with system code {frame.code} ({code.name}): {frame.reason}"
         # End and Pong need nothing: this side serves no request streams, and
         # any traffic counts as hearing from the peer.
 
@@ -948,7 +958,7 @@ class Connection:
                 self._queue_nowait(wire.Ping(self._ping))
 
     async def _shutdown(
-        self, reason: str, error: type[CallError], message: str, *, flush: bool = True
+        self, reason: str, error: Callable[[str, str, str], CallError], message: str, *, flush: bool = True
     ) -> None:
         if self._closed.done():
             return
@@ -994,19 +1004,31 @@ async def connect(
     config: Optional[Config] = None,
     handlers: Optional[Handlers] = None,
     node_id: Optional[int] = None,
+    key: Union[SessionKey, str, bytes, None] = None,
 ) -> Connection:
     """Dials ``url`` (``tcp://``, ``tls://``, ``unix://``, ``ws://``, ``wss://``),
     sends ``data`` in the Hello and returns the connection once welcomed.
 
     ``ca_file`` (or a ready ``tls`` context) says whom to trust for ``tls://``
-    and ``wss://``. A refusal raises :class:`Refused` with its code and reason.
+    and ``wss://``. A refusal raises :class:`Refused` with its code and reason
+    (:class:`KeyRequired`, :class:`KeyMismatch`, :class:`NotAllowed`, ... for
+    the codes a client can act on).
+
+    ``key`` is the group's session key (PROTOCOL.md §3.6): hex text as the
+    Rust side reads it (``SessionKey::from_hex``), raw bytes, or a
+    :class:`~plexus.key.SessionKey`. With it both sides prove they hold it
+    over fresh nonces; a listener that proves no key, or another one, is not
+    trusted (:class:`Untrusted`) and nothing is sent to it after the Hello.
     """
     config = config or Config()
     parsed = parse_url(url)
+    session_key = None if key is None else SessionKey.of(key)
     if tls is None and ca_file is not None:
         tls = ssl.create_default_context(cafile=ca_file)
     node = node_id if node_id is not None else secrets.randbits(128)
-    hello = wire.Hello(node, config.max_frame, config.window, config.max_calls, bytes(data))
+    hello_key = None if session_key is None else HelloKey.new(session_key)
+    extensions = [] if hello_key is None else [hello_key.extension()]
+    hello = wire.Hello(node, config.max_frame, config.window, config.max_calls, bytes(data), extensions)
     hello_bytes = hello.encode()
     label = str(parsed)
     stream = await open_stream(
@@ -1030,6 +1052,18 @@ async def connect(
     if welcome.node_id == node:
         await stream.close()
         raise SelfConnect(label)
+    if session_key is not None and hello_key is not None:
+        try:
+            proof = prove_to_listener(session_key, hello_key, welcome.extensions, node, welcome.node_id)
+        except ValueError as e:
+            await stream.close()
+            raise Untrusted(label, str(e)) from None
+        try:
+            # Before any frame: the listener reads it first (§3.6 step 4).
+            await asyncio.wait_for(stream.write(proof), config.handshake_timeout)
+        except (OSError, ConnectError, asyncio.TimeoutError) as e:
+            await stream.close()
+            raise HandshakeError(label, f"sending the key proof failed: {e or 'timed out'}") from None
     return Connection(stream, label, welcome, node, config, handlers or Handlers(), leftover)
 
 
@@ -1050,7 +1084,7 @@ async def _handshake(stream: ByteStream, hello: bytes, label: str) -> tuple[wire
                     raise VersionMismatch(label, wire.VERSION, answer.version, answer.reason)
                 if answer.code == wire.RefusalCode.SELF_CONNECT:
                     raise SelfConnect(label, answer.reason)
-                raise Refused(label, answer.code, answer.reason)
+                raise refused(label, answer.code, answer.reason)
             return answer, bytes(buf[used:])
         try:
             chunk = await stream.read()

@@ -9,7 +9,7 @@ catches every answer the peer gave and ``except CallError`` every failure.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from .wire import RefusalCode, SystemCode
 
@@ -38,11 +38,59 @@ class HandshakeError(ConnectError):
 
 
 class Refused(ConnectError):
-    """The listener refused the connection with a refusal code and a reason."""
+    """The listener refused the connection with a refusal code and a reason.
+
+    The codes of PROTOCOL.md §3.2 that a client can act on have their own
+    subclasses (:class:`KeyRequired`, :class:`KeyMismatch`,
+    :class:`NotAllowed`, :class:`TooManyConnections`,
+    :class:`ShuttingDown`, ...); ``code`` is always the
+    :class:`~plexus.wire.RefusalCode`.
+    """
+
+    #: What to do about it, appended to the message.
+    remedy = ""
 
     def __init__(self, url: str, code: RefusalCode, reason: str) -> None:
-        super().__init__(url, f"refused ({code.name}): {reason}")
+        message = f"refused ({code.name}): {reason}"
+        super().__init__(url, f"{message} — {self.remedy}" if self.remedy else message)
         self.code = code
+        self.reason = reason
+
+
+class KeyRequired(Refused):
+    """The listener has a session key and this client proved none."""
+
+    remedy = "the server needs its session key: connect with key=..."
+
+
+class KeyMismatch(Refused):
+    """This client's session key is not the listener's."""
+
+    remedy = "the key given is not the server's: check which key it was started with"
+
+
+class NotAllowed(Refused):
+    """The listener's allow-list does not admit this client's certificate (or it showed none)."""
+
+    remedy = "the server admits only certain client certificates: connect with one it allows (tls=...)"
+
+
+class TooManyConnections(Refused):
+    """The listener is at its connection limit; try again later or elsewhere."""
+
+
+class ShuttingDown(Refused):
+    """The listener is shutting down; try another server."""
+
+
+class Untrusted(ConnectError):
+    """This client refused to trust the listener: it could not prove the
+    session key this client holds, or proved none (a keyed client never
+    accepts a keyless peer, so a stripped key extension cannot downgrade the
+    connection). Nothing was sent after the Hello."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, f"refused to trust the peer: {reason}")
         self.reason = reason
 
 
@@ -136,6 +184,10 @@ class Overloaded(Rejected):
     did not run the call; safe to retry later."""
 
 
+class PermissionDenied(Rejected):
+    """The peer's policy does not let this client call the operation; it did not run."""
+
+
 class SessionClosed(CallError):
     """The call ran in a session that is not (or no longer) open."""
 
@@ -153,7 +205,26 @@ class Cancelled(CallError):
 
 
 class ConnectionLost(CallError):
-    """The connection ended with the call open: it may or may not have run."""
+    """The connection ended with the call open: it may or may not have run.
+
+    ``code`` is the system code of the GoAway the peer ended the connection
+    with (PROTOCOL.md §8, §11), or ``None`` when it sent none or a graceful
+    one; :class:`CutOff` and :class:`AccessRevoked` are the codes a client
+    can act on.
+    """
+
+    def __init__(self, op: str, peer: str, message: str, code: Optional[SystemCode] = None) -> None:
+        super().__init__(op, peer, message)
+        self.code = code
+
+
+class CutOff(ConnectionLost):
+    """The peer cut this connection off for exceeding one of its limits
+    (GoAway ``ResourceExhausted``: for example, leaving its replies unread)."""
+
+
+class AccessRevoked(ConnectionLost):
+    """The peer revoked this client's access (GoAway ``PermissionDenied``)."""
 
 
 class Closing(CallError):
@@ -177,6 +248,15 @@ _SYSTEM_REJECTS: dict[int, type[Rejected]] = {
     SystemCode.PROTOCOL: ProtocolViolation,
     SystemCode.TOO_LARGE: TooLarge,
     SystemCode.RESOURCE_EXHAUSTED: Overloaded,
+    SystemCode.PERMISSION_DENIED: PermissionDenied,
+}
+
+_REFUSALS: dict[RefusalCode, type[Refused]] = {
+    RefusalCode.KEY_REQUIRED: KeyRequired,
+    RefusalCode.KEY_MISMATCH: KeyMismatch,
+    RefusalCode.NOT_ALLOWED: NotAllowed,
+    RefusalCode.TOO_MANY_CONNECTIONS: TooManyConnections,
+    RefusalCode.SHUTTING_DOWN: ShuttingDown,
 }
 
 
@@ -190,6 +270,27 @@ def rejected(op: str, peer: str, code: int, message: str, details: bytes, system
         return Cancelled(op, peer, message or "cancelled by the peer")
     cls = _SYSTEM_REJECTS.get(code, HandlerFailed)
     return cls(op, peer, code, message, details, True)
+
+
+def refused(url: str, code: RefusalCode, reason: str) -> Refused:
+    """The exception for a Refusal (other than VersionMismatch and SelfConnect)."""
+    return _REFUSALS.get(code, Refused)(url, code, reason)
+
+
+def connection_lost(goaway_code: Optional[int]) -> Callable[[str, str, str], ConnectionLost]:
+    """What calls in flight fail with when the connection ended after the
+    peer's GoAway carrying ``goaway_code`` (``None`` or 0: no code)."""
+    code = SystemCode.of(goaway_code) if goaway_code else None
+    cls: type[ConnectionLost] = ConnectionLost
+    if code == SystemCode.RESOURCE_EXHAUSTED:
+        cls = CutOff
+    elif code == SystemCode.PERMISSION_DENIED:
+        cls = AccessRevoked
+
+    def make(op: str, peer: str, message: str) -> ConnectionLost:
+        return cls(op, peer, message, code)
+
+    return make
 
 
 def peer_name(node_id: Optional[int], url: str) -> str:

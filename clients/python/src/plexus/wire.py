@@ -94,6 +94,12 @@ class RefusalCode(enum.IntEnum):
     TOO_MANY_CONNECTIONS = 4
     MALFORMED = 5
     SHUTTING_DOWN = 6
+    #: The listener has a session key and the Hello proved none (§3.6).
+    KEY_REQUIRED = 7
+    #: The Hello names another session key than the listener's.
+    KEY_MISMATCH = 8
+    #: The listener's allow-list does not admit the dialer's certificate (§3.7).
+    NOT_ALLOWED = 9
     OTHER = 0xFFFF
 
     @classmethod
@@ -118,6 +124,17 @@ class SystemCode(enum.IntEnum):
     TOO_LARGE = 8
     SESSION_CLOSED = 9
     RESOURCE_EXHAUSTED = 10
+    PERMISSION_DENIED = 11
+    #: A code this version does not know.
+    UNKNOWN = 0xFFFF
+
+    @classmethod
+    def of(cls, code: int) -> "SystemCode":
+        """The code, or ``UNKNOWN`` for one this version does not know."""
+        try:
+            return cls(code)
+        except ValueError:
+            return cls.UNKNOWN
 
 
 # -- varint ---------------------------------------------------------------
