@@ -70,6 +70,19 @@ pub(crate) trait Operation: Clone {
     fn kind_name(&self) -> &'static str;
 }
 
+/// In tests and the fuzz harness an operation is its bare kind, named as
+/// descriptors name it.
+#[cfg(any(test, fuzzing))]
+impl Operation for CallKind {
+    fn kind(&self) -> CallKind {
+        *self
+    }
+
+    fn kind_name(&self) -> &'static str {
+        self.as_str()
+    }
+}
+
 /// Which side opened a call or session, from its id (§6): odd ids are the
 /// dialer's, even ids the listener's.
 #[derive(Clone, Copy, Debug)]
