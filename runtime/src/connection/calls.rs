@@ -296,14 +296,7 @@ impl Shared {
             self.config.max_frame,
             self.budget.clone(),
         ));
-        (
-            InboundTx {
-                tx,
-                window: window.clone(),
-            },
-            rx,
-            window,
-        )
+        (InboundTx::new(tx, window.clone()), rx, window)
     }
 }
 

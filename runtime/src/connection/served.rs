@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::calls::CallName;
 use super::core::{
-    Admitted, Charge, Dropped, Entry, InItem, InboundTx, Operation, RecvWindow, Refusal,
+    Admitted, Attached, Charge, Dropped, Entry, InItem, InboundTx, Operation, RecvWindow, Refusal,
     SendCredit, ServedCalls,
 };
 use super::session::SessionState;
@@ -158,10 +158,7 @@ impl Shared {
                 window.receive(first.len());
                 let _ = tx.send(InItem::Data(first.clone()));
             }
-            entry.inbound = Some(InboundTx {
-                tx,
-                window: window.clone(),
-            });
+            entry.inbound = Some(InboundTx::new(tx, window.clone()));
             Inbound::served(name(), self.clone(), id, rx, window)
         };
         let body = open.body;
@@ -203,10 +200,11 @@ impl Shared {
         };
         entry.cancel = Some(token.clone());
         // Refused only if the connection ended meanwhile: then nothing runs.
-        if self.core().attach(id, entry).is_ok() {
+        if let Ok(attached) = self.core().attach(id, entry) {
             let charge = Charge::new(&self.budget, charged);
             let shared = self.clone();
-            tokio::spawn(run(shared, serving, charge, id, token, open.deadline, fut));
+            let deadline = open.deadline;
+            tokio::spawn(run(shared, serving, charge, attached, token, deadline, fut));
         }
     }
 
@@ -291,10 +289,10 @@ impl Shared {
                         cancel: Some(token.clone()),
                         ..Entry::default()
                     };
-                    if self.core().attach(id, entry).is_ok() {
+                    if let Ok(attached) = self.core().attach(id, entry) {
                         let charge = Charge::new(&self.budget, body_len);
                         let shared = self.clone();
-                        tokio::spawn(run(shared, serving, charge, id, token, deadline, fut));
+                        tokio::spawn(run(shared, serving, charge, attached, token, deadline, fut));
                     }
                     return;
                 }
@@ -373,7 +371,7 @@ async fn run(
     shared: Arc<Shared>,
     serving: Serving,
     charge: Charge,
-    id: u32,
+    call: Attached,
     token: CancellationToken,
     deadline: Option<Duration>,
     fut: BoxFuture<'static, Result<Bytes, Reject>>,
@@ -402,9 +400,10 @@ async fn run(
     drop(charge);
     // Whoever removes the entry answers the call; if the caller cancelled or
     // the connection closed, it is already gone and nothing is sent.
-    let Some(entry) = shared.core().take(id) else {
+    let Some(entry) = shared.core().finish_served(call) else {
         return;
     };
+    let id = call.id();
     if let Some(c) = &entry.credit {
         c.close();
     }

@@ -129,6 +129,23 @@ pub(crate) struct Admitted<R, S> {
     pub(crate) session: Option<S>,
 }
 
+/// The entry of a served call, as its handler knows it: the id alone is not
+/// enough, because once the peer cancelled the call it may open the id again
+/// while the first handler is still stopping, and that handler's end must
+/// not take the second call's entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Attached {
+    id: u32,
+    serial: u64,
+}
+
+impl Attached {
+    /// The call's id.
+    pub(crate) fn id(self) -> u32 {
+        self.id
+    }
+}
+
 /// A call of the peer's refused before anything ran (§7.7): answer it with
 /// a `SYSTEM` reject.
 #[derive(Debug, PartialEq, Eq)]
@@ -223,6 +240,8 @@ pub(crate) struct Core<R, S> {
     /// The sessions open on the connection, both directions (§12).
     sessions: HashMap<u32, S>,
     life: Lifecycle,
+    /// The serial of the last served call's entry.
+    attached: u64,
 }
 
 impl<R: Operation, S: Clone> Core<R, S> {
@@ -236,6 +255,7 @@ impl<R: Operation, S: Clone> Core<R, S> {
             ops: OpTable::default(),
             sessions: HashMap::new(),
             life: Lifecycle::default(),
+            attached: 0,
         }
     }
 
@@ -260,8 +280,13 @@ impl<R: Operation, S: Clone> Core<R, S> {
             Frame::CallOpen(open) => self.call_open(open, resolve),
             Frame::Data { id, body } => self.data(id, body),
             Frame::End { id } => {
-                if let Some(Some(inbound)) = self.calls.get(&id).map(|e| e.inbound.as_ref()) {
-                    let _ = inbound.tx.send(InItem::End);
+                // Once is enough; a repeated End is ignored like one on an
+                // unknown id.
+                if let Some(Some(inbound)) = self.calls.get_mut(&id).map(|e| e.inbound.as_mut()) {
+                    if !inbound.ended {
+                        inbound.ended = true;
+                        let _ = inbound.tx.send(InItem::End);
+                    }
                 }
                 Action::Nothing
             }
@@ -332,6 +357,9 @@ impl<R: Operation, S: Clone> Core<R, S> {
 
     fn data(&mut self, id: u32, body: Bytes) -> Action<R, S> {
         match self.calls.get(&id).map(|e| e.inbound.as_ref()) {
+            Some(Some(inbound)) if inbound.ended => {
+                Action::Violation(format!("data on stream {id} after its end"))
+            }
             Some(Some(inbound)) => {
                 let len = body.len();
                 if !inbound.window.receive(len) {
@@ -495,14 +523,30 @@ impl<R: Operation, S: Clone> Core<R, S> {
 
     /// Registers the entry of an admitted call that needs one (a stream
     /// call, or a unary call whose handler has to wait), so its frames and
-    /// its cancel reach it. `Err` gives the entry back if the connection
-    /// ended meanwhile: the call is not run.
-    pub(crate) fn attach(&mut self, id: u32, entry: Entry) -> Result<(), Entry> {
+    /// its cancel reach it; its handler ends it with [`finish_served`](Self::finish_served).
+    /// `Err` gives the entry back if the connection ended meanwhile: the
+    /// call is not run.
+    pub(crate) fn attach(&mut self, id: u32, mut entry: Entry) -> Result<Attached, Entry> {
         if self.life.is_closed() {
             return Err(entry);
         }
+        self.attached += 1;
+        entry.serial = self.attached;
         self.calls.insert(id, entry);
-        Ok(())
+        Ok(Attached {
+            id,
+            serial: self.attached,
+        })
+    }
+
+    /// A served call's handler ended: its entry, to answer the call, unless
+    /// the call already ended (the peer cancelled it, or the connection
+    /// ended) — then nothing is sent.
+    pub(crate) fn finish_served(&mut self, call: Attached) -> Option<Entry> {
+        match self.calls.get(&call.id) {
+            Some(entry) if entry.serial == call.serial => self.calls.remove(&call.id),
+            _ => None,
+        }
     }
 
     /// This side opens call `id`: registered, and the number of calls open
@@ -516,9 +560,9 @@ impl<R: Operation, S: Clone> Core<R, S> {
         Ok(self.calls.len())
     }
 
-    /// Removes call `id`, in either direction, because this side is done
-    /// with it (its caller gave up, its handler ended). `None` if it had
-    /// already ended: whoever removed it delivered its outcome.
+    /// Removes call `id` because this side gave up on it (the call's
+    /// handle, deadline or session ended it). `None` if it had already
+    /// ended: whoever removed it delivered its outcome.
     pub(crate) fn take(&mut self, id: u32) -> Option<Entry> {
         self.calls.remove(&id)
     }
@@ -626,6 +670,13 @@ impl<R: Operation, S: Clone> Core<R, S> {
         }
         self.sessions.insert(id, session);
         Ok(())
+    }
+
+    /// How many operations the peer has defined (the harness mirrors the
+    /// peer's send table with it).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn operations_defined(&self) -> usize {
+        self.ops.len()
     }
 
     /// Removes session `id`; `None` if it was not open.

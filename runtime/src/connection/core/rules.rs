@@ -71,6 +71,12 @@ impl<R: Clone> OpTable<R> {
         Ok(held)
     }
 
+    /// How many operations are defined.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn len(&self) -> usize {
+        self.ops.len()
+    }
+
     /// The operation a call names by `index`; `Err`: the violation.
     pub(crate) fn get(&self, index: usize) -> Result<(Arc<str>, Option<R>), String> {
         match self.ops.get(index) {

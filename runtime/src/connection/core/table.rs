@@ -83,6 +83,18 @@ pub(crate) enum InItem {
 pub(crate) struct InboundTx {
     pub(crate) tx: mpsc::UnboundedSender<InItem>,
     pub(crate) window: Arc<RecvWindow>,
+    /// The sender ended the stream (End): nothing more may follow.
+    pub(crate) ended: bool,
+}
+
+impl InboundTx {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<InItem>, window: Arc<RecvWindow>) -> Self {
+        InboundTx {
+            tx,
+            window,
+            ended: false,
+        }
+    }
 }
 
 /// One open call.
@@ -102,6 +114,9 @@ pub(crate) struct Entry {
     /// Calls we opened: their place within the peer's call limit, given
     /// back when the entry leaves the table.
     pub(crate) slot: Option<Slot>,
+    /// Calls we serve: which admission this entry belongs to (see
+    /// `Core::attach`); 0 for calls we opened.
+    pub(crate) serial: u64,
 }
 
 impl Entry {

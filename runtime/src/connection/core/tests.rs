@@ -110,10 +110,7 @@ fn stream_entry(budget: &Arc<Budget>) -> (Entry, mpsc::UnboundedReceiver<InItem>
     let (tx, rx) = mpsc::unbounded_channel();
     let window = Arc::new(RecvWindow::new(WINDOW, MAX_FRAME, budget.clone()));
     let entry = Entry {
-        inbound: Some(InboundTx {
-            tx,
-            window: window.clone(),
-        }),
+        inbound: Some(InboundTx::new(tx, window.clone())),
         ..Entry::default()
     };
     (entry, rx, window)
@@ -390,6 +387,22 @@ fn stream_data_is_delivered_and_held_against_the_budget_until_credited() {
 }
 
 #[test]
+fn data_after_the_end_of_a_stream_is_a_violation_and_a_second_end_is_ignored() {
+    let mut f = listener(8);
+    let (entry, mut rx, _window) = stream_entry(&f.budget);
+    f.core.attach(1, entry).expect("open");
+    f.feed(Frame::End { id: 1 });
+    f.feed(Frame::End { id: 1 });
+    assert!(matches!(rx.try_recv(), Ok(InItem::End)));
+    assert!(rx.try_recv().is_err(), "the end is delivered once");
+    let data = Frame::Data {
+        id: 1,
+        body: Bytes::from_static(b"late"),
+    };
+    assert_eq!(violation(f.feed(data)), "data on stream 1 after its end");
+}
+
+#[test]
 fn data_beyond_the_window_and_one_frame_is_a_violation() {
     let mut f = listener(8);
     let (entry, _rx, _window) = stream_entry(&f.budget);
@@ -584,6 +597,36 @@ fn a_cancel_stops_the_served_call_and_sends_nothing_back() {
         "the handler's end finds nothing to answer"
     );
     assert!(matches!(f.feed(Frame::Cancel { id: 1 }), Action::Nothing));
+}
+
+#[test]
+fn a_cancelled_handler_that_ends_late_leaves_a_new_call_on_its_id_alone() {
+    // Found by the random sequences: the peer cancels call 1 and opens id 1
+    // again while the first handler is still stopping. The first handler's
+    // end must not take (and silence) the second call's entry.
+    let mut f = listener(8);
+    admitted(f.feed(Frame::CallOpen(call_open(
+        1,
+        0,
+        Some("t.S/client"),
+        false,
+        false,
+    ))));
+    let first = f.core.attach(1, Entry::default()).expect("open");
+    assert!(matches!(
+        f.feed(Frame::Cancel { id: 1 }),
+        Action::Finish(..)
+    ));
+    admitted(f.feed(Frame::CallOpen(call_open(1, 0, None, false, false))));
+    let second = f.core.attach(1, Entry::default()).expect("open");
+    assert!(
+        f.core.finish_served(first).is_none(),
+        "the first call ended with its cancel"
+    );
+    assert!(
+        f.core.finish_served(second).is_some(),
+        "the second is answered"
+    );
 }
 
 // §4.10: ping.
