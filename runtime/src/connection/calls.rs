@@ -10,11 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::budget::Slot;
-use super::flow::{RecvWindow, SendCredit};
+use super::core::{Entry, Failure, InItem, InboundTx, RecvWindow, SendCredit, Slot};
 use super::scope::{cascade, CallScope, Parent};
 use super::stream::{CallGuard, Inbound, Outbound, Reply};
-use super::table::{Entry, Failure, InboundTx};
 use super::Shared;
 use crate::descriptor::CallKind;
 use crate::error::CallError;
@@ -180,13 +178,17 @@ impl Shared {
     /// Refuses a call before anything is sent: the connection is closing or
     /// closed. The call never ran, so the caller may safely try elsewhere.
     fn refuse_if_closing(&self, op: &str) -> Result<(), CallError> {
-        if !self.accepting_calls() || self.closed.is_cancelled() {
-            return Err(CallError::Closing {
-                op: op.into(),
-                peer: self.peer.label.clone(),
-            });
+        if !self.accepting_calls() {
+            return Err(self.closing(op));
         }
         Ok(())
+    }
+
+    fn closing(&self, op: &str) -> CallError {
+        CallError::Closing {
+            op: op.into(),
+            peer: self.peer.label.clone(),
+        }
     }
 
     fn check_size(&self, op: &str, head: &CallOpenHead<'_>, body: &[u8]) -> Result<(), CallError> {
@@ -254,8 +256,12 @@ impl Shared {
             })
     }
 
-    fn register(&self, id: u32, entry: Entry) {
-        self.table().insert(id, entry);
+    /// Registers call `id` with the core; `Ok(calls open now)`, or
+    /// `Closing` if the connection stopped opening calls since the caller
+    /// looked (nothing was sent).
+    fn register(&self, op: &str, id: u32, entry: Entry) -> Result<usize, CallError> {
+        let opened = self.core().open_local(id, entry);
+        opened.map_err(|_| self.closing(op))
     }
 
     /// One of the peer's call slots (see `CallSlots`): at once when the peer
@@ -283,27 +289,14 @@ impl Shared {
         }
     }
 
-    fn new_inbound(
-        &self,
-    ) -> (
-        InboundTx,
-        mpsc::UnboundedReceiver<super::table::InItem>,
-        Arc<RecvWindow>,
-    ) {
+    fn new_inbound(&self) -> (InboundTx, mpsc::UnboundedReceiver<InItem>, Arc<RecvWindow>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let window = Arc::new(RecvWindow::new(
             self.config.window,
             self.config.max_frame,
             self.budget.clone(),
         ));
-        (
-            InboundTx {
-                tx,
-                window: window.clone(),
-            },
-            rx,
-            window,
-        )
+        (InboundTx::new(tx, window.clone()), rx, window)
     }
 }
 
@@ -343,7 +336,8 @@ impl Shared {
         // The connection's sweeper fails the call at its deadline (and
         // cancels it on the peer), so no timer is set up per call.
         let deadline = timeout.map(|t| s.deadline_in(t));
-        s.register(
+        let open_now = s.register(
+            op,
             id,
             Entry {
                 reply: Some(tx),
@@ -351,7 +345,7 @@ impl Shared {
                 slot: Some(slot),
                 ..Entry::default()
             },
-        );
+        )?;
         let mut guard = CallGuard::new(s.clone(), id);
         s.open(id, op, &opts, timeout, Shape::Single, &body).await?;
         if let Some(d) = deadline {
@@ -359,7 +353,7 @@ impl Shared {
         }
         // A lone call writes its request itself; under load the writer
         // gathers every caller's frame into one write instead.
-        if s.table().len() <= 1 {
+        if open_now <= 1 {
             s.out.write_through();
         }
         let outcome = match &parent {
@@ -414,13 +408,14 @@ impl Shared {
         let id = s.next_call_id();
         let (inbound_tx, rx, window) = s.new_inbound();
         s.register(
+            op,
             id,
             Entry {
                 inbound: Some(inbound_tx),
                 slot: Some(slot),
                 ..Entry::default()
             },
-        );
+        )?;
         let guard = Arc::new(CallGuard::new(s.clone(), id));
         s.open(id, op, &opts, timeout, Shape::Single, &body).await?;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -442,7 +437,7 @@ impl Shared {
         let id = self.next_call_id();
         let credit = Arc::new(SendCredit::new(self.peer_window));
         entry.credit = Some(credit.clone());
-        self.register(id, entry);
+        self.register(op, id, entry)?;
         let guard = Arc::new(CallGuard::new(self.clone(), id));
         self.open(id, op, opts, timeout, Shape::Stream, &Bytes::new())
             .await?;

@@ -1,29 +1,30 @@
 //! Connections: one transport stream carrying many calls in both directions.
 //!
-//! A connection runs three tasks: a reader that decodes frames and routes
-//! them, a writer that drains the shared write queue (see `writer`), and a
-//! keepalive that pings an idle peer and declares it lost when it stays
-//! silent too long. Calls in flight live in one call table (see `table`).
+//! A connection's protocol state and rules live in one sans-IO state
+//! machine, the core (see `core`): fed decoded frames and this side's own
+//! events, it says what to send, whom to deliver to, what to refuse and
+//! what to close. Around it run three tasks, its shells: a reader that
+//! decodes frames, asks the core and does what it says (see `reader`), a
+//! writer that drains the shared write queue (see `writer`), and a keepalive
+//! that asks the core's keepalive rule whether to ping or give the peer up
+//! and fails calls at their deadlines.
 //!
 //! [`Connection`] is the cheap, cloneable handle to all of it. It never
 //! touches the socket itself.
 
-mod budget;
 mod calls;
-mod flow;
+pub(crate) mod core;
 mod reader;
 mod redial;
 mod retry;
-mod rules;
 pub(crate) mod scope;
 mod served;
 mod session;
 mod stream;
-mod table;
 mod writer;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -31,17 +32,17 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 pub use self::calls::CallOptions;
+use self::core::{Beat, Budget, CallSlots, Core, Failure, Keepalive, ServedCalls, Side};
 pub use self::redial::Backoff;
 pub(crate) use self::redial::Redial;
 pub use self::retry::{RetryBudget, RetryPolicy, RetryStats};
-use self::session::SessionTable;
+use self::session::SessionState;
 pub(crate) use self::session::{builtin_routes, SessionHook};
 pub use self::session::{Session, SessionRequest, NO_SESSIONS};
 pub use self::stream::{Inbound, Outbound, Reply, TrySendError};
-use self::table::{CallTable, Failure};
 use self::writer::WriteQueue;
 use crate::events::EventHub;
-use crate::router::Router;
+use crate::router::{Route, Router};
 use crate::transport::{ReadHalf, WriteHalf};
 use crate::wire;
 
@@ -367,19 +368,20 @@ pub struct ConnectionStats {
 /// How long a connection that has ended keeps writing what was queued.
 const FLUSH_GRACE: Duration = Duration::from_secs(1);
 
-const OPEN: u8 = 0;
-const DRAINING: u8 = 1;
-const CLOSED: u8 = 2;
+/// The connection's core, as the runtime's shells use it: operations
+/// resolve to the router's routes, sessions are shared session states.
+pub(crate) type ConnCore = Core<Route, Arc<SessionState>>;
 
 /// State shared by a connection's handle, its tasks and its calls.
 pub(crate) struct Shared {
     pub(crate) peer: PeerInfo,
     pub(crate) local: NodeId,
-    dialer: bool,
+    side: Side,
     next_id: AtomicU32,
     next_session: AtomicU32,
-    pub(crate) table: Mutex<CallTable>,
-    pub(crate) sessions: SessionTable,
+    /// The protocol state: calls, sessions, goaways, the peer's operations.
+    /// One lock, taken once per frame and never held while queueing one.
+    core: Mutex<ConnCore>,
     pub(crate) events: Arc<EventHub>,
     pub(crate) out: WriteQueue,
     pub(crate) router: Router,
@@ -388,15 +390,6 @@ pub(crate) struct Shared {
     pub(crate) peer_max_frame: u32,
     /// The peer's per-stream window: our send credit.
     pub(crate) peer_window: u32,
-    state: AtomicU8,
-    peer_draining: std::sync::atomic::AtomicBool,
-    /// Highest call id the peer opened that this side took on.
-    pub(crate) highest_peer_id: AtomicU32,
-    /// What a goaway the peer sent because of an error makes the close reason.
-    pub(crate) peer_goaway_error: OnceLock<CloseReason>,
-    /// From the peer's goaway: calls this side opened above it were not
-    /// processed (`u32::MAX` until a goaway arrives).
-    peer_last_id: AtomicU32,
     reason: OnceLock<CloseReason>,
     pub(crate) closed: CancellationToken,
     /// Cancelled once the writer task is done: what was queued is written
@@ -405,7 +398,7 @@ pub(crate) struct Shared {
     epoch: Instant,
     last_heard_ms: AtomicU64,
     pub(crate) frames_received: AtomicU64,
-    /// The deadline (µs since `epoch`) the sweeper is armed for: the
+    /// The deadline (µs since `deadline_epoch`) the sweeper is armed for: the
     /// earliest of the unary calls this side has outstanding, or `u64::MAX`.
     earliest_deadline: AtomicU64,
     /// Wakes the sweeper when a call arms an earlier deadline.
@@ -415,11 +408,11 @@ pub(crate) struct Shared {
     /// Calls of the peer's being served right now, of every kind (a unary
     /// call answered on the spot has no table entry, so a graceful close
     /// waits for this count as well as for the table).
-    pub(crate) serving: AtomicU32,
+    pub(crate) served: Arc<ServedCalls>,
     /// What the peer's traffic holds on this side, against the budget.
-    pub(crate) budget: Arc<budget::Budget>,
+    pub(crate) budget: Arc<Budget>,
     /// This side's calls to the peer, within the peer's announced limit.
-    pub(crate) slots: Arc<budget::CallSlots>,
+    pub(crate) slots: Arc<CallSlots>,
     /// The reader is not reading: over the budget, or at the call limit.
     held_back: std::sync::atomic::AtomicBool,
     /// Run around every call this side opens, when the endpoint has any.
@@ -427,8 +420,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn table(&self) -> std::sync::MutexGuard<'_, CallTable> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn core(&self) -> std::sync::MutexGuard<'_, ConnCore> {
+        // A panic under this lock leaves the tables structurally valid
+        // (every change is one map operation); keep going.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Allocates the next id for a call this side opens.
@@ -443,9 +438,10 @@ impl Shared {
         }
     }
 
-    /// Whether `id` was opened by this side.
-    pub(crate) fn is_local_id(&self, id: u32) -> bool {
-        (id % 2 == 1) == self.dialer
+    /// Allocates the next id for a session this side opens (the call-id
+    /// parity rule: odd from the dialer, even from the listener).
+    pub(crate) fn next_session_id(&self) -> u32 {
+        self.next_session.fetch_add(2, Ordering::Relaxed)
     }
 
     pub(crate) fn note_heard(&self) {
@@ -453,19 +449,19 @@ impl Shared {
         self.last_heard_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// `timeout` from now, as µs since the connection's epoch.
-    pub(crate) fn deadline_in(&self, timeout: Duration) -> u64 {
-        let at = self
-            .deadline_epoch
-            .elapsed()
-            .saturating_add(timeout)
-            .as_micros();
-        u64::try_from(at).unwrap_or(u64::MAX - 1)
+    /// The instant `timeout` from now, on tokio's clock.
+    pub(crate) fn deadline_in(&self, timeout: Duration) -> std::time::Instant {
+        let now = tokio::time::Instant::now();
+        now.checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+            .into_std()
     }
 
     /// Makes sure the sweeper wakes by `deadline` (from [`deadline_in`](Self::deadline_in)).
-    pub(crate) fn arm_deadline(&self, deadline: u64) {
-        if deadline < self.earliest_deadline.fetch_min(deadline, Ordering::AcqRel) {
+    pub(crate) fn arm_deadline(&self, deadline: std::time::Instant) {
+        let since = deadline.saturating_duration_since(self.deadline_epoch.into_std());
+        let at = u64::try_from(since.as_micros()).unwrap_or(u64::MAX - 1);
+        if at < self.earliest_deadline.fetch_min(at, Ordering::AcqRel) {
             self.deadline_armed.notify_one();
         }
     }
@@ -474,34 +470,19 @@ impl Shared {
     /// and re-arms for the earliest deadline still ahead.
     fn sweep_deadlines(&self) {
         self.earliest_deadline.store(u64::MAX, Ordering::Release);
-        let now = self.deadline_in(Duration::ZERO);
-        let mut next = u64::MAX;
+        let now = tokio::time::Instant::now().into_std();
         let mut expired = Vec::new();
-        {
-            let mut table = self.table();
-            for (id, entry) in table.iter() {
-                match entry.deadline {
-                    Some(d) if d <= now => expired.push(*id),
-                    Some(d) => next = next.min(d),
-                    None => {}
-                }
-            }
-            let expired: Vec<_> = expired
-                .iter()
-                .filter_map(|id| table.remove(id).map(|e| (*id, e)))
-                .collect();
-            drop(table);
-            for (id, entry) in expired {
-                let _ = self
-                    .out
-                    .push(|o| wire::frame::encode_empty(&mut o.buf, wire::Kind::Cancel, id));
-                entry.fail(table::Failure::System {
-                    code: wire::SystemCode::DeadlineExceeded,
-                    message: String::new(),
-                });
-            }
+        let next = self.core().expire(now, &mut expired);
+        for (id, entry) in expired {
+            let _ = self
+                .out
+                .push(|o| wire::frame::encode_empty(&mut o.buf, wire::Kind::Cancel, id));
+            entry.fail(Failure::System {
+                code: wire::SystemCode::DeadlineExceeded,
+                message: String::new(),
+            });
         }
-        if next != u64::MAX {
+        if let Some(next) = next {
             self.arm_deadline(next);
         }
     }
@@ -514,12 +495,6 @@ impl Shared {
         self.held_back.store(held, Ordering::Release);
     }
 
-    /// A served call ended: one more may be admitted.
-    pub(crate) fn end_serving(&self) {
-        self.serving.fetch_sub(1, Ordering::AcqRel);
-        self.budget.wake();
-    }
-
     fn silent_for(&self) -> Duration {
         let now = self.epoch.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed)))
@@ -527,26 +502,7 @@ impl Shared {
 
     /// Whether new calls may be opened.
     pub(crate) fn accepting_calls(&self) -> bool {
-        self.state.load(Ordering::Acquire) == OPEN && !self.peer_draining.load(Ordering::Acquire)
-    }
-
-    /// Whether this side still takes new calls from the peer.
-    pub(crate) fn serving_new_calls(&self) -> bool {
-        self.state.load(Ordering::Acquire) == OPEN
-    }
-
-    pub(crate) fn peer_draining(&self) -> bool {
-        self.peer_draining.load(Ordering::Acquire)
-    }
-
-    /// The peer's goaway: no new calls, and those above `last_id` were not run.
-    pub(crate) fn peer_going_away(&self, last_id: u32) {
-        self.peer_last_id.fetch_min(last_id, Ordering::AcqRel);
-        self.set_peer_draining();
-    }
-
-    pub(crate) fn set_peer_draining(&self) {
-        self.peer_draining.store(true, Ordering::Release);
+        self.core().opens_calls()
     }
 
     /// The failure every pending call sees once the connection is closed.
@@ -559,7 +515,7 @@ impl Shared {
     /// and fails every call still open.
     pub(crate) fn shut(&self, reason: CloseReason) {
         let _ = self.reason.set(reason);
-        self.state.store(CLOSED, Ordering::Release);
+        let down = self.core().shut();
         self.out.close();
         self.closed.cancel();
         let failure = self.lost();
@@ -567,18 +523,16 @@ impl Shared {
             code: wire::SystemCode::GoingAway,
             message: "the peer closed before taking this call".into(),
         };
-        let last = self.peer_last_id.load(Ordering::Acquire);
-        let entries: Vec<_> = self.table().drain().collect();
-        for (id, e) in entries {
+        for (entry, never_taken) in down.calls {
             // Calls the peer's goaway says it never took are safe to send
             // again elsewhere; say so (Closing) rather than "lost".
-            if self.is_local_id(id) && id > last {
-                e.fail(unprocessed.clone());
+            if never_taken {
+                entry.fail(unprocessed.clone());
             } else {
-                e.fail(failure.clone());
+                entry.fail(failure.clone());
             }
         }
-        self.end_all_sessions("the connection ended");
+        self.end_sessions(down.sessions, "the connection ended");
     }
 }
 
@@ -667,8 +621,8 @@ impl Connection {
     /// Whether this side dialed the connection (for a reconnecting one: always).
     pub fn dialed_here(&self) -> bool {
         match &self.link {
-            Link::Direct(s) => s.dialer,
-            Link::Scoped(s) => s.shared.dialer,
+            Link::Direct(s) => s.side.is_dialer(),
+            Link::Scoped(s) => s.shared.side.is_dialer(),
             Link::Redial(_) => true,
         }
     }
@@ -690,23 +644,20 @@ impl Connection {
         config: ConnectionConfig,
         events: Arc<EventHub>,
     ) -> Connection {
+        let side = Side::new(est.dialer);
+        let budget = Arc::new(Budget::new(config.memory_budget));
+        let served = Arc::new(ServedCalls::new(config.max_calls, budget.clone()));
         let shared = Arc::new(Shared {
             peer: est.peer,
             local: est.local,
-            dialer: est.dialer,
-            next_id: AtomicU32::new(if est.dialer { 1 } else { 2 }),
-            next_session: AtomicU32::new(if est.dialer { 1 } else { 2 }),
-            table: Mutex::new(CallTable::default()),
-            sessions: SessionTable::default(),
+            side,
+            next_id: AtomicU32::new(side.first_id()),
+            next_session: AtomicU32::new(side.first_id()),
+            core: Mutex::new(Core::new(side, budget.clone(), served.clone())),
             out: WriteQueue::new(config.write_high_water),
             router,
             peer_max_frame: est.peer_max_frame,
             peer_window: est.peer_window,
-            state: AtomicU8::new(OPEN),
-            peer_draining: std::sync::atomic::AtomicBool::new(false),
-            highest_peer_id: AtomicU32::new(0),
-            peer_goaway_error: OnceLock::new(),
-            peer_last_id: AtomicU32::new(u32::MAX),
             reason: OnceLock::new(),
             closed: CancellationToken::new(),
             written_out: CancellationToken::new(),
@@ -716,9 +667,9 @@ impl Connection {
             earliest_deadline: AtomicU64::new(u64::MAX),
             deadline_armed: tokio::sync::Notify::new(),
             deadline_epoch: tokio::time::Instant::now(),
-            serving: AtomicU32::new(0),
-            budget: Arc::new(budget::Budget::new(config.memory_budget)),
-            slots: Arc::new(budget::CallSlots::new(est.peer_max_calls)),
+            served,
+            budget,
+            slots: Arc::new(CallSlots::new(est.peer_max_calls)),
             held_back: std::sync::atomic::AtomicBool::new(false),
             call_interceptors: est.call_interceptors,
             events,
@@ -727,7 +678,7 @@ impl Connection {
         let w = shared.clone();
         tokio::spawn(async move {
             // Coalescing pays only when several calls may be about to send.
-            let busy = || w.table().len() > 1;
+            let busy = || w.core().calls_in_flight() > 1;
             let run = w.out.run(wr, busy);
             // Once the connection has ended, what is still queued (a goaway,
             // last answers) gets a short grace to leave; a peer that does not
@@ -864,7 +815,7 @@ impl Connection {
             frames_received: s.frames_received.load(Ordering::Relaxed),
             budget_used: s.budget.held() + queued,
             budget_limit: s.budget.limit(),
-            calls_served: s.serving.load(Ordering::Acquire),
+            calls_served: s.served.count(),
             held_back: s.held_back.load(Ordering::Acquire),
         }
     }
@@ -893,7 +844,7 @@ impl Connection {
     /// its allow-list stops admitting the peer.
     pub fn revoke(&self, reason: &str) {
         if let Some(s) = self.direct_shared() {
-            let last = s.highest_peer_id.load(Ordering::Acquire);
+            let last = s.core().last_admitted();
             let _ = s.out.push(|o| {
                 wire::frame::encode_goaway(
                     &mut o.buf,
@@ -1007,13 +958,7 @@ impl Connection {
         let Some(s) = self.direct_shared() else {
             return Vec::new();
         };
-        let states: Vec<_> = s
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let states = s.core().sessions();
         states
             .into_iter()
             .map(|state| Session {
@@ -1026,23 +971,17 @@ impl Connection {
 
 impl Shared {
     async fn close(&self) {
-        let draining = {
-            let _table = self.table();
-            self.state
-                .compare_exchange(OPEN, DRAINING, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        };
-        if draining {
-            // Taking the table lock above orders the switch against `serve`:
-            // every call with an id above `last` will be refused.
-            let last = self.highest_peer_id.load(Ordering::Acquire);
+        // The switch to draining and every admission happen under the core's
+        // lock: every call with an id above `last` will be refused.
+        let draining = self.core().drain();
+        if let Some(last) = draining {
             let _ = self
                 .out
                 .push(|o| wire::frame::encode_goaway(&mut o.buf, last, 0, "closing"));
         }
         let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
         loop {
-            let idle = self.table().is_empty() && self.serving.load(Ordering::Acquire) == 0;
+            let idle = self.core().idle();
             if idle || self.closed.is_cancelled() {
                 break;
             }
@@ -1060,7 +999,7 @@ impl Shared {
     }
 
     fn calls_in_flight(&self) -> usize {
-        self.table().len()
+        self.core().calls_in_flight()
     }
 
     /// `node xxxxxxxx`, this side, for messages.
@@ -1069,14 +1008,13 @@ impl Shared {
     }
 }
 
-/// Pings an idle peer and declares it lost after the keepalive timeout.
+/// Pings an idle peer and declares it lost after the keepalive timeout
+/// (the rule is the core's [`Keepalive`]; this task checks it on a timer).
 async fn keepalive(s: Arc<Shared>) {
-    let interval = s.config.keepalive_interval;
-    let timeout = s.config.keepalive_timeout;
-    let mut tick = tokio::time::interval(interval);
+    let mut rule = Keepalive::new(s.config.keepalive_interval, s.config.keepalive_timeout);
+    let mut tick = tokio::time::interval(rule.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut seq = 0u64;
     loop {
         // The same task keeps the deadlines of this side's unary calls: one
         // timer per connection, armed for the earliest, instead of one
@@ -1098,19 +1036,17 @@ async fn keepalive(s: Arc<Shared>) {
             }
             _ = tick.tick() => {}
         }
-        let silent = s.silent_for();
-        // A reader holding the peer back is not listening, so silence says
-        // nothing about the peer then; the stall rule covers a peer that
-        // does not read. Pings still go out, so the peer hears this side.
-        if silent >= timeout && !s.is_held_back() {
-            s.shut(CloseReason::KeepaliveTimeout(silent));
-            return;
-        }
-        if silent >= interval {
-            seq += 1;
-            let _ = s
-                .out
-                .push(|o| wire::frame::encode_ping(&mut o.buf, wire::Kind::Ping, seq));
+        match rule.check(s.silent_for(), s.is_held_back()) {
+            Beat::Quiet => {}
+            Beat::Ping(seq) => {
+                let _ = s
+                    .out
+                    .push(|o| wire::frame::encode_ping(&mut o.buf, wire::Kind::Ping, seq));
+            }
+            Beat::Lost(silent) => {
+                s.shut(CloseReason::KeepaliveTimeout(silent));
+                return;
+            }
         }
     }
 }

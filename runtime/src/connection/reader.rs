@@ -1,7 +1,9 @@
-//! The reader task: decodes frames from the transport and routes each one —
-//! call opens to handlers, replies and stream messages to the call waiting
-//! for them, pings to an answering pong. It never waits on the writer, so a
-//! peer that does not read cannot stall it.
+//! The reader task, a shell around the connection's core: it reads from
+//! the transport, decodes frames, feeds each to the core and does what the
+//! core answers — serve a call, refuse it, hand an outcome to the call
+//! waiting for it, answer a ping, hold the peer back, close for a violation.
+//! It decides nothing about a frame itself. It never waits on the writer, so
+//! a peer that does not read cannot stall it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,12 +14,8 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use super::rules::{self, Hold, StallWatch};
-use super::served::Violation;
-use super::table::{Failure, InItem};
+use super::core::{Action, Hold, StallWatch};
 use super::{CloseReason, Shared};
-use crate::error::Reject;
-use crate::router::Route;
 use crate::transport::ReadHalf;
 use crate::wire::frame::{encode_goaway, encode_ping};
 use crate::wire::{self, Frame, Kind, SystemCode};
@@ -29,11 +27,7 @@ const READ_RESERVE_MIN: usize = 2 * 1024;
 /// few 64 KiB messages per read instead of a message in two reads.
 const READ_RESERVE_MAX: usize = 512 * 1024;
 
-/// Operations the peer has defined, by index, with the handler resolved once.
-type OpTable = rules::OpTable<Route>;
-
 pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut) {
-    let mut ops = OpTable::default();
     let max = shared.config.max_frame;
     let mut reserve = READ_RESERVE_MIN;
     shared.note_heard();
@@ -42,17 +36,23 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
             match wire::decode(&mut buf, max) {
                 Ok(Some(frame)) => {
                     shared.frames_received.fetch_add(1, Ordering::Relaxed);
-                    // A one-way message cannot be refused, so at the call
-                    // limit it waits here, and the peer with it.
-                    if matches!(&frame, Frame::CallOpen(o) if o.oneway) && at_call_limit(&shared) {
-                        if let Err(stall) = hold_back(&shared, |s| !at_call_limit(s)).await {
-                            cut_off(&shared, stall);
-                            return;
+                    let mut next = Some(frame);
+                    while let Some(frame) = next.take() {
+                        match take_in(&shared, frame) {
+                            Flow::Go => {}
+                            Flow::Stop => return,
+                            // A one-way message at the call limit waits
+                            // here, and the peer with it, until a served
+                            // call ends; then the core takes it again.
+                            Flow::Hold(frame) => {
+                                let room = |s: &Shared| !s.served.at_limit();
+                                if let Err(stall) = hold_back(&shared, room).await {
+                                    cut_off(&shared, stall);
+                                    return;
+                                }
+                                next = Some(frame);
+                            }
                         }
-                    }
-                    if let Err(Violation(m)) = dispatch(&shared, &mut ops, frame) {
-                        protocol_close(&shared, m);
-                        return;
                     }
                 }
                 Ok(None) => break,
@@ -86,13 +86,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
         };
         match read {
             Ok(0) => {
-                let reason = if let Some(r) = shared.peer_goaway_error.get() {
-                    r.clone()
-                } else if shared.serving_new_calls() && !shared.peer_draining() {
-                    CloseReason::PeerGone
-                } else {
-                    CloseReason::Remote
-                };
+                let reason = shared.core().end_of_stream();
                 shared.shut(reason);
                 return;
             }
@@ -124,10 +118,6 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
 
 fn over_budget(shared: &Shared) -> bool {
     shared.budget.is_full(shared.out.queued())
-}
-
-fn at_call_limit(shared: &Shared) -> bool {
-    shared.serving.load(Ordering::Acquire) >= shared.config.max_calls
 }
 
 /// A peer that read nothing of what is queued for it for `after`.
@@ -189,7 +179,7 @@ fn cut_off(shared: &Shared, stall: Stall) {
         shared.budget.limit()
     );
     tracing::warn!(peer = %shared.peer.label(), "cutting off the peer: it {message}");
-    let last = shared.highest_peer_id.load(Ordering::Acquire);
+    let last = shared.core().last_admitted();
     let _ = shared.out.push(|o| {
         encode_goaway(
             &mut o.buf,
@@ -207,149 +197,51 @@ fn cut_off(shared: &Shared, stall: Stall) {
 /// Tells the peer why (best effort) and closes the connection.
 fn protocol_close(shared: &Shared, message: String) {
     tracing::warn!(peer = %shared.peer.label(), "closing connection: protocol error: {message}");
-    let last = shared.highest_peer_id.load(Ordering::Acquire);
+    let last = shared.core().last_admitted();
     let _ = shared
         .out
         .push(|o| encode_goaway(&mut o.buf, last, SystemCode::Protocol as u32, &message));
     shared.shut(CloseReason::Protocol(message));
 }
 
-fn dispatch(shared: &Arc<Shared>, ops: &mut OpTable, frame: Frame) -> Result<(), Violation> {
-    match frame {
-        Frame::CallOpen(open) => {
-            let index = open.op.index as usize;
-            if let Some(name) = &open.op.name {
-                // A name the router knows is shared with it, not stored again.
-                let held = ops
-                    .define(index, name, |name| match shared.router.route_named(name) {
-                        Some((known, route)) => (known, Some(route)),
-                        None => (Arc::from(name), None),
-                    })
-                    .map_err(Violation)?;
-                // Held for the connection's life, so never released.
-                shared.budget.charge(held);
-            }
-            let (op, route) = ops.get(index).map_err(Violation)?;
-            shared.serve(open, op, route)
-        }
-        Frame::Data { id, body } => {
-            let table = shared.table();
-            match table.get(&id).map(|e| e.inbound.as_ref()) {
-                Some(Some(inbound)) => {
-                    if !inbound.window.receive(body.len()) {
-                        return Err(Violation(format!(
-                            "stream {id} sent beyond its flow-control window"
-                        )));
-                    }
-                    let len = body.len();
-                    if inbound.tx.send(InItem::Data(body)).is_err() {
-                        // Nobody reads this stream any more: the bytes are
-                        // dropped here, not held.
-                        inbound.window.release(len as u32);
-                    }
-                    Ok(())
-                }
-                Some(None) => Err(Violation(format!(
-                    "data on call {id}, which takes no stream"
-                ))),
-                // The call already ended on this side (cancel or deadline); the
-                // peer had not heard yet.
-                None => Ok(()),
-            }
-        }
-        Frame::End { id } => {
-            if let Some(Some(inbound)) = shared.table().get(&id).map(|e| e.inbound.as_ref()) {
-                let _ = inbound.tx.send(InItem::End);
-            }
-            Ok(())
-        }
-        Frame::Ack { id, body } => {
-            if !shared.is_local_id(id) {
-                return Err(Violation(format!(
-                    "ack for call {id}, which this side did not open"
-                )));
-            }
-            let entry = shared.table().remove(&id);
-            if let Some(e) = entry {
-                if let Some(c) = &e.credit {
-                    c.close();
-                }
-                if let Some(i) = e.inbound {
-                    let _ = i.tx.send(InItem::End);
-                }
-                if let Some(r) = e.reply {
-                    let _ = r.send(Ok(body));
-                }
-            }
-            Ok(())
-        }
-        Frame::Reject {
-            id,
-            system,
-            code,
-            message,
-            details,
-        } => {
-            if !shared.is_local_id(id) {
-                return Err(Violation(format!(
-                    "reject for call {id}, which this side did not open"
-                )));
-            }
-            let failure = if system {
-                Failure::System {
-                    code: SystemCode::from_u32(code),
-                    message,
-                }
-            } else {
-                Failure::Rejected(Reject::new(code, message).with_details(details))
-            };
-            let entry = shared.table().remove(&id);
-            if let Some(e) = entry {
-                e.fail(failure);
-            }
-            Ok(())
-        }
-        Frame::Cancel { id } => {
-            let entry = shared.table().remove(&id);
-            if let Some(e) = entry {
-                e.fail(Failure::System {
-                    code: SystemCode::Cancelled,
-                    message: "cancelled by the peer".into(),
-                });
-            }
-            Ok(())
-        }
-        Frame::Credit { id, bytes } => {
-            if let Some(Some(c)) = shared.table().get(&id).map(|e| e.credit.as_ref()) {
-                c.grant(bytes);
-            }
-            Ok(())
-        }
-        Frame::Ping { payload } => {
+/// What the reader does after a frame.
+enum Flow {
+    /// Read on.
+    Go,
+    /// Hold the peer back, then feed this frame again.
+    Hold(Frame),
+    /// The connection ended.
+    Stop,
+}
+
+/// Feeds one frame to the core and does what it answers, after letting go
+/// of the core's lock.
+fn take_in(shared: &Arc<Shared>, frame: Frame) -> Flow {
+    // A name the router knows is shared with it, not stored again.
+    let resolve = |name: &str| match shared.router.route_named(name) {
+        Some((known, route)) => (known, Some(route)),
+        None => (Arc::from(name), None),
+    };
+    let action = shared.core().on_frame(frame, resolve);
+    match action {
+        Action::Nothing => {}
+        Action::Pong(payload) => {
             let _ = shared
                 .out
                 .push(|o| encode_ping(&mut o.buf, Kind::Pong, payload));
-            Ok(())
         }
-        Frame::Pong { .. } => Ok(()),
-        Frame::GoAway {
-            last_id,
-            code,
-            reason,
-        } => {
-            if code != 0 {
-                tracing::warn!(peer = %shared.peer.label(), code, "peer is going away: {reason}");
-                let why = if code == SystemCode::ResourceExhausted as u32
-                    || code == SystemCode::PermissionDenied as u32
-                {
-                    CloseReason::CutOff(reason)
-                } else {
-                    CloseReason::Protocol(format!("reported by the peer: {reason}"))
-                };
-                let _ = shared.peer_goaway_error.set(why);
-            }
-            shared.peer_going_away(last_id);
-            Ok(())
+        Action::Serve(call) => shared.serve(call),
+        Action::Refuse(refusal) => shared.refuse(refusal),
+        Action::Drop { op, why } => shared.drop_one_way(&op, why),
+        Action::Finish(entry, outcome) => entry.finish(outcome),
+        Action::Hold(frame) => return Flow::Hold(frame),
+        Action::PeerGoingAway { code, reason } => {
+            tracing::warn!(peer = %shared.peer.label(), code, "peer is going away: {reason}");
+        }
+        Action::Violation(message) => {
+            protocol_close(shared, message);
+            return Flow::Stop;
         }
     }
+    Flow::Go
 }

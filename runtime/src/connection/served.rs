@@ -1,11 +1,12 @@
-//! Serving calls the peer opens: find the handler, run it on its own task
-//! under the call's deadline and cancellation, catch its panics, and send
-//! exactly one ack or reject when it ends (nothing for one-way calls, and
-//! nothing when the caller cancelled).
+//! Serving calls the peer opens, once the core admitted them: run the
+//! handler on its own task under the call's deadline and cancellation, catch
+//! its panics, and send exactly one ack or reject when it ends (nothing for
+//! one-way calls, and nothing when the caller cancelled). Which calls are
+//! served, refused or dropped is the core's decision (`core::Core::on_frame`);
+//! this is the shell that carries it out.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +16,13 @@ use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::budget::Charge;
 use super::calls::CallName;
-use super::flow::{RecvWindow, SendCredit};
+use super::core::{
+    Admitted, Attached, Charge, Dropped, Entry, InItem, InboundTx, Operation, RecvWindow, Refusal,
+    SendCredit, ServedCalls,
+};
+use super::session::SessionState;
 use super::stream::{Inbound, Outbound};
-use super::table::{Entry, InboundTx};
 use super::{Connection, Session, Shared};
 use crate::descriptor::CallKind;
 use crate::error::Reject;
@@ -29,8 +32,15 @@ use crate::router::{CallContext, Route};
 use crate::wire::frame::encode_reject;
 use crate::wire::{CallOpen, Kind, SystemCode};
 
-/// A violation the reader closes the connection for.
-pub(crate) struct Violation(pub(crate) String);
+impl Operation for Route {
+    fn kind(&self) -> CallKind {
+        observe::route_kind(self)
+    }
+
+    fn kind_name(&self) -> &'static str {
+        Route::kind_name(self)
+    }
+}
 
 enum Outcome {
     Done(Result<Bytes, Reject>),
@@ -50,164 +60,79 @@ fn panic_message(p: Box<dyn Any + Send>) -> String {
 }
 
 impl Shared {
-    fn reject_now(&self, id: u32, code: SystemCode, message: &str) {
+    /// Answers a call the core refused before any handler ran.
+    pub(crate) fn refuse(&self, refusal: Refusal) {
+        let Refusal {
+            id,
+            op,
+            code,
+            message,
+        } = refusal;
+        observe::refused(&self.peer, &op, code);
         let _ = self
             .out
-            .push(|o| encode_reject(&mut o.buf, id, true, code as u32, message, &[]));
+            .push(|o| encode_reject(&mut o.buf, id, true, code as u32, &message, &[]));
     }
 
-    /// Refuses a call the peer opened, before any handler runs. The answer
-    /// goes out on the call's id, so that id must not belong to a call still
-    /// running (served calls check the same under the table lock on insert).
-    fn refuse(&self, id: u32, op: &str, code: SystemCode, message: &str) -> Result<(), Violation> {
-        if self.table().contains_key(&id) {
-            return Err(Violation(format!("call id {id} opened twice")));
+    /// Logs a one-way message the core dropped (nothing goes back).
+    pub(crate) fn drop_one_way(&self, op: &str, why: Dropped) {
+        match why {
+            Dropped::Closing => {
+                tracing::debug!(op = %op, "one-way message dropped: connection is closing")
+            }
+            Dropped::SessionClosed(sid) => {
+                tracing::debug!(op = %op, "one-way message dropped: session {sid} is closed")
+            }
+            Dropped::NotOneWay(kind) => tracing::warn!(
+                op = %op,
+                "one-way message dropped: the operation is {kind}, not one-way"
+            ),
+            Dropped::NoSuchOperation => {
+                tracing::warn!(op = %op, "one-way message dropped: no such operation")
+            }
         }
-        observe::refused(&self.peer, op, code);
-        self.reject_now(id, code, message);
-        Ok(())
     }
 
-    /// Starts serving a call the peer opened.
-    pub(crate) fn serve(
+    /// The call's session, as its handler sees it, and the cancellation its
+    /// handler runs under (closing the session cancels it).
+    fn scope_of(
         self: &Arc<Self>,
-        open: CallOpen,
-        op: Arc<str>,
-        route: Option<Route>,
-    ) -> Result<(), Violation> {
-        let id = open.id;
-        if open.oneway {
-            if id != 0 {
-                return Err(Violation(format!(
-                    "one-way call to `{op}` carries call id {id}, not 0"
-                )));
-            }
-            if !self.serving_new_calls() {
-                tracing::debug!(op = %op, "one-way message dropped: connection is closing");
-                return Ok(());
-            }
-            match route {
-                Some(Route::OneWay(f)) => {
-                    let mut ctx = self.context(op.clone(), &open, CancellationToken::new());
-                    if let Some(sid) = open.session {
-                        let Some(state) = self.session(sid) else {
-                            tracing::debug!(op = %op, "one-way message dropped: session {sid} is closed");
-                            return Ok(());
-                        };
-                        ctx.token = state.token.child_token();
-                        ctx.session = Some(Session {
-                            state,
-                            shared: self.clone(),
-                        });
-                    }
-                    let request = Some(open.body.len());
-                    ctx.record = observe::serving(&self.peer, &ctx, CallKind::OneWay, request);
-                    let deadline = open.deadline;
-                    // Counted like any served call (the reader waits at the
-                    // limit before it gets here), its body charged until the
-                    // handler ends.
-                    self.serving.fetch_add(1, Ordering::AcqRel);
-                    let serving = Serving(self.clone(), std::cell::Cell::new(false));
-                    let charge = Charge::new(&self.budget, open.body.len());
-                    let body = open.body;
-                    let fut = self.intercepted(ctx, move |ctx| {
-                        let fut = f(ctx, body);
-                        Box::pin(async move {
-                            fut.await;
-                            Ok(())
-                        })
-                    });
-                    let fut = AssertUnwindSafe(fut).catch_unwind();
-                    tokio::spawn(async move {
-                        let _serving = serving;
-                        let _charge = charge;
-                        let outcome = match deadline {
-                            Some(d) => match tokio::time::timeout(d, fut).await {
-                                Ok(r) => r,
-                                Err(_) => {
-                                    tracing::debug!(op = %op, "one-way handler stopped at its deadline");
-                                    return;
-                                }
-                            },
-                            None => fut.await,
-                        };
-                        match outcome {
-                            Ok(Ok(())) => {}
-                            Ok(Err(refused)) => {
-                                tracing::debug!(op = %op, "one-way message refused by an interceptor: {refused}");
-                            }
-                            Err(p) => tracing::warn!(op = %op, "{}", panic_message(p)),
-                        }
-                    });
-                }
-                Some(other) => tracing::warn!(
-                    op = %op,
-                    "one-way message dropped: the operation is {}, not one-way",
-                    other.kind_name()
-                ),
-                None => tracing::warn!(op = %op, "one-way message dropped: no such operation"),
-            }
-            return Ok(());
-        }
-        if id == 0 || self.is_local_id(id) {
-            return Err(Violation(format!(
-                "call to `{op}` uses id {id}, which belongs to this side"
-            )));
-        }
-        if !self.serving_new_calls() {
-            return self.refuse(
-                id,
-                &op,
-                SystemCode::GoingAway,
-                "connection is closing; no new calls",
-            );
-        }
-        let Some(route) = route else {
-            return self.refuse(
-                id,
-                &op,
-                SystemCode::NoSuchOperation,
-                &format!("no handler for `{op}`"),
-            );
-        };
-        if route.single_request() != open.end {
-            let message = format!(
-                "`{op}` is a {} operation but was called as {}",
-                route.kind_name(),
-                if open.end {
-                    "a single request"
-                } else {
-                    "a request stream"
-                }
-            );
-            return self.refuse(id, &op, SystemCode::Protocol, &message);
-        }
-
-        let (token, session) = match open.session {
+        session: Option<Arc<SessionState>>,
+    ) -> (CancellationToken, Option<Session>) {
+        match session {
             None => (CancellationToken::new(), None),
-            Some(sid) => match self.session(sid) {
-                Some(state) => {
-                    let token = state.token.child_token();
-                    (
-                        token,
-                        Some(Session {
-                            state,
-                            shared: self.clone(),
-                        }),
-                    )
-                }
-                None => {
-                    let message = format!("session {sid}");
-                    return self.refuse(id, &op, SystemCode::SessionClosed, &message);
-                }
-            },
-        };
+            Some(state) => (
+                state.token.child_token(),
+                Some(Session {
+                    state,
+                    shared: self.clone(),
+                }),
+            ),
+        }
+    }
+
+    /// Serves a call (or one-way message) the core admitted and counted.
+    pub(crate) fn serve(self: &Arc<Self>, call: Admitted<Route, Arc<SessionState>>) {
+        let Admitted {
+            open,
+            op,
+            route,
+            session,
+        } = call;
+        // From here on the call is counted as served until the guard ends it.
+        let serving = Serving::new(self.served.clone());
+        let (token, session) = self.scope_of(session);
+        if open.oneway {
+            return self.serve_one_way(open, op, route, token, session, serving);
+        }
+        let id = open.id;
         // Filled in below for the calls that need an entry at once; a unary
         // call gets one only if it has to wait.
         let mut entry = Entry::default();
         let mut ctx = self.context(op.clone(), &open, token.clone());
         ctx.session = session;
-        let request = route.single_request().then_some(open.body.len());
+        let single = route.single_request();
+        let request = single.then_some(open.body.len());
         ctx.record = observe::serving(&self.peer, &ctx, observe::route_kind(&route), request);
         let record = ctx.record.clone();
         let name = || CallName {
@@ -217,7 +142,9 @@ impl Shared {
         };
         let credit = || Arc::new(SendCredit::new(self.peer_window));
         let first = open.body.clone();
-        let body_len = open.body.len();
+        // A single request is charged to the budget while its handler runs;
+        // a request stream's first message is charged by its window.
+        let charged = if single { open.body.len() } else { 0 };
         let inbound = |entry: &mut Entry| {
             let (tx, rx) = mpsc::unbounded_channel();
             let window = Arc::new(RecvWindow::new(
@@ -225,22 +152,20 @@ impl Shared {
                 self.config.max_frame,
                 self.budget.clone(),
             ));
-            // A body on the opening frame of a request stream is its first message.
+            // A body on the opening frame of a request stream is its first
+            // message (at most one frame: always within the window).
             if !first.is_empty() {
                 window.receive(first.len());
-                let _ = tx.send(super::table::InItem::Data(first.clone()));
+                let _ = tx.send(InItem::Data(first.clone()));
             }
-            entry.inbound = Some(InboundTx {
-                tx,
-                window: window.clone(),
-            });
+            entry.inbound = Some(InboundTx::new(tx, window.clone()));
             Inbound::served(name(), self.clone(), id, rx, window)
         };
         let body = open.body;
         let fut: BoxFuture<'static, Result<Bytes, Reject>> = match route {
             Route::Unary(f) => {
                 let fut = self.intercepted(ctx, move |ctx| f(ctx, body));
-                return self.serve_unary(id, token, open.deadline, body_len, fut);
+                return self.serve_unary(id, token, open.deadline, charged, fut, serving);
             }
             Route::OneWay(f) => self.intercepted(ctx, move |ctx| {
                 let fut = f(ctx, body);
@@ -274,55 +199,65 @@ impl Shared {
             }
         };
         entry.cancel = Some(token.clone());
-        if let Some(serving) = self.admit(id, Some(entry))? {
-            let charge = Charge::new(&self.budget, body_len);
-            tokio::spawn(run(serving, charge, id, token, open.deadline, fut));
+        // Refused only if the connection ended meanwhile: then nothing runs.
+        if let Ok(attached) = self.core().attach(id, entry) {
+            let charge = Charge::new(&self.budget, charged);
+            let shared = self.clone();
+            let deadline = open.deadline;
+            tokio::spawn(run(shared, serving, charge, attached, token, deadline, fut));
         }
-        Ok(())
     }
 
-    /// Admits call `id` — counted for the goaway and against the call limit,
-    /// its entry (if any) in the table — or refuses it because the connection
-    /// is closing or the peer already has as many calls served as this side
-    /// allows (`None`). The returned guard counts the call as served until
-    /// it is dropped.
-    fn admit(
+    /// Runs a one-way message's handler on its own task, its body charged
+    /// until it ends; nothing is ever sent back.
+    fn serve_one_way(
         self: &Arc<Self>,
-        id: u32,
-        entry: Option<Entry>,
-    ) -> Result<Option<Serving>, Violation> {
-        let mut table = self.table();
-        if table.contains_key(&id) {
-            return Err(Violation(format!("call id {id} opened twice")));
-        }
-        // Checked under the table lock, which `close` also takes to send
-        // its goaway: a call is either counted in the goaway's last id
-        // and served, or refused here — never both, never neither.
-        if !self.serving_new_calls() {
-            drop(table);
-            self.reject_now(
-                id,
-                SystemCode::GoingAway,
-                "connection is closing; no new calls",
-            );
-            return Ok(None);
-        }
-        let max = self.config.max_calls;
-        if self.serving.fetch_add(1, Ordering::AcqRel) >= max {
-            self.serving.fetch_sub(1, Ordering::AcqRel);
-            drop(table);
-            self.reject_now(
-                id,
-                SystemCode::ResourceExhausted,
-                &format!("{max} calls already served at once for this peer, the limit it was told in the handshake"),
-            );
-            return Ok(None);
-        }
-        self.highest_peer_id.fetch_max(id, Ordering::Relaxed);
-        if let Some(entry) = entry {
-            table.insert(id, entry);
-        }
-        Ok(Some(Serving(self.clone(), std::cell::Cell::new(false))))
+        open: CallOpen,
+        op: Arc<str>,
+        route: Route,
+        token: CancellationToken,
+        session: Option<Session>,
+        serving: Serving,
+    ) {
+        let Route::OneWay(f) = route else {
+            return; // the core admits one-way messages to one-way routes only
+        };
+        let mut ctx = self.context(op.clone(), &open, token);
+        ctx.session = session;
+        let request = Some(open.body.len());
+        ctx.record = observe::serving(&self.peer, &ctx, CallKind::OneWay, request);
+        let deadline = open.deadline;
+        let charge = Charge::new(&self.budget, open.body.len());
+        let body = open.body;
+        let fut = self.intercepted(ctx, move |ctx| {
+            let fut = f(ctx, body);
+            Box::pin(async move {
+                fut.await;
+                Ok(())
+            })
+        });
+        let fut = AssertUnwindSafe(fut).catch_unwind();
+        tokio::spawn(async move {
+            let _serving = serving;
+            let _charge = charge;
+            let outcome = match deadline {
+                Some(d) => match tokio::time::timeout(d, fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::debug!(op = %op, "one-way handler stopped at its deadline");
+                        return;
+                    }
+                },
+                None => fut.await,
+            };
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(refused)) => {
+                    tracing::debug!(op = %op, "one-way message refused by an interceptor: {refused}");
+                }
+                Err(p) => tracing::warn!(op = %op, "{}", panic_message(p)),
+            }
+        });
     }
 
     /// Serves a unary call: its handler is polled once right here, and a
@@ -337,12 +272,10 @@ impl Shared {
         deadline: Option<Duration>,
         body_len: usize,
         mut fut: BoxFuture<'static, Result<Bytes, Reject>>,
-    ) -> Result<(), Violation> {
+        serving: Serving,
+    ) {
         // Counted from admission until its answer is queued, so a graceful
         // close cannot slip in between.
-        let Some(serving) = self.admit(id, None)? else {
-            return Ok(());
-        };
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let outcome =
             match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
@@ -356,10 +289,12 @@ impl Shared {
                         cancel: Some(token.clone()),
                         ..Entry::default()
                     };
-                    self.table().insert(id, entry);
-                    let charge = Charge::new(&self.budget, body_len);
-                    tokio::spawn(run(serving, charge, id, token, deadline, fut));
-                    return Ok(());
+                    if let Ok(attached) = self.core().attach(id, entry) {
+                        let charge = Charge::new(&self.budget, body_len);
+                        let shared = self.clone();
+                        tokio::spawn(run(shared, serving, charge, attached, token, deadline, fut));
+                    }
+                    return;
                 }
             };
         token.cancel();
@@ -372,7 +307,6 @@ impl Shared {
             });
         }
         drop(serving);
-        Ok(())
     }
 
     /// The handler's future, behind the router's interceptors when it has
@@ -434,9 +368,10 @@ impl Shared {
 }
 
 async fn run(
+    shared: Arc<Shared>,
     serving: Serving,
     charge: Charge,
-    id: u32,
+    call: Attached,
     token: CancellationToken,
     deadline: Option<Duration>,
     fut: BoxFuture<'static, Result<Bytes, Reject>>,
@@ -463,19 +398,19 @@ async fn run(
     // The handler is done with the request; its memory is no longer the
     // peer's to hold.
     drop(charge);
-    let shared = &serving.0;
     // Whoever removes the entry answers the call; if the caller cancelled or
     // the connection closed, it is already gone and nothing is sent.
-    let Some(entry) = shared.table().remove(&id) else {
+    let Some(entry) = shared.core().finish_served(call) else {
         return;
     };
+    let id = call.id();
     if let Some(c) = &entry.credit {
         c.close();
     }
     token.cancel();
     // Straight into the queue, which counts against the budget (see
     // `serve_unary`).
-    if let Some(answer) = Answer::of(shared, outcome) {
+    if let Some(answer) = Answer::of(&shared, outcome) {
         let _ = shared.out.push(|o| {
             answer.encode(o, id);
             serving.end();
@@ -485,9 +420,14 @@ async fn run(
 
 /// Counts a call as served, against the call limit and for a graceful
 /// close, until [`end`](Self::end) or its drop, however serving it ends.
-pub(crate) struct Serving(Arc<Shared>, std::cell::Cell<bool>);
+/// Made once per call the core admitted (which counted it).
+pub(crate) struct Serving(Arc<ServedCalls>, std::cell::Cell<bool>);
 
 impl Serving {
+    fn new(served: Arc<ServedCalls>) -> Serving {
+        Serving(served, std::cell::Cell::new(false))
+    }
+
     /// Stops counting the call. Called under the write queue's lock as its
     /// answer is queued, so the count drops exactly when the answer can
     /// leave: the peer, which counts the call until the answer arrives,
@@ -495,7 +435,7 @@ impl Serving {
     /// close that sees the count at zero finds the answer already queued.
     fn end(&self) {
         if !self.1.replace(true) {
-            self.0.end_serving();
+            self.0.end();
         }
     }
 }

@@ -8,17 +8,15 @@
 //! while the session is open, and closing the session — from either side,
 //! or by losing the connection — cancels every call still running in it.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use super::budget::Charge;
+use super::core::Charge;
 use super::{CallOptions, Connection, Inbound, Outbound, PeerInfo, Reply, Shared};
 use crate::error::{CallError, Reject};
 use crate::events::Event;
@@ -31,9 +29,6 @@ pub(crate) const OPEN_OP: &str = "plexus.Session/open";
 pub(crate) const CLOSE_OP: &str = "plexus.Session/close";
 /// Reject code used when the peer has no session hook.
 pub const NO_SESSIONS: u32 = 0xffff_0001;
-/// Most sessions a peer may have open on one connection; a further open is
-/// refused with [`CallError::Overloaded`].
-pub const MAX_SESSIONS: usize = 1024;
 /// What one open session costs besides its name and data, as charged to the
 /// budget.
 const SESSION_OVERHEAD: usize = 256;
@@ -55,9 +50,6 @@ pub(crate) struct SessionState {
     /// while it lives.
     _charge: Option<Charge>,
 }
-
-/// The sessions open on one connection.
-pub(crate) type SessionTable = Mutex<HashMap<u32, Arc<SessionState>>>;
 
 /// A named session on a connection. Clone freely.
 ///
@@ -146,21 +138,18 @@ fn encode_close(id: u32, reason: &str) -> Bytes {
 }
 
 impl Shared {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<SessionState>>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn session(&self, id: u32) -> Option<Arc<SessionState>> {
-        self.sessions().get(&id).cloned()
-    }
-
     pub(crate) fn emit(&self, event: Event) {
         self.events.send(event);
     }
 
     /// Ends a session on this side: cancels its calls and reports it.
     pub(crate) fn end_session(&self, id: u32, reason: &str) -> Option<Arc<SessionState>> {
-        let state = self.sessions().remove(&id)?;
+        let state = self.core().remove_session(id)?;
+        self.session_ended(&state, reason);
+        Some(state)
+    }
+
+    fn session_ended(&self, state: &SessionState, reason: &str) {
         let _ = state.reason.set(reason.to_owned());
         state.token.cancel();
         self.emit(Event::SessionClosed {
@@ -168,14 +157,12 @@ impl Shared {
             peer: self.peer.clone(),
             reason: reason.to_owned(),
         });
-        Some(state)
     }
 
-    /// Ends every session: the connection is gone.
-    pub(crate) fn end_all_sessions(&self, reason: &str) {
-        let ids: Vec<u32> = self.sessions().keys().copied().collect();
-        for id in ids {
-            self.end_session(id, reason);
+    /// Ends the sessions the connection's end took from the core.
+    pub(crate) fn end_sessions(&self, sessions: Vec<Arc<SessionState>>, reason: &str) {
+        for state in sessions {
+            self.session_ended(&state, reason);
         }
     }
 
@@ -188,7 +175,7 @@ impl Shared {
     ) -> Result<Session, CallError> {
         // Session ids follow the call-id rule: odd from the dialer, even from
         // the listener, so both sides can open sessions without colliding.
-        let id = self.next_session.fetch_add(2, Ordering::Relaxed);
+        let id = self.next_session_id();
         let state = Arc::new(SessionState {
             id,
             name: name.into(),
@@ -198,8 +185,9 @@ impl Shared {
             _charge: None,
         });
         // Registered before asking, so the acceptor may call into the session
-        // as soon as it has said yes.
-        self.sessions().insert(id, state.clone());
+        // as soon as it has said yes. (On an ended connection the call below
+        // fails.)
+        let _ = self.core().add_session(id, state.clone());
         let opts = CallOptions::new().timeout(settle);
         let asked = self.call(OPEN_OP, encode_open(id, name, &data), opts).await;
         match asked {
@@ -215,7 +203,7 @@ impl Shared {
                 Ok(session)
             }
             Err(e) => {
-                self.sessions().remove(&id);
+                self.core().remove_session(id);
                 state.token.cancel();
                 if let CallError::Timeout { .. } = e {
                     // The peer may still accept later; tell it not to bother.
@@ -246,16 +234,10 @@ pub(crate) fn builtin_routes(hook: Option<SessionHook>) -> Router {
             async move {
                 let (id, name, data) = decode_open(body)?;
                 let shared = ctx.shared.clone();
-                if shared.is_local_id(id) || shared.session(id).is_some() {
-                    return Err(Reject::invalid_payload(format!(
-                        "session id {id} is not available"
-                    )));
-                }
-                if shared.sessions().len() >= MAX_SESSIONS {
-                    return Err(Reject::overloaded(format!(
-                        "{MAX_SESSIONS} sessions already open on this connection"
-                    )));
-                }
+                shared
+                    .core()
+                    .may_open_session(id)
+                    .map_err(|refused| refused.reject())?;
                 let Some(hook) = hook else {
                     return Err(Reject::new(
                         NO_SESSIONS,
@@ -284,10 +266,9 @@ pub(crate) fn builtin_routes(hook: Option<SessionHook>) -> Router {
                     data,
                 })
                 .await?;
-                if shared.closed.is_cancelled() {
+                if shared.core().add_session(id, state).is_err() {
                     return Err(Reject::new(NO_SESSIONS, "connection closed"));
                 }
-                shared.sessions().insert(id, state);
                 shared.emit(Event::SessionOpened { session });
                 Ok(reply)
             }

@@ -16,9 +16,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::calls::CallName;
-use super::flow::{RecvWindow, SendCredit};
+use super::core::{Failure, InItem, RecvWindow, SendCredit};
 use super::scope::CallScope;
-use super::table::{Failure, InItem};
 use super::Shared;
 use crate::error::CallError;
 use crate::wire::frame::{encode_credit, encode_empty};
@@ -28,7 +27,7 @@ impl Shared {
     /// Ends a call this side gave up on: removes it, tells the peer, and fails
     /// whatever still waits on it.
     pub(crate) fn cancel_call(&self, id: u32, failure: Failure) {
-        let entry = self.table().remove(&id);
+        let entry = self.core().take(id);
         if let Some(e) = entry {
             let _ = self
                 .out

@@ -10,9 +10,15 @@
 //! readers or the writer have freed enough. It never decides what a frame
 //! means and never touches the socket.
 //!
-//! [`CallSlots`] is the other side of the concurrency limit: the calls this
-//! side has open towards a peer, kept within what the peer announced, so a
-//! well-behaved caller queues locally instead of being refused.
+//! [`ServedCalls`] counts the peer's calls this side serves at once against
+//! the limit it announced; [`CallSlots`] is the other side of that limit:
+//! the calls this side has open towards a peer, kept within what the peer
+//! announced, so a well-behaved caller queues locally instead of being
+//! refused.
+//!
+//! Both are lock-free counters: the connection core charges and admits
+//! under its lock, but whatever frees memory or ends a call — handlers,
+//! stream readers, the writer — gives back from its own task, without it.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -87,6 +93,63 @@ impl Budget {
     /// (or at once if one happened since the last wait).
     pub(crate) async fn freed(&self) {
         self.freed.notified().await;
+    }
+}
+
+/// The peer's calls this side serves right now, against the most it
+/// announced it serves at once (PROTOCOL.md §7.8). Admitted by the core
+/// under its lock; ended by whoever ends the call.
+#[derive(Debug)]
+pub(crate) struct ServedCalls {
+    max: u32,
+    now: AtomicU32,
+    /// Woken when a call ends: the reader may wait for room.
+    budget: Arc<Budget>,
+}
+
+impl ServedCalls {
+    pub(crate) fn new(max: u32, budget: Arc<Budget>) -> Self {
+        ServedCalls {
+            max: max.max(1),
+            now: AtomicU32::new(0),
+            budget,
+        }
+    }
+
+    /// The limit.
+    pub(crate) fn max(&self) -> u32 {
+        self.max
+    }
+
+    /// Calls served right now.
+    pub(crate) fn count(&self) -> u32 {
+        self.now.load(Ordering::Acquire)
+    }
+
+    /// Whether as many calls as allowed are being served.
+    pub(crate) fn at_limit(&self) -> bool {
+        self.count() >= self.max
+    }
+
+    /// Counts one more call if the limit leaves room; `false` if not.
+    pub(crate) fn try_admit(&self) -> bool {
+        self.now
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts a one-way message, which cannot be refused: the reader waits
+    /// below the limit before it takes one in, so it never passes the limit.
+    pub(crate) fn admit(&self) {
+        self.now.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A served call ended: one more may be admitted.
+    pub(crate) fn end(&self) {
+        self.now.fetch_sub(1, Ordering::AcqRel);
+        self.budget.wake();
     }
 }
 
@@ -218,6 +281,20 @@ mod tests {
             .await
             .expect("woken")
             .expect("no panic");
+    }
+
+    #[test]
+    fn served_calls_stop_at_the_limit_and_an_end_makes_room() {
+        let served = ServedCalls::new(2, Arc::new(Budget::new(100)));
+        assert!(served.try_admit());
+        assert!(served.try_admit());
+        assert!(served.at_limit());
+        assert!(!served.try_admit(), "the third call is refused");
+        assert_eq!(served.count(), 2, "a refusal counts nothing");
+        served.end();
+        assert!(!served.at_limit());
+        assert!(served.try_admit());
+        assert_eq!(ServedCalls::new(0, Arc::new(Budget::new(1))).max(), 1);
     }
 
     #[test]

@@ -83,6 +83,18 @@ pub(crate) enum InItem {
 pub(crate) struct InboundTx {
     pub(crate) tx: mpsc::UnboundedSender<InItem>,
     pub(crate) window: Arc<RecvWindow>,
+    /// The sender ended the stream (End): nothing more may follow.
+    pub(crate) ended: bool,
+}
+
+impl InboundTx {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<InItem>, window: Arc<RecvWindow>) -> Self {
+        InboundTx {
+            tx,
+            window,
+            ended: false,
+        }
+    }
 }
 
 /// One open call.
@@ -97,15 +109,35 @@ pub(crate) struct Entry {
     pub(crate) credit: Option<Arc<SendCredit>>,
     /// Calls we serve: stops the handler.
     pub(crate) cancel: Option<CancellationToken>,
-    /// Unary calls we opened: when the connection's sweeper fails them
-    /// (µs since the connection's epoch).
-    pub(crate) deadline: Option<u64>,
+    /// Unary calls we opened: when the connection's sweeper fails them.
+    pub(crate) deadline: Option<std::time::Instant>,
     /// Calls we opened: their place within the peer's call limit, given
     /// back when the entry leaves the table.
     pub(crate) slot: Option<Slot>,
+    /// Calls we serve: which admission this entry belongs to (see
+    /// `Core::attach`); 0 for calls we opened.
+    pub(crate) serial: u64,
 }
 
 impl Entry {
+    /// Delivers how the call ended: the peer's ack with its reply (which
+    /// also ends the reply stream and this side's sending), or a failure.
+    pub(crate) fn finish(self, outcome: Result<Bytes, Failure>) {
+        let body = match outcome {
+            Ok(body) => body,
+            Err(failure) => return self.fail(failure),
+        };
+        if let Some(c) = &self.credit {
+            c.close();
+        }
+        if let Some(i) = self.inbound {
+            let _ = i.tx.send(InItem::End);
+        }
+        if let Some(r) = self.reply {
+            let _ = r.send(Ok(body));
+        }
+    }
+
     /// Delivers a terminal failure to whoever waits on this call.
     pub(crate) fn fail(self, failure: Failure) {
         if let Some(c) = &self.credit {

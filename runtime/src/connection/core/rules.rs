@@ -1,11 +1,9 @@
-//! The sans-IO part of a connection's receive rules: state fed with what
-//! arrived and the current instant, answering what it means. It owns no
-//! socket, task or clock; the reader task is the shell that acts on its
-//! answers, and the tests below run it on explicit instants.
-//!
-//! So far it holds two rules of PROTOCOL.md: operation-id interning with its
-//! caps (§5, §13.2: [`OpTable`]) and the stall rule that cuts off a peer that
-//! reads nothing while over the memory budget (§13.2: [`StallWatch`]).
+//! Two receive rules of PROTOCOL.md as small machines: operation-id
+//! interning with its caps (§5, §13.2: [`OpTable`], which the core keeps)
+//! and the stall rule that cuts off a peer that reads nothing while over the
+//! memory budget (§13.2: [`StallWatch`], which the reader keeps while it
+//! holds the peer back). Both are fed what arrived and the current instant
+//! and answer what it means; the tests below run them on explicit instants.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +69,12 @@ impl<R: Clone> OpTable<R> {
         let held = name.len() + OP_OVERHEAD;
         self.ops.push((name, route));
         Ok(held)
+    }
+
+    /// How many operations are defined.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn len(&self) -> usize {
+        self.ops.len()
     }
 
     /// The operation a call names by `index`; `Err`: the violation.
