@@ -22,7 +22,7 @@ use super::{
     Keepalive, RecvWindow, SendCredit, ServedCalls, Side,
 };
 use crate::wire::{CallOpen, Frame, OpRef, SystemCode};
-use crate::CallKind;
+use crate::descriptor::CallKind;
 
 /// The operations this side serves, by name; the last has no handler.
 const OPERATIONS: [(&str, Option<CallKind>); 6] = [

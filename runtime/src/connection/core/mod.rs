@@ -55,7 +55,7 @@ pub(crate) use self::table::{CallTable, Entry, Failure, InItem, InboundTx};
 use super::CloseReason;
 use crate::error::Reject;
 use crate::wire::{CallOpen, Frame, SystemCode};
-use crate::CallKind;
+use crate::descriptor::CallKind;
 
 /// Most sessions a peer may have open on one connection (§12); a further
 /// open is refused with `ResourceExhausted`.
