@@ -59,6 +59,13 @@ pub mod socket;
 pub mod transport;
 pub mod wire;
 
+/// The connection core's model shell, for the fuzz target `frame_sequence`
+/// only: built when cargo-fuzz passes `--cfg fuzzing`, never otherwise (see
+/// `fuzz/README.md`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub use crate::connection::core::fuzzing as connection_fuzzing;
+
 // -- service-contract layer (descriptor, codecs, typed wrappers) --
 pub mod codec;
 mod descriptor;

@@ -451,10 +451,10 @@ impl Shared {
 
     /// The instant `timeout` from now, on tokio's clock.
     pub(crate) fn deadline_in(&self, timeout: Duration) -> std::time::Instant {
-        let now = tokio::time::Instant::now();
+        let now = tokio::time::Instant::now().into_std();
+        // A timeout past what the clock can hold is as good as none.
         now.checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
-            .into_std()
+            .unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)))
     }
 
     /// Makes sure the sweeper wakes by `deadline` (from [`deadline_in`](Self::deadline_in)).
