@@ -21,8 +21,8 @@ use super::{
     Action, Admitted, Attached, Beat, Budget, Charge, Core, Entry, Failure, InItem, InboundTx,
     Keepalive, RecvWindow, SendCredit, ServedCalls, Side,
 };
-use crate::wire::{CallOpen, Frame, OpRef, SystemCode};
 use crate::descriptor::CallKind;
+use crate::wire::{CallOpen, Frame, OpRef, SystemCode};
 
 /// The operations this side serves, by name; the last has no handler.
 const OPERATIONS: [(&str, Option<CallKind>); 6] = [

@@ -53,9 +53,9 @@ pub(crate) use self::lifecycle::Lifecycle;
 pub(crate) use self::rules::{Hold, OpTable, StallWatch};
 pub(crate) use self::table::{CallTable, Entry, Failure, InItem, InboundTx};
 use super::CloseReason;
+use crate::descriptor::CallKind;
 use crate::error::Reject;
 use crate::wire::{CallOpen, Frame, SystemCode};
-use crate::descriptor::CallKind;
 
 /// Most sessions a peer may have open on one connection (§12); a further
 /// open is refused with `ResourceExhausted`.
