@@ -467,7 +467,6 @@ fn unary(rig: &Rig, settings: &Settings, figures: &mut Figures) -> Result<(), Bo
         .filter(|(_, s)| settings.systems.contains(s))
         .collect();
     let mut served = Vec::new();
-    // Per system: the loaded connection, the latency connection, what they saw.
     let mut lanes = Vec::new();
     for &(_, system) in &systems {
         let server = on_server(rig, Served::start(system))?;
@@ -476,46 +475,18 @@ fn unary(rig: &Rig, settings: &Settings, figures: &mut Figures) -> Result<(), Bo
         let loaded = on_client(rig, Echoer::connect(target.clone()))?;
         // A connection of its own for latency, so nothing of the load lingers.
         let single = on_client(rig, Echoer::connect(target))?;
-        lanes.push((loaded, Some(single), 0u64, Duration::ZERO, Vec::new()));
+        lanes.push(transports::Lane::new(vec![loaded], Some(single)));
     }
-    let rounds = settings.unary_rounds.max(1);
-    let window = settings.throughput_window / rounds;
-    let latency_calls = settings.latency_calls / rounds as usize;
-    let latency_time = settings.latency_time / rounds;
-    for round in 0..rounds {
-        for lane in lanes.iter_mut() {
-            let (loaded, single, calls, elapsed, samples) = lane;
-            let warmup = if round == 0 {
-                settings.throughput_warmup
-            } else {
-                settings.throughput_warmup / 4
-            };
-            let client = loaded.clone();
-            let (n, took) = on_client(rig, measure::throughput(client, IN_FLIGHT, warmup, window))?;
-            *calls += n;
-            *elapsed += took;
-
-            let warmup_calls = if round == 0 { 1_000 } else { 100 };
-            let mut client = single.take().ok_or("latency connection missing")?;
-            let (client, more) = on_client(rig, async move {
-                let more = measure::latency(&mut client, warmup_calls, latency_calls, latency_time)
-                    .await?;
-                Ok((client, more))
-            })?;
-            *single = Some(client);
-            samples.extend(more);
-        }
-    }
-    for (&(i, system), (_, _, calls, elapsed, samples)) in systems.iter().zip(lanes.iter_mut()) {
-        let rate = *calls as f64 / elapsed.as_secs_f64();
-        samples.sort_unstable();
+    transports::run_lanes(rig, settings, &mut lanes)?;
+    for (&(i, system), lane) in systems.iter().zip(lanes.iter_mut()) {
+        let rate = lane.rate();
         let (p50, p99) = (
-            measure::percentile(samples, 0.50),
-            measure::percentile(samples, 0.99),
+            lane.p50().ok_or("no latency samples")?,
+            lane.p99().ok_or("no latency samples")?,
         );
         println!(
             "{system:>8}: unary {IN_FLIGHT} in flight: {rate:.0} calls/s; 1 in flight: p50 {p50:?}, p99 {p99:?} over {} calls",
-            samples.len()
+            lane.latency_calls()
         );
         figures.throughput[i] = Some(rate);
         figures.p50[i] = Some(p50);

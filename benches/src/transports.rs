@@ -30,8 +30,8 @@ pub struct Local {
 }
 
 /// One measured lane: connections under load, an optional connection of its
-/// own for latency, and what they saw.
-struct Lane {
+/// own for latency, and what they saw. The unary phase uses it too.
+pub(crate) struct Lane {
     loaded: Vec<Echoer>,
     single: Option<Echoer>,
     calls: u64,
@@ -40,7 +40,7 @@ struct Lane {
 }
 
 impl Lane {
-    fn new(loaded: Vec<Echoer>, single: Option<Echoer>) -> Lane {
+    pub(crate) fn new(loaded: Vec<Echoer>, single: Option<Echoer>) -> Lane {
         Lane {
             loaded,
             single,
@@ -50,22 +50,39 @@ impl Lane {
         }
     }
 
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.calls as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn p50(&mut self) -> Option<Duration> {
+    pub(crate) fn p50(&mut self) -> Option<Duration> {
+        self.percentile(0.50)
+    }
+
+    pub(crate) fn p99(&mut self) -> Option<Duration> {
+        self.percentile(0.99)
+    }
+
+    /// How many latency samples were taken.
+    pub(crate) fn latency_calls(&self) -> usize {
+        self.samples.len()
+    }
+
+    fn percentile(&mut self, p: f64) -> Option<Duration> {
         if self.samples.is_empty() {
             return None;
         }
         self.samples.sort_unstable();
-        Some(measure::percentile(&self.samples, 0.50))
+        Some(measure::percentile(&self.samples, p))
     }
 }
 
 /// Runs every lane's throughput (and latency, where it has a connection for
 /// it) in turns, `settings.unary_rounds` times over.
-fn run_lanes(rig: &Rig, settings: &Settings, lanes: &mut [Lane]) -> Result<(), BoxError> {
+pub(crate) fn run_lanes(
+    rig: &Rig,
+    settings: &Settings,
+    lanes: &mut [Lane],
+) -> Result<(), BoxError> {
     let rounds = settings.unary_rounds.max(1);
     let window = settings.throughput_window / rounds;
     let latency_calls = settings.latency_calls / rounds as usize;
