@@ -14,6 +14,7 @@ use plexus::{BoxStream, CallContext, Reject, Streaming};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+#[allow(unused_imports)] // each suite takes what it needs
 pub use plexus_tests::{bounded, until};
 
 /// What one run of the binary did.
