@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::AllowList;
 use crate::connection::{
-    builtin_routes, Backoff, Connection, ConnectionConfig, Established, NodeId, PeerInfo, Redial,
+    builtin_routes, Backoff, Connection, ConnectionConfig, Established, PeerInfo, Redial,
     RetryPolicy, SessionHook, SessionRequest,
 };
 use crate::error::ConnectError;
@@ -36,6 +36,7 @@ use crate::wire::driver::{
     LocalSide,
 };
 use crate::wire::handshake;
+use crate::wire::node_id::NodeId;
 use crate::wire::SessionKey;
 
 /// Something that names a transport address: `&str`, `String` or [`Url`].

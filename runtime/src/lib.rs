@@ -78,13 +78,14 @@ pub use bytes::Bytes;
 pub use plexus_macros::service;
 
 pub use crate::connection::{
-    CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats, NodeId, PeerInfo,
+    CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats, PeerInfo,
 };
 pub use crate::endpoint::{Endpoint, Server, ToUrl};
 pub use crate::error::{CallError, ConnectError, Reject};
 pub use crate::node::handle::Node;
 pub use crate::router::{CallContext, Router};
 pub use crate::typed::{BoxStream, StreamSender, Streaming};
+pub use crate::wire::node_id::NodeId;
 
 /// Setting up the accepting side: the builders behind [`Server::bind`] and
 /// [`Endpoint::builder`], a running listener, what an accept hook sees, and

@@ -71,11 +71,6 @@ const KNOWN_UPWARD: &[(&str, &str, &str)] = &[
         "codec's typed-call helpers take a &Connection; they belong with typed",
     ),
     (
-        "discovery",
-        "connection",
-        "NodeId is defined in connection; it belongs below both (with wire)",
-    ),
-    (
         "access",
         "intercept",
         "the allow-list's interceptor belongs with the interceptors",

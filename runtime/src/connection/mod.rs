@@ -45,30 +45,7 @@ use crate::events::EventHub;
 use crate::router::{Route, Router};
 use crate::transport::{ReadHalf, WriteHalf};
 use crate::wire;
-
-/// A node's identity on the wire: 128 random bits, fixed for an endpoint's life.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(pub u128);
-
-impl NodeId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        NodeId(rand::random())
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The first eight hex digits are enough to tell nodes apart in logs.
-        write!(f, "NodeId({:08x})", (self.0 >> 96) as u32)
-    }
-}
+use crate::wire::node_id::NodeId;
 
 /// Tuning of a connection. Both sides announce their own receive limits in
 /// the handshake; each side enforces its own.

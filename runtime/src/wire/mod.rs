@@ -9,6 +9,7 @@ pub mod driver;
 pub mod frame;
 pub mod handshake;
 pub mod key;
+pub(crate) mod node_id;
 pub mod varint;
 
 pub use self::frame::{decode, CallOpen, Frame, Kind, OpRef, HEADER_LEN};
