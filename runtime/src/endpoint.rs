@@ -17,13 +17,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::AllowList;
+use crate::connection::events::{Event, EventHub, Events};
 use crate::connection::{
     builtin_routes, Backoff, Connection, ConnectionConfig, Established, PeerInfo, Redial,
     RetryPolicy, SessionHook, SessionRequest,
 };
 use crate::error::ConnectError;
 use crate::error::Reject;
-use crate::events::{Event, EventHub, Events};
 use crate::health::Health;
 use crate::intercept::{CallInterceptor, CallInterceptors, Interceptor};
 use crate::router::{IntoRouter, Router};

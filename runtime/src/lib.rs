@@ -46,7 +46,6 @@ mod connection;
 pub mod discovery;
 mod endpoint;
 mod error;
-pub mod events;
 pub mod files;
 pub mod health;
 pub mod intercept;
@@ -100,6 +99,13 @@ pub mod server {
 /// (`docs/PROTOCOL.md` §12). Open one with [`Connection::open_session`].
 pub mod session {
     pub use crate::connection::{Session, SessionRequest, NO_SESSIONS};
+}
+
+/// Connection and session events, observable as a stream — so an
+/// application learns that a peer went away, and why, without polling:
+/// [`Endpoint::events`] subscribes to an endpoint's [`Event`](events::Event)s.
+pub mod events {
+    pub use crate::connection::events::{Event, Events};
 }
 
 /// Retries and redials: how a call is retried ([`RetryPolicy`](retry::RetryPolicy),

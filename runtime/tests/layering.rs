@@ -21,7 +21,6 @@ const LAYERS: &[&str] = &[
     "error",
     "descriptor",
     "discovery",
-    "events",
     "connection",
     "codec",
     "intercept",
@@ -41,11 +40,6 @@ const LAYERS: &[&str] = &[
 /// Upward imports that exist today, each with what it is waiting for.
 const KNOWN_UPWARD: &[(&str, &str, &str)] = &[
     (
-        "events",
-        "observe",
-        "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
-    ),
-    (
         "connection",
         "observe",
         "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
@@ -64,11 +58,6 @@ const KNOWN_UPWARD: &[(&str, &str, &str)] = &[
         "node",
         "observe",
         "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
-    ),
-    (
-        "events",
-        "connection",
-        "events name connection types (PeerInfo, CloseReason)",
     ),
     (
         "connection",

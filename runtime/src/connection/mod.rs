@@ -14,6 +14,7 @@
 
 mod calls;
 pub(crate) mod core;
+pub(crate) mod events;
 mod reader;
 mod redial;
 mod retry;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::calls::CallOptions;
 use self::core::{Beat, Budget, CallSlots, Core, Failure, Keepalive, ServedCalls, Side};
+use self::events::EventHub;
 pub use self::redial::Backoff;
 pub(crate) use self::redial::Redial;
 pub use self::retry::{RetryBudget, RetryPolicy, RetryStats};
@@ -41,7 +43,6 @@ pub(crate) use self::session::{builtin_routes, SessionHook};
 pub use self::session::{Session, SessionRequest, NO_SESSIONS};
 pub use self::stream::{Inbound, Outbound, Reply, TrySendError};
 use self::writer::WriteQueue;
-use crate::events::EventHub;
 use crate::router::{Route, Router};
 use crate::transport::{ReadHalf, WriteHalf};
 use crate::wire;

@@ -17,9 +17,9 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::core::Charge;
+use super::events::Event;
 use super::{CallOptions, Connection, Inbound, Outbound, PeerInfo, Reply, Shared};
 use crate::error::{CallError, Reject};
-use crate::events::Event;
 use crate::router::{CallContext, Router};
 use crate::wire::varint;
 

@@ -10,9 +10,9 @@ use std::sync::{Arc, Once, Weak};
 use metrics::Unit;
 
 use super::{metrics_enabled, names, Address};
+use crate::connection::events::Event;
 use crate::connection::CloseReason;
 use crate::discovery::PeerState;
-use crate::events::Event;
 use crate::node::NodeEvent;
 use crate::wire::RefusalCode;
 

@@ -1,12 +1,14 @@
 //! Connection and session events, observable as a stream — so an
 //! application learns that a peer went away, and why, without polling.
+//! Public as `plexus::events`; defined here, beside the connections and
+//! sessions they describe, because connections send them.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::sync::broadcast;
 
-use crate::connection::{CloseReason, PeerInfo, Session};
+use super::{CloseReason, PeerInfo, Session};
 
 /// Something that happened on an endpoint's connections.
 #[derive(Clone, Debug)]
