@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::AllowList;
 use crate::connection::events::{Event, EventHub, Events};
 use crate::connection::{
-    builtin_routes, Backoff, Connection, ConnectionConfig, Established, PeerInfo, Redial,
+    builtin_routes, Backoff, Connection, ConnectionConfig, Dial, Established, PeerInfo, Redial,
     RetryPolicy, SessionHook, SessionRequest,
 };
 use crate::error::ConnectError;
@@ -403,6 +403,19 @@ impl Listening {
     }
 }
 
+// Defined here rather than with the rest of `Connection`: a connection
+// never names the endpoint above it, and this one is a shortcut for one.
+impl Connection {
+    /// Dials `url` from a fresh endpoint (a random node id, no services of its
+    /// own, default configuration) and completes the handshake.
+    ///
+    /// For TLS, handshake data, services the peer may call back, or tuning,
+    /// build an [`Endpoint`] instead.
+    pub async fn connect(url: impl ToUrl) -> Result<Connection, ConnectError> {
+        Endpoint::builder().build().connect(url).await
+    }
+}
+
 impl Endpoint {
     /// Starts configuring an endpoint.
     pub fn builder() -> EndpointBuilder {
@@ -468,8 +481,15 @@ impl Endpoint {
         retry: RetryPolicy,
     ) -> Result<Connection, ConnectError> {
         let url = url.to_url().map_err(transport::TransportError::from)?;
+        let endpoint = self.clone();
+        let dial: Dial = Box::new(move |url| {
+            let (endpoint, url) = (endpoint.clone(), url.clone());
+            Box::pin(async move { endpoint.connect(url).await })
+        });
         Ok(Connection::redial(Redial::start(
-            self.clone(),
+            dial,
+            self.node_id(),
+            self.config().default_timeout,
             url,
             backoff,
             retry,

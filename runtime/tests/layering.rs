@@ -61,11 +61,6 @@ const KNOWN_UPWARD: &[(&str, &str, &str)] = &[
     ),
     (
         "connection",
-        "endpoint",
-        "redial dials through the Endpoint",
-    ),
-    (
-        "connection",
         "intercept",
         "calls run the endpoint's call interceptors",
     ),

@@ -36,7 +36,7 @@ pub use self::calls::CallOptions;
 use self::core::{Beat, Budget, CallSlots, Core, Failure, Keepalive, ServedCalls, Side};
 use self::events::EventHub;
 pub use self::redial::Backoff;
-pub(crate) use self::redial::Redial;
+pub(crate) use self::redial::{Dial, Redial};
 pub use self::retry::{RetryBudget, RetryPolicy, RetryStats};
 use self::session::SessionState;
 pub(crate) use self::session::{builtin_routes, SessionHook};
@@ -681,15 +681,6 @@ impl Connection {
         let k = shared.clone();
         tokio::spawn(keepalive(k));
         Connection::direct(shared)
-    }
-
-    /// Dials `url` from a fresh endpoint (a random node id, no services of its
-    /// own, default configuration) and completes the handshake.
-    ///
-    /// For TLS, handshake data, services the peer may call back, or tuning,
-    /// build an [`Endpoint`](crate::Endpoint) instead.
-    pub async fn connect(url: impl crate::ToUrl) -> Result<Connection, crate::ConnectError> {
-        crate::Endpoint::builder().build().connect(url).await
     }
 
     /// Who is on the other end. For a reconnecting connection: the peer of the
