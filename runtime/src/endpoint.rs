@@ -19,13 +19,14 @@ use tokio_util::sync::CancellationToken;
 use crate::access::AllowList;
 use crate::connection::events::{Event, EventHub, Events};
 use crate::connection::{
-    builtin_routes, Backoff, Connection, ConnectionConfig, Dial, Established, PeerInfo, Redial,
-    RetryPolicy, SessionHook, SessionRequest,
+    builtin_routes, Backoff, Connection, ConnectionConfig, Dial, Established, Redial, RetryPolicy,
+    SessionHook, SessionRequest,
 };
 use crate::error::ConnectError;
 use crate::error::Reject;
 use crate::health::Health;
 use crate::intercept::{CallInterceptor, CallInterceptors, Interceptor};
+use crate::peer::PeerInfo;
 use crate::router::{IntoRouter, Router};
 use crate::transport::PeerIdentity;
 #[cfg(feature = "tls")]

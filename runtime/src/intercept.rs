@@ -25,8 +25,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use crate::connection::{CallOptions, PeerInfo};
+use crate::connection::CallOptions;
 use crate::error::{CallError, Reject};
+use crate::peer::PeerInfo;
 
 /// Values interceptors leave for the handler, by type.
 #[derive(Clone, Default)]

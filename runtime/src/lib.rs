@@ -52,6 +52,7 @@ pub mod intercept;
 pub mod node;
 pub mod observe;
 pub mod patterns;
+mod peer;
 pub mod reflection;
 mod router;
 pub mod socket;
@@ -77,11 +78,12 @@ pub use bytes::Bytes;
 pub use plexus_macros::service;
 
 pub use crate::connection::{
-    CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats, PeerInfo,
+    CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats,
 };
 pub use crate::endpoint::{Endpoint, Server, ToUrl};
 pub use crate::error::{CallError, ConnectError, Reject};
 pub use crate::node::handle::Node;
+pub use crate::peer::PeerInfo;
 pub use crate::router::{CallContext, Router};
 pub use crate::typed::{BoxStream, StreamSender, Streaming};
 pub use crate::wire::node_id::NodeId;

@@ -15,9 +15,10 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::scope::CallScope;
-use crate::connection::{CallOptions, Connection, Inbound, Outbound, PeerInfo, Session, Shared};
+use crate::connection::{CallOptions, Connection, Inbound, Outbound, Session, Shared};
 use crate::descriptor::ServiceDescriptor;
 use crate::error::Reject;
+use crate::peer::PeerInfo;
 
 /// What a handler knows about the call it is serving.
 #[derive(Clone)]

@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "error",
     "descriptor",
     "discovery",
+    "peer",
     "connection",
     "codec",
     "intercept",

@@ -21,9 +21,10 @@ use tracing::field::Empty;
 use super::names;
 use super::trace_context::{TraceContext, TRACEPARENT};
 use super::{metrics_enabled, tracing_enabled, Address};
-use crate::connection::{CallOptions, PeerInfo};
+use crate::connection::CallOptions;
 use crate::descriptor::CallKind;
 use crate::error::{CallError, Reject};
+use crate::peer::PeerInfo;
 use crate::wire::SystemCode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
