@@ -693,7 +693,7 @@ impl Endpoint {
         Ok(self.register(Connection::start(
             (rd, wr),
             est,
-            self.inner.router.clone(),
+            self.inner.router.routes().clone(),
             self.inner.config.clone(),
             self.inner.events.clone(),
         )))
@@ -908,7 +908,7 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
     let conn = Connection::start(
         (rd, wr),
         est,
-        inner.router.clone(),
+        inner.router.routes().clone(),
         inner.config.clone(),
         inner.events.clone(),
     );

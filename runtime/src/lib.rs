@@ -78,13 +78,13 @@ pub use bytes::Bytes;
 pub use plexus_macros::service;
 
 pub use crate::connection::{
-    CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats,
+    CallContext, CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats,
 };
 pub use crate::endpoint::{Endpoint, Server, ToUrl};
 pub use crate::error::{CallError, ConnectError, Reject};
 pub use crate::node::handle::Node;
 pub use crate::peer::PeerInfo;
-pub use crate::router::{CallContext, Router};
+pub use crate::router::Router;
 pub use crate::typed::{BoxStream, StreamSender, Streaming};
 pub use crate::wire::node_id::NodeId;
 

@@ -46,11 +46,6 @@ const KNOWN_UPWARD: &[(&str, &str, &str)] = &[
         "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
     ),
     (
-        "router",
-        "observe",
-        "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
-    ),
-    (
         "endpoint",
         "observe",
         "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
@@ -59,11 +54,6 @@ const KNOWN_UPWARD: &[(&str, &str, &str)] = &[
         "node",
         "observe",
         "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
-    ),
-    (
-        "connection",
-        "router",
-        "the connection's Shared holds the Router that serves the peer",
     ),
 ];
 

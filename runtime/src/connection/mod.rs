@@ -15,6 +15,7 @@
 mod calls;
 pub(crate) mod core;
 pub(crate) mod events;
+mod handler;
 mod reader;
 mod redial;
 mod retry;
@@ -35,6 +36,8 @@ use tokio_util::sync::CancellationToken;
 pub use self::calls::CallOptions;
 use self::core::{Beat, Budget, CallSlots, Core, Failure, Keepalive, ServedCalls, Side};
 use self::events::EventHub;
+pub use self::handler::CallContext;
+pub(crate) use self::handler::{Route, Routes};
 pub use self::redial::Backoff;
 pub(crate) use self::redial::{Dial, Redial};
 pub use self::retry::{RetryBudget, RetryPolicy, RetryStats};
@@ -44,7 +47,6 @@ pub use self::session::{Session, SessionRequest, NO_SESSIONS};
 pub use self::stream::{Inbound, Outbound, Reply, TrySendError};
 use self::writer::WriteQueue;
 use crate::peer::PeerInfo;
-use crate::router::{Route, Router};
 use crate::transport::{ReadHalf, WriteHalf};
 use crate::wire;
 use crate::wire::node_id::NodeId;
@@ -302,7 +304,7 @@ pub(crate) struct Shared {
     core: Mutex<ConnCore>,
     pub(crate) events: Arc<EventHub>,
     pub(crate) out: WriteQueue,
-    pub(crate) router: Router,
+    pub(crate) router: Routes,
     pub(crate) config: ConnectionConfig,
     /// Largest frame the peer accepts.
     pub(crate) peer_max_frame: u32,
@@ -558,7 +560,7 @@ impl Connection {
     pub(crate) fn start(
         (rd, wr): (ReadHalf, WriteHalf),
         est: Established,
-        router: Router,
+        router: Routes,
         config: ConnectionConfig,
         events: Arc<EventHub>,
     ) -> Connection {

@@ -21,6 +21,7 @@ use super::core::{
     Admitted, Attached, Charge, Dropped, Entry, InItem, InboundTx, Operation, RecvWindow, Refusal,
     SendCredit, ServedCalls,
 };
+use super::handler::{CallContext, Route};
 use super::session::SessionState;
 use super::stream::{Inbound, Outbound};
 use super::{Connection, Session, Shared};
@@ -28,7 +29,6 @@ use crate::descriptor::CallKind;
 use crate::error::Reject;
 use crate::intercept::{IncomingCall, Interceptors};
 use crate::observe::call as observe;
-use crate::router::{CallContext, Route};
 use crate::wire::frame::encode_reject;
 use crate::wire::{CallOpen, Kind, SystemCode};
 

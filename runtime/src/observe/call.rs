@@ -490,7 +490,7 @@ pub(crate) async fn client<T: Opened>(
 #[inline]
 pub(crate) fn serving(
     peer: &PeerInfo,
-    ctx: &crate::router::CallContext,
+    ctx: &crate::connection::CallContext,
     kind: CallKind,
     request: Option<usize>,
 ) -> Option<Arc<CallRecord>> {
@@ -503,7 +503,7 @@ pub(crate) fn serving(
 #[cold]
 fn serving_observed(
     peer: &PeerInfo,
-    ctx: &crate::router::CallContext,
+    ctx: &crate::connection::CallContext,
     kind: CallKind,
     request: Option<usize>,
 ) -> Option<Arc<CallRecord>> {
@@ -650,8 +650,8 @@ impl<T> Drop for Serving<T> {
 }
 
 /// The call kind of a route, for the serving side's span.
-pub(crate) fn route_kind(route: &crate::router::Route) -> CallKind {
-    use crate::router::Route;
+pub(crate) fn route_kind(route: &crate::connection::Route) -> CallKind {
+    use crate::connection::Route;
     match route {
         Route::Unary(_) => CallKind::Unary,
         Route::OneWay(_) => CallKind::OneWay,

@@ -35,10 +35,11 @@ pub use self::raw::{
     RawCloseReason, RawError, RawHandle, RawId, RawServer, RawServerBuilder, RawStats, Written,
 };
 pub use self::route::{Route, DEFAULT_TTL, MAX_HOPS};
+use crate::connection::CallContext;
 use crate::connection::{Backoff, CallOptions, Connection, ConnectionConfig, Inbound, Outbound};
 use crate::endpoint::{Endpoint, Listening, ToUrl};
 use crate::error::{ConnectError, Reject};
-use crate::router::{CallContext, Router};
+use crate::router::Router;
 #[cfg(feature = "tls")]
 use crate::transport::TlsConfig;
 use crate::transport::{TransportError, Url};
