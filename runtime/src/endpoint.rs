@@ -768,7 +768,7 @@ fn register(inner: &Arc<Inner>, conn: Connection) -> Connection {
         } else {
             // The endpoint is gone (one made by `Connection::connect`): no
             // subscriber is left, but the connection still ended.
-            crate::observe::lifecycle::endpoint_event(&Event::Disconnected { peer, reason });
+            crate::connection::events::endpoint_event(&Event::Disconnected { peer, reason });
         }
     });
     conn

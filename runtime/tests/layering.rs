@@ -46,11 +46,6 @@ const KNOWN_UPWARD: &[(&str, &str, &str)] = &[
         "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
     ),
     (
-        "endpoint",
-        "observe",
-        "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
-    ),
-    (
         "node",
         "observe",
         "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
