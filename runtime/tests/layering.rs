@@ -22,6 +22,7 @@ const LAYERS: &[&str] = &[
     "descriptor",
     "discovery",
     "peer",
+    "observe",
     "intercept",
     "access",
     "connection",
@@ -33,24 +34,13 @@ const LAYERS: &[&str] = &[
     "typed",
     "socket",
     "node",
-    "observe",
     "patterns",
     "files",
 ];
 
-/// Upward imports that exist today, each with what it is waiting for.
-const KNOWN_UPWARD: &[(&str, &str, &str)] = &[
-    (
-        "connection",
-        "observe",
-        "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
-    ),
-    (
-        "node",
-        "observe",
-        "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
-    ),
-];
+/// Upward imports that exist today, each with what it is waiting for: none.
+/// An entry here is a debt to pay, not a way to pass the check.
+const KNOWN_UPWARD: &[(&str, &str, &str)] = &[];
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

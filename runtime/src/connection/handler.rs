@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::scope::CallScope;
 use super::{CallOptions, Connection, Inbound, Outbound, Session, Shared};
+use crate::descriptor::CallKind;
 use crate::error::Reject;
 use crate::intercept::Interceptors;
 use crate::peer::PeerInfo;
@@ -163,6 +164,17 @@ impl Route {
             self,
             Route::Unary(_) | Route::OneWay(_) | Route::ServerStream(_)
         )
+    }
+
+    /// The call kind this route serves.
+    pub(crate) fn call_kind(&self) -> CallKind {
+        match self {
+            Route::Unary(_) => CallKind::Unary,
+            Route::OneWay(_) => CallKind::OneWay,
+            Route::ServerStream(_) => CallKind::ServerStream,
+            Route::ClientStream(_) => CallKind::ClientStream,
+            Route::Bidi(_) => CallKind::Bidi,
+        }
     }
 
     pub(crate) fn kind_name(&self) -> &'static str {

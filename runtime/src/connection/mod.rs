@@ -16,6 +16,7 @@ mod calls;
 pub(crate) mod core;
 pub(crate) mod events;
 mod handler;
+mod observed;
 mod reader;
 mod redial;
 mod retry;

@@ -34,7 +34,7 @@ use crate::wire::{CallOpen, Kind, SystemCode};
 
 impl Operation for Route {
     fn kind(&self) -> CallKind {
-        observe::route_kind(self)
+        self.call_kind()
     }
 
     fn kind_name(&self) -> &'static str {
@@ -133,7 +133,7 @@ impl Shared {
         ctx.session = session;
         let single = route.single_request();
         let request = single.then_some(open.body.len());
-        ctx.record = observe::serving(&self.peer, &ctx, observe::route_kind(&route), request);
+        ctx.record = observe::serving(&self.peer, &ctx, route.call_kind(), request);
         let record = ctx.record.clone();
         let name = || CallName {
             op: op.clone(),
