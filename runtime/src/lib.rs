@@ -1,22 +1,30 @@
 //! Plexus: typed remote calls between services that find each other.
 //!
 //! Layers, bottom up. A module uses only modules below it, in the exact
-//! order `runtime/tests/layering.rs` checks (upward imports that remain are
-//! listed there, to be removed; `docs/RUNTIME.md` names them):
+//! order `runtime/tests/layering.rs` checks (`docs/RUNTIME.md` says what
+//! each owns); where a lower layer needs a higher one, it defines the
+//! interface and the higher one fills it in:
 //!
 //! | layer | here |
 //! |---|---|
-//! | wire | [`wire`]: the pure frame codec and handshake (spec in `docs/PROTOCOL.md`) |
+//! | wire | [`wire`]: the pure frame codec and handshake (spec in `docs/PROTOCOL.md`); [`NodeId`] |
 //! | transport | [`transport`]: byte streams by URL — `tcp://`, `tls://`, `unix://`, `inproc://` |
-//! | connection | [`Connection`]: many calls in both directions over one stream, flow control, keepalive |
-//! | call | [`Connection::call`] and friends, [`CallOptions`], [`CallError`], [`Reject`] |
-//! | service | [`Router`], [`CallContext`], and the generated clients and handlers |
+//! | error | [`CallError`], [`ConnectError`], [`Reject`] |
+//! | descriptor | [`contract`]: what a service contract is at run time |
+//! | discovery | [`discovery`]: finding peers — beacon, static list, etcd |
+//! | peer | [`PeerInfo`]: who is on the other end |
+//! | observability | [`observe`]: a span per call with the OpenTelemetry RPC fields, W3C trace context, metrics |
+//! | interception | [`intercept`] and [`access`]: hooks around every call; allow-lists and policies |
+//! | connection | [`Connection`]: many calls in both directions over one stream, flow control, keepalive, sessions, [`events`]; what a handler is given ([`CallContext`]) |
+//! | call | [`Connection::call`] and friends, [`CallOptions`], [`stream`] |
+//! | codec | [`codec`]: typed messages to payload bytes and back |
+//! | service | [`Router`], and the generated clients and handlers |
 //! | introspection | [`reflection`] and [`health`]: what an endpoint serves and whether it is serving, over the wire |
 //! | endpoint | [`Endpoint`], [`Server`]: identity, handshake, listeners |
+//! | typed | [`Streaming`], [`StreamSender`]: the byte streams through a codec |
 //! | socket | [`socket`]: [`Socket`](socket::Socket) — untyped messages to and from peers; a raw byte-stream server |
-//! | node | [`node`]: [`Node`] — discovery, groups, roles, [`PeerSet`](node::PeerSet)s, broadcast, [`Actor`](node::Actor) |
+//! | node | [`node`]: [`Node`] — discovery, groups, roles, [`PeerSet`](node::PeerSet)s, broadcast, [`Actor`](node::Actor), the topology page |
 //! | patterns | [`patterns`]: send to one fairly, publish/subscribe, pipeline, survey over peer sets |
-//! | observability | [`observe`]: a span per call with the OpenTelemetry RPC fields, W3C trace context, metrics, lifecycle events, the topology page |
 //! | files | [`files`]: offer files, download one in checked chunks from every peer that has it |
 //!
 //! ```no_run
