@@ -37,8 +37,8 @@ use crate::wire::driver::{
     LocalSide,
 };
 use crate::wire::handshake;
+use crate::wire::key::SessionKey;
 use crate::wire::node_id::NodeId;
-use crate::wire::SessionKey;
 
 /// Something that names a transport address: `&str`, `String` or [`Url`].
 pub trait ToUrl {
@@ -271,8 +271,8 @@ impl EndpointBuilder {
     /// `key` in its handshake, by a mutual challenge-response over both
     /// sides' nonces (the key never crosses the wire; a recorded handshake
     /// cannot be replayed): a dialer without it, or with another key, is
-    /// refused before anything is served ([`RefusalCode::KeyRequired`](crate::wire::RefusalCode::KeyRequired),
-    /// [`RefusalCode::KeyMismatch`](crate::wire::RefusalCode::KeyMismatch)); a listener that cannot prove it is not
+    /// refused before anything is served ([`RefusalCode::KeyRequired`](crate::wire::handshake::RefusalCode::KeyRequired),
+    /// [`RefusalCode::KeyMismatch`](crate::wire::handshake::RefusalCode::KeyMismatch)); a listener that cannot prove it is not
     /// trusted ([`ConnectError::Untrusted`]). `docs/PROTOCOL.md` §3.6.
     pub fn session_key(mut self, key: SessionKey) -> Self {
         self.key = Some(key);
@@ -281,7 +281,7 @@ impl EndpointBuilder {
 
     /// Admits only peers whose verified certificate the list admits, in
     /// both directions: incoming handshakes from others are refused with
-    /// [`RefusalCode::NotAllowed`](crate::wire::RefusalCode::NotAllowed), and dialed peers that do not pass fail
+    /// [`RefusalCode::NotAllowed`](crate::wire::handshake::RefusalCode::NotAllowed), and dialed peers that do not pass fail
     /// with [`ConnectError::Untrusted`] before the hello is sent. Needs a
     /// secured transport; for dialers to be checked, the TLS server must ask
     /// for client certificates (`TlsConfig::require_client_certs`). Replace

@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use super::{CloseReason, PeerInfo, Session};
 use crate::observe::lifecycle::{connection_tracing, describe_metrics};
 use crate::observe::{metrics_enabled, names, Address};
-use crate::wire::RefusalCode;
+use crate::wire::handshake::RefusalCode;
 
 /// Something that happened on an endpoint's connections.
 #[derive(Clone, Debug)]
@@ -39,7 +39,7 @@ pub enum Event {
         /// The dialer's address as the transport sees it.
         remote: String,
         /// The refusal sent, if one was.
-        code: Option<crate::wire::RefusalCode>,
+        code: Option<crate::wire::handshake::RefusalCode>,
         /// What happened, in words.
         reason: String,
     },

@@ -397,7 +397,7 @@ impl Shared {
         for (id, entry) in expired {
             let _ = self
                 .out
-                .push(|o| wire::frame::encode_empty(&mut o.buf, wire::Kind::Cancel, id));
+                .push(|o| wire::frame::encode_empty(&mut o.buf, wire::frame::Kind::Cancel, id));
             entry.fail(Failure::System {
                 code: wire::SystemCode::DeadlineExceeded,
                 message: String::new(),
@@ -709,7 +709,7 @@ impl Connection {
         if let Some(s) = self.direct_shared() {
             let _ = s
                 .out
-                .push(|o| wire::frame::encode_ping(&mut o.buf, wire::Kind::Ping, u64::MAX));
+                .push(|o| wire::frame::encode_ping(&mut o.buf, wire::frame::Kind::Ping, u64::MAX));
             s.out.write_through();
         }
     }
@@ -953,7 +953,7 @@ async fn keepalive(s: Arc<Shared>) {
             Beat::Ping(seq) => {
                 let _ = s
                     .out
-                    .push(|o| wire::frame::encode_ping(&mut o.buf, wire::Kind::Ping, seq));
+                    .push(|o| wire::frame::encode_ping(&mut o.buf, wire::frame::Kind::Ping, seq));
             }
             Beat::Lost(silent) => {
                 s.shut(CloseReason::KeepaliveTimeout(silent));

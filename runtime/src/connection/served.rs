@@ -29,8 +29,8 @@ use crate::descriptor::CallKind;
 use crate::error::Reject;
 use crate::intercept::{IncomingCall, Interceptors};
 use crate::observe::call as observe;
-use crate::wire::frame::encode_reject;
-use crate::wire::{CallOpen, Kind, SystemCode};
+use crate::wire::frame::{encode_reject, CallOpen, Kind};
+use crate::wire::SystemCode;
 
 impl Operation for Route {
     fn kind(&self) -> CallKind {

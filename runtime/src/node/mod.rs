@@ -372,7 +372,7 @@ pub struct NodeBuilder {
     health: bool,
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::TlsConfig>,
-    key: Option<crate::wire::SessionKey>,
+    key: Option<crate::wire::key::SessionKey>,
     allow: Option<crate::access::AllowList>,
     call_interceptors: Vec<
         Box<
@@ -432,7 +432,7 @@ impl NodeBuilder {
     /// tagged with it and checked for freshness, etcd records are signed with
     /// it. A node without the key can neither be linked nor announce itself
     /// to this group.
-    pub fn session_key(mut self, key: crate::wire::SessionKey) -> Self {
+    pub fn session_key(mut self, key: crate::wire::key::SessionKey) -> Self {
         self.key = Some(key);
         self
     }

@@ -43,7 +43,7 @@ use crate::router::Router;
 #[cfg(feature = "tls")]
 use crate::transport::TlsConfig;
 use crate::transport::{TransportError, Url};
-use crate::wire::RefusalCode;
+use crate::wire::handshake::RefusalCode;
 
 /// The operation id of a socket's pipe: the one bidi stream per connection,
 /// opened by the dialing socket, whose data frames are the messages in both
