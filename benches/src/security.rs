@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use plexus::access::{Permission, Policy, Rule};
 use plexus::intercept::{CallInterceptor, Extensions, IncomingCall, OutgoingCall};
-use plexus::wire::SessionKey;
+use plexus::wire::key::SessionKey;
 use plexus::{CallError, Endpoint};
 use plexus_tests::{Member, TestPki};
 

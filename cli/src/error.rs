@@ -9,7 +9,7 @@
 //! | 4 | `health`: the service is not serving (or unknown, or the server is draining) |
 //! | 5 | the handler rejected the call (its code and message are printed) |
 
-use plexus::wire::RefusalCode;
+use plexus::wire::handshake::RefusalCode;
 use plexus::{CallError, ConnectError};
 
 /// A failure, carrying its message (with what to try) and its exit code.

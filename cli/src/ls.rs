@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use plexus::discovery::{Beacon, DiscoveryEvent, DiscoveryEvents, PeerRecord};
 use plexus::reflection::{self, Description};
-use plexus::wire::SessionKey;
+use plexus::wire::key::SessionKey;
 use plexus::CallOptions;
 use serde::Serialize;
 

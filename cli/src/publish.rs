@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
 use plexus::discovery::{Beacon, Static};
 use plexus::patterns::{topic_fingerprint, topic_matches};
-use plexus::wire::SessionKey;
+use plexus::wire::key::SessionKey;
 use plexus::{
     contract::{CallKind, JsonSchemas, MethodDescriptor, ServiceDescriptor},
     stream::Outbound,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use plexus::node::NodeBuilder;
 use plexus::transport::TlsConfig;
-use plexus::wire::SessionKey;
+use plexus::wire::key::SessionKey;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,

@@ -9,7 +9,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use plexus::wire::{decode, HEADER_LEN};
+use plexus::wire::frame::{decode, HEADER_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&control, input)) = data.split_first() else {

@@ -18,7 +18,7 @@ use plexus::wire::driver::{
     Admission, Agreed, DialerHello, DialerStep, ListenerHandshake, ListenerStep, LocalSide,
 };
 use plexus::wire::handshake::{Answer, MIN_FRAME};
-use plexus::wire::SessionKey;
+use plexus::wire::key::SessionKey;
 
 const HELLO_LIMIT: Duration = Duration::from_secs(4);
 const LIMIT: Duration = Duration::from_secs(10);

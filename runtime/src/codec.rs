@@ -2,8 +2,9 @@
 //!
 //! A codec is a zero-sized type naming a wire [`Format`] and implementing
 //! [`Codec<T>`] for the message types it can carry. Each service picks one;
-//! generated clients and handlers go through it and nothing else. This
-//! module never touches a connection.
+//! generated clients and handlers go through it and nothing else. It sits
+//! just above connections: the calling side's helpers take the call's
+//! [`Connection`](crate::Connection) only to name its peer in an error.
 //!
 //! | codec | for | why |
 //! |---|---|---|

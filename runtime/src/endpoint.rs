@@ -17,15 +17,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::AllowList;
+use crate::connection::events::{Event, EventHub, Events};
 use crate::connection::{
-    builtin_routes, Backoff, Connection, ConnectionConfig, Established, NodeId, PeerInfo, Redial,
-    RetryPolicy, SessionHook, SessionRequest,
+    builtin_routes, Backoff, Connection, ConnectionConfig, Dial, Established, Redial, RetryPolicy,
+    SessionHook, SessionRequest,
 };
 use crate::error::ConnectError;
 use crate::error::Reject;
-use crate::events::{Event, EventHub, Events};
 use crate::health::Health;
 use crate::intercept::{CallInterceptor, CallInterceptors, Interceptor};
+use crate::peer::PeerInfo;
 use crate::router::{IntoRouter, Router};
 use crate::transport::PeerIdentity;
 #[cfg(feature = "tls")]
@@ -36,7 +37,8 @@ use crate::wire::driver::{
     LocalSide,
 };
 use crate::wire::handshake;
-use crate::wire::SessionKey;
+use crate::wire::key::SessionKey;
+use crate::wire::node_id::NodeId;
 
 /// Something that names a transport address: `&str`, `String` or [`Url`].
 pub trait ToUrl {
@@ -269,8 +271,8 @@ impl EndpointBuilder {
     /// `key` in its handshake, by a mutual challenge-response over both
     /// sides' nonces (the key never crosses the wire; a recorded handshake
     /// cannot be replayed): a dialer without it, or with another key, is
-    /// refused before anything is served ([`RefusalCode::KeyRequired`](crate::wire::RefusalCode::KeyRequired),
-    /// [`RefusalCode::KeyMismatch`](crate::wire::RefusalCode::KeyMismatch)); a listener that cannot prove it is not
+    /// refused before anything is served ([`RefusalCode::KeyRequired`](crate::wire::handshake::RefusalCode::KeyRequired),
+    /// [`RefusalCode::KeyMismatch`](crate::wire::handshake::RefusalCode::KeyMismatch)); a listener that cannot prove it is not
     /// trusted ([`ConnectError::Untrusted`]). `docs/PROTOCOL.md` §3.6.
     pub fn session_key(mut self, key: SessionKey) -> Self {
         self.key = Some(key);
@@ -279,7 +281,7 @@ impl EndpointBuilder {
 
     /// Admits only peers whose verified certificate the list admits, in
     /// both directions: incoming handshakes from others are refused with
-    /// [`RefusalCode::NotAllowed`](crate::wire::RefusalCode::NotAllowed), and dialed peers that do not pass fail
+    /// [`RefusalCode::NotAllowed`](crate::wire::handshake::RefusalCode::NotAllowed), and dialed peers that do not pass fail
     /// with [`ConnectError::Untrusted`] before the hello is sent. Needs a
     /// secured transport; for dialers to be checked, the TLS server must ask
     /// for client certificates (`TlsConfig::require_client_certs`). Replace
@@ -402,6 +404,19 @@ impl Listening {
     }
 }
 
+// Defined here rather than with the rest of `Connection`: a connection
+// never names the endpoint above it, and this one is a shortcut for one.
+impl Connection {
+    /// Dials `url` from a fresh endpoint (a random node id, no services of its
+    /// own, default configuration) and completes the handshake.
+    ///
+    /// For TLS, handshake data, services the peer may call back, or tuning,
+    /// build an [`Endpoint`] instead.
+    pub async fn connect(url: impl ToUrl) -> Result<Connection, ConnectError> {
+        Endpoint::builder().build().connect(url).await
+    }
+}
+
 impl Endpoint {
     /// Starts configuring an endpoint.
     pub fn builder() -> EndpointBuilder {
@@ -467,8 +482,15 @@ impl Endpoint {
         retry: RetryPolicy,
     ) -> Result<Connection, ConnectError> {
         let url = url.to_url().map_err(transport::TransportError::from)?;
+        let endpoint = self.clone();
+        let dial: Dial = Box::new(move |url| {
+            let (endpoint, url) = (endpoint.clone(), url.clone());
+            Box::pin(async move { endpoint.connect(url).await })
+        });
         Ok(Connection::redial(Redial::start(
-            self.clone(),
+            dial,
+            self.node_id(),
+            self.config().default_timeout,
             url,
             backoff,
             retry,
@@ -671,7 +693,7 @@ impl Endpoint {
         Ok(self.register(Connection::start(
             (rd, wr),
             est,
-            self.inner.router.clone(),
+            self.inner.router.routes().clone(),
             self.inner.config.clone(),
             self.inner.events.clone(),
         )))
@@ -746,7 +768,7 @@ fn register(inner: &Arc<Inner>, conn: Connection) -> Connection {
         } else {
             // The endpoint is gone (one made by `Connection::connect`): no
             // subscriber is left, but the connection still ended.
-            crate::observe::lifecycle::endpoint_event(&Event::Disconnected { peer, reason });
+            crate::connection::events::endpoint_event(&Event::Disconnected { peer, reason });
         }
     });
     conn
@@ -886,7 +908,7 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
     let conn = Connection::start(
         (rd, wr),
         est,
-        inner.router.clone(),
+        inner.router.routes().clone(),
         inner.config.clone(),
         inner.events.clone(),
     );

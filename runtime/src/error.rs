@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::transport::TransportError;
-use crate::wire::{RefusalCode, WireError};
+use crate::wire::handshake::RefusalCode;
+use crate::wire::WireError;
 
 /// A handler's explicit refusal of a call: an application code, a
 /// human-readable message and optional opaque details.

@@ -43,9 +43,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{decode_reply, decode_request, encode_reply, Codec, MsgPack};
+use crate::connection::CallContext;
 use crate::connection::{Inbound, Outbound};
 use crate::error::{CallError, Reject};
-use crate::router::{CallContext, Router};
+use crate::router::Router;
 use crate::{CallOptions, Connection};
 
 /// Operation id of the one-shot check.

@@ -25,8 +25,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use crate::connection::{CallOptions, PeerInfo};
 use crate::error::{CallError, Reject};
+use crate::peer::PeerInfo;
 
 /// Values interceptors leave for the handler, by type.
 #[derive(Clone, Default)]
@@ -167,7 +167,10 @@ where
 pub struct OutgoingCall {
     pub(crate) op: Arc<str>,
     pub(crate) peer: PeerInfo,
-    pub(crate) options: CallOptions,
+    // The parts of the call's options an interceptor sees: taken out of them
+    // and put back, so this layer needs no connection type.
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) metadata: Vec<(String, Bytes)>,
 }
 
 impl OutgoingCall {
@@ -183,18 +186,18 @@ impl OutgoingCall {
 
     /// The call's timeout, if it has one.
     pub fn timeout(&self) -> Option<Duration> {
-        self.options.get_timeout()
+        self.timeout
     }
 
     /// Adds a metadata pair to the call (the handler and the peer's
     /// interceptors see it).
     pub fn add_metadata(&mut self, key: impl Into<String>, value: impl Into<Bytes>) {
-        self.options.metadata.push((key.into(), value.into()));
+        self.metadata.push((key.into(), value.into()));
     }
 
     /// The metadata the call carries so far.
     pub fn metadata(&self) -> &[(String, Bytes)] {
-        &self.options.metadata
+        &self.metadata
     }
 }
 
@@ -273,22 +276,25 @@ impl CallInterceptors {
         self.0.is_empty()
     }
 
-    /// Runs every `before` in order; returns the options to send with.
+    /// Runs every `before` in order on a call with `timeout` and `metadata`;
+    /// returns the metadata to send with.
     pub(crate) async fn before(
         &self,
         op: &str,
         peer: &PeerInfo,
-        options: CallOptions,
-    ) -> Result<CallOptions, CallError> {
+        timeout: Option<Duration>,
+        metadata: Vec<(String, Bytes)>,
+    ) -> Result<Vec<(String, Bytes)>, CallError> {
         let mut call = OutgoingCall {
             op: op.into(),
             peer: peer.clone(),
-            options,
+            timeout,
+            metadata,
         };
         for i in &self.0 {
             i.before(&mut call).await?;
         }
-        Ok(call.options)
+        Ok(call.metadata)
     }
 
     pub(crate) fn after(

@@ -1,22 +1,30 @@
 //! Plexus: typed remote calls between services that find each other.
 //!
 //! Layers, bottom up. A module uses only modules below it, in the exact
-//! order `runtime/tests/layering.rs` checks (upward imports that remain are
-//! listed there, to be removed; `docs/RUNTIME.md` names them):
+//! order `runtime/tests/layering.rs` checks (`docs/RUNTIME.md` says what
+//! each owns); where a lower layer needs a higher one, it defines the
+//! interface and the higher one fills it in:
 //!
 //! | layer | here |
 //! |---|---|
-//! | wire | [`wire`]: the pure frame codec and handshake (spec in `docs/PROTOCOL.md`) |
+//! | wire | [`wire`]: the pure frame codec and handshake (spec in `docs/PROTOCOL.md`); [`NodeId`] |
 //! | transport | [`transport`]: byte streams by URL — `tcp://`, `tls://`, `unix://`, `inproc://` |
-//! | connection | [`Connection`]: many calls in both directions over one stream, flow control, keepalive |
-//! | call | [`Connection::call`] and friends, [`CallOptions`], [`CallError`], [`Reject`] |
-//! | service | [`Router`], [`CallContext`], and the generated clients and handlers |
+//! | error | [`CallError`], [`ConnectError`], [`Reject`] |
+//! | descriptor | [`contract`]: what a service contract is at run time |
+//! | discovery | [`discovery`]: finding peers — beacon, static list, etcd |
+//! | peer | [`PeerInfo`]: who is on the other end |
+//! | observability | [`observe`]: a span per call with the OpenTelemetry RPC fields, W3C trace context, metrics |
+//! | interception | [`intercept`] and [`access`]: hooks around every call; allow-lists and policies |
+//! | connection | [`Connection`]: many calls in both directions over one stream, flow control, keepalive, sessions, [`events`]; what a handler is given ([`CallContext`]) |
+//! | call | [`Connection::call`] and friends, [`CallOptions`], [`stream`] |
+//! | codec | [`codec`]: typed messages to payload bytes and back |
+//! | service | [`Router`], and the generated clients and handlers |
 //! | introspection | [`reflection`] and [`health`]: what an endpoint serves and whether it is serving, over the wire |
 //! | endpoint | [`Endpoint`], [`Server`]: identity, handshake, listeners |
+//! | typed | [`Streaming`], [`StreamSender`]: the byte streams through a codec |
 //! | socket | [`socket`]: [`Socket`](socket::Socket) — untyped messages to and from peers; a raw byte-stream server |
-//! | node | [`node`]: [`Node`] — discovery, groups, roles, [`PeerSet`](node::PeerSet)s, broadcast, [`Actor`](node::Actor) |
+//! | node | [`node`]: [`Node`] — discovery, groups, roles, [`PeerSet`](node::PeerSet)s, broadcast, [`Actor`](node::Actor), the topology page |
 //! | patterns | [`patterns`]: send to one fairly, publish/subscribe, pipeline, survey over peer sets |
-//! | observability | [`observe`]: a span per call with the OpenTelemetry RPC fields, W3C trace context, metrics, lifecycle events, the topology page |
 //! | files | [`files`]: offer files, download one in checked chunks from every peer that has it |
 //!
 //! ```no_run
@@ -46,13 +54,13 @@ mod connection;
 pub mod discovery;
 mod endpoint;
 mod error;
-pub mod events;
 pub mod files;
 pub mod health;
 pub mod intercept;
 pub mod node;
 pub mod observe;
 pub mod patterns;
+mod peer;
 pub mod reflection;
 mod router;
 pub mod socket;
@@ -78,13 +86,15 @@ pub use bytes::Bytes;
 pub use plexus_macros::service;
 
 pub use crate::connection::{
-    CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats, NodeId, PeerInfo,
+    CallContext, CallOptions, CloseReason, Connection, ConnectionConfig, ConnectionStats,
 };
 pub use crate::endpoint::{Endpoint, Server, ToUrl};
 pub use crate::error::{CallError, ConnectError, Reject};
 pub use crate::node::handle::Node;
-pub use crate::router::{CallContext, Router};
+pub use crate::peer::PeerInfo;
+pub use crate::router::Router;
 pub use crate::typed::{BoxStream, StreamSender, Streaming};
+pub use crate::wire::node_id::NodeId;
 
 /// Setting up the accepting side: the builders behind [`Server::bind`] and
 /// [`Endpoint::builder`], a running listener, what an accept hook sees, and
@@ -99,6 +109,13 @@ pub mod server {
 /// (`docs/PROTOCOL.md` §12). Open one with [`Connection::open_session`].
 pub mod session {
     pub use crate::connection::{Session, SessionRequest, NO_SESSIONS};
+}
+
+/// Connection and session events, observable as a stream — so an
+/// application learns that a peer went away, and why, without polling:
+/// [`Endpoint::events`] subscribes to an endpoint's [`Event`](events::Event)s.
+pub mod events {
+    pub use crate::connection::events::{Event, Events};
 }
 
 /// Retries and redials: how a call is retried ([`RetryPolicy`](retry::RetryPolicy),

@@ -34,9 +34,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode_reply, decode_request, encode_reply, Codec, MsgPack};
+use crate::connection::CallContext;
 use crate::descriptor::{MethodDescriptor, ServiceDescriptor};
 use crate::error::{CallError, Reject};
-use crate::router::{CallContext, Router};
+use crate::router::Router;
 use crate::{CallOptions, Connection};
 
 /// The operation id of the built-in reflection service.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use plexus::discovery::{
     Announcement, Beacon, Discovery, DiscoveryError, DiscoveryEvent, DiscoveryEvents,
 };
-use plexus::wire::SessionKey;
+use plexus::wire::key::SessionKey;
 use plexus::NodeId;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};

@@ -172,14 +172,15 @@ async fn group_switch_and_restart_are_reported() {
 #[tokio::test]
 async fn with_a_key_only_records_tagged_under_it_are_believed() {
     let etcd = EtcdServer::start().await;
-    let key = plexus::wire::SessionKey::new(b"fleet key, 32 bytes of secret!!!");
+    let key = plexus::wire::key::SessionKey::new(b"fleet key, 32 bytes of secret!!!");
     let observer = node_on(&etcd, "/test/keyed").key(key.clone());
     let mut events = observer.start(announcement(1, 1)).await.expect("starts");
 
     // A node without the key, and one with another key, in the same prefix.
     let keyless = node_on(&etcd, "/test/keyed");
     let _keyless_events = keyless.start(announcement(2, 1)).await.expect("starts");
-    let other = node_on(&etcd, "/test/keyed").key(plexus::wire::SessionKey::new(b"another key"));
+    let other =
+        node_on(&etcd, "/test/keyed").key(plexus::wire::key::SessionKey::new(b"another key"));
     let _other_events = other.start(announcement(3, 1)).await.expect("starts");
     // A record written straight into etcd by someone who can write to the
     // prefix but has no key: a well-formed announcement, untagged.

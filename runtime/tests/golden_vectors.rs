@@ -12,11 +12,10 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use plexus::wire::key::{HelloKey, WelcomeKey, NONCE_LEN};
-use plexus::wire::{
-    self, handshake, Answer, CallOpen, Extension, Frame, Hello, OpRef, Refusal, RefusalCode,
-    SessionKey, SystemCode, Welcome, WireError,
-};
+use plexus::wire::frame::{CallOpen, Frame, OpRef};
+use plexus::wire::handshake::{Answer, Extension, Hello, Refusal, RefusalCode, Welcome};
+use plexus::wire::key::{HelloKey, SessionKey, WelcomeKey, NONCE_LEN};
+use plexus::wire::{self, handshake, SystemCode, WireError};
 use serde_json::{json, Map, Value};
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/vectors/v2.json");
@@ -331,7 +330,7 @@ fn invalid() -> Vec<Invalid> {
         frame(1, 3, 0, 1, &[0]),
         Some(1 << 20),
         WireError::TrailingBytes {
-            kind: wire::Kind::End,
+            kind: wire::frame::Kind::End,
         },
     ));
     v.push((
@@ -380,7 +379,7 @@ fn invalid() -> Vec<Invalid> {
         frame(2, 7, 0, 1, &[0x01, 0x00]),
         Some(1 << 20),
         WireError::TrailingBytes {
-            kind: wire::Kind::Credit,
+            kind: wire::frame::Kind::Credit,
         },
     ));
     v.push((
@@ -817,7 +816,7 @@ fn every_vector_decodes_to_its_meaning_and_encodes_to_its_bytes() {
         let bytes = unhex(v["hex"].as_str().expect("hex"));
         assert_eq!(encode_frame(frame), bytes, "{name}: encoding");
         let mut buf = BytesMut::from(&bytes[..]);
-        let decoded = wire::decode(&mut buf, u32::MAX)
+        let decoded = wire::frame::decode(&mut buf, u32::MAX)
             .expect("valid")
             .expect("whole");
         assert!(buf.is_empty(), "{name}: nothing left over");
@@ -846,7 +845,7 @@ fn every_vector_decodes_to_its_meaning_and_encodes_to_its_bytes() {
         let bytes = unhex(v["hex"].as_str().expect("hex"));
         let mut buf = BytesMut::from(&bytes[..]);
         let got = match max {
-            Some(max) => wire::decode(&mut buf, *max).map(|_| ()),
+            Some(max) => wire::frame::decode(&mut buf, *max).map(|_| ()),
             None => Hello::decode(&mut buf).map(|_| ()),
         };
         assert_eq!(got.as_ref().err(), Some(err), "{name}");

@@ -19,13 +19,14 @@ const LAYERS: &[&str] = &[
     "wire",
     "transport",
     "error",
-    "codec",
     "descriptor",
     "discovery",
-    "access",
-    "events",
-    "connection",
+    "peer",
+    "observe",
     "intercept",
+    "access",
+    "connection",
+    "codec",
     "router",
     "health",
     "reflection",
@@ -33,74 +34,13 @@ const LAYERS: &[&str] = &[
     "typed",
     "socket",
     "node",
-    "observe",
     "patterns",
     "files",
 ];
 
-/// Upward imports that exist today, each with what it is waiting for.
-const KNOWN_UPWARD: &[(&str, &str, &str)] = &[
-    (
-        "events",
-        "observe",
-        "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
-    ),
-    (
-        "connection",
-        "observe",
-        "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
-    ),
-    (
-        "router",
-        "observe",
-        "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
-    ),
-    (
-        "endpoint",
-        "observe",
-        "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
-    ),
-    (
-        "node",
-        "observe",
-        "the call path's observation hooks; observe is to be split into a hook interface below connection and the topology page above node",
-    ),
-    (
-        "codec",
-        "connection",
-        "codec's typed-call helpers take a &Connection; they belong with typed",
-    ),
-    (
-        "discovery",
-        "connection",
-        "NodeId is defined in connection; it belongs below both (with wire)",
-    ),
-    (
-        "access",
-        "intercept",
-        "the allow-list's interceptor belongs with the interceptors",
-    ),
-    (
-        "events",
-        "connection",
-        "events name connection types (PeerInfo, CloseReason)",
-    ),
-    (
-        "connection",
-        "endpoint",
-        "redial dials through the Endpoint",
-    ),
-    (
-        "connection",
-        "intercept",
-        "calls run the endpoint's call interceptors",
-    ),
-    (
-        "connection",
-        "router",
-        "the connection's Shared holds the Router that serves the peer",
-    ),
-];
+/// Upward imports that exist today, each with what it is waiting for: none.
+/// An entry here is a debt to pay, not a way to pass the check.
+const KNOWN_UPWARD: &[(&str, &str, &str)] = &[];
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

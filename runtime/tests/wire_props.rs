@@ -8,12 +8,13 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use plexus::wire::frame::{MAX_METADATA_PAIRS, MAX_OP_NAME};
-use plexus::wire::handshake::{self, MAX_HANDSHAKE_DATA, MIN_FRAME};
-use plexus::wire::{
-    decode, varint, Answer, CallOpen, Extension, Frame, Hello, OpRef, Refusal, RefusalCode,
-    Welcome, WireError, HEADER_LEN,
+use plexus::wire::frame::{
+    decode, CallOpen, Frame, OpRef, HEADER_LEN, MAX_METADATA_PAIRS, MAX_OP_NAME,
 };
+use plexus::wire::handshake::{
+    self, Answer, Extension, Hello, Refusal, RefusalCode, Welcome, MAX_HANDSHAKE_DATA, MIN_FRAME,
+};
+use plexus::wire::{varint, WireError};
 use proptest::collection::vec;
 use proptest::prelude::*;
 

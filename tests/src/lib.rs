@@ -378,7 +378,9 @@ impl Pair {
 /// writes and reads raw frames.
 pub mod raw {
     use bytes::{Bytes, BytesMut};
-    use plexus::wire::{self, Answer, Frame, Hello, Welcome};
+    use plexus::wire;
+    use plexus::wire::frame::Frame;
+    use plexus::wire::handshake::{Answer, Hello, Welcome};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -456,7 +458,7 @@ pub mod raw {
             let mut got = Vec::new();
             bounded("frames", async {
                 loop {
-                    while let Ok(Some(f)) = wire::decode(&mut self.buf, u32::MAX) {
+                    while let Ok(Some(f)) = wire::frame::decode(&mut self.buf, u32::MAX) {
                         got.push(f);
                     }
                     if got.len() >= n {
@@ -476,9 +478,9 @@ pub mod raw {
     /// A call-open frame: unary (`END`), op index `index`, defining `name`
     /// when given.
     pub fn call(id: u32, index: u32, name: Option<&str>, body: Bytes) -> Frame {
-        Frame::CallOpen(wire::CallOpen {
+        Frame::CallOpen(wire::frame::CallOpen {
             id,
-            op: wire::OpRef {
+            op: wire::frame::OpRef {
                 index,
                 name: name.map(str::to_owned),
             },

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use plexus::wire::{self, Answer, Frame, Hello, RefusalCode, SystemCode, Welcome};
+use plexus::wire::frame::Frame;
+use plexus::wire::handshake::{Answer, Hello, RefusalCode, Welcome};
+use plexus::wire::{self, SystemCode};
 use plexus::{
     transport::TlsConfig, Bytes, CallError, CallOptions, ConnectError, ConnectionConfig, Endpoint,
     Reject, Router, Server,
@@ -95,7 +97,7 @@ async fn raw_handshake(server: &Server) -> TcpStream {
 
 fn frames(mut buf: BytesMut) -> Vec<Frame> {
     let mut out = Vec::new();
-    while let Ok(Some(f)) = wire::decode(&mut buf, u32::MAX) {
+    while let Ok(Some(f)) = wire::frame::decode(&mut buf, u32::MAX) {
         out.push(f);
     }
     out

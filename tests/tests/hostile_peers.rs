@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use plexus::wire::{Frame, RefusalCode, SystemCode};
+use plexus::wire::frame::Frame;
+use plexus::wire::handshake::RefusalCode;
+use plexus::wire::SystemCode;
 use plexus::{
     events::Event, Bytes, CallError, CallOptions, CloseReason, ConnectError, Connection,
     ConnectionConfig, Endpoint, Reject, Router, Server,

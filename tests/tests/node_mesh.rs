@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use plexus::discovery::Beacon;
-use plexus::wire::SessionKey;
+use plexus::wire::key::SessionKey;
 use plexus::{
     node::{Actor, NodeBuilder, NodeEvent, NodeEvents, PeerChange, Scope},
     Node,

@@ -13,7 +13,8 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use plexus::access::{AllowList, Permission, Policy, Rule};
 use plexus::intercept::{CallInterceptor, Extensions, IncomingCall, OutgoingCall};
-use plexus::wire::{RefusalCode, SessionKey};
+use plexus::wire::handshake::RefusalCode;
+use plexus::wire::key::SessionKey;
 use plexus::{
     events::Event, Bytes, CallError, CallOptions, CloseReason, ConnectError, Connection, Endpoint,
     Reject, Router, Server,

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use plexus::transport::{self, ReadHalf, TransportConfig, WriteHalf};
-use plexus::wire::{self, Answer, Frame, Hello, RefusalCode, SystemCode, Welcome};
+use plexus::wire::frame::Frame;
+use plexus::wire::handshake::{Answer, Hello, RefusalCode, Welcome};
+use plexus::wire::{self, SystemCode};
 use plexus::{
     transport::{TlsConfig, Url},
     Bytes, CallError, CallOptions, ConnectError, ConnectionConfig, Endpoint, Reject, Router,
@@ -160,7 +162,7 @@ async fn send_and_read_to_end(raw: (ReadHalf, WriteHalf), bytes: &[u8]) -> Bytes
 
 fn frames(mut buf: BytesMut) -> Vec<Frame> {
     let mut out = Vec::new();
-    while let Ok(Some(f)) = wire::decode(&mut buf, u32::MAX) {
+    while let Ok(Some(f)) = wire::frame::decode(&mut buf, u32::MAX) {
         out.push(f);
     }
     out

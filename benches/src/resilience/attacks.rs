@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use plexus::patterns::{Overflow, Subscriber};
-use plexus::wire::{Frame, SystemCode};
+use plexus::wire::frame::Frame;
+use plexus::wire::SystemCode;
 use plexus::{Bytes, CallOptions, ConnectError, Connection};
 use plexus_tests::FreezableProxy;
 use tokio::io::AsyncReadExt;

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use plexus::wire::{self, Answer, CallOpen, Frame, Refusal};
+use plexus::wire;
+use plexus::wire::frame::{CallOpen, Frame};
+use plexus::wire::handshake::{Answer, Refusal};
 use plexus_tests::raw;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -90,7 +92,7 @@ impl RawPeer {
         let mut got = Vec::new();
         let ended = tokio::time::timeout(limit, async {
             loop {
-                while let Ok(Some(f)) = wire::decode(&mut self.buf, u32::MAX) {
+                while let Ok(Some(f)) = wire::frame::decode(&mut self.buf, u32::MAX) {
                     got.push(f);
                 }
                 match self.stream.read_buf(&mut self.buf).await {
@@ -101,7 +103,7 @@ impl RawPeer {
         })
         .await
         .is_ok();
-        while let Ok(Some(f)) = wire::decode(&mut self.buf, u32::MAX) {
+        while let Ok(Some(f)) = wire::frame::decode(&mut self.buf, u32::MAX) {
             got.push(f);
         }
         (got, ended)

@@ -26,7 +26,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use plexus::wire::SessionKey;
+use plexus::wire::key::SessionKey;
 use plexus::{Bytes, CallError, CallOptions, Endpoint, Reject, Router, Server};
 
 const USAGE: &str = "\

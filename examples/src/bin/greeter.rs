@@ -30,7 +30,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::StreamExt;
-use plexus::wire::SessionKey;
+use plexus::wire::key::SessionKey;
 use plexus::{BoxStream, CallError, Endpoint, Reject, Server};
 
 const USAGE: &str = "\

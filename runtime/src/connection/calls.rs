@@ -504,15 +504,19 @@ impl Shared {
     async fn around<T>(
         &self,
         op: &str,
-        opts: CallOptions,
+        mut opts: CallOptions,
         call: impl AsyncFnOnce(CallOptions) -> Result<T, CallError>,
     ) -> Result<T, CallError> {
         let Some(chain) = &self.call_interceptors else {
             return call(opts).await;
         };
         let started = tokio::time::Instant::now();
-        let outcome = match chain.before(op, &self.peer, opts).await {
-            Ok(opts) => call(opts).await,
+        let metadata = std::mem::take(&mut opts.metadata);
+        let outcome = match chain.before(op, &self.peer, opts.timeout, metadata).await {
+            Ok(metadata) => {
+                opts.metadata = metadata;
+                call(opts).await
+            }
             Err(refused) => Err(refused),
         };
         chain.after(

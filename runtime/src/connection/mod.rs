@@ -14,6 +14,9 @@
 
 mod calls;
 pub(crate) mod core;
+pub(crate) mod events;
+mod handler;
+mod observed;
 mod reader;
 mod redial;
 mod retry;
@@ -33,42 +36,21 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::calls::CallOptions;
 use self::core::{Beat, Budget, CallSlots, Core, Failure, Keepalive, ServedCalls, Side};
+use self::events::EventHub;
+pub use self::handler::CallContext;
+pub(crate) use self::handler::{Route, Routes};
 pub use self::redial::Backoff;
-pub(crate) use self::redial::Redial;
+pub(crate) use self::redial::{Dial, Redial};
 pub use self::retry::{RetryBudget, RetryPolicy, RetryStats};
 use self::session::SessionState;
 pub(crate) use self::session::{builtin_routes, SessionHook};
 pub use self::session::{Session, SessionRequest, NO_SESSIONS};
 pub use self::stream::{Inbound, Outbound, Reply, TrySendError};
 use self::writer::WriteQueue;
-use crate::events::EventHub;
-use crate::router::{Route, Router};
+use crate::peer::PeerInfo;
 use crate::transport::{ReadHalf, WriteHalf};
 use crate::wire;
-
-/// A node's identity on the wire: 128 random bits, fixed for an endpoint's life.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(pub u128);
-
-impl NodeId {
-    /// A fresh random id.
-    pub fn random() -> Self {
-        NodeId(rand::random())
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The first eight hex digits are enough to tell nodes apart in logs.
-        write!(f, "NodeId({:08x})", (self.0 >> 96) as u32)
-    }
-}
+use crate::wire::node_id::NodeId;
 
 /// Tuning of a connection. Both sides announce their own receive limits in
 /// the handshake; each side enforces its own.
@@ -227,67 +209,6 @@ impl ConnectionConfig {
     }
 }
 
-/// Who is on the other end of a connection.
-#[derive(Clone, Debug)]
-pub struct PeerInfo {
-    node: NodeId,
-    // Shared, so that a clone (one per intercepted call) allocates nothing.
-    remote: Arc<str>,
-    data: Bytes,
-    label: Arc<str>,
-    identity: Option<crate::transport::PeerIdentity>,
-}
-
-impl PeerInfo {
-    pub(crate) fn new(node: NodeId, remote: String, data: Bytes) -> Self {
-        let label: Arc<str> = format!("node {:08x} at {remote}", (node.0 >> 96) as u32).into();
-        PeerInfo {
-            node,
-            remote: remote.into(),
-            data,
-            label,
-            identity: None,
-        }
-    }
-
-    pub(crate) fn with_identity(
-        mut self,
-        identity: Option<crate::transport::PeerIdentity>,
-    ) -> Self {
-        self.identity = identity;
-        self
-    }
-
-    /// The peer's verified certificate, on a secured transport that verified
-    /// one: its subject (CN, OU, O), issuer, DNS and URI names (a SPIFFE id
-    /// among them). `None` on a plain transport, and on a TLS listener that
-    /// does not ask clients for certificates.
-    pub fn identity(&self) -> Option<&crate::transport::PeerIdentity> {
-        self.identity.as_ref()
-    }
-
-    /// The peer's node id.
-    pub fn node_id(&self) -> NodeId {
-        self.node
-    }
-
-    /// The peer's address as the transport sees it.
-    pub fn remote(&self) -> &str {
-        &self.remote
-    }
-
-    /// The application data the peer sent in the handshake (its hello data if
-    /// it dialed us, its accept hook's reply if we dialed it).
-    pub fn data(&self) -> &Bytes {
-        &self.data
-    }
-
-    /// `node xxxxxxxx at url`, as used in error messages.
-    pub fn label(&self) -> &Arc<str> {
-        &self.label
-    }
-}
-
 /// Why a connection ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -384,7 +305,7 @@ pub(crate) struct Shared {
     core: Mutex<ConnCore>,
     pub(crate) events: Arc<EventHub>,
     pub(crate) out: WriteQueue,
-    pub(crate) router: Router,
+    pub(crate) router: Routes,
     pub(crate) config: ConnectionConfig,
     /// Largest frame the peer accepts.
     pub(crate) peer_max_frame: u32,
@@ -476,7 +397,7 @@ impl Shared {
         for (id, entry) in expired {
             let _ = self
                 .out
-                .push(|o| wire::frame::encode_empty(&mut o.buf, wire::Kind::Cancel, id));
+                .push(|o| wire::frame::encode_empty(&mut o.buf, wire::frame::Kind::Cancel, id));
             entry.fail(Failure::System {
                 code: wire::SystemCode::DeadlineExceeded,
                 message: String::new(),
@@ -640,7 +561,7 @@ impl Connection {
     pub(crate) fn start(
         (rd, wr): (ReadHalf, WriteHalf),
         est: Established,
-        router: Router,
+        router: Routes,
         config: ConnectionConfig,
         events: Arc<EventHub>,
     ) -> Connection {
@@ -703,15 +624,6 @@ impl Connection {
         let k = shared.clone();
         tokio::spawn(keepalive(k));
         Connection::direct(shared)
-    }
-
-    /// Dials `url` from a fresh endpoint (a random node id, no services of its
-    /// own, default configuration) and completes the handshake.
-    ///
-    /// For TLS, handshake data, services the peer may call back, or tuning,
-    /// build an [`Endpoint`](crate::Endpoint) instead.
-    pub async fn connect(url: impl crate::ToUrl) -> Result<Connection, crate::ConnectError> {
-        crate::Endpoint::builder().build().connect(url).await
     }
 
     /// Who is on the other end. For a reconnecting connection: the peer of the
@@ -797,7 +709,7 @@ impl Connection {
         if let Some(s) = self.direct_shared() {
             let _ = s
                 .out
-                .push(|o| wire::frame::encode_ping(&mut o.buf, wire::Kind::Ping, u64::MAX));
+                .push(|o| wire::frame::encode_ping(&mut o.buf, wire::frame::Kind::Ping, u64::MAX));
             s.out.write_through();
         }
     }
@@ -1041,7 +953,7 @@ async fn keepalive(s: Arc<Shared>) {
             Beat::Ping(seq) => {
                 let _ = s
                     .out
-                    .push(|o| wire::frame::encode_ping(&mut o.buf, wire::Kind::Ping, seq));
+                    .push(|o| wire::frame::encode_ping(&mut o.buf, wire::frame::Kind::Ping, seq));
             }
             Beat::Lost(silent) => {
                 s.shut(CloseReason::KeepaliveTimeout(silent));

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use super::core::{Action, Hold, StallWatch};
 use super::{CloseReason, Shared};
 use crate::transport::ReadHalf;
-use crate::wire::frame::{encode_goaway, encode_ping};
-use crate::wire::{self, Frame, Kind, SystemCode};
+use crate::wire::frame::{encode_goaway, encode_ping, Frame, Kind};
+use crate::wire::{self, SystemCode};
 
 /// Read buffer kept free before each read, at first: small, so an idle
 /// connection holds little.
@@ -33,7 +33,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
     shared.note_heard();
     loop {
         loop {
-            match wire::decode(&mut buf, max) {
+            match wire::frame::decode(&mut buf, max) {
                 Ok(Some(frame)) => {
                     shared.frames_received.fetch_add(1, Ordering::Relaxed);
                     let mut next = Some(frame);

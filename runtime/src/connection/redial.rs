@@ -12,15 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::retry::RetryPolicy;
 use super::scope::CallScope;
-use super::{CallOptions, Inbound, Outbound, Reply, Shared};
-use crate::endpoint::Endpoint;
-use crate::error::CallError;
+use super::{CallOptions, Connection, Inbound, Outbound, Reply, Shared};
+use crate::error::{CallError, ConnectError};
 use crate::transport::Url;
 
 /// How a reconnecting connection waits between attempts.
@@ -114,6 +114,11 @@ pub(crate) enum LinkState {
     Stopped(Arc<str>),
 }
 
+/// How a reconnecting connection makes each link: its endpoint's `connect`,
+/// handed in by the endpoint (which sits above connections).
+pub(crate) type Dial =
+    Box<dyn Fn(&Url) -> BoxFuture<'static, Result<Connection, ConnectError>> + Send + Sync>;
+
 /// The caller-side half of a reconnecting connection.
 pub(crate) struct Redial {
     pub(crate) url: Url,
@@ -132,9 +137,13 @@ impl Drop for Redial {
 }
 
 impl Redial {
-    /// Starts the redial task and returns the handle calls go through.
+    /// Starts the redial task and returns the handle calls go through:
+    /// `dial` makes each link of the endpoint whose node id is `local` and
+    /// whose calls default to `default_timeout`.
     pub(crate) fn start(
-        endpoint: Endpoint,
+        dial: Dial,
+        local: crate::NodeId,
+        default_timeout: Option<Duration>,
         url: Url,
         backoff: Backoff,
         retry: RetryPolicy,
@@ -143,14 +152,12 @@ impl Redial {
         let stop = CancellationToken::new();
         let task_stop = stop.clone();
         let task_url = url.clone();
-        let default_timeout = endpoint.config().default_timeout;
-        let local = endpoint.node_id();
         tokio::spawn(async move {
             let mut failures = 0u32;
             loop {
                 let attempt = tokio::select! {
                     _ = task_stop.cancelled() => break,
-                    a = endpoint.connect(&task_url) => a,
+                    a = dial(&task_url) => a,
                 };
                 match attempt {
                     Ok(conn) => {

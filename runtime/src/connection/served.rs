@@ -21,6 +21,7 @@ use super::core::{
     Admitted, Attached, Charge, Dropped, Entry, InItem, InboundTx, Operation, RecvWindow, Refusal,
     SendCredit, ServedCalls,
 };
+use super::handler::{CallContext, Route};
 use super::session::SessionState;
 use super::stream::{Inbound, Outbound};
 use super::{Connection, Session, Shared};
@@ -28,13 +29,12 @@ use crate::descriptor::CallKind;
 use crate::error::Reject;
 use crate::intercept::{IncomingCall, Interceptors};
 use crate::observe::call as observe;
-use crate::router::{CallContext, Route};
-use crate::wire::frame::encode_reject;
-use crate::wire::{CallOpen, Kind, SystemCode};
+use crate::wire::frame::{encode_reject, CallOpen, Kind};
+use crate::wire::SystemCode;
 
 impl Operation for Route {
     fn kind(&self) -> CallKind {
-        observe::route_kind(self)
+        self.call_kind()
     }
 
     fn kind_name(&self) -> &'static str {
@@ -133,7 +133,7 @@ impl Shared {
         ctx.session = session;
         let single = route.single_request();
         let request = single.then_some(open.body.len());
-        ctx.record = observe::serving(&self.peer, &ctx, observe::route_kind(&route), request);
+        ctx.record = observe::serving(&self.peer, &ctx, route.call_kind(), request);
         let record = ctx.record.clone();
         let name = || CallName {
             op: op.clone(),

@@ -17,10 +17,10 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::core::Charge;
+use super::events::Event;
+use super::handler::{CallContext, Route, Routes};
 use super::{CallOptions, Connection, Inbound, Outbound, PeerInfo, Reply, Shared};
 use crate::error::{CallError, Reject};
-use crate::events::Event;
-use crate::router::{CallContext, Router};
 use crate::wire::varint;
 
 /// Built-in operation that opens a session.
@@ -227,60 +227,61 @@ impl Shared {
 }
 
 /// The built-in session operations every endpoint serves.
-pub(crate) fn builtin_routes(hook: Option<SessionHook>) -> Router {
-    Router::new()
-        .unary(OPEN_OP, move |ctx: CallContext, body: Bytes| {
-            let hook = hook.clone();
-            async move {
-                let (id, name, data) = decode_open(body)?;
-                let shared = ctx.shared.clone();
-                shared
-                    .core()
-                    .may_open_session(id)
-                    .map_err(|refused| refused.reject())?;
-                let Some(hook) = hook else {
-                    return Err(Reject::new(
-                        NO_SESSIONS,
-                        format!(
-                            "{} accepts no sessions (no session hook is set)",
-                            shared.local_label()
-                        ),
-                    ));
-                };
-                let charge =
-                    Charge::new(&shared.budget, name.len() + data.len() + SESSION_OVERHEAD);
-                let state = Arc::new(SessionState {
-                    id,
-                    name: name.into(),
-                    _charge: Some(charge),
-                    peer_data: OnceLock::from(data.clone()),
-                    token: CancellationToken::new(),
-                    reason: OnceLock::new(),
-                });
-                let session = Session {
-                    state: state.clone(),
-                    shared: shared.clone(),
-                };
-                let reply = hook(SessionRequest {
-                    session: session.clone(),
-                    data,
-                })
-                .await?;
-                if shared.core().add_session(id, state).is_err() {
-                    return Err(Reject::new(NO_SESSIONS, "connection closed"));
-                }
-                shared.emit(Event::SessionOpened { session });
-                Ok(reply)
-            }
-        })
-        .oneway(CLOSE_OP, |ctx: CallContext, mut body: Bytes| async move {
-            let Ok(id) = varint::get_u32(&mut body, "session id") else {
-                return;
+pub(crate) fn builtin_routes(hook: Option<SessionHook>) -> Routes {
+    let open = Route::unary(move |ctx: CallContext, body: Bytes| {
+        let hook = hook.clone();
+        async move {
+            let (id, name, data) = decode_open(body)?;
+            let shared = ctx.shared.clone();
+            shared
+                .core()
+                .may_open_session(id)
+                .map_err(|refused| refused.reject())?;
+            let Some(hook) = hook else {
+                return Err(Reject::new(
+                    NO_SESSIONS,
+                    format!(
+                        "{} accepts no sessions (no session hook is set)",
+                        shared.local_label()
+                    ),
+                ));
             };
-            let reason = String::from_utf8_lossy(&body).into_owned();
-            ctx.shared
-                .end_session(id, &format!("closed by the peer: {reason}"));
-        })
+            let charge = Charge::new(&shared.budget, name.len() + data.len() + SESSION_OVERHEAD);
+            let state = Arc::new(SessionState {
+                id,
+                name: name.into(),
+                _charge: Some(charge),
+                peer_data: OnceLock::from(data.clone()),
+                token: CancellationToken::new(),
+                reason: OnceLock::new(),
+            });
+            let session = Session {
+                state: state.clone(),
+                shared: shared.clone(),
+            };
+            let reply = hook(SessionRequest {
+                session: session.clone(),
+                data,
+            })
+            .await?;
+            if shared.core().add_session(id, state).is_err() {
+                return Err(Reject::new(NO_SESSIONS, "connection closed"));
+            }
+            shared.emit(Event::SessionOpened { session });
+            Ok(reply)
+        }
+    });
+    let close = Route::oneway(|ctx: CallContext, mut body: Bytes| async move {
+        let Ok(id) = varint::get_u32(&mut body, "session id") else {
+            return;
+        };
+        let reason = String::from_utf8_lossy(&body).into_owned();
+        ctx.shared
+            .end_session(id, &format!("closed by the peer: {reason}"));
+    });
+    Routes::default()
+        .insert(OPEN_OP.to_owned(), open)
+        .insert(CLOSE_OP.to_owned(), close)
 }
 
 impl Session {

@@ -20,8 +20,8 @@ use super::core::{Failure, InItem, RecvWindow, SendCredit};
 use super::scope::CallScope;
 use super::Shared;
 use crate::error::CallError;
-use crate::wire::frame::{encode_credit, encode_empty};
-use crate::wire::{Kind, SystemCode};
+use crate::wire::frame::{encode_credit, encode_empty, Kind};
+use crate::wire::SystemCode;
 
 impl Shared {
     /// Ends a call this side gave up on: removes it, tells the peer, and fails

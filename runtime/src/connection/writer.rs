@@ -17,10 +17,10 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::transport::WriteHalf;
+use crate::wire::frame::Kind;
 use crate::wire::frame::{
     encode_body, encode_call_open, encode_call_open_head, encode_header, CallOpenHead,
 };
-use crate::wire::Kind;
 
 /// Capacity kept between batches; a batch that grew the buffer beyond this
 /// gives the memory back afterwards.

@@ -145,7 +145,7 @@ impl Default for BeaconConfig {
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
 /// use plexus::discovery::{Announcement, Beacon, Discovery};
-/// use plexus::wire::SessionKey;
+/// use plexus::wire::key::SessionKey;
 ///
 /// let beacon = Beacon::loopback()
 ///     .port(47500)

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{BufMut, Bytes, BytesMut};
 use hmac::Mac;
 
-use crate::wire::SessionKey;
+use crate::wire::key::SessionKey;
 
 use super::announcement::{Announcement, DecodeError, EncodeError, MAX_ANNOUNCEMENT_LEN};
 

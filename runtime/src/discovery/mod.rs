@@ -65,7 +65,7 @@ pub use self::beacon::{Beacon, BeaconConfig, DEFAULT_MULTICAST_GROUP, DEFAULT_PO
 pub use self::etcd::{Etcd, EtcdConfig};
 pub use self::liveness::{Liveness, LivenessConfig, Observation, PeerState};
 pub use self::static_list::Static;
-use crate::wire::SessionKey;
+use crate::wire::key::SessionKey;
 use crate::NodeId;
 
 /// The future a [`Discovery`] method returns.

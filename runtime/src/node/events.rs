@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use tokio::sync::broadcast;
 
-use crate::events::Subscription;
+use crate::connection::events::Subscription;
 use crate::NodeId;
 
 /// Events buffered per subscriber before the oldest are skipped.

@@ -17,7 +17,7 @@ pub(super) struct Inner {
     pub(super) task: Mutex<Option<JoinHandle<()>>>,
     /// The live topology page, when the node serves one.
     #[cfg(feature = "topology")]
-    pub(super) topology: Option<crate::observe::topology::TopologyPage>,
+    pub(super) topology: Option<super::topology::TopologyPage>,
 }
 
 impl Drop for Inner {
@@ -290,7 +290,7 @@ impl Node {
         self.inner.endpoint.shutdown().await;
         lock(&self.inner.shared.links).clear();
         let shared = &self.inner.shared;
-        crate::observe::lifecycle::node_state(&shared.name(), shared.id, "stopped");
+        super::lifecycle::node_state(&shared.name(), shared.id, "stopped");
         #[cfg(feature = "topology")]
         if let Some(page) = &self.inner.topology {
             page.stop();

@@ -50,9 +50,12 @@ mod driver;
 mod events;
 pub(crate) mod handle;
 mod hooks;
+mod lifecycle;
 mod locality;
 mod peers;
 mod relay;
+#[cfg(feature = "topology")]
+mod topology;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -369,7 +372,7 @@ pub struct NodeBuilder {
     health: bool,
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::TlsConfig>,
-    key: Option<crate::wire::SessionKey>,
+    key: Option<crate::wire::key::SessionKey>,
     allow: Option<crate::access::AllowList>,
     call_interceptors: Vec<
         Box<
@@ -383,7 +386,7 @@ pub struct NodeBuilder {
     /// The topology page's address, and the interceptor counting calls
     /// per link for it.
     #[cfg(feature = "topology")]
-    topology: Option<(String, crate::observe::topology::LinkCounter)>,
+    topology: Option<(String, topology::LinkCounter)>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -429,7 +432,7 @@ impl NodeBuilder {
     /// tagged with it and checked for freshness, etcd records are signed with
     /// it. A node without the key can neither be linked nor announce itself
     /// to this group.
-    pub fn session_key(mut self, key: crate::wire::SessionKey) -> Self {
+    pub fn session_key(mut self, key: crate::wire::key::SessionKey) -> Self {
         self.key = Some(key);
         self
     }
@@ -463,7 +466,7 @@ impl NodeBuilder {
             return self;
         }
         // The page counts calls per link with an interceptor on each side.
-        let counter = crate::observe::topology::LinkCounter::default();
+        let counter = topology::LinkCounter::default();
         self.topology = Some((addr.into(), counter.clone()));
         self.intercept(counter.clone()).intercept_calls(counter)
     }
@@ -750,7 +753,7 @@ impl NodeBuilder {
         #[cfg(feature = "topology")]
         let topology = match self.topology {
             Some((addr, counter)) => Some(
-                crate::observe::topology::TopologyPage::serve(
+                topology::TopologyPage::serve(
                     &shared,
                     listening.clone(),
                     &addr,
@@ -870,9 +873,9 @@ impl NodeBuilder {
                 heartbeat_window: self.heartbeat_window,
             },
         );
-        crate::observe::lifecycle::watch_node(&shared);
+        lifecycle::watch_node(&shared);
         let task = tokio::spawn(driver.run(discovered, inputs_rx, stop.clone()));
-        crate::observe::lifecycle::node_state(&shared.name(), id, "started");
+        lifecycle::node_state(&shared.name(), id, "started");
         Ok(Node {
             inner: Arc::new(Inner {
                 shared,

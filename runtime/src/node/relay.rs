@@ -36,7 +36,7 @@ use super::broadcast::Broadcast;
 use super::Shared;
 use crate::codec::{decode_request, Codec, CodecError, MsgPack};
 use crate::connection::Outbound;
-use crate::router::Route;
+use crate::connection::Route;
 use crate::wire::SystemCode;
 use crate::{CallContext, CallError, CallOptions, Connection, NodeId, Reject, Router};
 

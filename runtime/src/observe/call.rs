@@ -6,6 +6,11 @@
 //! handler's future), and it records the outcome exactly once — when the
 //! call ends, or, if it never said how, when the last holder lets go (then
 //! it was cancelled, timed out or refused, which the record works out).
+//!
+//! This is the hook interface below connections: what it needs of a call's
+//! options, of what a call's opening returned and of a served call's context
+//! it asks through [`Options`], [`Opened`] and [`ServedCall`], which the
+//! connection's types implement (`connection/observed.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,9 +26,9 @@ use tracing::field::Empty;
 use super::names;
 use super::trace_context::{TraceContext, TRACEPARENT};
 use super::{metrics_enabled, tracing_enabled, Address};
-use crate::connection::{CallOptions, PeerInfo};
 use crate::descriptor::CallKind;
 use crate::error::{CallError, Reject};
+use crate::peer::PeerInfo;
 use crate::wire::SystemCode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -397,7 +402,7 @@ fn start_client(
     peer: &PeerInfo,
     op: &str,
     kind: CallKind,
-    opts: &mut CallOptions,
+    opts: &mut impl Options,
 ) -> Arc<CallRecord> {
     let span = if tracing_enabled() {
         client_span(op, kind, peer)
@@ -407,20 +412,30 @@ fn start_client(
     let traced = !span.is_disabled();
     let mut record = CallRecord::new(Side::Client, kind, op, span);
     if traced {
-        let existing = opts.metadata.iter().position(|(k, _)| k == TRACEPARENT);
+        let metadata = opts.metadata_mut();
+        let existing = metadata.iter().position(|(k, _)| k == TRACEPARENT);
         let parent = existing
-            .and_then(|i| TraceContext::parse(&opts.metadata[i].1))
+            .and_then(|i| TraceContext::parse(&metadata[i].1))
             .or_else(TraceContext::current);
         let own = parent.map_or_else(TraceContext::new_root, |p| p.child());
         record_trace(&record.span(), &own, parent.as_ref());
         let header = Bytes::from(own.to_string());
         match existing {
-            Some(i) => opts.metadata[i].1 = header,
-            None => opts.metadata.push((TRACEPARENT.to_owned(), header)),
+            Some(i) => metadata[i].1 = header,
+            None => metadata.push((TRACEPARENT.to_owned(), header)),
         }
         record.trace = Some(own);
     }
     Arc::new(record)
+}
+
+/// What an observed call's opening carries its trace context in and hands
+/// its record on with: the call's options.
+pub(crate) trait Options {
+    /// The metadata sent with the call (where `traceparent` goes).
+    fn metadata_mut(&mut self) -> &mut Vec<(String, Bytes)>;
+    /// Keeps `record` for what outlives the opening (a stream's handles).
+    fn keep_record(&mut self, record: Arc<CallRecord>);
 }
 
 /// What a call's opening returned, and what that means for its record.
@@ -443,29 +458,17 @@ impl Opened for () {
     }
 }
 
-impl Opened for crate::connection::Inbound {
-    fn settle(&self, _: &CallRecord) {}
-}
-
-impl Opened for (crate::connection::Outbound, crate::connection::Reply) {
-    fn settle(&self, _: &CallRecord) {}
-}
-
-impl Opened for (crate::connection::Outbound, crate::connection::Inbound) {
-    fn settle(&self, _: &CallRecord) {}
-}
-
 /// Runs `call` — a call this side opens, its interceptors included —
 /// inside its span, with its trace context in the options and its outcome
 /// recorded. `request` is the size of the request sent with the opening
 /// (`None` for a request stream, whose messages count as they are sent).
-pub(crate) async fn client<T: Opened>(
+pub(crate) async fn client<T: Opened, O: Options>(
     peer: &PeerInfo,
     op: &str,
     kind: CallKind,
     request: Option<usize>,
-    mut opts: CallOptions,
-    call: impl AsyncFnOnce(CallOptions) -> Result<T, CallError>,
+    mut opts: O,
+    call: impl AsyncFnOnce(O) -> Result<T, CallError>,
 ) -> Result<T, CallError> {
     if !super::active() {
         return call(opts).await;
@@ -474,7 +477,7 @@ pub(crate) async fn client<T: Opened>(
     if let Some(len) = request {
         record.sent(len);
     }
-    opts.record = Some(record.clone());
+    opts.keep_record(record.clone());
     let span = record.span();
     let outcome = tracing::Instrument::instrument(call(opts), span).await;
     match &outcome {
@@ -484,12 +487,24 @@ pub(crate) async fn client<T: Opened>(
     outcome
 }
 
+/// A call the peer opened, as its record reads it: the handler's context.
+pub(crate) trait ServedCall {
+    /// The operation id.
+    fn served_op(&self) -> &str;
+    /// The name of the session the call runs in, if any.
+    fn session_name(&self) -> Option<&str>;
+    /// The metadata the caller sent, if any (where `traceparent` is).
+    fn sent_metadata(&self) -> Option<&[(String, Bytes)]>;
+    /// When the call's deadline passes, if it has one.
+    fn deadline(&self) -> Option<tokio::time::Instant>;
+}
+
 /// Starts observing a call the peer opened, if anything listens. The record
 /// goes into the handler's context; [`served`] wraps the handler with it.
 #[inline]
 pub(crate) fn serving(
     peer: &PeerInfo,
-    ctx: &crate::router::CallContext,
+    ctx: &impl ServedCall,
     kind: CallKind,
     request: Option<usize>,
 ) -> Option<Arc<CallRecord>> {
@@ -502,32 +517,30 @@ pub(crate) fn serving(
 #[cold]
 fn serving_observed(
     peer: &PeerInfo,
-    ctx: &crate::router::CallContext,
+    ctx: &impl ServedCall,
     kind: CallKind,
     request: Option<usize>,
 ) -> Option<Arc<CallRecord>> {
-    let session = ctx.session.as_ref().map(|s| &*s.state.name);
     let span = if tracing_enabled() {
-        server_span(&ctx.op, kind, peer, session)
+        server_span(ctx.served_op(), kind, peer, ctx.session_name())
     } else {
         tracing::Span::none()
     };
     let traced = !span.is_disabled();
-    let mut record = CallRecord::new(Side::Server, kind, &ctx.op, span);
+    let mut record = CallRecord::new(Side::Server, kind, ctx.served_op(), span);
     if let Some(len) = request {
         record.received(len);
     }
     if traced {
         let parent = ctx
-            .metadata
-            .as_deref()
+            .sent_metadata()
             .and_then(|m| m.iter().find(|(k, _)| k == TRACEPARENT))
             .and_then(|(_, v)| TraceContext::parse(v));
         let own = parent.map_or_else(TraceContext::new_root, |p| p.child());
         record_trace(&record.span(), &own, parent.as_ref());
         record.trace = Some(own);
     }
-    record.deadline = ctx.deadline;
+    record.deadline = ctx.deadline();
     Some(Arc::new(record))
 }
 
@@ -645,17 +658,5 @@ impl<T> Drop for Serving<T> {
         if !self.finished {
             self.record.dropped_unfinished(self.polled);
         }
-    }
-}
-
-/// The call kind of a route, for the serving side's span.
-pub(crate) fn route_kind(route: &crate::router::Route) -> CallKind {
-    use crate::router::Route;
-    match route {
-        Route::Unary(_) => CallKind::Unary,
-        Route::OneWay(_) => CallKind::OneWay,
-        Route::ServerStream(_) => CallKind::ServerStream,
-        Route::ClientStream(_) => CallKind::ClientStream,
-        Route::Bidi(_) => CallKind::Bidi,
     }
 }

@@ -35,14 +35,15 @@ pub use self::raw::{
     RawCloseReason, RawError, RawHandle, RawId, RawServer, RawServerBuilder, RawStats, Written,
 };
 pub use self::route::{Route, DEFAULT_TTL, MAX_HOPS};
+use crate::connection::CallContext;
 use crate::connection::{Backoff, CallOptions, Connection, ConnectionConfig, Inbound, Outbound};
 use crate::endpoint::{Endpoint, Listening, ToUrl};
 use crate::error::{ConnectError, Reject};
-use crate::router::{CallContext, Router};
+use crate::router::Router;
 #[cfg(feature = "tls")]
 use crate::transport::TlsConfig;
 use crate::transport::{TransportError, Url};
-use crate::wire::RefusalCode;
+use crate::wire::handshake::RefusalCode;
 
 /// The operation id of a socket's pipe: the one bidi stream per connection,
 /// opened by the dialing socket, whose data frames are the messages in both

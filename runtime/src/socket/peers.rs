@@ -12,9 +12,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
+use crate::connection::events::Subscription;
 use crate::connection::{Connection, Outbound, TrySendError};
 use crate::error::CallError;
-use crate::events::Subscription;
 
 /// One peer of a socket: a connection and its pipe stream. Numbered by the
 /// socket in the order peers join, from 1; never reused within a socket.

@@ -37,9 +37,9 @@ const PROOF_KIND: u8 = 2;
 /// under it.
 ///
 /// ```
-/// let key = plexus::wire::SessionKey::new(b"lab-3 secret");
+/// let key = plexus::wire::key::SessionKey::new(b"lab-3 secret");
 /// assert_eq!(key.len(), 12);
-/// assert_ne!(key.id(), plexus::wire::SessionKey::new(b"another").id());
+/// assert_ne!(key.id(), plexus::wire::key::SessionKey::new(b"another").id());
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct SessionKey(Bytes);
@@ -64,7 +64,7 @@ impl SessionKey {
     /// whitespace ignored.
     ///
     /// ```
-    /// use plexus::wire::SessionKey;
+    /// use plexus::wire::key::SessionKey;
     /// let key = SessionKey::generate();
     /// assert_eq!(SessionKey::from_hex(&key.to_hex()), Ok(key));
     /// assert!(SessionKey::from_hex("c0ffee").is_err()); // too short to be secret

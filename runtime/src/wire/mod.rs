@@ -4,16 +4,22 @@
 //! task or a clock, which is what makes it fuzzable and property-testable.
 //! The byte layout is specified in `docs/PROTOCOL.md`; this module is the
 //! reference implementation of that document.
+//!
+//! Each item has one path, in the submodule that owns it: [`frame`] (the
+//! frames, their encoders and [`decode`](frame::decode)), [`handshake`] (the
+//! hello, welcome and refusal messages), [`key`] (session keys and their
+//! proofs), [`driver`] (the handshake's state machines) and [`varint`]; what
+//! all of them share (the errors, the system codes, the default frame limit)
+//! is here.
 
 pub mod driver;
 pub mod frame;
 pub mod handshake;
 pub mod key;
+pub(crate) mod node_id;
 pub mod varint;
 
-pub use self::frame::{decode, CallOpen, Frame, Kind, OpRef, HEADER_LEN};
-pub use self::handshake::{Answer, Extension, Hello, Refusal, RefusalCode, Welcome};
-pub use self::key::{KeyFormatError, SessionKey};
+use self::frame::Kind;
 
 /// Default largest frame payload a side accepts (announced in the handshake).
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;

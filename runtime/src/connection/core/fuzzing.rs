@@ -22,7 +22,8 @@ use super::{
     Keepalive, RecvWindow, SendCredit, ServedCalls, Side,
 };
 use crate::descriptor::CallKind;
-use crate::wire::{CallOpen, Frame, OpRef, SystemCode};
+use crate::wire::frame::{CallOpen, Frame, OpRef};
+use crate::wire::SystemCode;
 
 /// The operations this side serves, by name; the last has no handler.
 const OPERATIONS: [(&str, Option<CallKind>); 6] = [

@@ -55,7 +55,8 @@ pub(crate) use self::table::{CallTable, Entry, Failure, InItem, InboundTx};
 use super::CloseReason;
 use crate::descriptor::CallKind;
 use crate::error::Reject;
-use crate::wire::{CallOpen, Frame, SystemCode};
+use crate::wire::frame::{CallOpen, Frame};
+use crate::wire::SystemCode;
 
 /// Most sessions a peer may have open on one connection (§12); a further
 /// open is refused with `ResourceExhausted`.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
-use crate::wire::OpRef;
+use crate::wire::frame::OpRef;
 
 const WINDOW: u32 = 1000;
 const MAX_FRAME: u32 = 100;

@@ -1,12 +1,17 @@
 //! Connection and session events, observable as a stream — so an
 //! application learns that a peer went away, and why, without polling.
+//! Public as `plexus::events`; defined here, beside the connections and
+//! sessions they describe, because connections send them.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::sync::broadcast;
 
-use crate::connection::{CloseReason, PeerInfo, Session};
+use super::{CloseReason, PeerInfo, Session};
+use crate::observe::lifecycle::{connection_tracing, describe_metrics};
+use crate::observe::{metrics_enabled, names, Address};
+use crate::wire::handshake::RefusalCode;
 
 /// Something that happened on an endpoint's connections.
 #[derive(Clone, Debug)]
@@ -34,7 +39,7 @@ pub enum Event {
         /// The dialer's address as the transport sees it.
         remote: String,
         /// The refusal sent, if one was.
-        code: Option<crate::wire::RefusalCode>,
+        code: Option<crate::wire::handshake::RefusalCode>,
         /// What happened, in words.
         reason: String,
     },
@@ -69,7 +74,7 @@ impl EventHub {
 
     /// Sends to current subscribers, if there are any.
     pub(crate) fn send(&self, event: Event) {
-        crate::observe::lifecycle::endpoint_event(&event);
+        endpoint_event(&event);
         if let Some(tx) = self.0.get() {
             let _ = tx.send(event);
         }
@@ -171,6 +176,145 @@ impl<T: Clone + Send + 'static> Subscription<T> {
                 Poll::Ready(item)
             }
             Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+fn close_reason(reason: &CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Local => "local",
+        CloseReason::Remote => "remote",
+        CloseReason::PeerGone => "peer_gone",
+        CloseReason::KeepaliveTimeout(_) => "keepalive_timeout",
+        CloseReason::Protocol(_) => "protocol",
+        CloseReason::Io(_) => "io",
+        CloseReason::Aborted => "aborted",
+        CloseReason::PeerNotReading { .. } => "peer_not_reading",
+        CloseReason::CutOff(_) => "cut_off",
+        CloseReason::Revoked(_) => "revoked",
+    }
+}
+
+fn refusal(code: Option<RefusalCode>) -> &'static str {
+    match code {
+        None => "broken_off",
+        Some(RefusalCode::VersionMismatch) => "version_mismatch",
+        Some(RefusalCode::SelfConnect) => "self_connect",
+        Some(RefusalCode::Rejected) => "rejected",
+        Some(RefusalCode::TooManyConnections) => "too_many_connections",
+        Some(RefusalCode::Malformed) => "malformed",
+        Some(RefusalCode::ShuttingDown) => "shutting_down",
+        Some(RefusalCode::KeyRequired) => "key_required",
+        Some(RefusalCode::KeyMismatch) => "key_mismatch",
+        Some(RefusalCode::NotAllowed) => "not_allowed",
+        Some(RefusalCode::Other) => "other",
+    }
+}
+
+/// Records an endpoint event as it is sent.
+pub(crate) fn endpoint_event(event: &Event) {
+    let traced = connection_tracing();
+    let counted = metrics_enabled();
+    if !traced && !counted {
+        return;
+    }
+    if counted {
+        describe_metrics();
+    }
+    match event {
+        Event::Connected { peer } => {
+            let address = Address::parse(peer.remote());
+            if traced {
+                tracing::event!(
+                    target: "plexus::connection",
+                    tracing::Level::INFO,
+                    {
+                        rpc.plexus.peer = %peer.node_id(),
+                        network.peer.address = peer.remote(),
+                        network.transport = address.transport
+                    },
+                    "connection established"
+                );
+            }
+            if counted {
+                metrics::gauge!(names::CONNECTIONS_OPEN, "network.transport" => address.transport)
+                    .increment(1.0);
+            }
+        }
+        Event::Disconnected { peer, reason } => {
+            let address = Address::parse(peer.remote());
+            let why = close_reason(reason);
+            if traced {
+                tracing::event!(
+                    target: "plexus::connection",
+                    tracing::Level::INFO,
+                    {
+                        rpc.plexus.peer = %peer.node_id(),
+                        network.peer.address = peer.remote(),
+                        network.transport = address.transport,
+                        plexus.reason = why
+                    },
+                    "connection closed: {reason}"
+                );
+            }
+            if counted {
+                metrics::gauge!(names::CONNECTIONS_OPEN, "network.transport" => address.transport)
+                    .decrement(1.0);
+                metrics::counter!(names::CONNECTIONS_CLOSED, "plexus.reason" => why).increment(1);
+            }
+        }
+        Event::HandshakeFailed {
+            remote,
+            code,
+            reason,
+        } => {
+            let why = refusal(*code);
+            if traced {
+                tracing::event!(
+                    target: "plexus::connection",
+                    tracing::Level::INFO,
+                    {
+                        network.peer.address = remote.as_str(),
+                        plexus.reason = why
+                    },
+                    "handshake failed: {reason}"
+                );
+            }
+            if counted {
+                metrics::counter!(names::HANDSHAKES_REFUSED, "plexus.reason" => why).increment(1);
+            }
+        }
+        Event::SessionOpened { session } => {
+            if traced {
+                tracing::event!(
+                    target: "plexus::connection",
+                    tracing::Level::INFO,
+                    {
+                        rpc.plexus.peer = %session.connection().peer().node_id(),
+                        rpc.plexus.session = session.name()
+                    },
+                    "session opened"
+                );
+            }
+            if counted {
+                metrics::counter!(names::SESSIONS_OPENED).increment(1);
+            }
+        }
+        Event::SessionClosed { name, peer, reason } => {
+            if traced {
+                tracing::event!(
+                    target: "plexus::connection",
+                    tracing::Level::INFO,
+                    {
+                        rpc.plexus.peer = %peer.node_id(),
+                        rpc.plexus.session = &**name
+                    },
+                    "session closed: {reason}"
+                );
+            }
+            if counted {
+                metrics::counter!(names::SESSIONS_CLOSED).increment(1);
+            }
         }
     }
 }
