@@ -698,7 +698,12 @@ impl Connection {
             w.written_out.cancel();
         });
         let r = shared.clone();
-        tokio::spawn(reader::run(r, rd, est.leftover));
+        let written_out = shared.written_out.clone();
+        tokio::spawn(async move {
+            let mut rd = rd;
+            reader::run(r, &mut rd, est.leftover).await;
+            reader::linger(written_out, &mut rd).await;
+        });
         let k = shared.clone();
         tokio::spawn(keepalive(k));
         Connection::direct(shared)
