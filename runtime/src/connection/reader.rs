@@ -119,10 +119,13 @@ pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMu
 
 /// How long the read half stays open, at most, once the writer is done.
 const LINGER: Duration = Duration::from_secs(1);
+/// How much it discards meanwhile, at most: a peer that sends more after
+/// the end is flooding, not finishing a write, and is reset.
+const LINGER_BYTES: usize = 1024 * 1024;
 
 /// After the connection ended: keeps reading, and discarding, until the
-/// peer closes its side, or [`LINGER`] after the writer is done
-/// (`written_out`). A socket
+/// peer closes its side, [`LINGER`] after the writer is done
+/// (`written_out`), or [`LINGER_BYTES`] have been discarded. A socket
 /// closed with unread input resets the connection, and the reset destroys
 /// what is still queued for the peer — the goaway saying why it was closed
 /// — before the peer reads it; a peer that closes after reading is never
@@ -134,12 +137,13 @@ pub(crate) async fn linger(written_out: CancellationToken, rd: &mut ReadHalf) {
     };
     tokio::pin!(done);
     let mut sink = [0u8; 4096];
-    loop {
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
         tokio::select! {
             () = &mut done => return,
             read = rd.read(&mut sink) => match read {
                 Ok(0) | Err(_) => return,
-                Ok(_) => {}
+                Ok(n) => discarded += n,
             },
         }
     }
