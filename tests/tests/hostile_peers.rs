@@ -379,6 +379,44 @@ async fn interned_operation_names_are_capped_in_count_and_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cut_off_while_it_is_still_busy_writing_reads_why() {
+    // The peer floods names past the cap, and more after them, then is busy
+    // for a moment before it reads: the server has stopped reading, so its
+    // socket holds unread input when the connection ends. Closing it then
+    // would reset the connection and destroy the goaway (and the answers)
+    // still queued for the peer; the server lingers, reading and discarding,
+    // until the peer has read them and hung up.
+    let _serial = SERIAL.lock().await;
+    let server = server(ConnectionConfig::new(), echo()).await;
+    for _ in 0..3 {
+        let mut peer = RawPeer::connect(&addr(&server)).await;
+        let frames: Vec<Frame> = (0..400)
+            .map(|i| {
+                let name = format!("{i:01000}");
+                raw::call(2 * i as u32 + 1, i as u32, Some(&name), Bytes::new())
+            })
+            .collect();
+        let _ = peer.send(&frames).await;
+        // Busy elsewhere (well within the server's linger of a second).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let got = peer.frames(usize::MAX).await;
+        let goaway = got.iter().find_map(|f| match f {
+            Frame::GoAway { code, reason, .. } if *code == SystemCode::Protocol as u32 => {
+                Some(reason.clone())
+            }
+            _ => None,
+        });
+        let reason =
+            goaway.unwrap_or_else(|| panic!("no protocol goaway among {} frames", got.len()));
+        assert!(
+            reason.contains("operation names on one connection exceed"),
+            "{reason}"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_listener_refuses_connections_beyond_its_limit() {
     let _serial = SERIAL.lock().await;
     let server = server(ConnectionConfig::new(), echo()).await;

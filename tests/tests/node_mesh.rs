@@ -713,7 +713,19 @@ async fn stop_lets_calls_in_flight_finish() {
     assert!(reached.is_ok(), "never linked");
     let client = peers.get(slow.id()).expect("member");
     let call = tokio::spawn(async move { client.nap(300).await });
-    tokio::time::sleep(50 * MS).await;
+    // The stop must find the call in flight: wait until the slow node serves it.
+    timeout(bound, async {
+        while !slow
+            .endpoint()
+            .connections()
+            .iter()
+            .any(|c| c.stats().calls_served > 0)
+        {
+            tokio::time::sleep(2 * MS).await;
+        }
+    })
+    .await
+    .expect("the call reaches the slow node");
     let mut events = caller.events();
     timeout(bound, slow.stop())
         .await

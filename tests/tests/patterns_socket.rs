@@ -18,7 +18,9 @@ use plexus_tests::{bounded, eventually, until, TestPki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-/// How long a step that must *not* finish is watched before moving on.
+/// How long a step that must *not* finish is watched before moving on. The
+/// tests over `inproc://` run on tokio's paused clock: this time passes only
+/// once every task is idle, so whatever could have happened has.
 const QUIET: Duration = Duration::from_millis(300);
 
 fn inproc(tag: &str) -> String {
@@ -160,7 +162,7 @@ async fn dials_at_the_same_time_never_exceed_the_limit() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_socket_does_not_dial_beyond_its_own_limit() {
     let a = Socket::new();
     let url_a = a.listen(inproc("limit-a")).await.expect("listen");
@@ -299,7 +301,7 @@ async fn hub_with_clients(url: &str, n: usize) -> (Socket, Vec<Socket>, Arc<Vec<
     (hub, clients, counts)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn send_all_reaches_every_peer_once() {
     let (hub, _clients, counts) = hub_with_clients(&inproc("all"), 5).await;
     let reached = bounded("send_all", hub.send_all("news"))
@@ -347,7 +349,7 @@ async fn send_to_one_takes_four_peers_in_turn() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn discard_mode_throws_away_and_counts() {
     let sink = Socket::builder().recv_mode(RecvMode::Discard).build();
     let url = sink.listen(inproc("discard")).await.expect("listen");
@@ -448,7 +450,7 @@ async fn a_leaving_peer_is_removed_after_its_messages_arrive() {
     assert_eq!(bounded("events end", events.recv()).await, None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn sending_without_peers_waits_or_fails_by_mode() {
     let best_effort = Socket::builder().send_mode(SendMode::BestEffort).build();
     let err = best_effort.send("x").await.expect_err("no peers");
@@ -473,7 +475,7 @@ async fn sending_without_peers_waits_or_fails_by_mode() {
     assert_eq!(&recv(&late, "first").await.content[..], b"first");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn closing_ends_waiting_receives_and_sends() {
     let socket = Socket::new();
     socket.listen(inproc("close")).await.expect("listen");
@@ -838,7 +840,7 @@ async fn raw_stop_closes_connections_and_a_panicking_callback_closes_only_its_ow
     assert!(closed.iter().any(|(_, r)| *r == RawCloseReason::Stopped));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn raw_write_backlog_is_bounded_and_writable_waits_for_the_reader() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let server = RawServer::bind(inproc("backlog"))
@@ -919,7 +921,7 @@ async fn replace_listener(old: Socket, url: &str, client: &Socket) -> Socket {
     new
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_redialing_socket_comes_back_when_its_peer_returns() {
     // The listener goes away and a new one takes its address: a socket
     // built with `redial` dials again by itself, as a new peer.
@@ -950,7 +952,7 @@ async fn a_redialing_socket_comes_back_when_its_peer_returns() {
     second.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_socket_without_redial_stays_without_the_peer() {
     let (first, url) = listening("no-redial").await;
     let client = Socket::new();

@@ -1,6 +1,9 @@
 //! Reconnecting connections: a client outlives its server's restart; calls
 //! made while disconnected wait up to their deadline; only idempotent calls
 //! are retried.
+//!
+//! Redialing, backoff and deadlines are protocol logic: the tests run over
+//! `inproc://` on tokio's paused clock, so every wait is exact and free.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,21 +37,17 @@ fn counting(hits: Arc<AtomicUsize>, hang: bool) -> Router {
         })
 }
 
+/// A fresh `inproc://` name for one test's server.
+fn name(test: &str) -> String {
+    format!("inproc://reconnect-{test}-{}", std::process::id())
+}
+
 async fn start_on(url: &str, hits: Arc<AtomicUsize>, hang: bool) -> Server {
-    // The old listener's port may take a moment to free up.
-    bounded("bind", async {
-        loop {
-            match Server::bind(url)
-                .serve(counting(hits.clone(), hang))
-                .start()
-                .await
-            {
-                Ok(s) => break s,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    })
-    .await
+    Server::bind(url)
+        .serve(counting(hits, hang))
+        .start()
+        .await
+        .expect("the name is free once the old server is shut down")
 }
 
 fn backoff() -> Backoff {
@@ -57,10 +56,10 @@ fn backoff() -> Backoff {
         .max(Duration::from_millis(100))
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn client_survives_its_server_restarting_on_the_same_address() {
     let hits = Arc::new(AtomicUsize::new(0));
-    let first = start_on("tcp://127.0.0.1:0", hits.clone(), false).await;
+    let first = start_on(&name("restart"), hits.clone(), false).await;
     let url = first.local_url().to_string();
     let client = Endpoint::builder().build();
     let conn = client.reconnecting(url.as_str(), backoff()).expect("url");
@@ -77,7 +76,9 @@ async fn client_survives_its_server_restarting_on_the_same_address() {
     let c2 = conn.clone();
     let o2 = opts.clone();
     let waiting = tokio::spawn(async move { c2.call("test.Kv/put", Bytes::from("b"), o2).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Several redials fail meanwhile (paused time: exactly the backoff's).
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "the call waits for a link");
     let second = start_on(&url, hits.clone(), false).await;
     let r = bounded("call across the restart", waiting)
         .await
@@ -92,13 +93,15 @@ async fn client_survives_its_server_restarting_on_the_same_address() {
     second.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn calls_while_disconnected_wait_only_up_to_their_deadline() {
     let client = Endpoint::builder().build();
     // Nothing listens here.
+    let nowhere = name("nowhere");
     let conn = client
-        .reconnecting("tcp://127.0.0.1:9", backoff())
+        .reconnecting(nowhere.as_str(), backoff())
         .expect("url");
+    let started = tokio::time::Instant::now();
     let err = bounded(
         "call",
         conn.call(
@@ -109,9 +112,14 @@ async fn calls_while_disconnected_wait_only_up_to_their_deadline() {
     )
     .await;
     assert!(matches!(err, Err(CallError::Timeout { .. })), "{err:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited <= Duration::from_millis(201),
+        "at its deadline, not {waited:?}"
+    );
     // A bounded number of attempts ends in ConnectionLost, not a hang.
     let giving_up = client
-        .reconnecting("tcp://127.0.0.1:9", backoff().max_attempts(3))
+        .reconnecting(nowhere.as_str(), backoff().max_attempts(3))
         .expect("url");
     let err = bounded(
         "call",
@@ -128,10 +136,10 @@ async fn calls_while_disconnected_wait_only_up_to_their_deadline() {
         .contains("gave up after 3 attempts"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_non_idempotent_call_is_never_retried_but_an_idempotent_one_is() {
     let hits = Arc::new(AtomicUsize::new(0));
-    let hanging = start_on("tcp://127.0.0.1:0", hits.clone(), true).await;
+    let hanging = start_on(&name("idempotent"), hits.clone(), true).await;
     let url = hanging.local_url().to_string();
     let client = Endpoint::builder().build();
     let conn = client.reconnecting(url.as_str(), backoff()).expect("url");

@@ -29,7 +29,7 @@ mod writer;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -316,16 +316,16 @@ pub(crate) struct Shared {
     /// Cancelled once the writer task is done: what was queued is written
     /// (or abandoned after the flush grace) and the stream is closed.
     written_out: CancellationToken,
-    epoch: Instant,
+    /// What the last-heard time and deadlines count from: tokio's clock, so
+    /// paused test time drives keepalive and deadlines alike.
+    epoch: tokio::time::Instant,
     last_heard_ms: AtomicU64,
     pub(crate) frames_received: AtomicU64,
-    /// The deadline (µs since `deadline_epoch`) the sweeper is armed for: the
+    /// The deadline (µs since `epoch`) the sweeper is armed for: the
     /// earliest of the unary calls this side has outstanding, or `u64::MAX`.
     earliest_deadline: AtomicU64,
     /// Wakes the sweeper when a call arms an earlier deadline.
     deadline_armed: tokio::sync::Notify,
-    /// What deadlines count from: tokio's clock, so paused test time holds.
-    deadline_epoch: tokio::time::Instant,
     /// Calls of the peer's being served right now, of every kind (a unary
     /// call answered on the spot has no table entry, so a graceful close
     /// waits for this count as well as for the table).
@@ -380,7 +380,7 @@ impl Shared {
 
     /// Makes sure the sweeper wakes by `deadline` (from [`deadline_in`](Self::deadline_in)).
     pub(crate) fn arm_deadline(&self, deadline: std::time::Instant) {
-        let since = deadline.saturating_duration_since(self.deadline_epoch.into_std());
+        let since = deadline.saturating_duration_since(self.epoch.into_std());
         let at = u64::try_from(since.as_micros()).unwrap_or(u64::MAX - 1);
         if at < self.earliest_deadline.fetch_min(at, Ordering::AcqRel) {
             self.deadline_armed.notify_one();
@@ -582,12 +582,11 @@ impl Connection {
             reason: OnceLock::new(),
             closed: CancellationToken::new(),
             written_out: CancellationToken::new(),
-            epoch: Instant::now(),
+            epoch: tokio::time::Instant::now(),
             last_heard_ms: AtomicU64::new(0),
             frames_received: AtomicU64::new(0),
             earliest_deadline: AtomicU64::new(u64::MAX),
             deadline_armed: tokio::sync::Notify::new(),
-            deadline_epoch: tokio::time::Instant::now(),
             served,
             budget,
             slots: Arc::new(CallSlots::new(est.peer_max_calls)),
@@ -620,7 +619,12 @@ impl Connection {
             w.written_out.cancel();
         });
         let r = shared.clone();
-        tokio::spawn(reader::run(r, rd, est.leftover));
+        let written_out = shared.written_out.clone();
+        tokio::spawn(async move {
+            let mut rd = rd;
+            reader::run(r, &mut rd, est.leftover).await;
+            reader::linger(written_out, &mut rd).await;
+        });
         let k = shared.clone();
         tokio::spawn(keepalive(k));
         Connection::direct(shared)
@@ -891,17 +895,19 @@ impl Shared {
                 .out
                 .push(|o| wire::frame::encode_goaway(&mut o.buf, last, 0, "closing"));
         }
-        let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
+        // Waits for the last call to end (woken when it does), the drain
+        // timeout, or the connection ending, whichever comes first.
+        let deadline = tokio::time::sleep(self.config.drain_timeout);
+        tokio::pin!(deadline);
         loop {
-            let idle = self.core().idle();
-            if idle || self.closed.is_cancelled() {
+            let quiet = self.served.quiet();
+            if self.core().idle() || self.closed.is_cancelled() {
                 break;
             }
-            if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))
-                .await
-                .is_err()
-            {
-                break;
+            tokio::select! {
+                () = quiet => {}
+                () = &mut deadline => break,
+                () = self.closed.cancelled() => break,
             }
         }
         self.shut(CloseReason::Local);
@@ -932,8 +938,7 @@ async fn keepalive(s: Arc<Shared>) {
         // timer per connection, armed for the earliest, instead of one
         // registered and dropped per call.
         let earliest = s.earliest_deadline.load(Ordering::Acquire);
-        let sweep_at =
-            (earliest != u64::MAX).then(|| s.deadline_epoch + Duration::from_micros(earliest));
+        let sweep_at = (earliest != u64::MAX).then(|| s.epoch + Duration::from_micros(earliest));
         tokio::select! {
             _ = s.closed.cancelled() => return,
             () = s.deadline_armed.notified() => continue,

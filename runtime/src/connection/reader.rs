@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::core::{Action, Hold, StallWatch};
 use super::{CloseReason, Shared};
@@ -27,7 +28,7 @@ const READ_RESERVE_MIN: usize = 2 * 1024;
 /// few 64 KiB messages per read instead of a message in two reads.
 const READ_RESERVE_MAX: usize = 512 * 1024;
 
-pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut) {
+pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMut) {
     let max = shared.config.max_frame;
     let mut reserve = READ_RESERVE_MIN;
     shared.note_heard();
@@ -112,6 +113,38 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rd: ReadHalf, mut buf: BytesMut
                 shared.shut(CloseReason::Io(e.to_string()));
                 return;
             }
+        }
+    }
+}
+
+/// How long the read half stays open, at most, once the writer is done.
+const LINGER: Duration = Duration::from_secs(1);
+/// How much it discards meanwhile, at most: a peer that sends more after
+/// the end is flooding, not finishing a write, and is reset.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// After the connection ended: keeps reading, and discarding, until the
+/// peer closes its side, [`LINGER`] after the writer is done
+/// (`written_out`), or [`LINGER_BYTES`] have been discarded. A socket
+/// closed with unread input resets the connection, and the reset destroys
+/// what is still queued for the peer — the goaway saying why it was closed
+/// — before the peer reads it; a peer that closes after reading is never
+/// reset.
+pub(crate) async fn linger(written_out: CancellationToken, rd: &mut ReadHalf) {
+    let done = async {
+        written_out.cancelled().await;
+        tokio::time::sleep(LINGER).await;
+    };
+    tokio::pin!(done);
+    let mut sink = [0u8; 4096];
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        tokio::select! {
+            () = &mut done => return,
+            read = rd.read(&mut sink) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            },
         }
     }
 }

@@ -105,6 +105,12 @@ pub(crate) struct ServedCalls {
     now: AtomicU32,
     /// Woken when a call ends: the reader may wait for room.
     budget: Arc<Budget>,
+    /// Set once this side closes gracefully; only then does the last call
+    /// ending (served here, or in the call table) wake `quiet`, so open
+    /// connections pay nothing for it.
+    closing: AtomicBool,
+    /// Wakes a graceful close waiting for the last call to end.
+    quiet: Notify,
 }
 
 impl ServedCalls {
@@ -113,6 +119,8 @@ impl ServedCalls {
             max: max.max(1),
             now: AtomicU32::new(0),
             budget,
+            closing: AtomicBool::new(false),
+            quiet: Notify::new(),
         }
     }
 
@@ -123,7 +131,9 @@ impl ServedCalls {
 
     /// Calls served right now.
     pub(crate) fn count(&self) -> u32 {
-        self.now.load(Ordering::Acquire)
+        // SeqCst with `end` and `closing`: a graceful close that reads a
+        // call still served is sure that call's end sees it closing.
+        self.now.load(Ordering::SeqCst)
     }
 
     /// Whether as many calls as allowed are being served.
@@ -148,8 +158,31 @@ impl ServedCalls {
 
     /// A served call ended: one more may be admitted.
     pub(crate) fn end(&self) {
-        self.now.fetch_sub(1, Ordering::AcqRel);
+        let was = self.now.fetch_sub(1, Ordering::SeqCst);
         self.budget.wake();
+        if was == 1 {
+            self.wake_quiet();
+        }
+    }
+
+    /// This side closes gracefully: from now on the last call ending wakes
+    /// [`quiet`](Self::quiet).
+    pub(crate) fn set_closing(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Wakes a graceful close if one waits: a call ended and none may be
+    /// left (the close checks).
+    pub(crate) fn wake_quiet(&self) {
+        if self.closing.load(Ordering::SeqCst) {
+            self.quiet.notify_waiters();
+        }
+    }
+
+    /// Resolves at the next [`wake_quiet`](Self::wake_quiet) after it was
+    /// created: create it, then check whether calls are left, then await it.
+    pub(crate) fn quiet(&self) -> tokio::sync::futures::Notified<'_> {
+        self.quiet.notified()
     }
 }
 

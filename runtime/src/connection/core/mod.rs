@@ -350,7 +350,7 @@ impl<R: Operation, S: Clone> Core<R, S> {
     /// A call ends by a frame: whoever removes its entry delivers the
     /// outcome; an id no longer open (the call ended here first) is ignored.
     fn finish(&mut self, id: u32, outcome: Result<Bytes, Failure>) -> Action<R, S> {
-        match self.calls.remove(&id) {
+        match self.remove_call(id) {
             Some(entry) => Action::Finish(entry, outcome),
             None => Action::Nothing,
         }
@@ -545,7 +545,7 @@ impl<R: Operation, S: Clone> Core<R, S> {
     /// ended) — then nothing is sent.
     pub(crate) fn finish_served(&mut self, call: Attached) -> Option<Entry> {
         match self.calls.get(&call.id) {
-            Some(entry) if entry.serial == call.serial => self.calls.remove(&call.id),
+            Some(entry) if entry.serial == call.serial => self.remove_call(call.id),
             _ => None,
         }
     }
@@ -565,7 +565,17 @@ impl<R: Operation, S: Clone> Core<R, S> {
     /// handle, deadline or session ended it). `None` if it had already
     /// ended: whoever removed it delivered its outcome.
     pub(crate) fn take(&mut self, id: u32) -> Option<Entry> {
-        self.calls.remove(&id)
+        self.remove_call(id)
+    }
+
+    /// Every way a call leaves the table while the connection lives: the
+    /// last one out wakes a graceful close waiting for quiet.
+    fn remove_call(&mut self, id: u32) -> Option<Entry> {
+        let entry = self.calls.remove(&id);
+        if entry.is_some() && self.calls.is_empty() {
+            self.served.wake_quiet();
+        }
+        entry
     }
 
     /// The calls this side opened whose deadline is at or before `now`
@@ -587,7 +597,7 @@ impl<R: Operation, S: Clone> Core<R, S> {
             }
         }
         for id in due {
-            if let Some(entry) = self.calls.remove(&id) {
+            if let Some(entry) = self.remove_call(id) {
                 expired.push((id, entry));
             }
         }
@@ -597,6 +607,7 @@ impl<R: Operation, S: Clone> Core<R, S> {
     /// This side closes gracefully (§11.1): `Some(last_id)` for the goaway
     /// if this switched it to draining, `None` if it was already.
     pub(crate) fn drain(&mut self) -> Option<u32> {
+        self.served.set_closing();
         self.life.drain()
     }
 
