@@ -147,6 +147,10 @@ impl Carriers {
                         (Self::CARRIER.encode)(value)
                     }
 
+                    fn encode_into(value: &#ty, buf: &mut ::plexus::codegen::bytes::BytesMut) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+                        (Self::CARRIER.encode_into)(value, buf)
+                    }
+
                     fn decode(bytes: ::plexus::Bytes) -> ::core::result::Result<#ty, ::plexus::codec::CodecError> {
                         (Self::CARRIER.decode)(bytes)
                     }

@@ -873,6 +873,12 @@ impl ::plexus::codec::Codec<Message> for __ChatCodec<0usize> {
     ) -> ::core::result::Result<::plexus::Bytes, ::plexus::codec::CodecError> {
         (Self::CARRIER.encode)(value)
     }
+    fn encode_into(
+        value: &Message,
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_into)(value, buf)
+    }
     fn decode(
         bytes: ::plexus::Bytes,
     ) -> ::core::result::Result<Message, ::plexus::codec::CodecError> {
@@ -890,6 +896,12 @@ impl ::plexus::codec::Codec<Receipt> for __ChatCodec<1usize> {
         value: &Receipt,
     ) -> ::core::result::Result<::plexus::Bytes, ::plexus::codec::CodecError> {
         (Self::CARRIER.encode)(value)
+    }
+    fn encode_into(
+        value: &Receipt,
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_into)(value, buf)
     }
     fn decode(
         bytes: ::plexus::Bytes,
@@ -909,6 +921,12 @@ impl ::plexus::codec::Codec<String> for __ChatCodec<2usize> {
     ) -> ::core::result::Result<::plexus::Bytes, ::plexus::codec::CodecError> {
         (Self::CARRIER.encode)(value)
     }
+    fn encode_into(
+        value: &String,
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_into)(value, buf)
+    }
     fn decode(
         bytes: ::plexus::Bytes,
     ) -> ::core::result::Result<String, ::plexus::codec::CodecError> {
@@ -926,6 +944,12 @@ impl ::plexus::codec::Codec<()> for __ChatCodec<3usize> {
         value: &(),
     ) -> ::core::result::Result<::plexus::Bytes, ::plexus::codec::CodecError> {
         (Self::CARRIER.encode)(value)
+    }
+    fn encode_into(
+        value: &(),
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_into)(value, buf)
     }
     fn decode(
         bytes: ::plexus::Bytes,
@@ -945,6 +969,12 @@ impl ::plexus::codec::Codec<u64> for __ChatCodec<4usize> {
     ) -> ::core::result::Result<::plexus::Bytes, ::plexus::codec::CodecError> {
         (Self::CARRIER.encode)(value)
     }
+    fn encode_into(
+        value: &u64,
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_into)(value, buf)
+    }
     fn decode(
         bytes: ::plexus::Bytes,
     ) -> ::core::result::Result<u64, ::plexus::codec::CodecError> {
@@ -962,6 +992,12 @@ impl ::plexus::codec::Codec<u32> for __ChatCodec<5usize> {
         value: &u32,
     ) -> ::core::result::Result<::plexus::Bytes, ::plexus::codec::CodecError> {
         (Self::CARRIER.encode)(value)
+    }
+    fn encode_into(
+        value: &u32,
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_into)(value, buf)
     }
     fn decode(
         bytes: ::plexus::Bytes,
@@ -981,6 +1017,12 @@ impl ::plexus::codec::Codec<(i64, i64)> for __ChatCodec<6usize> {
     ) -> ::core::result::Result<::plexus::Bytes, ::plexus::codec::CodecError> {
         (Self::CARRIER.encode)(value)
     }
+    fn encode_into(
+        value: &(i64, i64),
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_into)(value, buf)
+    }
     fn decode(
         bytes: ::plexus::Bytes,
     ) -> ::core::result::Result<(i64, i64), ::plexus::codec::CodecError> {
@@ -998,6 +1040,12 @@ impl ::plexus::codec::Codec<i64> for __ChatCodec<7usize> {
         value: &i64,
     ) -> ::core::result::Result<::plexus::Bytes, ::plexus::codec::CodecError> {
         (Self::CARRIER.encode)(value)
+    }
+    fn encode_into(
+        value: &i64,
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_into)(value, buf)
     }
     fn decode(
         bytes: ::plexus::Bytes,

@@ -22,7 +22,9 @@
 //! assert_eq!(back, (7, "seven".to_owned()));
 //! ```
 
-use bytes::Bytes;
+use std::cell::RefCell;
+
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{CallError, Reject};
 
@@ -41,6 +43,14 @@ pub trait Format: Send + Sync + 'static {
 pub trait Codec<T>: Format {
     /// Encodes `value`.
     fn encode(value: &T) -> Result<Bytes, CodecError>;
+    /// Appends the encoding of `value` to `buf`; on failure `buf` may hold
+    /// part of it (callers truncate). The default goes through
+    /// [`encode`](Self::encode); codecs that can write into a buffer
+    /// override it, which saves the allocation of a message of its own.
+    fn encode_into(value: &T, buf: &mut BytesMut) -> Result<(), CodecError> {
+        buf.extend_from_slice(&Self::encode(value)?);
+        Ok(())
+    }
     /// Decodes a value; never panics, whatever the bytes.
     fn decode(bytes: Bytes) -> Result<T, CodecError>;
 }
@@ -112,6 +122,11 @@ where
             .map_err(|e| CodecError::encode(Self::NAME, e))
     }
 
+    fn encode_into(value: &T, buf: &mut BytesMut) -> Result<(), CodecError> {
+        rmp_serde::encode::write_named(&mut buf.writer(), value)
+            .map_err(|e| CodecError::encode(Self::NAME, e))
+    }
+
     fn decode(bytes: Bytes) -> Result<T, CodecError> {
         rmp_serde::from_slice(&bytes).map_err(|e| CodecError::decode(Self::NAME, e))
     }
@@ -138,6 +153,10 @@ where
             .map_err(|e| CodecError::encode(Self::NAME, e))
     }
 
+    fn encode_into(value: &T, buf: &mut BytesMut) -> Result<(), CodecError> {
+        serde_json::to_writer(buf.writer(), value).map_err(|e| CodecError::encode(Self::NAME, e))
+    }
+
     fn decode(bytes: Bytes) -> Result<T, CodecError> {
         serde_json::from_slice(&bytes).map_err(|e| CodecError::decode(Self::NAME, e))
     }
@@ -160,6 +179,13 @@ where
         Ok(Bytes::from(value.encode_to_vec()))
     }
 
+    fn encode_into(value: &T, buf: &mut BytesMut) -> Result<(), CodecError> {
+        // A `BytesMut` grows as needed, so prost's capacity check never fails.
+        value
+            .encode(buf)
+            .map_err(|e| CodecError::encode(Self::NAME, e))
+    }
+
     fn decode(bytes: Bytes) -> Result<T, CodecError> {
         T::decode(bytes).map_err(|e| CodecError::decode(Self::NAME, e))
     }
@@ -174,6 +200,8 @@ where
 pub struct Carrier<T> {
     /// `C::encode`.
     pub encode: fn(&T) -> Result<Bytes, CodecError>,
+    /// `C::encode_into`.
+    pub encode_into: fn(&T, &mut BytesMut) -> Result<(), CodecError>,
     /// `C::decode`.
     pub decode: fn(Bytes) -> Result<T, CodecError>,
 }
@@ -183,6 +211,7 @@ impl<T> Carrier<T> {
     pub const fn of<C: Codec<T>>() -> Self {
         Carrier {
             encode: C::encode,
+            encode_into: C::encode_into,
             decode: C::decode,
         }
     }
@@ -197,7 +226,7 @@ pub fn encode_request<C: Codec<T>, T>(
     value: &T,
 ) -> Result<Bytes, CallError> {
     // The peer is named only on failure: looking it up costs an allocation.
-    C::encode(value).map_err(|e| CallError::encode(op, conn.peer().label().clone(), e))
+    encode_message::<C, T>(value).map_err(|e| CallError::encode(op, conn.peer().label().clone(), e))
 }
 
 /// Decodes a reply on the calling side; a failure becomes [`CallError::Decode`].
@@ -219,5 +248,79 @@ pub fn decode_request<C: Codec<T>, T>(bytes: Bytes) -> Result<T, Reject> {
 /// types, not the caller's fault) becomes a rejection with the system code
 /// for a failed handler.
 pub fn encode_reply<C: Codec<T>, T>(value: &T) -> Result<Bytes, Reject> {
-    C::encode(value).map_err(|e| Reject::handler_failed(e.to_string()))
+    encode_message::<C, T>(value).map_err(|e| Reject::handler_failed(e.to_string()))
+}
+
+/// Room a thread's message buffer is given when it runs out: many small
+/// messages are encoded into one allocation.
+const MESSAGE_CHUNK: usize = 4 * 1024;
+/// A thread's message buffer that grew beyond this (a large message) is not
+/// kept: the message alone owns that memory and frees it when dropped.
+const MESSAGE_KEEP: usize = 16 * 1024;
+
+thread_local! {
+    /// Where this thread encodes the messages of calls: each message is
+    /// split off as a `Bytes` sharing the buffer. A call's messages live
+    /// only until they are copied into a connection's write queue or the
+    /// call ends, so the chunk is soon wholly free again and `reserve`
+    /// reuses it in place: a call's request and reply cost no allocation.
+    static MESSAGES: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Encodes one message of a call into this thread's message buffer (see
+/// `MESSAGES`). Not for messages kept long: each keeps its chunk alive.
+fn encode_message<C: Codec<T>, T>(value: &T) -> Result<Bytes, CodecError> {
+    MESSAGES.with(|cell| {
+        // Re-entered from inside an encoder: encode on its own.
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            return C::encode(value);
+        };
+        // A panic in an encoder leaves part of a message behind.
+        buf.clear();
+        if buf.capacity() < MESSAGE_CHUNK / 4 {
+            buf.reserve(MESSAGE_CHUNK);
+        }
+        if let Err(e) = C::encode_into(value, &mut buf) {
+            buf.clear();
+            return Err(e);
+        }
+        let message = buf.split().freeze();
+        if message.len() + buf.capacity() > MESSAGE_KEEP {
+            *buf = BytesMut::new();
+        }
+        Ok(message)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_sharing_the_thread_buffer_stay_whole() {
+        let first = encode_message::<MsgPack, (u32, String)>(&(1, "one".into())).unwrap();
+        let large = "x".repeat(MESSAGE_KEEP * 2);
+        let second = encode_message::<MsgPack, (u32, String)>(&(2, large.clone())).unwrap();
+        let third = encode_message::<Json, Vec<u8>>(&vec![3, 4]).unwrap();
+        assert_eq!(
+            <MsgPack as Codec<(u32, String)>>::decode(first).unwrap(),
+            (1, "one".to_owned())
+        );
+        assert_eq!(
+            <MsgPack as Codec<(u32, String)>>::decode(second).unwrap(),
+            (2, large)
+        );
+        assert_eq!(&third[..], b"[3,4]");
+        // A large message is not kept in the thread's buffer.
+        MESSAGES.with(|cell| assert!(cell.borrow().capacity() <= MESSAGE_KEEP));
+    }
+
+    #[test]
+    fn a_failed_encoding_leaves_nothing_behind() {
+        let mut map = std::collections::HashMap::new();
+        map.insert(vec![1u8], 1u8);
+        assert!(encode_message::<Json, _>(&map).is_err());
+        let next = encode_message::<Json, u8>(&7).unwrap();
+        assert_eq!(&next[..], b"7");
+    }
 }

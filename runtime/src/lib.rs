@@ -151,6 +151,8 @@ pub mod contract {
 /// API of its own; use the crates directly if you need them.
 #[doc(hidden)]
 pub mod codegen {
+    /// `BytesMut`, which generated codecs encode into.
+    pub use bytes;
     pub use prost;
     pub use prost_types;
 }

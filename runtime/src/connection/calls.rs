@@ -348,6 +348,10 @@ impl Shared {
         )?;
         let mut guard = CallGuard::new(s.clone(), id);
         s.open(id, op, &opts, timeout, Shape::Single, &body).await?;
+        // Queued (copied, or shared by the queue when large): let go of it
+        // now, so the encoder's buffer it may share is free again while the
+        // call waits (see `codec::encode_message`).
+        drop(body);
         if let Some(d) = deadline {
             s.arm_deadline(d);
         }
