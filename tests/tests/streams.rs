@@ -2,7 +2,7 @@
 //! count their drops, cancellation and errors cross mid-stream both ways, and
 //! finished streams end cleanly on both sides.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -486,4 +486,57 @@ async fn large_messages_arrive_intact_over_every_transport() {
         assert_eq!(i, 32);
         pair.server.shutdown().await;
     }
+}
+
+/// A reader that has caught up hands back what it consumed before it waits,
+/// even below half the window: otherwise a bulk stream can settle into
+/// stop-and-wait, the sender getting credit only for the burst being read
+/// (the server-stream low mode of issue #12).
+#[tokio::test]
+async fn a_caught_up_reader_returns_its_credit_before_waiting() {
+    const WINDOW: u32 = 256 * 1024;
+    const MSG: usize = WINDOW as usize / 16;
+    let seen = Arc::new(AtomicI64::new(i64::MIN));
+    let s2 = seen.clone();
+    let service = Router::new().server_stream("test.Bulk/quarter", move |_ctx, _req, mut out| {
+        let s2 = s2.clone();
+        async move {
+            // A quarter of the window: above an eighth, below the half at
+            // which credit is returned while messages keep coming.
+            for _ in 0..4 {
+                out.send(Bytes::from(vec![7u8; MSG]))
+                    .await
+                    .map_err(|e| Reject::new(1, e.to_string()))?;
+            }
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+            while out.credit() < i64::from(WINDOW) && tokio::time::Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            s2.store(out.credit(), Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    let config = ConnectionConfig::new().stream_window(WINDOW);
+    let pair = Pair::start(Transport::Tcp, config, service, Router::new())
+        .await
+        .expect("tcp");
+    let conn = bounded("connect", pair.client.connect(&pair.url))
+        .await
+        .expect("connect");
+    let mut inbound = bounded(
+        "open",
+        conn.server_stream("test.Bulk/quarter", Bytes::new(), CallOptions::new()),
+    )
+    .await
+    .expect("stream");
+    let mut received = 0;
+    while let Some(item) = bounded("drain", inbound.recv()).await {
+        received += item.expect("message").len();
+    }
+    assert_eq!(received, 4 * MSG);
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        i64::from(WINDOW),
+        "the sender got back the credit for everything the reader consumed"
+    );
 }
