@@ -6,6 +6,13 @@
 //! apart by their own labels (each test calls its own service). The span
 //! capture is per thread: a `#[tokio::test]` runs on one thread, so each
 //! test sees only its own spans.
+//!
+//! What `tracing` caches is not per thread: each callsite remembers, once,
+//! whether any subscriber wants it, and a callsite first reached on one
+//! thread while another thread is installing its subscriber can cache "no
+//! one" and stay silent for that subscriber. So the tests that trace take
+//! turns: [`capture`] and [`serial`] hold one process-wide lock for as long
+//! as their guard lives.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -312,11 +319,44 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for CaptureLayer {
     }
 }
 
+/// What [`capture`] returns: while it lives, this thread's spans and events
+/// are captured and no other tracing test runs.
+pub struct Capture {
+    // Dropped in this order: the subscriber, then the turn.
+    _subscriber: tracing::subscriber::DefaultGuard,
+    _turn: Turn,
+}
+
+/// One tracing test's turn (see the module's docs); from [`serial`].
+pub struct Turn(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+/// Waits for this test's turn among the tests that trace, for a test that
+/// runs the traced paths without a [`capture`] of its own.
+pub fn serial() -> Turn {
+    static TURNS: Mutex<()> = Mutex::new(());
+    // A test that failed holding the lock poisons it; the next still runs.
+    Turn(
+        TURNS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
+}
+
 /// Captures every span and event on this thread (at every level) until the
-/// guard is dropped.
-pub fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
+/// guard is dropped, taking this test's turn among the tracing tests first.
+pub fn capture() -> (Captured, Capture) {
+    let turn = serial();
     let captured = Captured::default();
     let subscriber = tracing_subscriber::registry().with(CaptureLayer(captured.clone()));
     let guard = tracing::subscriber::set_default(subscriber);
-    (captured, guard)
+    // Callsites that cached "no one is interested" before this subscriber
+    // existed ask again.
+    tracing::callsite::rebuild_interest_cache();
+    (
+        captured,
+        Capture {
+            _subscriber: guard,
+            _turn: turn,
+        },
+    )
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use plexus::observe::{names, TraceContext};
 use plexus::{CallError, CallOptions, Connection, Reject, Router, Server};
-use plexus_tests::observe::{capture, recorder, Captured, CapturedSpan};
+use plexus_tests::observe::{capture, recorder, serial, Captured, CapturedSpan};
 use plexus_tests::{bounded, eventually, until};
 
 /// The closed span of `name` for `op`, once it has closed.
@@ -586,6 +586,7 @@ async fn a_traceparent_the_caller_sets_becomes_the_parent() {
 
 #[tokio::test]
 async fn without_a_subscriber_no_span_is_made_and_no_traceparent_sent() {
+    let _turn = serial();
     // No subscriber on this thread (the recorder may be on: metrics alone
     // send nothing extra).
     let router = Router::new().unary("obs.Quiet/meta", |ctx, _body: Bytes| async move {
@@ -667,7 +668,7 @@ mod nodes {
     use plexus::patterns::{Overflow, Pipeline, Publisher, Subscriber, TopicClient};
     use plexus::Reject;
     use plexus::{node::NodeBuilder, Node};
-    use plexus_tests::observe::{capture, recorder, Captured};
+    use plexus_tests::observe::{capture, recorder, serial, Captured};
     use plexus_tests::{bounded, until};
 
     /// Work for the pipeline.
@@ -774,6 +775,7 @@ mod nodes {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn subscriber_drops_are_counted() {
+        let _turn = serial();
         let metrics = recorder();
         let side = [("plexus.pubsub.side", "subscriber")];
         let before = metrics.counter(names::PUBSUB_DROPPED, &side);
@@ -816,6 +818,7 @@ mod nodes {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pipeline_redelivery_is_counted() {
+        let _turn = serial();
         let metrics = recorder();
         let before = metrics.counter(names::PIPELINE_REDELIVERED, &[]);
         let hub = bounded(
