@@ -136,7 +136,8 @@ pub(crate) async fn linger(written_out: CancellationToken, rd: &mut ReadHalf) {
         tokio::time::sleep(LINGER).await;
     };
     tokio::pin!(done);
-    let mut sink = [0u8; 4096];
+    // On the heap: an array here would make this future 4 KiB larger.
+    let mut sink = vec![0u8; 4096];
     let mut discarded = 0;
     while discarded < LINGER_BYTES {
         tokio::select! {
