@@ -700,7 +700,7 @@ impl Endpoint {
     }
 
     fn register(&self, conn: Connection) -> Connection {
-        register(&self.inner, conn)
+        register(&self.inner, conn, None)
     }
 
     /// Shuts down in two steps, for load balancers: reports `NOT_SERVING`
@@ -745,13 +745,14 @@ impl Inner {
     }
 }
 
-fn register(inner: &Arc<Inner>, conn: Connection) -> Connection {
+fn register(inner: &Arc<Inner>, conn: Connection, slot: Option<HandshakeSlot<'_>>) -> Connection {
     let key = inner.next_conn.fetch_add(1, Ordering::Relaxed);
-    inner
-        .conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, conn.clone());
+    let mut conns = inner.conns.lock().unwrap_or_else(|e| e.into_inner());
+    conns.insert(key, conn.clone());
+    // The handshake's place is given back under the same lock: a limit
+    // check between the two would count this connection twice.
+    drop(slot);
+    drop(conns);
     let peer = conn.peer();
     inner.events.send(Event::Connected { peer: peer.clone() });
     let weak = Arc::downgrade(inner);
@@ -912,8 +913,7 @@ async fn accept_one(inner: &Arc<Inner>, c: transport::Connected) -> Result<(), C
         inner.config.clone(),
         inner.events.clone(),
     );
-    register(inner, conn);
-    drop(slot);
+    register(inner, conn, slot);
     Ok(())
 }
 
