@@ -4,9 +4,14 @@
 //! call still unanswered after the hedge delay also goes to a second peer,
 //! the first answer wins and the other call is cancelled; a reconnecting
 //! connection retries by its policy.
+//!
+//! Backoff, attempts, deadlines and hedge delays are protocol logic, not
+//! socket behaviour: the peers listen on `inproc://` and the tests run on
+//! tokio's paused clock, so each test asserts the schedule the calls
+//! actually kept (every wait is exact and free), not just a lower bound.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use plexus::discovery::Static;
@@ -41,16 +46,21 @@ enum Mode {
     Slow,
 }
 
+/// When each call reached a peer, on the test's (paused) clock.
+type Arrivals = Arc<Mutex<Vec<Instant>>>;
+
 struct Worker {
     name: &'static str,
     mode: Mode,
     calls: Arc<AtomicU32>,
+    arrivals: Arrivals,
     cancelled: Arc<AtomicBool>,
 }
 
 impl Worker {
     async fn serve(&self, ctx: CallContext) -> Result<String, Reject> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.arrivals.lock().expect("arrivals").push(Instant::now());
         match self.mode {
             Mode::Answer => Ok(self.name.to_owned()),
             Mode::Unavailable => Err(Reject::new(503, "busy, try again")),
@@ -98,20 +108,31 @@ fn encode(reply: Result<String, Reject>) -> Result<Bytes, Reject> {
 struct Peer {
     node: Node,
     calls: Arc<AtomicU32>,
+    arrivals: Arrivals,
     cancelled: Arc<AtomicBool>,
+}
+
+/// A fresh `inproc://` name for node `name`.
+fn inproc(name: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("inproc://retries-{name}-{}-{n}", std::process::id())
 }
 
 async fn peer(name: &'static str, id: u128, mode: Mode, list: Vec<String>) -> Peer {
     let calls = Arc::new(AtomicU32::new(0));
+    let arrivals = Arrivals::default();
     let cancelled = Arc::new(AtomicBool::new(false));
     let worker = Arc::new(Worker {
         name,
         mode,
         calls: calls.clone(),
+        arrivals: arrivals.clone(),
         cancelled: cancelled.clone(),
     });
     let node = Node::builder(name)
         .node_id(NodeId(id))
+        .listen(inproc(name))
         .group("retries")
         .discovery(Static::new(list))
         .serve(router(worker))
@@ -122,8 +143,20 @@ async fn peer(name: &'static str, id: u128, mode: Mode, list: Vec<String>) -> Pe
     Peer {
         node,
         calls,
+        arrivals,
         cancelled,
     }
+}
+
+/// When the calls reached any of `peers`, in order, as offsets from `start`.
+fn schedule(start: Instant, peers: &[&Peer]) -> Vec<Duration> {
+    let mut at: Vec<Duration> = peers
+        .iter()
+        .flat_map(|p| p.arrivals.lock().expect("arrivals").clone())
+        .map(|t| t - start)
+        .collect();
+    at.sort();
+    at
 }
 
 /// A caller linked with every one of `peers`.
@@ -134,6 +167,7 @@ async fn caller(peers: &[&Peer]) -> Node {
         .collect();
     let node = Node::builder("caller")
         .node_id(NodeId(u128::MAX))
+        .listen(inproc("caller"))
         .group("retries")
         .discovery(Static::new(urls))
         .uses::<WorkClient>()
@@ -157,7 +191,7 @@ fn quick() -> Backoff {
         .max(Duration::from_millis(2))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_idempotent_call_cut_off_by_a_crash_is_retried_on_another_peer() {
     let crashing = peer("crashing", 1, Mode::Crash, Vec::new()).await;
     let healthy = peer("healthy", 2, Mode::Answer, Vec::new()).await;
@@ -207,7 +241,7 @@ async fn an_idempotent_call_cut_off_by_a_crash_is_retried_on_another_peer() {
     assert!(healthy.calls.load(Ordering::SeqCst) <= before + 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn retries_wait_their_backoff_and_stop_at_the_attempts() {
     let a = peer("a", 1, Mode::Unavailable, Vec::new()).await;
     let b = peer("b", 2, Mode::Unavailable, Vec::new()).await;
@@ -243,11 +277,26 @@ async fn retries_wait_their_backoff_and_stop_at_the_attempts() {
         a.calls.load(Ordering::SeqCst) >= 1 && b.calls.load(Ordering::SeqCst) >= 1,
         "retries go to the other peer"
     );
-    // Two waits, each at least half the 200 ms backoff (the jitter's floor).
-    assert!(took >= Duration::from_millis(200), "took {took:?}");
+    // The first attempt at once, then two waits of the 200 ms backoff
+    // jittered into [100 ms, 200 ms] (tokio's timer rounds a sleep up to the
+    // next whole millisecond, so 199.6 ms sleeps 200), and the last failure
+    // returned as soon as the third attempt's came back.
+    let at = schedule(started, &[&a, &b]);
+    assert_eq!(at[0], Duration::ZERO, "the first attempt waits for nothing");
+    for (n, pair) in at.windows(2).enumerate() {
+        let wait = pair[1] - pair[0];
+        assert!(
+            wait >= Duration::from_millis(100) && wait <= Duration::from_millis(200),
+            "retry {n} waited {wait:?}; schedule {at:?}"
+        );
+    }
+    assert_eq!(
+        took, at[2],
+        "the call ends at its last attempt; schedule {at:?}"
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn no_retry_starts_that_would_end_past_the_deadline() {
     let a = peer("a", 1, Mode::Unavailable, Vec::new()).await;
     let b = peer("b", 2, Mode::Unavailable, Vec::new()).await;
@@ -263,6 +312,7 @@ async fn no_retry_starts_that_would_end_past_the_deadline() {
         .retry(policy)
         .idempotent(true)
         .deadline(Duration::from_secs(2));
+    let started = Instant::now();
     let err = bounded(
         "fetch",
         work.call(|w: WorkClient| async move { w.fetch().await }),
@@ -275,9 +325,11 @@ async fn no_retry_starts_that_would_end_past_the_deadline() {
     );
     let attempts = a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst);
     assert_eq!(attempts, 1, "a 5 s wait would pass the 2 s deadline");
+    // Refused at once: the call does not sit out its deadline either.
+    assert_eq!(started.elapsed(), Duration::ZERO);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_retry_budget_keeps_a_failing_service_from_seeing_more_than_its_share() {
     let a = peer("a", 1, Mode::Unavailable, Vec::new()).await;
     let b = peer("b", 2, Mode::Unavailable, Vec::new()).await;
@@ -314,7 +366,7 @@ async fn a_retry_budget_keeps_a_failing_service_from_seeing_more_than_its_share(
     assert!(stats.refused > 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_hedged_call_is_answered_by_the_second_peer_and_the_first_cancelled() {
     let slow = peer("slow", 1, Mode::Slow, Vec::new()).await;
     let fast = peer("fast", 2, Mode::Answer, Vec::new()).await;
@@ -331,14 +383,20 @@ async fn a_hedged_call_is_answered_by_the_second_peer_and_the_first_cancelled() 
     .await
     .expect("the hedge answers");
     assert_eq!((who, reply.as_str()), (fast.node.id(), "fast"));
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "no wait for the slow peer"
+    assert_eq!(
+        schedule(started, &[&slow]),
+        [Duration::ZERO],
+        "the first attempt went to the slow peer, at once"
     );
     assert_eq!(
-        slow.calls.load(Ordering::SeqCst),
-        1,
-        "the first attempt went to the slow peer"
+        schedule(started, &[&fast]),
+        [Duration::from_millis(100)],
+        "the hedge went to the fast peer at the hedge delay"
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(100),
+        "answered by the hedge, no wait for the slow peer"
     );
     until("the slow peer's call is cancelled", || {
         slow.cancelled.load(Ordering::SeqCst)
@@ -356,17 +414,23 @@ async fn a_hedged_call_is_answered_by_the_second_peer_and_the_first_cancelled() 
     let before = fast.calls.load(Ordering::SeqCst);
     let mut to_slow = None;
     for _ in 0..2 {
+        let started = Instant::now();
         let result = bounded(
             "fetch",
             work.call_peer(|w: WorkClient| async move { w.fetch().await }),
         )
         .await;
         if let Err(e) = result {
-            to_slow = Some(e);
+            to_slow = Some((e, started.elapsed()));
         }
     }
-    let e = to_slow.expect("the call that went to the slow peer timed out, unhedged");
+    let (e, waited) = to_slow.expect("the call that went to the slow peer timed out, unhedged");
     assert!(matches!(e, CallError::Timeout { .. }), "{e}");
+    assert_eq!(
+        waited,
+        Duration::from_millis(800),
+        "it waited out its deadline"
+    );
     assert_eq!(
         fast.calls.load(Ordering::SeqCst),
         before + 1,
@@ -374,12 +438,12 @@ async fn a_hedged_call_is_answered_by_the_second_peer_and_the_first_cancelled() 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_reconnecting_connection_retries_by_its_policy() {
     let calls = Arc::new(AtomicU32::new(0));
     let counted = calls.clone();
     // The first two calls lose their connection; the third is answered.
-    let server = Server::bind("tcp://127.0.0.1:0")
+    let server = Server::bind(inproc("reconnecting"))
         .serve(
             Router::new().unary("retry.Raw/get", move |ctx: CallContext, _b: Bytes| {
                 let n = counted.fetch_add(1, Ordering::SeqCst);
