@@ -5,14 +5,17 @@
 //!
 //! Every test uses its own random multicast group and port, so tests running
 //! in parallel never hear each other. Nothing is sent anywhere but the group
-//! on the loopback interface.
+//! on the loopback interface. The broadcast and fanout tests are the
+//! exception: their deadlines are call logic, not the beacon's, so their
+//! nodes list each other on `inproc://` and run on tokio's paused clock.
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use plexus::discovery::Beacon;
+use plexus::discovery::{Beacon, Static};
 use plexus::wire::key::SessionKey;
 use plexus::{
     node::{Actor, NodeBuilder, NodeEvent, NodeEvents, PeerChange, Scope},
@@ -441,21 +444,33 @@ async fn role_rules_connect_only_the_allowed_pairs() {
     }
 }
 
-/// Chat rooms in group `room`: `peers` nodes serving (the one at `hung`
-/// never answers a post), and a caller built by `caller` linked with all of
-/// them (beacon interval 100 ms).
+/// A node in group `room` listening on a fresh `inproc://` name and listing
+/// `peers` (static discovery, reconciled every 100 ms).
+fn listed(name: String, peers: Vec<String>) -> NodeBuilder {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let url = format!("inproc://mesh-{name}-{}-{n}", std::process::id());
+    Node::builder(name)
+        .listen(url)
+        .group("room")
+        .discovery(Static::new(peers))
+        .reconcile_interval(100 * MS)
+}
+
+/// Chat rooms: `peers` nodes serving (the one at `hung` never answers a
+/// post), and a caller built by `caller` linked with all of them; they list
+/// the caller on `inproc://`.
 async fn caller_and_rooms(
     caller: impl FnOnce(NodeBuilder) -> NodeBuilder,
     peers: usize,
     hung: usize,
-    multicast: (Ipv4Addr, u16),
 ) -> (Node, Vec<Node>) {
-    let interval = 100 * MS;
-    let bound = 2 * interval + Duration::from_secs(3);
-    let caller = caller(node("caller".into(), multicast, interval).group("room"))
+    let bound = Duration::from_secs(3);
+    let caller = caller(listed("caller".into(), Vec::new()))
         .start()
         .await
         .expect("starts");
+    let caller_url = caller.local_urls()[0].to_string();
     let mut others = Vec::new();
     for i in 0..peers {
         let room = Room {
@@ -463,8 +478,7 @@ async fn caller_and_rooms(
             ..Room::new()
         };
         others.push(
-            node(format!("peer-{i}"), multicast, interval)
-                .group("room")
+            listed(format!("peer-{i}"), vec![caller_url.clone()])
                 .serve(ChatHandler::new(room))
                 .start()
                 .await
@@ -477,18 +491,11 @@ async fn caller_and_rooms(
     (caller, others)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn broadcast_returns_every_reply_before_the_deadline_and_times_out_the_hung_peer() {
     const PEERS: usize = 20;
-    let interval = 100 * MS;
-    let multicast = private_multicast();
-    let (caller, others) = caller_and_rooms(
-        |b| b.serve(ChatHandler::new(Room::new())),
-        PEERS,
-        7,
-        multicast,
-    )
-    .await;
+    let (caller, others) =
+        caller_and_rooms(|b| b.serve(ChatHandler::new(Room::new())), PEERS, 7).await;
     let hung = others[7].id();
 
     let deadline = Duration::from_millis(1500);
@@ -498,8 +505,7 @@ async fn broadcast_returns_every_reply_before_the_deadline_and_times_out_the_hun
     });
     assert_eq!(replies.peers().len(), PEERS);
     // A node joining after the broadcast started does not take part.
-    let late = node("late".into(), multicast, interval)
-        .group("room")
+    let late = listed("late".into(), vec![caller.local_urls()[0].to_string()])
         .serve(ChatHandler::new(Room::new()))
         .start()
         .await
@@ -528,8 +534,10 @@ async fn broadcast_returns_every_reply_before_the_deadline_and_times_out_the_hun
     assert_eq!(timed_out.len(), 1);
     let (who, when) = timed_out[0];
     assert_eq!(who, hung);
+    // Paused clock: exactly at the deadline, give or take the timer's
+    // rounding up to a whole millisecond.
     assert!(
-        when >= deadline && when <= deadline + SLACK,
+        when >= deadline && when <= deadline + MS,
         "timeout after {when:?}"
     );
     eprintln!("broadcast: {} replies by {last_ok:?}, hung peer timed out at {when:?} (deadline {deadline:?})", ok.len());
@@ -538,21 +546,26 @@ async fn broadcast_returns_every_reply_before_the_deadline_and_times_out_the_hun
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn fanout_calls_every_peer_through_the_generated_methods() {
     const PEERS: usize = 4;
-    let (caller, others) =
-        caller_and_rooms(|b| b.uses::<ChatClient>(), PEERS, 2, private_multicast()).await;
+    let (caller, others) = caller_and_rooms(|b| b.uses::<ChatClient>(), PEERS, 2).await;
     let hung = others[2].id();
     let peers = caller.peers::<ChatClient>();
 
     let deadline = Duration::from_millis(500);
     let fanout = caller.fanout::<ChatClient>(deadline);
     assert_eq!(fanout.peers(), peers.ids());
+    let started = Instant::now();
     let replies: Vec<(NodeId, Result<u64, CallError>)> =
         timeout(deadline + SLACK, fanout.post("to all".into()).collect())
             .await
             .expect("ends at its deadline");
+    let took = started.elapsed();
+    assert!(
+        took >= deadline && took <= deadline + MS,
+        "ended after {took:?}"
+    );
     assert_eq!(replies.len(), PEERS);
     for (peer, reply) in replies {
         match reply {
