@@ -28,6 +28,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{CallError, Reject};
 
+mod blob;
+pub use blob::{decode_sharing, Blob};
+
 /// A wire format, named so descriptors can say which one a service speaks.
 pub trait Format: Send + Sync + 'static {
     /// Stable lowercase name (`msgpack`, `json`, `protobuf`).
@@ -128,7 +131,10 @@ where
     }
 
     fn decode(bytes: Bytes) -> Result<T, CodecError> {
-        rmp_serde::from_slice(&bytes).map_err(|e| CodecError::decode(Self::NAME, e))
+        // rmp-serde reads `bin` as borrowed bytes: a `Blob` becomes a slice
+        // of the payload instead of a copy.
+        decode_sharing(&bytes, |payload| rmp_serde::from_slice(payload))
+            .map_err(|e| CodecError::decode(Self::NAME, e))
     }
 }
 
