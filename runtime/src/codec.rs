@@ -14,6 +14,10 @@
 //!
 //! The measurements behind the default are in `docs/CODEC.md`.
 //!
+//! Bytes inside a message travel best as a [`Blob`]: one binary value on
+//! the wire, and under [`MsgPack`] a slice of the received frame rather
+//! than a copy of it.
+//!
 //! ```
 //! use plexus::codec::{Codec, MsgPack};
 //!
