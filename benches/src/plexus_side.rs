@@ -2,8 +2,8 @@
 //! with the default codec (MessagePack) and the default connection settings.
 
 use futures_util::StreamExt;
+use plexus::codec::Blob;
 use plexus::{BoxStream, Reject, Server};
-use serde_bytes::ByteBuf;
 
 use crate::BoxError;
 
@@ -11,20 +11,20 @@ use crate::BoxError;
 #[plexus::service(package = "bench", version = 1)]
 pub trait Echo {
     /// Returns the payload unchanged.
-    async fn echo(&self, payload: ByteBuf) -> Result<ByteBuf, Reject>;
+    async fn echo(&self, payload: Blob) -> Result<Blob, Reject>;
     /// Streams `messages` messages of `size` bytes each.
-    async fn download(&self, messages: u32, size: u32) -> Result<BoxStream<ByteBuf>, Reject>;
+    async fn download(&self, messages: u32, size: u32) -> Result<BoxStream<Blob>, Reject>;
 }
 
 struct Echoing;
 
 impl Echo for Echoing {
-    async fn echo(&self, payload: ByteBuf) -> Result<ByteBuf, Reject> {
+    async fn echo(&self, payload: Blob) -> Result<Blob, Reject> {
         Ok(payload)
     }
 
-    async fn download(&self, messages: u32, size: u32) -> Result<BoxStream<ByteBuf>, Reject> {
-        let chunk = ByteBuf::from(vec![0x5a; size as usize]);
+    async fn download(&self, messages: u32, size: u32) -> Result<BoxStream<Blob>, Reject> {
+        let chunk = Blob::from(vec![0x5a; size as usize]);
         Ok(futures_util::stream::iter(0..messages)
             .map(move |_| chunk.clone())
             .boxed())

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use serde_bytes::ByteBuf;
+use plexus::codec::Blob;
 use tokio::task::JoinHandle;
 
 use crate::{plexus_side, raw, tarpc_side, tonic_side, BoxError};
@@ -107,9 +107,9 @@ impl Echoer {
     }
 
     /// One echo call of `payload`, checked to come back whole.
-    pub async fn echo(&mut self, payload: &[u8]) -> Result<(), BoxError> {
+    pub async fn echo(&mut self, payload: &'static [u8]) -> Result<(), BoxError> {
         let len = match self {
-            Echoer::Plexus(client) => client.echo(ByteBuf::from(payload.to_vec())).await?.len(),
+            Echoer::Plexus(client) => client.echo(Blob::from_static(payload)).await?.len(),
             Echoer::Tonic(client) => tonic_side::echo(client, payload).await?,
             Echoer::Tarpc(client) => tarpc_side::echo(client, payload).await?,
             Echoer::Raw(client) => client.echo(payload).await?,

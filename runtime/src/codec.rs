@@ -14,6 +14,10 @@
 //!
 //! The measurements behind the default are in `docs/CODEC.md`.
 //!
+//! Bytes inside a message travel best as a [`Blob`]: one binary value on
+//! the wire, and under [`MsgPack`] a slice of the received frame rather
+//! than a copy of it.
+//!
 //! ```
 //! use plexus::codec::{Codec, MsgPack};
 //!
@@ -27,6 +31,9 @@ use std::cell::RefCell;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{CallError, Reject};
+
+mod blob;
+pub use blob::{decode_sharing, Blob};
 
 /// A wire format, named so descriptors can say which one a service speaks.
 pub trait Format: Send + Sync + 'static {
@@ -128,7 +135,10 @@ where
     }
 
     fn decode(bytes: Bytes) -> Result<T, CodecError> {
-        rmp_serde::from_slice(&bytes).map_err(|e| CodecError::decode(Self::NAME, e))
+        // rmp-serde reads `bin` as borrowed bytes: a `Blob` becomes a slice
+        // of the payload instead of a copy.
+        decode_sharing(&bytes, |payload| rmp_serde::from_slice(payload))
+            .map_err(|e| CodecError::decode(Self::NAME, e))
     }
 }
 

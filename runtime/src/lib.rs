@@ -17,7 +17,7 @@
 //! | interception | [`intercept`] and [`access`]: hooks around every call; allow-lists and policies |
 //! | connection | [`Connection`]: many calls in both directions over one stream, flow control, keepalive, sessions, [`events`]; what a handler is given ([`CallContext`]) |
 //! | call | [`Connection::call`] and friends, [`CallOptions`], [`stream`] |
-//! | codec | [`codec`]: typed messages to payload bytes and back |
+//! | codec | [`codec`]: typed messages to payload bytes and back; [`Blob`](codec::Blob), bytes shared with the frame they arrived in |
 //! | service | [`Router`], and the generated clients and handlers |
 //! | introspection | [`reflection`] and [`health`]: what an endpoint serves and whether it is serving, over the wire |
 //! | endpoint | [`Endpoint`], [`Server`]: identity, handshake, listeners |

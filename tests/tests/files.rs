@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use plexus::codec::Blob;
 use plexus::discovery::Static;
 use plexus::files::{
     Download, DownloadError, Downloaded, FileId, FileInfo, FileShare, FileShareClient,
@@ -163,7 +164,7 @@ impl FileShare for Wrapped {
             .ok_or_else(|| Reject::new(NOT_FOUND, "not here"))
     }
 
-    async fn chunk(&self, id: FileId, index: u32) -> Result<Bytes, Reject> {
+    async fn chunk(&self, id: FileId, index: u32) -> Result<Blob, Reject> {
         if self.hang {
             std::future::pending::<()>().await;
         }
@@ -175,7 +176,7 @@ impl FileShare for Wrapped {
             bad[0] ^= 0xff;
             return Ok(bad.into());
         }
-        Ok(data)
+        Ok(data.into())
     }
 }
 

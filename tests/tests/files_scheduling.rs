@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use plexus::codec::Blob;
 use plexus::discovery::Static;
 use plexus::files::{
     Download, DownloadLimits, FileId, FileInfo, FileShare, FileShareClient, FileShareHandler,
@@ -114,7 +115,7 @@ impl FileShare for Seeder {
         })
     }
 
-    async fn chunk(&self, id: FileId, index: u32) -> Result<Bytes, Reject> {
+    async fn chunk(&self, id: FileId, index: u32) -> Result<Blob, Reject> {
         self.log
             .asked
             .lock()
@@ -135,7 +136,7 @@ impl FileShare for Seeder {
                 return Err(Reject::new(500, "try again"));
             }
         }
-        self.store.read_chunk(id, index).await
+        self.store.read_chunk(id, index).await.map(Blob::from)
     }
 }
 

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::limits::{DownloadLimits, Permit, Seat};
 use super::{FileId, FileShareClient, FileStore, Manifest, NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE};
+use crate::codec::Blob;
 use crate::connection::Backoff;
 use crate::node::{Client, PeerChange, PeerSet};
 use crate::{CallError, CallOptions, NodeId};
@@ -905,7 +906,7 @@ impl Run {
         self.fetches.push(Box::pin(async move {
             let call = Abortable::new(client.chunk(id, index), registration);
             let result = match call.await {
-                Ok(result) => result,
+                Ok(result) => result.map(Blob::into_bytes),
                 // Another source sent it first.
                 Err(_) => Err(CallError::Cancelled {
                     op: "plexus.files.FileShare/chunk".into(),

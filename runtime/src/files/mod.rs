@@ -47,6 +47,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
+use crate::codec::Blob;
 use crate::Reject;
 
 pub use self::download::{
@@ -90,9 +91,10 @@ pub trait FileShare {
     /// The manifest of file `id` (rejected with [`NOT_FOUND`] if not offered).
     #[idempotent]
     async fn manifest(&self, id: FileId) -> Result<Manifest, Reject>;
-    /// Chunk `index` of file `id`.
+    /// Chunk `index` of file `id`. A [`Blob`]: the downloader checks it
+    /// and writes it from the received frame, without copying it out first.
     #[idempotent]
-    async fn chunk(&self, id: FileId, index: u32) -> Result<Bytes, Reject>;
+    async fn chunk(&self, id: FileId, index: u32) -> Result<Blob, Reject>;
     /// Which chunks of file `id` this node can serve: a bitmap, bit `i` (LSB
     /// first in byte `i / 8`) set for chunk `i`. All of them for a complete
     /// file; those received so far for a download in progress.

@@ -13,6 +13,7 @@ use super::{
     FileId, FileInfo, FileShare, FileShareHandler, Manifest, DEFAULT_CHUNK_SIZE, MAX_CHUNKS,
     MAX_CHUNK_SIZE, NOT_FOUND, OUT_OF_RANGE, UNAVAILABLE,
 };
+use crate::codec::Blob;
 use crate::router::IntoRouter;
 use crate::{Reject, Router};
 
@@ -223,6 +224,9 @@ impl FileStore {
             return;
         };
         if let Some(chunks) = &partial.chunks {
+            // A received chunk shares the read buffer it arrived in (see
+            // `Blob`); a download in memory keeps every chunk, so what it
+            // keeps alive is mostly its own chunks.
             chunks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -427,8 +431,8 @@ impl FileShare for FileStore {
             .ok_or_else(|| Reject::new(NOT_FOUND, format!("file {id} is not offered here")))
     }
 
-    async fn chunk(&self, id: FileId, index: u32) -> Result<Bytes, Reject> {
-        self.read_chunk(id, index).await
+    async fn chunk(&self, id: FileId, index: u32) -> Result<Blob, Reject> {
+        self.read_chunk(id, index).await.map(Blob::from)
     }
 
     async fn have(&self, id: FileId) -> Result<Bytes, Reject> {
