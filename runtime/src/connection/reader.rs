@@ -5,8 +5,11 @@
 //! It decides nothing about a frame itself. It never waits on the writer, so
 //! a peer that does not read cannot stall it.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use std::time::Duration;
 
@@ -77,13 +80,10 @@ pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMu
         if shared.closed.is_cancelled() {
             return;
         }
-        if buf.capacity() - buf.len() < reserve / 2 {
-            buf.reserve(reserve);
-        }
         let read = tokio::select! {
             biased;
             _ = shared.closed.cancelled() => return,
-            r = rd.read_buf(&mut buf) => r,
+            r = std::future::poll_fn(|cx| poll_read(cx, rd, &mut buf, reserve)) => r,
         };
         match read {
             Ok(0) => {
@@ -115,6 +115,58 @@ pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMu
             }
         }
     }
+}
+
+/// Read buffers kept per thread for the connections that wait on it.
+const SPARE_BUFFERS: usize = 4;
+/// A connection whose read bite is larger than this is carrying bulk
+/// traffic: it keeps its buffer while it waits, and the pool takes none so
+/// large.
+const SPARE_BUFFER_MAX: usize = 64 * 1024;
+
+thread_local! {
+    /// Read buffers of this thread's connections that are waiting for input.
+    /// A connection that has nothing buffered gives its buffer back here
+    /// while it waits and takes one again when its stream is readable, so an
+    /// idle connection holds no read buffer (a keepalive ping borrows one for
+    /// the read and returns it), and a busy one reuses the same few buffers
+    /// without an allocation per read.
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads into `buf`, taking a buffer from this thread's spares when it has
+/// none, and giving it back when the stream has nothing to read and the
+/// buffer holds nothing (a partial frame stays with its connection).
+fn poll_read(
+    cx: &mut Context<'_>,
+    rd: &mut ReadHalf,
+    buf: &mut BytesMut,
+    reserve: usize,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < reserve / 2 {
+        if buf.capacity() == 0 {
+            if let Some(spare) = SPARE.with(|s| s.try_borrow_mut().ok()?.pop()) {
+                *buf = spare;
+            }
+        }
+        if buf.capacity() - buf.len() < reserve / 2 {
+            buf.reserve(reserve);
+        }
+    }
+    let polled = std::pin::pin!(rd.read_buf(buf)).poll(cx);
+    if polled.is_pending() && buf.is_empty() && reserve <= SPARE_BUFFER_MAX {
+        let idle = std::mem::take(buf);
+        if idle.capacity() <= SPARE_BUFFER_MAX {
+            SPARE.with(|s| {
+                if let Ok(mut spare) = s.try_borrow_mut() {
+                    if spare.len() < SPARE_BUFFERS {
+                        spare.push(idle);
+                    }
+                }
+            });
+        }
+    }
+    polled
 }
 
 /// How long the read half stays open, at most, once the writer is done.
