@@ -50,7 +50,7 @@ pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMu
                             // call ends; then the core takes it again.
                             Flow::Hold(frame) => {
                                 let room = |s: &Shared| !s.served.at_limit();
-                                if let Err(stall) = hold_back(&shared, room).await {
+                                if let Err(stall) = Box::pin(hold_back(&shared, room)).await {
                                     cut_off(&shared, stall);
                                     return;
                                 }
@@ -72,7 +72,7 @@ pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMu
         // At the budget, stop reading: the peer is held back by TCP until
         // handlers, stream readers or the writer free memory.
         if over_budget(&shared) {
-            if let Err(stall) = hold_back(&shared, |s| !over_budget(s)).await {
+            if let Err(stall) = Box::pin(hold_back(&shared, |s| !over_budget(s))).await {
                 cut_off(&shared, stall);
                 return;
             }
@@ -212,7 +212,8 @@ struct Stall {
     after: Duration,
 }
 
-/// Stops reading until `room` holds. Gives up with a [`Stall`] when bytes
+/// Stops reading until `room` holds. Callers box it: it is entered only
+/// under pressure, and inline it would make every reader future larger. Gives up with a [`Stall`] when bytes
 /// are queued for the peer and none of them has left for the stall timeout:
 /// a peer that is held back but does not drain is cut off, one that drains
 /// slowly never is, and neither is one held back only by this side's own
