@@ -753,10 +753,10 @@ fn register(inner: &Arc<Inner>, conn: Connection, slot: Option<HandshakeSlot<'_>
     // check between the two would count this connection twice.
     drop(slot);
     drop(conns);
-    let peer = conn.peer();
-    inner.events.send(Event::Connected { peer: peer.clone() });
+    inner.events.send(Event::Connected { peer: conn.peer() });
     let weak = Arc::downgrade(inner);
-    let forget = move |reason: CloseReason| {
+    // Captures only the endpoint and the key: the peer comes with the call.
+    let forget = move |peer: PeerInfo, reason: CloseReason| {
         if let Some(inner) = weak.upgrade() {
             inner
                 .conns
@@ -776,7 +776,10 @@ fn register(inner: &Arc<Inner>, conn: Connection, slot: Option<HandshakeSlot<'_>
         Some(shared) => shared.on_end(Box::new(forget)),
         None => {
             let watched = conn.clone();
-            tokio::spawn(async move { forget(watched.closed().await) });
+            tokio::spawn(async move {
+                let reason = watched.closed().await;
+                forget(watched.peer(), reason);
+            });
         }
     }
     conn

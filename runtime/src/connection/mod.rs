@@ -313,9 +313,9 @@ pub(crate) struct Shared {
     pub(crate) peer_window: u32,
     reason: OnceLock<CloseReason>,
     pub(crate) closed: CancellationToken,
-    /// Cancelled once the writer task is done: what was queued is written
-    /// (or abandoned after the flush grace) and the stream is closed.
-    written_out: CancellationToken,
+    /// Set once the writer task is done: what was queued is written (or
+    /// abandoned after the flush grace) and the stream is closed.
+    written_out: WrittenOut,
     /// What the last-heard time and deadlines count from: tokio's clock, so
     /// paused test time drives keepalive and deadlines alike.
     epoch: tokio::time::Instant,
@@ -343,8 +343,37 @@ pub(crate) struct Shared {
     on_end: Mutex<OnEnd>,
 }
 
-/// Told why a connection ended, once it has.
-pub(crate) type EndHook = Box<dyn FnOnce(CloseReason) + Send>;
+/// A flag set once, that tasks can wait for: smaller than a
+/// `CancellationToken` (no allocation of its own) where no child tokens are
+/// needed.
+#[derive(Default)]
+struct WrittenOut {
+    set: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl WrittenOut {
+    fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        loop {
+            // Registered before the check, so a `set` in between is not missed.
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.set.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Told who the peer was and why the connection ended, once it has.
+pub(crate) type EndHook = Box<dyn FnOnce(PeerInfo, CloseReason) + Send>;
 
 /// Whether a connection's end hook is waiting, or has run.
 enum OnEnd {
@@ -360,7 +389,7 @@ impl Shared {
             OnEnd::Waiting(slot) => *slot = Some(hook),
             OnEnd::Ended => {
                 drop(on_end);
-                hook(self.end_reason());
+                hook(self.peer.clone(), self.end_reason());
             }
         }
     }
@@ -371,7 +400,7 @@ impl Shared {
         if let OnEnd::Waiting(hook) = std::mem::replace(&mut *on_end, OnEnd::Ended) {
             drop(on_end);
             if let Some(hook) = hook {
-                hook(self.end_reason());
+                hook(self.peer.clone(), self.end_reason());
             }
         }
     }
@@ -621,7 +650,7 @@ impl Connection {
             peer_window: est.peer_window,
             reason: OnceLock::new(),
             closed: CancellationToken::new(),
-            written_out: CancellationToken::new(),
+            written_out: WrittenOut::default(),
             epoch: tokio::time::Instant::now(),
             last_heard_ms: AtomicU64::new(0),
             frames_received: AtomicU64::new(0),
@@ -664,16 +693,15 @@ impl Connection {
             // the end; the hook runs once either way.
             w.run_end_hook();
             w.out.abandon().await;
-            w.written_out.cancel();
+            w.written_out.set();
         });
         let r = shared.clone();
-        let written_out = shared.written_out.clone();
         tokio::spawn(async move {
             let mut rd = rd;
-            reader::run(r, &mut rd, est.leftover).await;
+            reader::run(r.clone(), &mut rd, est.leftover).await;
             // Boxed: entered once, at the end; inline it would make every
             // reader future (and so every idle connection) larger.
-            Box::pin(reader::linger(written_out, &mut rd)).await;
+            Box::pin(reader::linger(r.written_out.wait(), &mut rd)).await;
         });
         Connection::direct(shared)
     }
@@ -961,7 +989,7 @@ impl Shared {
         self.shut(CloseReason::Local);
         // A graceful close returns once the last answers and the goaway
         // have left (at most the flush grace later).
-        self.written_out.cancelled().await;
+        self.written_out.wait().await;
     }
 
     fn calls_in_flight(&self) -> usize {

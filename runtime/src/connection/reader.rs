@@ -16,7 +16,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::core::{Action, Hold, StallWatch};
 use super::{CloseReason, Shared};
@@ -177,14 +176,14 @@ const LINGER_BYTES: usize = 1024 * 1024;
 
 /// After the connection ended: keeps reading, and discarding, until the
 /// peer closes its side, [`LINGER`] after the writer is done
-/// (`written_out`), or [`LINGER_BYTES`] have been discarded. A socket
+/// (`written_out` resolves), or [`LINGER_BYTES`] have been discarded. A socket
 /// closed with unread input resets the connection, and the reset destroys
 /// what is still queued for the peer — the goaway saying why it was closed
 /// — before the peer reads it; a peer that closes after reading is never
 /// reset.
-pub(crate) async fn linger(written_out: CancellationToken, rd: &mut ReadHalf) {
+pub(crate) async fn linger(written_out: impl Future<Output = ()>, rd: &mut ReadHalf) {
     let done = async {
-        written_out.cancelled().await;
+        written_out.await;
         tokio::time::sleep(LINGER).await;
     };
     tokio::pin!(done);
