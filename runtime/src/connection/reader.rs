@@ -116,26 +116,35 @@ pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMu
     }
 }
 
-/// Read buffers kept per thread for the connections that wait on it.
-const SPARE_BUFFERS: usize = 4;
-/// A connection whose read bite is larger than this is carrying bulk
-/// traffic: it keeps its buffer while it waits, and the pool takes none so
-/// large.
+/// Bytes of read buffers kept per thread for the connections that wait on
+/// it: room for the buffers of a hundred or so busy connections, whatever
+/// the number of idle ones.
+const SPARE_BYTES: usize = 256 * 1024;
+/// A connection whose read bite or buffer is larger than this is carrying
+/// bulk traffic: it keeps its buffer while it waits.
 const SPARE_BUFFER_MAX: usize = 64 * 1024;
 
+/// Read buffers of this thread's connections that are waiting for input.
+/// A connection that has nothing buffered gives its buffer back here while
+/// it waits and takes one again when its stream is readable, so an idle
+/// connection holds no read buffer (a keepalive ping borrows one for the
+/// read and returns it), and busy ones reuse the same buffers without an
+/// allocation per read.
+#[derive(Default)]
+struct Spare {
+    buffers: Vec<BytesMut>,
+    /// Their capacity, together.
+    bytes: usize,
+}
+
 thread_local! {
-    /// Read buffers of this thread's connections that are waiting for input.
-    /// A connection that has nothing buffered gives its buffer back here
-    /// while it waits and takes one again when its stream is readable, so an
-    /// idle connection holds no read buffer (a keepalive ping borrows one for
-    /// the read and returns it), and a busy one reuses the same few buffers
-    /// without an allocation per read.
-    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static SPARE: RefCell<Spare> = RefCell::new(Spare::default());
 }
 
 /// Reads into `buf`, taking a buffer from this thread's spares when it has
 /// none, and giving it back when the stream has nothing to read and the
-/// buffer holds nothing (a partial frame stays with its connection).
+/// buffer holds nothing (a partial frame stays with its connection). With
+/// the spares full, the buffer is freed: a connection that waits holds none.
 fn poll_read(
     cx: &mut Context<'_>,
     rd: &mut ReadHalf,
@@ -143,8 +152,16 @@ fn poll_read(
     reserve: usize,
 ) -> Poll<std::io::Result<usize>> {
     if buf.capacity() - buf.len() < reserve / 2 {
-        if buf.capacity() == 0 {
-            if let Some(spare) = SPARE.with(|s| s.try_borrow_mut().ok()?.pop()) {
+        // Nothing buffered and too little room (no buffer at all, or what
+        // is left of the handshake's): a spare, if this thread has one.
+        if buf.is_empty() {
+            let spare = SPARE.with(|s| {
+                let mut s = s.try_borrow_mut().ok()?;
+                let spare = s.buffers.pop()?;
+                s.bytes -= spare.capacity();
+                Some(spare)
+            });
+            if let Some(spare) = spare {
                 *buf = spare;
             }
         }
@@ -153,17 +170,20 @@ fn poll_read(
         }
     }
     let polled = std::pin::pin!(rd.read_buf(buf)).poll(cx);
-    if polled.is_pending() && buf.is_empty() && reserve <= SPARE_BUFFER_MAX {
+    if polled.is_pending()
+        && buf.is_empty()
+        && reserve <= SPARE_BUFFER_MAX
+        && buf.capacity() <= SPARE_BUFFER_MAX
+    {
         let idle = std::mem::take(buf);
-        if idle.capacity() <= SPARE_BUFFER_MAX {
-            SPARE.with(|s| {
-                if let Ok(mut spare) = s.try_borrow_mut() {
-                    if spare.len() < SPARE_BUFFERS {
-                        spare.push(idle);
-                    }
+        SPARE.with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                if s.bytes + idle.capacity() <= SPARE_BYTES {
+                    s.bytes += idle.capacity();
+                    s.buffers.push(idle);
                 }
-            });
-        }
+            }
+        });
     }
     polled
 }
