@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::access::AllowList;
 use crate::connection::events::{Event, EventHub, Events};
 use crate::connection::{
-    builtin_routes, Backoff, Connection, ConnectionConfig, Dial, Established, Redial, RetryPolicy,
-    SessionHook, SessionRequest,
+    builtin_routes, Backoff, CloseReason, Connection, ConnectionConfig, Dial, Established, Redial,
+    RetryPolicy, SessionHook, SessionRequest,
 };
 use crate::error::ConnectError;
 use crate::error::Reject;
@@ -753,12 +753,10 @@ fn register(inner: &Arc<Inner>, conn: Connection, slot: Option<HandshakeSlot<'_>
     // check between the two would count this connection twice.
     drop(slot);
     drop(conns);
-    let peer = conn.peer();
-    inner.events.send(Event::Connected { peer: peer.clone() });
+    inner.events.send(Event::Connected { peer: conn.peer() });
     let weak = Arc::downgrade(inner);
-    let watched = conn.clone();
-    tokio::spawn(async move {
-        let reason = watched.closed().await;
+    // Captures only the endpoint and the key: the peer comes with the call.
+    let forget = move |peer: PeerInfo, reason: CloseReason| {
         if let Some(inner) = weak.upgrade() {
             inner
                 .conns
@@ -771,7 +769,19 @@ fn register(inner: &Arc<Inner>, conn: Connection, slot: Option<HandshakeSlot<'_>
             // subscriber is left, but the connection still ended.
             crate::connection::events::endpoint_event(&Event::Disconnected { peer, reason });
         }
-    });
+    };
+    // Told by the connection's own task when it ends: no task per
+    // connection waits for it here.
+    match conn.direct_shared() {
+        Some(shared) => shared.on_end(Box::new(forget)),
+        None => {
+            let watched = conn.clone();
+            tokio::spawn(async move {
+                let reason = watched.closed().await;
+                forget(watched.peer(), reason);
+            });
+        }
+    }
     conn
 }
 

@@ -3,11 +3,11 @@
 //! A connection's protocol state and rules live in one sans-IO state
 //! machine, the core (see `core`): fed decoded frames and this side's own
 //! events, it says what to send, whom to deliver to, what to refuse and
-//! what to close. Around it run three tasks, its shells: a reader that
-//! decodes frames, asks the core and does what it says (see `reader`), a
-//! writer that drains the shared write queue (see `writer`), and a keepalive
-//! that asks the core's keepalive rule whether to ping or give the peer up
-//! and fails calls at their deadlines.
+//! what to close. Around it run two tasks, its shells: a reader that
+//! decodes frames, asks the core and does what it says (see `reader`), and a
+//! writer that drains the shared write queue (see `writer`) and, beside it,
+//! keeps the keepalive (asking the core's keepalive rule whether to ping or
+//! give the peer up) and fails calls at their deadlines.
 //!
 //! [`Connection`] is the cheap, cloneable handle to all of it. It never
 //! touches the socket itself.
@@ -313,9 +313,9 @@ pub(crate) struct Shared {
     pub(crate) peer_window: u32,
     reason: OnceLock<CloseReason>,
     pub(crate) closed: CancellationToken,
-    /// Cancelled once the writer task is done: what was queued is written
-    /// (or abandoned after the flush grace) and the stream is closed.
-    written_out: CancellationToken,
+    /// Set once the writer task is done: what was queued is written (or
+    /// abandoned after the flush grace) and the stream is closed.
+    written_out: WrittenOut,
     /// What the last-heard time and deadlines count from: tokio's clock, so
     /// paused test time drives keepalive and deadlines alike.
     epoch: tokio::time::Instant,
@@ -338,9 +338,77 @@ pub(crate) struct Shared {
     held_back: std::sync::atomic::AtomicBool,
     /// Run around every call this side opens, when the endpoint has any.
     pub(crate) call_interceptors: Option<Arc<crate::intercept::CallInterceptors>>,
+    /// What runs once the connection has ended (the endpoint forgetting it);
+    /// run by the writer task, so no task of its own waits for the end.
+    on_end: Mutex<OnEnd>,
+}
+
+/// A flag set once, that tasks can wait for: smaller than a
+/// `CancellationToken` (no allocation of its own) where no child tokens are
+/// needed.
+#[derive(Default)]
+struct WrittenOut {
+    set: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl WrittenOut {
+    fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        loop {
+            // Registered before the check, so a `set` in between is not missed.
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.set.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Told who the peer was and why the connection ended, once it has.
+pub(crate) type EndHook = Box<dyn FnOnce(PeerInfo, CloseReason) + Send>;
+
+/// Whether a connection's end hook is waiting, or has run.
+enum OnEnd {
+    Waiting(Option<EndHook>),
+    Ended,
 }
 
 impl Shared {
+    /// Runs `hook` once the connection has ended (now, if it has).
+    pub(crate) fn on_end(&self, hook: EndHook) {
+        let mut on_end = self.on_end.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *on_end {
+            OnEnd::Waiting(slot) => *slot = Some(hook),
+            OnEnd::Ended => {
+                drop(on_end);
+                hook(self.peer.clone(), self.end_reason());
+            }
+        }
+    }
+
+    /// Runs the end hook, if there is one; called once the connection has ended.
+    fn run_end_hook(&self) {
+        let mut on_end = self.on_end.lock().unwrap_or_else(|e| e.into_inner());
+        if let OnEnd::Waiting(hook) = std::mem::replace(&mut *on_end, OnEnd::Ended) {
+            drop(on_end);
+            if let Some(hook) = hook {
+                hook(self.peer.clone(), self.end_reason());
+            }
+        }
+    }
+
+    fn end_reason(&self) -> CloseReason {
+        self.reason.get().cloned().unwrap_or(CloseReason::PeerGone)
+    }
+
     pub(crate) fn core(&self) -> std::sync::MutexGuard<'_, ConnCore> {
         // A panic under this lock leaves the tables structurally valid
         // (every change is one map operation); keep going.
@@ -557,7 +625,8 @@ impl Connection {
         }
     }
 
-    /// Starts the reader, writer and keepalive tasks over an established stream.
+    /// Starts the reader task and the writer task (which keeps the keepalive
+    /// and the deadlines too) over an established stream.
     pub(crate) fn start(
         (rd, wr): (ReadHalf, WriteHalf),
         est: Established,
@@ -581,7 +650,7 @@ impl Connection {
             peer_window: est.peer_window,
             reason: OnceLock::new(),
             closed: CancellationToken::new(),
-            written_out: CancellationToken::new(),
+            written_out: WrittenOut::default(),
             epoch: tokio::time::Instant::now(),
             last_heard_ms: AtomicU64::new(0),
             frames_received: AtomicU64::new(0),
@@ -592,6 +661,7 @@ impl Connection {
             slots: Arc::new(CallSlots::new(est.peer_max_calls)),
             held_back: std::sync::atomic::AtomicBool::new(false),
             call_interceptors: est.call_interceptors,
+            on_end: Mutex::new(OnEnd::Waiting(None)),
             events,
             config,
         });
@@ -605,8 +675,11 @@ impl Connection {
             // read must not keep the writer, the stream and the queue alive.
             let ended = async {
                 w.closed.cancelled().await;
+                w.run_end_hook();
                 tokio::time::sleep(FLUSH_GRACE).await;
             };
+            // The keepalive and the deadlines of this side's calls run in
+            // this task too: one task (and its memory) fewer per connection.
             tokio::select! {
                 r = run => {
                     if let Err(e) = r {
@@ -614,19 +687,22 @@ impl Connection {
                     }
                 }
                 () = ended => {}
+                never = keepalive(&w) => match never {},
             }
+            // The writer may have finished before the branch above saw
+            // the end; the hook runs once either way.
+            w.run_end_hook();
             w.out.abandon().await;
-            w.written_out.cancel();
+            w.written_out.set();
         });
         let r = shared.clone();
-        let written_out = shared.written_out.clone();
         tokio::spawn(async move {
             let mut rd = rd;
-            reader::run(r, &mut rd, est.leftover).await;
-            reader::linger(written_out, &mut rd).await;
+            reader::run(r.clone(), &mut rd, est.leftover).await;
+            // Boxed: entered once, at the end; inline it would make every
+            // reader future (and so every idle connection) larger.
+            Box::pin(reader::linger(r.written_out.wait(), &mut rd)).await;
         });
-        let k = shared.clone();
-        tokio::spawn(keepalive(k));
         Connection::direct(shared)
     }
 
@@ -913,7 +989,7 @@ impl Shared {
         self.shut(CloseReason::Local);
         // A graceful close returns once the last answers and the goaway
         // have left (at most the flush grace later).
-        self.written_out.cancelled().await;
+        self.written_out.wait().await;
     }
 
     fn calls_in_flight(&self) -> usize {
@@ -927,31 +1003,41 @@ impl Shared {
 }
 
 /// Pings an idle peer and declares it lost after the keepalive timeout
-/// (the rule is the core's [`Keepalive`]; this task checks it on a timer).
-async fn keepalive(s: Arc<Shared>) {
+/// (the rule is the core's [`Keepalive`]; this checks it on a timer), and
+/// keeps the deadlines of this side's unary calls: one timer per connection,
+/// armed for the earlier of the next check and the earliest deadline,
+/// instead of one registered and dropped per call. Runs inside the writer
+/// task, beside the writer, and never completes: once the connection has
+/// ended it only waits for the writer to finish.
+async fn keepalive(s: &Shared) -> std::convert::Infallible {
     let mut rule = Keepalive::new(s.config.keepalive_interval, s.config.keepalive_timeout);
-    let mut tick = tokio::time::interval(rule.interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        // The same task keeps the deadlines of this side's unary calls: one
-        // timer per connection, armed for the earliest, instead of one
-        // registered and dropped per call.
+    let mut next_check = tokio::time::Instant::now() + rule.interval();
+    let timer = tokio::time::sleep_until(next_check);
+    tokio::pin!(timer);
+    while !s.closed.is_cancelled() {
         let earliest = s.earliest_deadline.load(Ordering::Acquire);
         let sweep_at = (earliest != u64::MAX).then(|| s.epoch + Duration::from_micros(earliest));
+        let wake = sweep_at.map_or(next_check, |at| at.min(next_check));
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
-            _ = s.closed.cancelled() => return,
+            biased;
             () = s.deadline_armed.notified() => continue,
-            () = async {
-                match sweep_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                s.sweep_deadlines();
-                continue;
-            }
-            _ = tick.tick() => {}
+            () = &mut timer => {}
+        }
+        let now = tokio::time::Instant::now();
+        if sweep_at.is_some_and(|at| at <= now) {
+            s.sweep_deadlines();
+        }
+        if now < next_check {
+            continue;
+        }
+        // The next check one interval from this one (a late check, on a busy
+        // thread, counts from when it ran, as `MissedTickBehavior::Delay` does).
+        next_check = now + rule.interval();
+        if s.closed.is_cancelled() {
+            break;
         }
         match rule.check(s.silent_for(), s.is_held_back()) {
             Beat::Quiet => {}
@@ -962,8 +1048,9 @@ async fn keepalive(s: Arc<Shared>) {
             }
             Beat::Lost(silent) => {
                 s.shut(CloseReason::KeepaliveTimeout(silent));
-                return;
+                break;
             }
         }
     }
+    std::future::pending().await
 }

@@ -5,15 +5,17 @@
 //! It decides nothing about a frame itself. It never waits on the writer, so
 //! a peer that does not read cannot stall it.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::core::{Action, Hold, StallWatch};
 use super::{CloseReason, Shared};
@@ -47,7 +49,7 @@ pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMu
                             // call ends; then the core takes it again.
                             Flow::Hold(frame) => {
                                 let room = |s: &Shared| !s.served.at_limit();
-                                if let Err(stall) = hold_back(&shared, room).await {
+                                if let Err(stall) = Box::pin(hold_back(&shared, room)).await {
                                     cut_off(&shared, stall);
                                     return;
                                 }
@@ -69,7 +71,7 @@ pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMu
         // At the budget, stop reading: the peer is held back by TCP until
         // handlers, stream readers or the writer free memory.
         if over_budget(&shared) {
-            if let Err(stall) = hold_back(&shared, |s| !over_budget(s)).await {
+            if let Err(stall) = Box::pin(hold_back(&shared, |s| !over_budget(s))).await {
                 cut_off(&shared, stall);
                 return;
             }
@@ -77,13 +79,10 @@ pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMu
         if shared.closed.is_cancelled() {
             return;
         }
-        if buf.capacity() - buf.len() < reserve / 2 {
-            buf.reserve(reserve);
-        }
         let read = tokio::select! {
             biased;
             _ = shared.closed.cancelled() => return,
-            r = rd.read_buf(&mut buf) => r,
+            r = std::future::poll_fn(|cx| poll_read(cx, rd, &mut buf, reserve)) => r,
         };
         match read {
             Ok(0) => {
@@ -117,6 +116,78 @@ pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMu
     }
 }
 
+/// Bytes of read buffers kept per thread for the connections that wait on
+/// it: room for the buffers of a hundred or so busy connections, whatever
+/// the number of idle ones.
+const SPARE_BYTES: usize = 256 * 1024;
+/// A connection whose read bite or buffer is larger than this is carrying
+/// bulk traffic: it keeps its buffer while it waits.
+const SPARE_BUFFER_MAX: usize = 64 * 1024;
+
+/// Read buffers of this thread's connections that are waiting for input.
+/// A connection that has nothing buffered gives its buffer back here while
+/// it waits and takes one again when its stream is readable, so an idle
+/// connection holds no read buffer (a keepalive ping borrows one for the
+/// read and returns it), and busy ones reuse the same buffers without an
+/// allocation per read.
+#[derive(Default)]
+struct Spare {
+    buffers: Vec<BytesMut>,
+    /// Their capacity, together.
+    bytes: usize,
+}
+
+thread_local! {
+    static SPARE: RefCell<Spare> = RefCell::new(Spare::default());
+}
+
+/// Reads into `buf`, taking a buffer from this thread's spares when it has
+/// none, and giving it back when the stream has nothing to read and the
+/// buffer holds nothing (a partial frame stays with its connection). With
+/// the spares full, the buffer is freed: a connection that waits holds none.
+fn poll_read(
+    cx: &mut Context<'_>,
+    rd: &mut ReadHalf,
+    buf: &mut BytesMut,
+    reserve: usize,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < reserve / 2 {
+        // Nothing buffered and too little room (no buffer at all, or what
+        // is left of the handshake's): a spare, if this thread has one.
+        if buf.is_empty() {
+            let spare = SPARE.with(|s| {
+                let mut s = s.try_borrow_mut().ok()?;
+                let spare = s.buffers.pop()?;
+                s.bytes -= spare.capacity();
+                Some(spare)
+            });
+            if let Some(spare) = spare {
+                *buf = spare;
+            }
+        }
+        if buf.capacity() - buf.len() < reserve / 2 {
+            buf.reserve(reserve);
+        }
+    }
+    let polled = std::pin::pin!(rd.read_buf(buf)).poll(cx);
+    if polled.is_pending()
+        && buf.is_empty()
+        && reserve <= SPARE_BUFFER_MAX
+        && buf.capacity() <= SPARE_BUFFER_MAX
+    {
+        let idle = std::mem::take(buf);
+        SPARE.with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                if s.bytes + idle.capacity() <= SPARE_BYTES {
+                    s.bytes += idle.capacity();
+                    s.buffers.push(idle);
+                }
+            }
+        });
+    }
+    polled
+}
+
 /// How long the read half stays open, at most, once the writer is done.
 const LINGER: Duration = Duration::from_secs(1);
 /// How much it discards meanwhile, at most: a peer that sends more after
@@ -125,14 +196,14 @@ const LINGER_BYTES: usize = 1024 * 1024;
 
 /// After the connection ended: keeps reading, and discarding, until the
 /// peer closes its side, [`LINGER`] after the writer is done
-/// (`written_out`), or [`LINGER_BYTES`] have been discarded. A socket
+/// (`written_out` resolves), or [`LINGER_BYTES`] have been discarded. A socket
 /// closed with unread input resets the connection, and the reset destroys
 /// what is still queued for the peer — the goaway saying why it was closed
 /// — before the peer reads it; a peer that closes after reading is never
 /// reset.
-pub(crate) async fn linger(written_out: CancellationToken, rd: &mut ReadHalf) {
+pub(crate) async fn linger(written_out: impl Future<Output = ()>, rd: &mut ReadHalf) {
     let done = async {
-        written_out.cancelled().await;
+        written_out.await;
         tokio::time::sleep(LINGER).await;
     };
     tokio::pin!(done);
@@ -160,7 +231,8 @@ struct Stall {
     after: Duration,
 }
 
-/// Stops reading until `room` holds. Gives up with a [`Stall`] when bytes
+/// Stops reading until `room` holds. Callers box it: it is entered only
+/// under pressure, and inline it would make every reader future larger. Gives up with a [`Stall`] when bytes
 /// are queued for the peer and none of them has left for the stall timeout:
 /// a peer that is held back but does not drain is cut off, one that drains
 /// slowly never is, and neither is one held back only by this side's own

@@ -1,7 +1,7 @@
 //! The keepalive rule (PROTOCOL.md §10): at every check, a peer silent for
-//! the timeout is lost, one silent for the interval is pinged. The keepalive
-//! task is the shell: it checks on a timer, measures the silence and does
-//! what [`Keepalive::check`] says.
+//! the timeout is lost, one silent for the interval is pinged. The shell is
+//! the keepalive in the connection's writer task: it checks on a timer,
+//! measures the silence and does what [`Keepalive::check`] says.
 
 use std::time::Duration;
 

@@ -20,7 +20,7 @@
 //! ([`RecvWindow`], [`SendCredit`]) — are lock-free accounting types of this
 //! module that the core charges and decides with. The keepalive rule
 //! ([`Keepalive`]) and the stall rule ([`StallWatch`]) are small machines of
-//! their own, fed durations and instants by the keepalive task and the
+//! their own, fed durations and instants by the keepalive (in the writer task) and the
 //! reader.
 //!
 //! The unit tests (`tests.rs`) drive it frame by frame on explicit instants;
