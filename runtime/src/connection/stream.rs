@@ -177,7 +177,7 @@ impl Inbound {
     /// Ties the call to the served call it was made in: cancelling that
     /// one cancels this one.
     pub(crate) fn child_of(mut self, parent: Option<CallScope>) -> Self {
-        self.parent = parent.map(|p| Box::pin(p.token.cancelled_owned()));
+        self.parent = parent.map(|p| Box::pin(p.token.lend().cancelled_owned()));
         self
     }
 
@@ -634,7 +634,7 @@ impl Reply {
     /// Ties the call to the served call it was made in (see
     /// [`Inbound::child_of`]).
     pub(crate) fn child_of(mut self, parent: Option<CallScope>) -> Self {
-        self.parent = parent.map(|p| Box::pin(p.token.cancelled_owned()));
+        self.parent = parent.map(|p| Box::pin(p.token.lend().cancelled_owned()));
         self
     }
 
