@@ -495,3 +495,69 @@ async fn each_call_times_out_at_its_own_deadline_while_others_finish() {
     assert_eq!(&reply[..], b"ok");
     pair.server.shutdown().await;
 }
+
+/// A handler answered on the spot that hands its context, or its token, to
+/// work it spawns: the work sees the call end when it is answered, and the
+/// calls after it (which may reuse an unheld token) are not cancelled.
+#[tokio::test]
+async fn work_a_handler_spawns_sees_its_call_end_and_later_calls_are_not_cancelled() {
+    let (ended_tx, mut ended) = mpsc::unbounded_channel::<&'static str>();
+    let seen = ended_tx.clone();
+    let service = Router::new()
+        .unary("test.Spawn/context", move |ctx, body: Bytes| {
+            let ended = ended_tx.clone();
+            tokio::spawn(async move {
+                ctx.cancelled().await;
+                let _ = ended.send("context");
+            });
+            async move { Ok::<_, Reject>(body) }
+        })
+        .unary("test.Spawn/token", move |ctx, body: Bytes| {
+            let ended = seen.clone();
+            let token = ctx.cancellation_token();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                let _ = ended.send("token");
+            });
+            async move { Ok::<_, Reject>(body) }
+        })
+        .unary("test.Spawn/plain", |ctx, body: Bytes| async move {
+            if ctx.is_cancelled() {
+                return Err(Reject::new(1, "cancelled before it ran"));
+            }
+            Ok::<_, Reject>(body)
+        });
+    let pair = Pair::start(
+        Transport::Inproc,
+        ConnectionConfig::new(),
+        service,
+        Router::new(),
+    )
+    .await
+    .expect("inproc is always there");
+    let conn = bounded("connect", pair.client.connect(&pair.url))
+        .await
+        .expect("connect");
+    for round in 0..20 {
+        for (op, what) in [
+            ("test.Spawn/context", "context"),
+            ("test.Spawn/token", "token"),
+        ] {
+            let reply = bounded(op, conn.call(op, Bytes::from("x"), CallOptions::new())).await;
+            assert_eq!(&reply.expect("answered")[..], b"x");
+            assert_eq!(
+                bounded("the spawned work sees the end", ended.recv()).await,
+                Some(what)
+            );
+            for _ in 0..3 {
+                let reply = bounded(
+                    "plain",
+                    conn.call("test.Spawn/plain", Bytes::new(), CallOptions::new()),
+                )
+                .await;
+                assert!(reply.is_ok(), "round {round}: {reply:?}");
+            }
+        }
+    }
+    pair.server.shutdown().await;
+}

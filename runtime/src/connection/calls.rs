@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::core::{Entry, Failure, InItem, InboundTx, RecvWindow, SendCredit, Slot};
+use super::core::{reply, Entry, Failure, InItem, InboundTx, RecvWindow, SendCredit, Slot};
 use super::scope::{cascade, CallScope, Parent};
 use super::stream::{CallGuard, Inbound, Outbound, Reply};
 use super::Shared;
@@ -332,7 +332,7 @@ impl Shared {
             opts.inherit(op, &s.peer.label, opts.timeout.or(s.config.default_timeout))?;
         let slot = s.slot(op, timeout).await?;
         let id = s.next_call_id();
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = reply::channel();
         // The connection's sweeper fails the call at its deadline (and
         // cancels it on the peer), so no timer is set up per call.
         let deadline = timeout.map(|t| s.deadline_in(t));
@@ -471,7 +471,7 @@ impl Shared {
         op: &str,
         opts: CallOptions,
     ) -> Result<(Outbound, Reply), CallError> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = reply::channel();
         let entry = Entry {
             reply: Some(tx),
             ..Entry::default()

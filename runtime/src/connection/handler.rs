@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
-use super::scope::CallScope;
+use super::scope::{CallScope, CallToken};
 use super::{CallOptions, Connection, Inbound, Outbound, Session, Shared};
 use crate::descriptor::CallKind;
 use crate::error::Reject;
@@ -30,7 +30,7 @@ pub struct CallContext {
     pub(crate) deadline: Option<tokio::time::Instant>,
     /// `None` when the caller sent none (most calls), saving an allocation.
     pub(crate) metadata: Option<Arc<[(String, Bytes)]>>,
-    pub(crate) token: CancellationToken,
+    pub(crate) token: CallToken,
     /// What the endpoint's interceptors left for the handler, if anything.
     pub(crate) extensions: Option<Arc<crate::intercept::Extensions>>,
     /// The call's span and metrics while something observes it.
@@ -107,7 +107,7 @@ impl CallContext {
 
     /// A token that fires on cancellation, for work the handler spawns.
     pub fn cancellation_token(&self) -> CancellationToken {
-        self.token.clone()
+        self.token.lend()
     }
 
     /// Options for a call that is a child of this one, for work on another
@@ -137,8 +137,43 @@ impl CallContext {
     }
 }
 
-type UnaryFn =
-    dyn Fn(CallContext, Bytes) -> BoxFuture<'static, Result<Bytes, Reject>> + Send + Sync;
+/// Where the reader builds the future of a unary handler it runs on the
+/// spot: a box kept from one call to the next, reused when the next
+/// handler's future has the same layout (so one operation called again and
+/// again allocates no box).
+pub(crate) type UnarySlot = ReusableBoxFuture<'static, Result<Bytes, Reject>>;
+
+/// A unary handler, type-erased: its future boxed, or built in a reused box.
+pub(crate) trait UnaryHandler: Send + Sync {
+    /// The handler's future for one call, in a box of its own.
+    fn call(&self, ctx: CallContext, body: Bytes) -> BoxFuture<'static, Result<Bytes, Reject>>;
+
+    /// The handler's future for one call, built in `slot`.
+    fn call_in(&self, ctx: CallContext, body: Bytes, slot: &mut UnarySlot);
+}
+
+/// A unary handler function (see [`Route::unary`]).
+struct UnaryFn<F>(F);
+
+impl<F, Fut> UnaryHandler for UnaryFn<F>
+where
+    F: Fn(CallContext, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, Reject>> + Send + 'static,
+{
+    fn call(&self, ctx: CallContext, body: Bytes) -> BoxFuture<'static, Result<Bytes, Reject>> {
+        let scope = ctx.scope();
+        Box::pin(scope.enter((self.0)(ctx, body)))
+    }
+
+    fn call_in(&self, ctx: CallContext, body: Bytes, slot: &mut UnarySlot) {
+        let scope = ctx.scope();
+        let fut = (self.0)(ctx, body);
+        // The scope, and the token it holds, end with the handler: a
+        // finished future left in the box holds neither (so the token can
+        // go to the next call).
+        slot.set(async move { scope.enter(fut).await });
+    }
+}
 type OneWayFn = dyn Fn(CallContext, Bytes) -> BoxFuture<'static, ()> + Send + Sync;
 type ServerStreamFn =
     dyn Fn(CallContext, Bytes, Outbound) -> BoxFuture<'static, Result<(), Reject>> + Send + Sync;
@@ -150,7 +185,7 @@ type BidiFn =
 /// A registered handler.
 #[derive(Clone)]
 pub(crate) enum Route {
-    Unary(Arc<UnaryFn>),
+    Unary(Arc<dyn UnaryHandler>),
     OneWay(Arc<OneWayFn>),
     ServerStream(Arc<ServerStreamFn>),
     ClientStream(Arc<ClientStreamFn>),
@@ -196,10 +231,7 @@ impl Route {
         F: Fn(CallContext, Bytes) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Bytes, Reject>> + Send + 'static,
     {
-        Route::Unary(Arc::new(move |c, b| {
-            let scope = c.scope();
-            Box::pin(scope.enter(f(c, b)))
-        }))
+        Route::Unary(Arc::new(UnaryFn(f)))
     }
 
     /// A fire-and-forget operation's handler.

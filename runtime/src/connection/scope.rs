@@ -16,7 +16,10 @@
 //!
 //! This module owns the scope and the arithmetic; it never sends a frame.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -30,7 +33,96 @@ tokio::task_local! {
 #[derive(Clone, Debug)]
 pub(crate) struct CallScope {
     pub(crate) deadline: Option<Instant>,
-    pub(crate) token: CancellationToken,
+    pub(crate) token: CallToken,
+}
+
+thread_local! {
+    /// A token no one holds, for the next unary call served on this thread.
+    static SPARE: Cell<Option<Arc<Reusable>>> = const { Cell::new(None) };
+}
+
+/// The cancellation of one call being served, as its handler's context,
+/// its scope and the serving code share it. It fires when the caller
+/// cancels, the deadline passes, the connection or session ends, or the
+/// call is answered.
+///
+/// Most unary calls are answered on the spot, and their handlers never look
+/// at the token or keep it: for them a token nobody else came to hold is
+/// handed to the next call instead of being cancelled and freed (cancelling
+/// a token no one holds is seen by no one). That saves the token's
+/// allocation per call. A token lent out as a plain [`CancellationToken`]
+/// (to the call table, to the handler, to a child stream) is never reused.
+#[derive(Clone, Debug)]
+pub(crate) enum CallToken {
+    /// A token that may go on to the next call (see [`CallToken::reusable`]).
+    Reusable(Arc<Reusable>),
+    /// A token of this call only.
+    Plain(CancellationToken),
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Reusable {
+    token: CancellationToken,
+    /// Handed out as a plain token: someone may hold it unseen.
+    lent: AtomicBool,
+}
+
+impl CallToken {
+    /// A token for a call that may be answered on the spot: the one the
+    /// last such call on this thread left, or a new one.
+    pub(crate) fn reusable() -> CallToken {
+        let spare = SPARE.try_with(Cell::take).ok().flatten();
+        CallToken::Reusable(spare.unwrap_or_default())
+    }
+
+    fn token(&self) -> &CancellationToken {
+        match self {
+            CallToken::Reusable(r) => &r.token,
+            CallToken::Plain(t) => t,
+        }
+    }
+
+    /// Whether the call has been cancelled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.token().is_cancelled()
+    }
+
+    /// Resolves when the call is cancelled.
+    pub(crate) async fn cancelled(&self) {
+        self.token().cancelled().await
+    }
+
+    /// Cancels the call.
+    pub(crate) fn cancel(&self) {
+        self.token().cancel()
+    }
+
+    /// The call's cancellation as a plain token, for whatever keeps it
+    /// beyond the call's context; from now on the token is not reused.
+    pub(crate) fn lend(&self) -> CancellationToken {
+        if let CallToken::Reusable(r) = self {
+            r.lent.store(true, Ordering::Relaxed);
+        }
+        self.token().clone()
+    }
+
+    /// The call ended (answered, refused or failed) and its handler's
+    /// future is gone: the token fires for whoever still holds it, unless
+    /// no one does, and then it is kept for this thread's next call.
+    pub(crate) fn release(self) {
+        if let CallToken::Reusable(mut r) = self {
+            // Unique: no context, scope or clone of this call is left.
+            if let Some(only) = Arc::get_mut(&mut r) {
+                if !*only.lent.get_mut() && !only.token.is_cancelled() {
+                    let _ = SPARE.try_with(|spare| spare.set(Some(r)));
+                    return;
+                }
+            }
+            r.token.cancel();
+        } else {
+            self.cancel();
+        }
+    }
 }
 
 /// Which scope, if any, a call made with some options belongs to.
@@ -90,7 +182,7 @@ mod tests {
     fn scope(left: Option<Duration>) -> CallScope {
         CallScope {
             deadline: left.map(|d| Instant::now() + d),
-            token: CancellationToken::new(),
+            token: CallToken::Plain(CancellationToken::new()),
         }
     }
 
@@ -103,6 +195,39 @@ mod tests {
         assert_eq!(cascade(Some(s(3)), Some(&scope(None))), Some(s(3)));
         assert_eq!(cascade(Some(s(3)), None), Some(s(3)));
         assert_eq!(cascade(None, None), None);
+    }
+
+    fn address(t: &CallToken) -> usize {
+        match t {
+            CallToken::Reusable(r) => Arc::as_ptr(r) as usize,
+            CallToken::Plain(_) => 0,
+        }
+    }
+
+    #[test]
+    fn a_token_no_one_kept_goes_to_the_next_call_and_a_kept_one_fires() {
+        SPARE.with(Cell::take);
+        // No one kept it: the next call gets it, unfired.
+        let first = CallToken::reusable();
+        let at = address(&first);
+        first.release();
+        let second = CallToken::reusable();
+        assert_eq!(address(&second), at);
+        assert!(!second.is_cancelled());
+        // Still held (a context or scope kept by spawned work): it fires,
+        // and the next call gets a new one.
+        let kept = second.clone();
+        second.release();
+        assert!(kept.is_cancelled());
+        let third = CallToken::reusable();
+        assert_ne!(address(&third), at);
+        assert!(!third.is_cancelled());
+        // Lent out as a plain token: it fires, held or not, and is not handed on.
+        let lent = third.lend();
+        third.release();
+        assert!(lent.is_cancelled());
+        assert!(!CallToken::reusable().is_cancelled());
+        drop(kept);
     }
 
     #[tokio::test(start_paused = true)]

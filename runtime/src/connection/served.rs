@@ -6,7 +6,10 @@
 //! this is the shell that carries it out.
 
 use std::any::Any;
+use std::cell::Cell;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +24,8 @@ use super::core::{
     Admitted, Attached, Charge, Dropped, Entry, InItem, InboundTx, Operation, RecvWindow, Refusal,
     SendCredit, ServedCalls,
 };
-use super::handler::{CallContext, Route};
+use super::handler::{CallContext, Route, UnarySlot};
+use super::scope::CallToken;
 use super::session::SessionState;
 use super::stream::{Inbound, Outbound};
 use super::{Connection, Session, Shared};
@@ -31,6 +35,12 @@ use crate::intercept::{IncomingCall, Interceptors};
 use crate::observe::call as observe;
 use crate::wire::frame::{encode_reject, CallOpen, Kind};
 use crate::wire::SystemCode;
+
+thread_local! {
+    /// The box the last unary handler answered on the spot on this thread
+    /// ran in, for the next one (see [`UnarySlot`]).
+    static HANDLER_BOX: Cell<Option<UnarySlot>> = const { Cell::new(None) };
+}
 
 impl Operation for Route {
     fn kind(&self) -> CallKind {
@@ -94,15 +104,19 @@ impl Shared {
     }
 
     /// The call's session, as its handler sees it, and the cancellation its
-    /// handler runs under (closing the session cancels it).
+    /// handler runs under (closing the session cancels it). A call that may
+    /// be answered on the spot (`reusable`) outside a session gets a token
+    /// that may go on to the next such call (see [`CallToken`]).
     fn scope_of(
         self: &Arc<Self>,
         session: Option<Arc<SessionState>>,
-    ) -> (CancellationToken, Option<Session>) {
+        reusable: bool,
+    ) -> (CallToken, Option<Session>) {
         match session {
-            None => (CancellationToken::new(), None),
+            None if reusable => (CallToken::reusable(), None),
+            None => (CallToken::Plain(CancellationToken::new()), None),
             Some(state) => (
-                state.token.child_token(),
+                CallToken::Plain(state.token.child_token()),
                 Some(Session {
                     state,
                     shared: self.clone(),
@@ -121,7 +135,8 @@ impl Shared {
         } = call;
         // From here on the call is counted as served until the guard ends it.
         let serving = Serving::new(self.served.clone());
-        let (token, session) = self.scope_of(session);
+        let unary = matches!(route, Route::Unary(_));
+        let (token, session) = self.scope_of(session, unary && !open.oneway);
         if open.oneway {
             return self.serve_one_way(open, op, route, token, session, serving);
         }
@@ -163,9 +178,25 @@ impl Shared {
         };
         let body = open.body;
         let fut: BoxFuture<'static, Result<Bytes, Reject>> = match route {
+            // Without interceptors or an observer (most calls), the
+            // handler's own future is built in the box this thread's last
+            // such call left, and the box is kept again if it is answered
+            // on the spot.
+            Route::Unary(f) if ctx.record.is_none() && !self.intercepts(&ctx.op) => {
+                let mut slot = HANDLER_BOX
+                    .try_with(Cell::take)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| UnarySlot::new(std::future::pending()));
+                f.call_in(ctx, body, &mut slot);
+                let keep = |slot| {
+                    let _ = HANDLER_BOX.try_with(|spare| spare.set(Some(slot)));
+                };
+                return self.serve_unary(id, token, open.deadline, charged, slot, serving, keep);
+            }
             Route::Unary(f) => {
-                let fut = self.intercepted(ctx, move |ctx| f(ctx, body));
-                return self.serve_unary(id, token, open.deadline, charged, fut, serving);
+                let fut = self.intercepted(ctx, move |ctx| f.call(ctx, body));
+                return self.serve_unary(id, token, open.deadline, charged, fut, serving, drop);
             }
             Route::OneWay(f) => self.intercepted(ctx, move |ctx| {
                 let fut = f(ctx, body);
@@ -198,7 +229,7 @@ impl Shared {
                 })
             }
         };
-        entry.cancel = Some(token.clone());
+        entry.cancel = Some(token.lend());
         // Refused only if the connection ended meanwhile: then nothing runs.
         if let Ok(attached) = self.core().attach(id, entry) {
             let charge = Charge::new(&self.budget, charged);
@@ -215,7 +246,7 @@ impl Shared {
         open: CallOpen,
         op: Arc<str>,
         route: Route,
-        token: CancellationToken,
+        token: CallToken,
         session: Option<Session>,
         serving: Serving,
     ) {
@@ -264,29 +295,40 @@ impl Shared {
     /// handler that finishes at once (most do) is answered without a task,
     /// a table entry or a timer. One that has to wait moves to its own task
     /// as usual. The call's entry is only needed once it can be cancelled,
-    /// which is not before the reader reads its next frame.
-    fn serve_unary(
+    /// which is not before the reader reads its next frame. A handler
+    /// answered on the spot leaves its finished future to `keep`.
+    #[allow(clippy::too_many_arguments)]
+    fn serve_unary<F>(
         self: &Arc<Self>,
         id: u32,
-        token: CancellationToken,
+        token: CallToken,
         deadline: Option<Duration>,
         body_len: usize,
-        mut fut: BoxFuture<'static, Result<Bytes, Reject>>,
+        mut fut: F,
         serving: Serving,
-    ) {
+        keep: impl FnOnce(F),
+    ) where
+        F: Future<Output = Result<Bytes, Reject>> + Unpin + Send + 'static,
+    {
         // Counted from admission until its answer is queued, so a graceful
         // close cannot slip in between.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let outcome =
-            match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
-                Ok(std::task::Poll::Ready(result)) => Outcome::Done(result),
-                Err(p) => Outcome::Panicked(panic_message(p)),
+            match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut fut).poll(&mut cx))) {
+                Ok(std::task::Poll::Ready(result)) => {
+                    keep(fut);
+                    Outcome::Done(result)
+                }
+                Err(p) => {
+                    drop(fut);
+                    Outcome::Panicked(panic_message(p))
+                }
                 Ok(std::task::Poll::Pending) => {
                     // The spawned task polls it again with a real waker, so
                     // whatever the first poll registered with the no-op waker is
                     // registered afresh.
                     let entry = Entry {
-                        cancel: Some(token.clone()),
+                        cancel: Some(token.lend()),
                         ..Entry::default()
                     };
                     if let Ok(attached) = self.core().attach(id, entry) {
@@ -297,7 +339,8 @@ impl Shared {
                     return;
                 }
             };
-        token.cancel();
+        // The handler's future is gone: whoever kept its token sees it fire.
+        token.release();
         // Answers go straight into the queue: it counts against the budget,
         // and the reader stops taking new calls while the budget is full.
         if let Some(answer) = Answer::of(self, outcome) {
@@ -347,12 +390,12 @@ impl Shared {
         })
     }
 
-    fn context(
-        self: &Arc<Self>,
-        op: Arc<str>,
-        open: &CallOpen,
-        token: CancellationToken,
-    ) -> CallContext {
+    /// Whether the router's interceptors run before `op`'s handler.
+    fn intercepts(&self, op: &str) -> bool {
+        !self.router.interceptors().is_empty() && !Interceptors::exempt(op)
+    }
+
+    fn context(self: &Arc<Self>, op: Arc<str>, open: &CallOpen, token: CallToken) -> CallContext {
         CallContext {
             op,
             shared: self.clone(),
@@ -372,9 +415,9 @@ async fn run(
     serving: Serving,
     charge: Charge,
     call: Attached,
-    token: CancellationToken,
+    token: CallToken,
     deadline: Option<Duration>,
-    fut: BoxFuture<'static, Result<Bytes, Reject>>,
+    fut: impl Future<Output = Result<Bytes, Reject>> + Send,
 ) {
     let guarded = async {
         let caught = AssertUnwindSafe(fut).catch_unwind();

@@ -11,11 +11,12 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::calls::CallName;
+use super::core::reply::ReplyRx;
 use super::core::{Failure, InItem, RecvWindow, SendCredit};
 use super::scope::CallScope;
 use super::Shared;
@@ -176,7 +177,7 @@ impl Inbound {
     /// Ties the call to the served call it was made in: cancelling that
     /// one cancels this one.
     pub(crate) fn child_of(mut self, parent: Option<CallScope>) -> Self {
-        self.parent = parent.map(|p| Box::pin(p.token.cancelled_owned()));
+        self.parent = parent.map(|p| Box::pin(p.token.lend().cancelled_owned()));
         self
     }
 
@@ -597,7 +598,7 @@ impl Outbound {
 /// The answer to a client-stream call: resolves once the handler acks or rejects.
 pub struct Reply {
     name: CallName,
-    rx: oneshot::Receiver<Result<Bytes, Failure>>,
+    rx: ReplyRx,
     guard: Option<Arc<CallGuard>>,
     sleep: Option<Pin<Box<Sleep>>>,
     timeout: Option<Duration>,
@@ -614,7 +615,7 @@ impl std::fmt::Debug for Reply {
 impl Reply {
     pub(crate) fn new(
         name: CallName,
-        rx: oneshot::Receiver<Result<Bytes, Failure>>,
+        rx: ReplyRx,
         guard: Arc<CallGuard>,
         deadline: Option<Instant>,
         timeout: Option<Duration>,
@@ -633,7 +634,7 @@ impl Reply {
     /// Ties the call to the served call it was made in (see
     /// [`Inbound::child_of`]).
     pub(crate) fn child_of(mut self, parent: Option<CallScope>) -> Self {
-        self.parent = parent.map(|p| Box::pin(p.token.cancelled_owned()));
+        self.parent = parent.map(|p| Box::pin(p.token.lend().cancelled_owned()));
         self
     }
 

@@ -501,7 +501,7 @@ async fn run_here(
     ctx.op = name;
     let body = request.body.clone();
     let ran = match (route, request.oneway) {
-        (Route::Unary(f), false) => AssertUnwindSafe(f(ctx, body)).catch_unwind().await,
+        (Route::Unary(f), false) => AssertUnwindSafe(f.call(ctx, body)).catch_unwind().await,
         (Route::OneWay(f), true) => AssertUnwindSafe(f(ctx, body))
             .catch_unwind()
             .await

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::rules::OP_OVERHEAD;
@@ -97,7 +97,7 @@ struct Served {
 
 /// A call this side opened.
 struct Local {
-    reply: Option<oneshot::Receiver<Result<Bytes, Failure>>>,
+    reply: Option<super::reply::ReplyRx>,
     reader: Option<Reader>,
     credit: Option<Arc<SendCredit>>,
     /// Terminal outcomes seen (an ack or a failure, in any form).
@@ -588,7 +588,7 @@ impl Harness {
             outcomes: 0,
         };
         if matches!(kind, CallKind::Unary | CallKind::ClientStream) {
-            let (tx, rx) = oneshot::channel();
+            let (tx, rx) = super::reply::channel();
             entry.reply = Some(tx);
             local.reply = Some(rx);
         }
@@ -731,10 +731,10 @@ impl Harness {
                         l.outcomes += 1;
                         l.reply = None;
                     }
-                    Err(oneshot::error::TryRecvError::Closed) => {
+                    Err(super::reply::TryRecvError::Closed) => {
                         panic!("call {id} was dropped without an outcome")
                     }
-                    Err(oneshot::error::TryRecvError::Empty) => {}
+                    Err(super::reply::TryRecvError::Empty) => {}
                 }
             }
         }

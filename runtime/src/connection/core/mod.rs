@@ -31,6 +31,7 @@ mod budget;
 mod flow;
 mod keepalive;
 mod lifecycle;
+pub(crate) mod reply;
 mod rules;
 mod table;
 

@@ -11,11 +11,12 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::Slot;
 use super::flow::{RecvWindow, SendCredit};
+use super::reply::ReplyTx;
 use crate::error::{CallError, Reject};
 use crate::wire::SystemCode;
 
@@ -101,7 +102,7 @@ impl InboundTx {
 #[derive(Debug, Default)]
 pub(crate) struct Entry {
     /// Calls we opened: where the terminal ack or reject goes (unary, client stream).
-    pub(crate) reply: Option<oneshot::Sender<Result<Bytes, Failure>>>,
+    pub(crate) reply: Option<ReplyTx>,
     /// Where the peer's stream messages go (server stream and bidi replies;
     /// client stream and bidi requests of calls we serve).
     pub(crate) inbound: Option<InboundTx>,

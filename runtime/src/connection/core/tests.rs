@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::*;
 use crate::wire::frame::OpRef;
@@ -476,8 +476,8 @@ fn credit_reaches_the_sender_and_credit_for_an_ended_call_is_ignored() {
 
 // §4.6–§4.8: the end of a call.
 
-fn local_call(f: &mut Fixture, id: u32) -> oneshot::Receiver<Result<Bytes, Failure>> {
-    let (tx, rx) = oneshot::channel();
+fn local_call(f: &mut Fixture, id: u32) -> super::reply::ReplyRx {
+    let (tx, rx) = super::reply::channel();
     let entry = Entry {
         reply: Some(tx),
         ..Entry::default()
