@@ -21,6 +21,8 @@ pub const CONNECTIONS: [usize; 2] = [8, 64];
 pub struct Local {
     /// The URL scheme, e.g. `unix://`.
     pub scheme: &'static str,
+    /// Where the two ends run, when that is what sets the figure.
+    pub placement: Option<&'static str>,
     /// What the floor is, e.g. "raw echo over a Unix socket".
     pub floor: Option<&'static str>,
     pub plexus_rate: f64,
@@ -138,7 +140,10 @@ async fn connect_many(target: Target, count: usize) -> Result<Vec<Echoer>, BoxEr
     Ok(clients)
 }
 
-/// `unix://` beside the raw Unix-socket echo, and `inproc://`.
+/// `unix://` beside the raw Unix-socket echo, and `inproc://` twice: with
+/// both ends on one runtime, as tasks of one process use it, and with the
+/// server on the server runtime and the client on the client runtime, where
+/// every call crosses threads twice.
 pub fn local(rig: &Rig, settings: &Settings, figures: &mut Figures) -> Result<(), BoxError> {
     let dir = std::env::temp_dir().join(format!("plexus-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -164,11 +169,15 @@ fn measure_local(
             Ok((unix, inproc, raw))
         }
     })?;
+    // The same echo server on the client runtime, so both ends of these
+    // connections share its one worker thread.
+    let shared_server = on_client(rig, plexus_side::start_at("inproc://plexus-bench-shared"))?;
     let unix_target = Target::Plexus(unix_server.local_url().to_string());
     let inproc_target = Target::Plexus(inproc_server.local_url().to_string());
+    let shared_target = Target::Plexus(shared_server.local_url().to_string());
     let mut lanes = on_client(rig, async move {
         let mut lanes = Vec::new();
-        for target in [unix_target, inproc_target] {
+        for target in [unix_target, shared_target, inproc_target] {
             let loaded = Echoer::connect(target.clone()).await?;
             let single = Echoer::connect(target).await?;
             lanes.push(Lane::new(vec![loaded], Some(single)));
@@ -180,41 +189,59 @@ fn measure_local(
     })?;
     run_lanes(rig, settings, &mut lanes)?;
     let mut shown = Vec::new();
-    for (name, lane) in ["plexus unix://", "plexus inproc://", "raw unix"]
-        .iter()
-        .zip(lanes.iter_mut())
+    for (name, lane) in [
+        "plexus unix://",
+        "plexus inproc:// (one runtime)",
+        "plexus inproc:// (two runtimes)",
+        "raw unix",
+    ]
+    .iter()
+    .zip(lanes.iter_mut())
     {
         let (rate, p50) = (lane.rate(), lane.p50().unwrap_or_default());
         println!(
-            "{name:>16}: unary {IN_FLIGHT} in flight: {rate:.0} calls/s; 1 in flight: p50 {p50:?}"
+            "{name:>31}: unary {IN_FLIGHT} in flight: {rate:.0} calls/s; 1 in flight: p50 {p50:?}"
         );
         shown.push((rate, p50));
     }
-    rig.client(async move { drop(lanes) })?;
+    rig.client(async move {
+        drop(lanes);
+        shared_server.shutdown().await;
+    })?;
     rig.server(async move {
         unix_server.shutdown().await;
         inproc_server.shutdown().await;
         raw_task.abort();
     })?;
+    let inproc = |placement, (rate, p50): (f64, Duration)| Local {
+        scheme: "inproc://",
+        placement: Some(placement),
+        floor: None,
+        plexus_rate: rate,
+        plexus_p50: p50,
+        floor_rate: None,
+        floor_p50: None,
+    };
     Ok(vec![
         Local {
             scheme: "unix://",
+            placement: None,
             floor: Some("raw echo over a Unix socket"),
             plexus_rate: shown[0].0,
             plexus_p50: shown[0].1,
-            floor_rate: Some(shown[2].0),
-            floor_p50: Some(shown[2].1),
+            floor_rate: Some(shown[3].0),
+            floor_p50: Some(shown[3].1),
         },
-        Local {
-            scheme: "inproc://",
-            floor: None,
-            plexus_rate: shown[1].0,
-            plexus_p50: shown[1].1,
-            floor_rate: None,
-            floor_p50: None,
-        },
+        inproc(ONE_RUNTIME, shown[1]),
+        inproc(TWO_RUNTIMES, shown[2]),
     ])
 }
+
+/// Where the `inproc://` lane the goal is read from runs its two ends.
+pub const ONE_RUNTIME: &str = "both ends on one runtime";
+
+/// The other `inproc://` lane: every call crosses threads twice.
+pub const TWO_RUNTIMES: &str = "server and client runtimes";
 
 /// Unary throughput, 64 callers over 8 and over 64 connections, per system.
 pub fn spread(rig: &Rig, settings: &Settings, figures: &mut Figures) -> Result<(), BoxError> {

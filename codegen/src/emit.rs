@@ -151,6 +151,10 @@ impl Carriers {
                         (Self::CARRIER.encode_into)(value, buf)
                     }
 
+                    fn encode_spliced(value: &#ty, buf: &mut ::plexus::codegen::bytes::BytesMut, holes: &mut ::std::vec::Vec<(usize, ::plexus::Bytes)>) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+                        (Self::CARRIER.encode_spliced)(value, buf, holes)
+                    }
+
                     fn decode(bytes: ::plexus::Bytes) -> ::core::result::Result<#ty, ::plexus::codec::CodecError> {
                         (Self::CARRIER.decode)(bytes)
                     }

@@ -879,6 +879,13 @@ impl ::plexus::codec::Codec<Message> for __ChatCodec<0usize> {
     ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
         (Self::CARRIER.encode_into)(value, buf)
     }
+    fn encode_spliced(
+        value: &Message,
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+        holes: &mut ::std::vec::Vec<(usize, ::plexus::Bytes)>,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_spliced)(value, buf, holes)
+    }
     fn decode(
         bytes: ::plexus::Bytes,
     ) -> ::core::result::Result<Message, ::plexus::codec::CodecError> {
@@ -902,6 +909,13 @@ impl ::plexus::codec::Codec<Receipt> for __ChatCodec<1usize> {
         buf: &mut ::plexus::codegen::bytes::BytesMut,
     ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
         (Self::CARRIER.encode_into)(value, buf)
+    }
+    fn encode_spliced(
+        value: &Receipt,
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+        holes: &mut ::std::vec::Vec<(usize, ::plexus::Bytes)>,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_spliced)(value, buf, holes)
     }
     fn decode(
         bytes: ::plexus::Bytes,
@@ -927,6 +941,13 @@ impl ::plexus::codec::Codec<String> for __ChatCodec<2usize> {
     ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
         (Self::CARRIER.encode_into)(value, buf)
     }
+    fn encode_spliced(
+        value: &String,
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+        holes: &mut ::std::vec::Vec<(usize, ::plexus::Bytes)>,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_spliced)(value, buf, holes)
+    }
     fn decode(
         bytes: ::plexus::Bytes,
     ) -> ::core::result::Result<String, ::plexus::codec::CodecError> {
@@ -950,6 +971,13 @@ impl ::plexus::codec::Codec<()> for __ChatCodec<3usize> {
         buf: &mut ::plexus::codegen::bytes::BytesMut,
     ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
         (Self::CARRIER.encode_into)(value, buf)
+    }
+    fn encode_spliced(
+        value: &(),
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+        holes: &mut ::std::vec::Vec<(usize, ::plexus::Bytes)>,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_spliced)(value, buf, holes)
     }
     fn decode(
         bytes: ::plexus::Bytes,
@@ -975,6 +1003,13 @@ impl ::plexus::codec::Codec<u64> for __ChatCodec<4usize> {
     ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
         (Self::CARRIER.encode_into)(value, buf)
     }
+    fn encode_spliced(
+        value: &u64,
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+        holes: &mut ::std::vec::Vec<(usize, ::plexus::Bytes)>,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_spliced)(value, buf, holes)
+    }
     fn decode(
         bytes: ::plexus::Bytes,
     ) -> ::core::result::Result<u64, ::plexus::codec::CodecError> {
@@ -998,6 +1033,13 @@ impl ::plexus::codec::Codec<u32> for __ChatCodec<5usize> {
         buf: &mut ::plexus::codegen::bytes::BytesMut,
     ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
         (Self::CARRIER.encode_into)(value, buf)
+    }
+    fn encode_spliced(
+        value: &u32,
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+        holes: &mut ::std::vec::Vec<(usize, ::plexus::Bytes)>,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_spliced)(value, buf, holes)
     }
     fn decode(
         bytes: ::plexus::Bytes,
@@ -1023,6 +1065,13 @@ impl ::plexus::codec::Codec<(i64, i64)> for __ChatCodec<6usize> {
     ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
         (Self::CARRIER.encode_into)(value, buf)
     }
+    fn encode_spliced(
+        value: &(i64, i64),
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+        holes: &mut ::std::vec::Vec<(usize, ::plexus::Bytes)>,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_spliced)(value, buf, holes)
+    }
     fn decode(
         bytes: ::plexus::Bytes,
     ) -> ::core::result::Result<(i64, i64), ::plexus::codec::CodecError> {
@@ -1046,6 +1095,13 @@ impl ::plexus::codec::Codec<i64> for __ChatCodec<7usize> {
         buf: &mut ::plexus::codegen::bytes::BytesMut,
     ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
         (Self::CARRIER.encode_into)(value, buf)
+    }
+    fn encode_spliced(
+        value: &i64,
+        buf: &mut ::plexus::codegen::bytes::BytesMut,
+        holes: &mut ::std::vec::Vec<(usize, ::plexus::Bytes)>,
+    ) -> ::core::result::Result<(), ::plexus::codec::CodecError> {
+        (Self::CARRIER.encode_spliced)(value, buf, holes)
     }
     fn decode(
         bytes: ::plexus::Bytes,

@@ -35,6 +35,11 @@ use crate::error::{CallError, Reject};
 mod blob;
 pub use blob::{decode_sharing, Blob};
 
+/// Where [`Codec::encode_spliced`] puts the blobs it leaves out of a
+/// message: `(offset, bytes)`, in order.
+#[doc(hidden)]
+pub type Holes = Vec<(usize, Bytes)>;
+
 /// A wire format, named so descriptors can say which one a service speaks.
 pub trait Format: Send + Sync + 'static {
     /// Stable lowercase name (`msgpack`, `json`, `protobuf`).
@@ -60,6 +65,18 @@ pub trait Codec<T>: Format {
     }
     /// Decodes a value; never panics, whatever the bytes.
     fn decode(bytes: Bytes) -> Result<T, CodecError>;
+
+    /// Like [`encode_into`](Self::encode_into), but a codec may leave a
+    /// large [`Blob`] out of `buf` and push `(offset, bytes)` to `holes`
+    /// instead: the payload is `buf` from where it was on entry, with each
+    /// hole's bytes at its offset (counted from there). The runtime then
+    /// writes the blob to the socket without copying it. The default
+    /// splices nothing.
+    #[doc(hidden)]
+    fn encode_spliced(value: &T, buf: &mut BytesMut, holes: &mut Holes) -> Result<(), CodecError> {
+        let _ = holes;
+        Self::encode_into(value, buf)
+    }
 }
 
 /// A value could not be encoded, or bytes could not be decoded.
@@ -132,6 +149,16 @@ where
     fn encode_into(value: &T, buf: &mut BytesMut) -> Result<(), CodecError> {
         rmp_serde::encode::write_named(&mut buf.writer(), value)
             .map_err(|e| CodecError::encode(Self::NAME, e))
+    }
+
+    fn encode_spliced(value: &T, buf: &mut BytesMut, holes: &mut Holes) -> Result<(), CodecError> {
+        // rmp-serde writes a `bin`'s bytes with one `write` of the very
+        // slice the `Blob` holds, which the writer recognises and splices.
+        blob::splicing(|| {
+            let mut writer = blob::SpliceWriter::new(buf, holes);
+            rmp_serde::encode::write_named(&mut writer, value)
+        })
+        .map_err(|e| CodecError::encode(Self::NAME, e))
     }
 
     fn decode(bytes: Bytes) -> Result<T, CodecError> {
@@ -212,6 +239,8 @@ pub struct Carrier<T> {
     pub encode: fn(&T) -> Result<Bytes, CodecError>,
     /// `C::encode_into`.
     pub encode_into: fn(&T, &mut BytesMut) -> Result<(), CodecError>,
+    /// `C::encode_spliced`.
+    pub encode_spliced: fn(&T, &mut BytesMut, &mut Holes) -> Result<(), CodecError>,
     /// `C::decode`.
     pub decode: fn(Bytes) -> Result<T, CodecError>,
 }
@@ -222,6 +251,7 @@ impl<T> Carrier<T> {
         Carrier {
             encode: C::encode,
             encode_into: C::encode_into,
+            encode_spliced: C::encode_spliced,
             decode: C::decode,
         }
     }
@@ -280,17 +310,37 @@ thread_local! {
 /// Encodes one message of a call into this thread's message buffer (see
 /// `MESSAGES`). Not for messages kept long: each keeps its chunk alive.
 fn encode_message<C: Codec<T>, T>(value: &T) -> Result<Bytes, CodecError> {
+    in_message_buffer(|buf| C::encode_into(value, buf))
+}
+
+/// Encodes one message of a stream for the runtime to send: like
+/// `encode_message`, with large blobs spliced in by reference (see
+/// [`Codec::encode_spliced`]) rather than copied.
+pub(crate) fn encode_spliced<C: Codec<T>, T>(
+    value: &T,
+) -> Result<crate::connection::SplicedMessage, CodecError> {
+    let mut holes = Vec::new();
+    let bytes = in_message_buffer(|buf| C::encode_spliced(value, buf, &mut holes))?;
+    Ok(crate::connection::SplicedMessage::new(bytes, holes))
+}
+
+/// Runs `encode` on this thread's message buffer (emptied first) and splits
+/// off what it wrote; on a buffer of its own when that one is in use.
+fn in_message_buffer(
+    encode: impl FnOnce(&mut BytesMut) -> Result<(), CodecError>,
+) -> Result<Bytes, CodecError> {
     MESSAGES.with(|cell| {
         // Re-entered from inside an encoder: encode on its own.
         let Ok(mut buf) = cell.try_borrow_mut() else {
-            return C::encode(value);
+            let mut own = BytesMut::new();
+            return encode(&mut own).map(|()| own.freeze());
         };
         // A panic in an encoder leaves part of a message behind.
         buf.clear();
         if buf.capacity() < MESSAGE_CHUNK / 4 {
             buf.reserve(MESSAGE_CHUNK);
         }
-        if let Err(e) = C::encode_into(value, &mut buf) {
+        if let Err(e) = encode(&mut buf) {
             buf.clear();
             return Err(e);
         }
@@ -332,5 +382,56 @@ mod tests {
         assert!(encode_message::<Json, _>(&map).is_err());
         let next = encode_message::<Json, u8>(&7).unwrap();
         assert_eq!(&next[..], b"7");
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Chunk {
+        index: u32,
+        data: Blob,
+        tail: Blob,
+        note: String,
+    }
+
+    #[test]
+    fn a_large_blob_is_spliced_by_reference_and_the_payload_is_unchanged() {
+        let data = Blob::from(vec![0x5a; 64 * 1024]);
+        let tail = Blob::from(vec![7; 20 * 1024]);
+        let chunk = Chunk {
+            index: 3,
+            data: data.clone(),
+            tail: tail.clone(),
+            note: "n".into(),
+        };
+        let spliced = encode_spliced::<MsgPack, Chunk>(&chunk).unwrap();
+        let plain = <MsgPack as Codec<Chunk>>::encode(&chunk).unwrap();
+        // Exactly the bytes a plain encoding writes, with both blobs left
+        // out of the encoder's buffer: what is copied is a few dozen bytes.
+        assert_eq!(spliced.to_bytes(), plain);
+        assert_eq!(spliced.len(), plain.len());
+        assert!(spliced.encoded_len() < 64, "{}", spliced.encoded_len());
+        assert_eq!(
+            <MsgPack as Codec<Chunk>>::decode(spliced.to_bytes()).unwrap(),
+            chunk
+        );
+        // Offered once: nothing is left behind for a later writer.
+        assert!(blob::offer_is_empty());
+    }
+
+    #[test]
+    fn small_blobs_and_other_codecs_are_copied_as_before() {
+        let small = Blob::from(vec![1; 100]);
+        let spliced = encode_spliced::<MsgPack, Blob>(&small).unwrap();
+        assert_eq!(spliced.encoded_len(), spliced.len());
+        let large = Blob::from(vec![2; 32 * 1024]);
+        let json = encode_spliced::<Json, Blob>(&large).unwrap();
+        assert_eq!(json.encoded_len(), json.len());
+        assert_eq!(
+            json.to_bytes(),
+            <Json as Codec<Blob>>::encode(&large).unwrap()
+        );
+        // A blob serialized by a plain MessagePack writer is copied whole.
+        let plain = <MsgPack as Codec<Blob>>::encode(&large).unwrap();
+        assert_eq!(plain.len(), large.len() + 3); // bin 16
+        assert!(blob::offer_is_empty());
     }
 }

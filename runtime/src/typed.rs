@@ -31,6 +31,7 @@ pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
 
 type DecodeFn<T> = fn(Bytes) -> Result<T, CodecError>;
 type EncodeFn<T> = fn(&T) -> Result<Bytes, CodecError>;
+type SplicedFn<T> = fn(&T) -> Result<crate::connection::SplicedMessage, CodecError>;
 
 /// A stream of typed messages arriving: a caller's replies, or a handler's requests.
 ///
@@ -127,6 +128,7 @@ impl<T> std::fmt::Debug for Streaming<T> {
 pub struct StreamSender<T> {
     outbound: Outbound,
     encode: EncodeFn<T>,
+    encode_spliced: SplicedFn<T>,
     op: Arc<str>,
     peer: Arc<str>,
 }
@@ -141,6 +143,7 @@ impl<T> StreamSender<T> {
         StreamSender {
             outbound,
             encode: C::encode,
+            encode_spliced: crate::codec::encode_spliced::<C, T>,
             op: op.into(),
             peer: peer.into(),
         }
@@ -148,9 +151,9 @@ impl<T> StreamSender<T> {
 
     /// Sends one item, waiting while the receiver is behind.
     pub async fn send(&mut self, item: T) -> Result<(), CallError> {
-        let bytes = (self.encode)(&item)
+        let msg = (self.encode_spliced)(&item)
             .map_err(|e| CallError::encode(self.op.clone(), self.peer.clone(), e))?;
-        self.outbound.send(bytes).await
+        self.outbound.send_spliced(msg).await
     }
 
     /// Best-effort send: sends `item` if the receiver keeps up, otherwise
@@ -270,10 +273,10 @@ pub async fn forward_fallible<C: Codec<T>, T>(
 }
 
 async fn send_encoded<C: Codec<T>, T>(outbound: &mut Outbound, item: &T) -> Result<(), Reject> {
-    let bytes = C::encode(item)
+    let msg = crate::codec::encode_spliced::<C, T>(item)
         .map_err(|e| Reject::new(SystemCode::HandlerFailed as u32, e.to_string()))?;
     outbound
-        .send(bytes)
+        .send_spliced(msg)
         .await
         .map_err(|e| Reject::new(SystemCode::HandlerFailed as u32, e.to_string()))
 }

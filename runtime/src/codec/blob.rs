@@ -4,10 +4,12 @@
 //! beyond serde's "bytes": the codecs decide whether to lend their frame.
 
 use std::borrow::Borrow;
+use std::cell::Cell;
 use std::fmt;
+use std::io;
 use std::ops::{Deref, RangeBounds};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::{Serialize, Serializer};
 
@@ -16,6 +18,84 @@ scoped_tls::scoped_thread_local! {
     /// (see [`decode_sharing`]). Scoped: it is set only for the duration of
     /// one decode, so a `Blob` deserialized anywhere else never sees it.
     static FRAME: Bytes
+}
+
+/// Blobs at least this long are spliced into an outgoing stream message by
+/// reference instead of being copied into it.
+const SPLICE_FROM: usize = 16 * 1024;
+
+thread_local! {
+    /// Whether an encoder that splices is running on this thread (see
+    /// [`splicing`]): only then does a large blob offer its bytes.
+    static ACCEPTING: Cell<bool> = const { Cell::new(false) };
+    /// The bytes of the large blob being serialized right now, offered to a
+    /// [`SpliceWriter`] that is about to be handed the same slice.
+    static OFFER: Cell<Option<Bytes>> = const { Cell::new(None) };
+}
+
+/// Runs `encode` with large blobs offering their bytes to a
+/// [`SpliceWriter`]; restores what was before, also on unwinding.
+pub(super) fn splicing<R>(encode: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ACCEPTING.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(ACCEPTING.with(|a| a.replace(true)));
+    encode()
+}
+
+/// Whether no blob's bytes are on offer (nothing is being serialized).
+#[cfg(test)]
+pub(super) fn offer_is_empty() -> bool {
+    OFFER.with(|o| {
+        let offered = o.take();
+        let empty = offered.is_none();
+        o.set(offered);
+        empty
+    })
+}
+
+/// A writer into a message buffer that leaves out the bytes of a large blob
+/// handed to it whole, recording them as a hole at their offset instead.
+/// Anything it does not recognise as an offered blob is copied, so the
+/// payload it describes is always exactly what a plain writer would write.
+pub(super) struct SpliceWriter<'a> {
+    buf: &'a mut BytesMut,
+    base: usize,
+    holes: &'a mut Vec<(usize, Bytes)>,
+}
+
+impl<'a> SpliceWriter<'a> {
+    /// Appends to `buf`; hole offsets count from its length now.
+    pub(super) fn new(buf: &'a mut BytesMut, holes: &'a mut Vec<(usize, Bytes)>) -> Self {
+        let base = buf.len();
+        SpliceWriter { buf, base, holes }
+    }
+}
+
+impl io::Write for SpliceWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.len() >= SPLICE_FROM {
+            // The very slice the blob holds, not merely equal bytes: the
+            // blob's `Bytes` is immutable, so sharing it is sending them.
+            let offered = OFFER.with(Cell::take);
+            match offered {
+                Some(b) if b.as_ptr() == data.as_ptr() && b.len() == data.len() => {
+                    self.holes.push((self.buf.len() - self.base, b));
+                    return Ok(data.len());
+                }
+                other => OFFER.with(|o| o.set(other)),
+            }
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Bytes carried as one binary value — MessagePack `bin`, serde's "bytes" —
@@ -32,9 +112,12 @@ scoped_tls::scoped_thread_local! {
 ///   slice of the received payload: no allocation, no copy, whatever its
 ///   size. Other codecs ([`Json`](super::Json)), and bytes that do not lie in
 ///   the lent payload, are copied — always correct, only slower.
-/// - **Encoding** copies the bytes once, into the outgoing message; cloning a
-///   `Blob` (to send the same body to many callers, or on every message of a
-///   stream) only bumps a reference count.
+/// - **Encoding** a stream's message with [`MsgPack`](super::MsgPack)
+///   leaves a blob of 16 KiB or more out of the message: its bytes go to the
+///   socket's vectored write by reference, never copied in this process.
+///   A call's request or reply, and other codecs, copy the bytes once, into
+///   the message. Cloning a `Blob` (to send the same body to many callers,
+///   or on every message of a stream) only bumps a reference count.
 ///
 /// ```
 /// use plexus::codec::{Blob, Codec, MsgPack};
@@ -164,7 +247,15 @@ fn shared(part: &[u8]) -> Option<Bytes> {
 
 impl Serialize for Blob {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
+        if self.0.len() < SPLICE_FROM || !ACCEPTING.with(Cell::get) {
+            return serializer.serialize_bytes(&self.0);
+        }
+        // Offered to a `SpliceWriter` below, if that is where the bytes go;
+        // withdrawn after, whoever the serializer wrote to.
+        let previous = OFFER.with(|o| o.replace(Some(self.0.clone())));
+        let written = serializer.serialize_bytes(&self.0);
+        OFFER.with(|o| o.set(previous));
+        written
     }
 }
 

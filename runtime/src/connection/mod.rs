@@ -46,6 +46,7 @@ use self::session::SessionState;
 pub(crate) use self::session::{builtin_routes, SessionHook};
 pub use self::session::{Session, SessionRequest, NO_SESSIONS};
 pub use self::stream::{Inbound, Outbound, Reply, TrySendError};
+pub(crate) use self::writer::SplicedMessage;
 use self::writer::WriteQueue;
 use crate::peer::PeerInfo;
 use crate::transport::{ReadHalf, WriteHalf};

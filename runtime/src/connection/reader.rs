@@ -33,10 +33,11 @@ const READ_RESERVE_MAX: usize = 512 * 1024;
 pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMut) {
     let max = shared.config.max_frame;
     let mut reserve = READ_RESERVE_MIN;
+    let mut retired = Retired::default();
     shared.note_heard();
     loop {
         loop {
-            match wire::frame::decode(&mut buf, max) {
+            match wire::frame::decode_complete(&mut buf, max) {
                 Ok(Some(frame)) => {
                     shared.frames_received.fetch_add(1, Ordering::Relaxed);
                     let mut next = Some(frame);
@@ -82,7 +83,7 @@ pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMu
         let read = tokio::select! {
             biased;
             _ = shared.closed.cancelled() => return,
-            r = std::future::poll_fn(|cx| poll_read(cx, rd, &mut buf, reserve)) => r,
+            r = std::future::poll_fn(|cx| poll_read(cx, rd, &mut buf, reserve, &mut retired)) => r,
         };
         match read {
             Ok(0) => {
@@ -101,6 +102,10 @@ pub(crate) async fn run(shared: Arc<Shared>, rd: &mut ReadHalf, mut buf: BytesMu
                     reserve = (reserve * 2).min(READ_RESERVE_MAX);
                 } else if n < reserve / 8 {
                     reserve = (reserve / 2).max(READ_RESERVE_MIN);
+                }
+                // Bites back to small ones: the bulk is over, its chunks go.
+                if reserve <= SPARE_BUFFER_MAX {
+                    retired.clear();
                 }
                 if n == buf.len() && buf.capacity() > 4 * reserve {
                     let mut fresh = BytesMut::with_capacity(reserve);
@@ -141,6 +146,93 @@ thread_local! {
     static SPARE: RefCell<Spare> = RefCell::new(Spare::default());
 }
 
+/// Read chunks a bulk connection has moved on from, kept to read into again
+/// once every frame cut from them is dropped. A stream's messages are still
+/// with their reader when the next read needs room, so without these every
+/// chunk would come fresh from the allocator, which gives the last one back
+/// to the kernel, to be faulted in again page by page. Only a connection
+/// reading in bites larger than [`SPARE_BUFFER_MAX`] keeps any, and it
+/// drops them when its bites shrink again.
+#[derive(Default)]
+struct Retired(Vec<BytesMut>);
+
+/// Chunks a connection keeps retired, at most: more than a stream window
+/// (2 MiB by default) of nearly full 512 KiB chunks.
+const RETIRED_MAX: usize = 6;
+
+impl Retired {
+    /// A retired chunk no frame shares any more, with room for `need`.
+    fn reuse(&mut self, need: usize) -> Option<BytesMut> {
+        // A chunk that is still shared may have room left at its end,
+        // which is its own to write: that is not a chunk to reuse.
+        let i = self
+            .0
+            .iter_mut()
+            .position(|c| c.capacity() < need && c.try_reclaim(need))?;
+        Some(self.0.swap_remove(i))
+    }
+
+    /// Keeps `chunk` (whose frames may still be alive) to read into again;
+    /// the oldest makes way, so a chunk some frame of which is kept long is
+    /// not waited for.
+    fn retire(&mut self, mut chunk: BytesMut) {
+        if self.0.len() == RETIRED_MAX {
+            self.0.remove(0);
+        }
+        chunk.clear();
+        self.0.push(chunk);
+    }
+
+    fn clear(&mut self) {
+        if !self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+    }
+}
+
+/// The free room below which a read first makes more: half a bite, but at
+/// most a 64 KiB message, so a bulk connection fills its chunks nearly
+/// whole and a stream window spans few of them.
+fn room_wanted(reserve: usize) -> usize {
+    (reserve / 2).min(SPARE_BUFFER_MAX)
+}
+
+/// Room `buf` needs before the next read: for the rest of the frame it
+/// holds the start of, and at least [`room_wanted`].
+fn room_needed(buf: &BytesMut, reserve: usize) -> usize {
+    let frame = wire::frame::frame_len(buf).map_or(0, |total| total.saturating_sub(buf.len()));
+    frame.max(room_wanted(reserve))
+}
+
+/// Makes `room` free after what `buf` holds: in place if no frame shares
+/// its chunk any more; for a frame of [`EXACT_FROM`](wire::frame::EXACT_FROM)
+/// or more, a buffer of exactly its size; on a bulk connection, a retired
+/// chunk that is free again or a new chunk of a whole bite; otherwise as
+/// `BytesMut::reserve` grows it.
+fn make_room(buf: &mut BytesMut, room: usize, reserve: usize, retired: &mut Retired) {
+    if buf.try_reclaim(room) {
+        return;
+    }
+    let len = buf.len();
+    let exact = len + room >= wire::frame::EXACT_FROM && room > room_wanted(reserve);
+    if !exact && reserve <= SPARE_BUFFER_MAX {
+        buf.reserve(reserve.max(room));
+        return;
+    }
+    let mut chunk = match retired.reuse(len + room) {
+        Some(chunk) if !exact => chunk,
+        _ if exact => BytesMut::with_capacity(len + room),
+        // Whole chunks of the largest bite, whatever the bite is now, so
+        // every chunk holds many messages and comes round again.
+        _ => BytesMut::with_capacity((len + room).max(READ_RESERVE_MAX)),
+    };
+    chunk.extend_from_slice(buf);
+    let old = std::mem::replace(buf, chunk);
+    if !exact && reserve > SPARE_BUFFER_MAX {
+        retired.retire(old);
+    }
+}
+
 /// Reads into `buf`, taking a buffer from this thread's spares when it has
 /// none, and giving it back when the stream has nothing to read and the
 /// buffer holds nothing (a partial frame stays with its connection). With
@@ -150,8 +242,10 @@ fn poll_read(
     rd: &mut ReadHalf,
     buf: &mut BytesMut,
     reserve: usize,
+    retired: &mut Retired,
 ) -> Poll<std::io::Result<usize>> {
-    if buf.capacity() - buf.len() < reserve / 2 {
+    let room = room_needed(buf, reserve);
+    if buf.capacity() - buf.len() < room {
         // Nothing buffered and too little room (no buffer at all, or what
         // is left of the handshake's): a spare, if this thread has one.
         if buf.is_empty() {
@@ -165,8 +259,8 @@ fn poll_read(
                 *buf = spare;
             }
         }
-        if buf.capacity() - buf.len() < reserve / 2 {
-            buf.reserve(reserve);
+        if buf.capacity() - buf.len() < room {
+            make_room(buf, room, reserve, retired);
         }
     }
     let polled = std::pin::pin!(rd.read_buf(buf)).poll(cx);
@@ -350,4 +444,99 @@ fn take_in(shared: &Arc<Shared>, frame: Frame) -> Flow {
         }
     }
     Flow::Go
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bulk connection's buffer after a read: `frames` whole 64 KiB
+    /// frames cut from it (alive while the caller keeps them) and the first
+    /// 100 bytes of the next one left in it.
+    fn filled(buf: &mut BytesMut, frames: usize) -> Vec<bytes::Bytes> {
+        let frame = 64 * 1024 + 10;
+        buf.resize(frames * frame + 100, 0);
+        (0..frames).map(|_| buf.split_to(frame).freeze()).collect()
+    }
+
+    #[test]
+    fn a_bulk_reader_reads_into_a_retired_chunk_once_its_frames_are_gone() {
+        let mut retired = Retired::default();
+        let mut buf = BytesMut::with_capacity(READ_RESERVE_MAX);
+        let first = filled(&mut buf, 7);
+        let first_chunk = first[0].as_ptr();
+        make_room(
+            &mut buf,
+            room_wanted(READ_RESERVE_MAX),
+            READ_RESERVE_MAX,
+            &mut retired,
+        );
+        // The partial frame moved to a new chunk; the old one is retired.
+        assert_eq!(buf.len(), 100);
+        assert_eq!(retired.0.len(), 1);
+        let second = filled(&mut buf, 7);
+        // Its frames still alive: the retired chunk is not read into.
+        make_room(
+            &mut buf,
+            room_wanted(READ_RESERVE_MAX),
+            READ_RESERVE_MAX,
+            &mut retired,
+        );
+        assert_ne!(buf.as_ptr(), first_chunk);
+        drop(first);
+        drop(second);
+        let _third = filled(&mut buf, 7);
+        make_room(
+            &mut buf,
+            room_wanted(READ_RESERVE_MAX),
+            READ_RESERVE_MAX,
+            &mut retired,
+        );
+        assert_eq!(
+            buf.as_ptr(),
+            first_chunk,
+            "the first chunk, free again, is read into"
+        );
+        assert_eq!(&buf[..], &[0; 100][..], "with the partial frame in front");
+    }
+
+    #[test]
+    fn retired_chunks_are_bounded_and_go_when_bites_shrink() {
+        let mut retired = Retired::default();
+        let mut buf = BytesMut::with_capacity(READ_RESERVE_MAX);
+        let mut kept = Vec::new();
+        for _ in 0..2 * RETIRED_MAX {
+            kept.extend(filled(&mut buf, 7));
+            make_room(
+                &mut buf,
+                room_wanted(READ_RESERVE_MAX),
+                READ_RESERVE_MAX,
+                &mut retired,
+            );
+            assert!(retired.0.len() <= RETIRED_MAX);
+        }
+        assert_eq!(retired.0.len(), RETIRED_MAX);
+        retired.clear();
+        assert_eq!(retired.0.capacity(), 0, "nothing kept");
+    }
+
+    #[test]
+    fn a_small_reader_retires_nothing_and_a_large_frame_gets_its_own_buffer() {
+        let mut retired = Retired::default();
+        let mut buf = BytesMut::with_capacity(4 * 1024);
+        let _kept = filled(&mut buf, 0);
+        make_room(&mut buf, 2 * 1024, 4 * 1024, &mut retired);
+        assert!(retired.0.is_empty());
+        // A 4 MiB frame whose header is in: a buffer of exactly its size.
+        let mut buf = BytesMut::with_capacity(READ_RESERVE_MAX);
+        let total = 4 << 20;
+        buf.extend_from_slice(&((total - 10) as u32).to_be_bytes());
+        buf.extend_from_slice(&[0; 6]);
+        let kept = buf.split_to(0).freeze();
+        let room = room_needed(&buf, READ_RESERVE_MAX);
+        assert_eq!(room, total - 10);
+        make_room(&mut buf, room, READ_RESERVE_MAX, &mut retired);
+        assert_eq!(buf.capacity(), total);
+        drop(kept);
+    }
 }

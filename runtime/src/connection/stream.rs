@@ -19,6 +19,7 @@ use super::calls::CallName;
 use super::core::reply::ReplyRx;
 use super::core::{Failure, InItem, RecvWindow, SendCredit};
 use super::scope::CallScope;
+use super::writer::SplicedMessage;
 use super::Shared;
 use crate::error::CallError;
 use crate::wire::frame::{encode_credit, encode_empty, Kind};
@@ -462,6 +463,12 @@ impl Outbound {
 
     /// Sends one message, waiting for credit while the receiver is behind.
     pub async fn send(&mut self, msg: Bytes) -> Result<(), CallError> {
+        self.send_spliced(SplicedMessage::from(msg)).await
+    }
+
+    /// [`send`](Self::send) for a message encoded in pieces, whose large
+    /// pieces go to the socket without being copied.
+    pub(crate) async fn send_spliced(&mut self, msg: SplicedMessage) -> Result<(), CallError> {
         let limit = self.shared.peer_max_frame as usize;
         if msg.len() > limit {
             return Err(CallError::MessageTooLarge {
@@ -498,7 +505,7 @@ impl Outbound {
         let id = self.id;
         self.shared
             .out
-            .push_bounded(|o| o.frame(Kind::Data, id, &msg))
+            .push_bounded(|o| o.frame_spliced(Kind::Data, id, &msg))
             .await
             .map_err(|_| self.shared.ended(&self.name, &self.credit))?;
         if let Some(record) = &self.name.record {

@@ -64,6 +64,81 @@ impl Hasher for OpHasher {
     }
 }
 
+/// One message encoded in pieces: the bytes the encoder wrote, with large
+/// byte strings it did not copy spliced in by reference at their offsets.
+/// On the wire it is one payload, `bytes` with every hole filled in order;
+/// only the queue sees the pieces, so a 64 KiB blob reaches the socket's
+/// vectored write without ever being copied in this process.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SplicedMessage {
+    /// What the encoder wrote, holes left out.
+    bytes: Bytes,
+    /// `(offset into bytes, what goes there)`, offsets non-decreasing.
+    holes: Vec<(usize, Bytes)>,
+    /// The payload's length: `bytes` and every hole.
+    len: usize,
+}
+
+impl SplicedMessage {
+    /// A message of the encoder's bytes with `holes` spliced in: each
+    /// `(offset, piece)` goes before `bytes[offset..]`, in order.
+    ///
+    /// # Panics
+    /// If an offset is past the end of `bytes` or smaller than the one before.
+    pub(crate) fn new(bytes: Bytes, holes: Vec<(usize, Bytes)>) -> Self {
+        let mut at = 0;
+        let mut len = bytes.len();
+        for (offset, piece) in &holes {
+            assert!(
+                *offset >= at && *offset <= bytes.len(),
+                "holes out of order"
+            );
+            at = *offset;
+            len += piece.len();
+        }
+        SplicedMessage { bytes, holes, len }
+    }
+
+    /// The payload's length on the wire.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// How much of it the encoder wrote (and copied): all but the holes.
+    #[cfg(test)]
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The payload as one contiguous `Bytes`: free without holes, a copy
+    /// with them.
+    #[cfg(test)]
+    pub(crate) fn to_bytes(&self) -> Bytes {
+        if self.holes.is_empty() {
+            return self.bytes.clone();
+        }
+        let mut out = BytesMut::with_capacity(self.len);
+        let mut at = 0;
+        for (offset, piece) in &self.holes {
+            out.extend_from_slice(&self.bytes[at..*offset]);
+            out.extend_from_slice(piece);
+            at = *offset;
+        }
+        out.extend_from_slice(&self.bytes[at..]);
+        out.freeze()
+    }
+}
+
+impl From<Bytes> for SplicedMessage {
+    fn from(bytes: Bytes) -> Self {
+        SplicedMessage {
+            len: bytes.len(),
+            bytes,
+            holes: Vec::new(),
+        }
+    }
+}
+
 /// The connection's outgoing state, guarded by one lock.
 ///
 /// The bytes waiting for the writer are `parts` (in order) followed by
@@ -99,6 +174,31 @@ impl Outgoing {
         }
         encode_header(&mut self.buf, body.len(), kind, 0, id);
         self.share(body);
+    }
+
+    /// Queues a frame whose payload is `msg`: its holes, and any other
+    /// large piece, by reference.
+    pub(crate) fn frame_spliced(&mut self, kind: Kind, id: u32, msg: &SplicedMessage) {
+        if msg.holes.is_empty() {
+            return self.frame(kind, id, &msg.bytes);
+        }
+        encode_header(&mut self.buf, msg.len, kind, 0, id);
+        let mut at = 0;
+        for (offset, hole) in &msg.holes {
+            self.piece(&msg.bytes, at, *offset);
+            self.share(hole);
+            at = *offset;
+        }
+        self.piece(&msg.bytes, at, msg.bytes.len());
+    }
+
+    /// Queues `bytes[from..to]`: copied when small, by reference otherwise.
+    fn piece(&mut self, bytes: &Bytes, from: usize, to: usize) {
+        if to - from < SHARE_BODY_FROM {
+            self.buf.extend_from_slice(&bytes[from..to]);
+        } else {
+            self.share(&bytes.slice(from..to));
+        }
     }
 
     /// Queues a call-open frame: a large request body by reference.
@@ -484,6 +584,41 @@ mod tests {
 
     fn push(q: &WriteQueue, bytes: &[u8]) {
         q.push(|o| o.buf.extend_from_slice(bytes)).expect("open");
+    }
+
+    /// Everything `o` has queued, in order.
+    fn queued(o: &Outgoing) -> Vec<u8> {
+        let mut all: Vec<u8> = o.parts.iter().flat_map(|p| p.iter().copied()).collect();
+        all.extend_from_slice(&o.buf);
+        all
+    }
+
+    #[test]
+    fn a_spliced_message_is_the_frame_of_its_whole_payload_with_its_holes_shared() {
+        let big = Bytes::from(vec![9u8; 64 * 1024]);
+        let other = Bytes::from(vec![8u8; 20 * 1024]);
+        let bytes = Bytes::from_static(b"head|mid|tail");
+        let msg = SplicedMessage::new(bytes, vec![(5, big.clone()), (9, other.clone())]);
+        assert_eq!(msg.len(), 13 + big.len() + other.len());
+        let mut spliced = Outgoing::default();
+        spliced.frame_spliced(Kind::Data, 3, &msg);
+        let mut whole = Outgoing::default();
+        whole.frame(Kind::Data, 3, &msg.to_bytes());
+        assert_eq!(queued(&spliced), queued(&whole));
+        assert_eq!(spliced.len(), whole.len());
+        // The holes are queued as the very bytes they were, not copies.
+        assert!(spliced.parts.iter().any(|p| p.as_ptr() == big.as_ptr()));
+        assert!(spliced.parts.iter().any(|p| p.as_ptr() == other.as_ptr()));
+        // Without holes it is a plain frame.
+        let mut plain = Outgoing::default();
+        plain.frame_spliced(
+            Kind::Data,
+            3,
+            &SplicedMessage::from(Bytes::from_static(b"x")),
+        );
+        let mut direct = Outgoing::default();
+        direct.frame(Kind::Data, 3, &Bytes::from_static(b"x"));
+        assert_eq!(queued(&plain), queued(&direct));
     }
 
     #[tokio::test]

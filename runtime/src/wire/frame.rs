@@ -429,6 +429,19 @@ pub fn encode_goaway(dst: &mut BytesMut, last_id: u32, code: u32, reason: &str) 
 /// room for the rest). A frame whose payload exceeds `max_frame` is refused
 /// before any of it is buffered.
 pub fn decode(src: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, WireError> {
+    let decoded = decode_complete(src, max_frame)?;
+    if decoded.is_none() {
+        if let Some(total) = frame_len(src) {
+            reserve_frame(src, total);
+        }
+    }
+    Ok(decoded)
+}
+
+/// Like [`decode`], for a reader that manages its own buffers: a frame not
+/// wholly in `src` is `Ok(None)` and `src` is left exactly as it was, its
+/// capacity included ([`frame_len`] says how much room the frame needs).
+pub fn decode_complete(src: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, WireError> {
     if src.len() < HEADER_LEN {
         return Ok(None);
     }
@@ -441,7 +454,6 @@ pub fn decode(src: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, WireE
     }
     let total = HEADER_LEN + len as usize;
     if src.len() < total {
-        reserve_frame(src, total);
         return Ok(None);
     }
     let kind_byte = src[4];
@@ -453,8 +465,19 @@ pub fn decode(src: &mut BytesMut, max_frame: u32) -> Result<Option<Frame>, WireE
     parse_payload(kind, fl, id, frame.freeze()).map(Some)
 }
 
+/// The whole length (header included) of the frame `src` starts with: what a reader that manages its own buffers needs room
+/// for before [`decode`] would make that room itself.
+/// `None` until the whole header is in. It does not check the length against
+/// a limit: call it only on what [`decode_complete`] has already seen.
+pub fn frame_len(src: &[u8]) -> Option<usize> {
+    if src.len() < HEADER_LEN {
+        return None;
+    }
+    Some(HEADER_LEN + u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize)
+}
+
 /// Frames at least this large get a buffer of exactly their size.
-const EXACT_FROM: usize = 1024 * 1024;
+pub const EXACT_FROM: usize = 1024 * 1024;
 
 /// Makes room for a frame of `total` bytes of which `src` holds the start.
 /// A large frame gets a buffer of exactly its size (the few bytes already in
@@ -611,4 +634,40 @@ fn parse_payload(kind: Kind, fl: u8, id: u32, mut p: Bytes) -> Result<Frame, Wir
             }
         }
     })
+}
+
+#[cfg(test)]
+mod reader_buffer_tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_frame_leaves_a_self_managed_buffer_as_it_was() {
+        let mut whole = BytesMut::new();
+        encode_body(&mut whole, Kind::Data, 7, &Bytes::from(vec![1u8; 1000]));
+        let mut src = BytesMut::with_capacity(64);
+        src.extend_from_slice(&whole[..40]);
+        assert_eq!(frame_len(&src[..9]), None, "header not yet in");
+        assert_eq!(frame_len(&src), Some(whole.len()));
+        assert!(decode_complete(&mut src, 1 << 20).unwrap().is_none());
+        assert_eq!((src.len(), src.capacity()), (40, 64), "untouched");
+        // `decode` makes the room itself.
+        assert!(decode(&mut src, 1 << 20).unwrap().is_none());
+        assert!(src.capacity() >= whole.len());
+        src.extend_from_slice(&whole[40..]);
+        let frame = decode_complete(&mut src, 1 << 20).unwrap().expect("whole");
+        assert!(matches!(frame, Frame::Data { id: 7, ref body } if body.len() == 1000));
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_room_is_made() {
+        let mut src = BytesMut::new();
+        src.extend_from_slice(&u32::MAX.to_be_bytes());
+        src.extend_from_slice(&[0; 6]);
+        assert!(matches!(
+            decode_complete(&mut src, 1 << 20),
+            Err(WireError::FrameTooLarge { .. })
+        ));
+        assert!(decode(&mut src, 1 << 20).is_err());
+        assert!(src.capacity() < 1 << 20, "nothing reserved for it");
+    }
 }
