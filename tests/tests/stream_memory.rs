@@ -19,7 +19,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use futures_util::StreamExt;
 use plexus::codec::Blob;
@@ -38,7 +37,7 @@ static LARGE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
 /// One test counts at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn counted(size: usize) {
     if size >= LARGE && COUNTING.load(Ordering::Relaxed) {
@@ -117,9 +116,8 @@ fn serving() -> BulkHandler<Serving> {
 const MESSAGE: u32 = 64 * 1024;
 const MESSAGES: u32 = 512; // 32 MiB
 
-/// Streams `MESSAGES` blobs and checks every byte; returns the bytes of
-/// large allocations made meanwhile, both ends.
-async fn stream_and_count() -> usize {
+/// A server of the bulk contract on loopback TCP, and a client of it.
+async fn start() -> (Server, BulkClient) {
     let server = Server::bind("tcp://127.0.0.1:0")
         .serve(serving())
         .start()
@@ -128,6 +126,13 @@ async fn stream_and_count() -> usize {
     let client = BulkClient::connect(server.local_url().to_string())
         .await
         .expect("client connects");
+    (server, client)
+}
+
+/// Streams `MESSAGES` blobs and checks every byte; returns the bytes of
+/// large allocations made meanwhile, both ends.
+async fn stream_and_count() -> usize {
+    let (server, client) = start().await;
     // Warm up: the connection's first chunks and the handler's blobs.
     let mut warm = client.download(16, MESSAGE).await.expect("stream opens");
     while let Some(blob) = warm.next().await {
@@ -160,7 +165,7 @@ async fn stream_and_count() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_stream_allocates_a_small_part_of_what_it_carries() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let streamed = (MESSAGE * MESSAGES) as usize;
     let allocated = bounded("the stream", stream_and_count()).await;
     // Measured: 4.5 MiB (the reader's first chunks, and one now and then
@@ -202,15 +207,8 @@ async fn pings(client: &BulkClient, n: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_gives_its_bulk_read_chunks_back_once_its_reads_are_small() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let server = Server::bind("tcp://127.0.0.1:0")
-        .serve(serving())
-        .start()
-        .await
-        .expect("server starts");
-    let client = BulkClient::connect(server.local_url().to_string())
-        .await
-        .expect("client connects");
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (server, client) = start().await;
     bounded("warm-up", async {
         drain(&client, 16).await;
         pings(&client, 20).await;
