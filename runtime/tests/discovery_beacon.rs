@@ -699,3 +699,75 @@ async fn a_captured_keyed_announcement_replayed_later_is_ignored() {
     assert!(observer.stats().dropped_unauthenticated > before);
     observer.leave().await.expect("stop");
 }
+
+/// A process that was frozen (stopped by a debugger, starved by a busy
+/// machine, paged out) past the loss bound wakes to a socket full of its
+/// peers' announcements. Those must count before anyone is judged silent:
+/// the peer announced all along, so it is neither suspect nor lost. Before
+/// the beacon heard what was waiting first, its liveness check won the race
+/// with the socket about half of the time and reported the peer lost, so a
+/// starved node of a mesh dropped its links to live peers.
+#[tokio::test]
+async fn an_observer_frozen_past_the_loss_bound_judges_no_live_peer_lost() {
+    const FREEZES: usize = 4;
+    let multicast = private_multicast();
+    let interval = 80 * MS;
+    // The peer runs on a runtime of its own, so it keeps announcing while
+    // this one (and the observer's task on it) is frozen.
+    let peer_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("peer runtime");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let peer = peer_runtime.spawn(async move {
+        let peer = beacon(multicast, interval);
+        let _events = peer.start(announcement(2, 1)).await.expect("peer starts");
+        let _ = stopped.await;
+        peer.leave().await.expect("peer leaves");
+    });
+
+    let observer = beacon(multicast, interval);
+    let mut events = observer.start(announcement(1, 1)).await.expect("starts");
+    expect(
+        &mut events,
+        20 * interval + SLACK,
+        "discovery",
+        |e| matches!(e, DiscoveryEvent::Discovered(p) if p.node_id == NodeId(2)),
+    )
+    .await;
+    let config = observer.config().liveness_config();
+    let freeze = config.lost_after + 2 * config.check_interval;
+    let mut verdicts = Vec::new();
+    for _ in 0..FREEZES {
+        // Blocks this runtime's only thread: no task of it runs meanwhile,
+        // the observer's included, while the peer's announcements arrive.
+        std::thread::sleep(freeze);
+        // Then a few intervals of the observer running normally again.
+        let awake = tokio::time::sleep(3 * interval);
+        tokio::pin!(awake);
+        loop {
+            tokio::select! {
+                () = &mut awake => break,
+                event = events.recv() => match event {
+                    Some(e @ (DiscoveryEvent::Suspect(_) | DiscoveryEvent::Lost(_))) => {
+                        verdicts.push(e)
+                    }
+                    Some(_) => {}
+                    None => panic!("the observer's events ended"),
+                },
+            }
+        }
+    }
+    let _ = stop.send(());
+    timeout(10 * interval + SLACK, peer)
+        .await
+        .expect("peer stops in time")
+        .expect("peer task");
+    peer_runtime.shutdown_background();
+    assert!(
+        verdicts.is_empty(),
+        "a live peer was judged after the observer's freezes of {freeze:?}: {verdicts:?}"
+    );
+    assert!(observer.stats().received > 0);
+}

@@ -281,7 +281,7 @@ impl Beacon {
         }
         self.config.validate()?;
         announcement.validate()?;
-        let socket = bind(&self.config)?;
+        let (socket, waiting) = bind(&self.config)?;
         let (events_tx, events) = DiscoveryEvents::channel();
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let mut current = announcement;
@@ -289,6 +289,7 @@ impl Beacon {
         current.sequence = current.sequence.max(self.sequence.load(Ordering::Relaxed));
         let task = Task {
             socket,
+            waiting,
             target: SocketAddr::V4(SocketAddrV4::new(
                 self.config.multicast_group,
                 self.config.port,
@@ -380,7 +381,8 @@ impl Drop for Beacon {
 
 /// Opens the multicast group socket: shared port, joined on `interface` only, sending
 /// out of `interface` only, looped back so other sockets on this host hear it.
-fn bind(config: &BeaconConfig) -> Result<UdpSocket, DiscoveryError> {
+/// Also returns a second handle to the same socket (see [`Task::waiting`]).
+fn bind(config: &BeaconConfig) -> Result<(UdpSocket, std::net::UdpSocket), DiscoveryError> {
     let io = |what: &str| {
         let context = format!(
             "{what} (multicast group {}:{}, interface {})",
@@ -430,14 +432,26 @@ fn bind(config: &BeaconConfig) -> Result<UdpSocket, DiscoveryError> {
     socket
         .set_nonblocking(true)
         .map_err(io("making the socket non-blocking"))?;
-    UdpSocket::from_std(socket.into()).map_err(io("registering the socket with tokio"))
+    let waiting = socket
+        .try_clone()
+        .map_err(io("duplicating the socket's handle"))?;
+    let socket =
+        UdpSocket::from_std(socket.into()).map_err(io("registering the socket with tokio"))?;
+    Ok((socket, waiting.into()))
 }
+
+/// Most waiting datagrams heard before a liveness check: far more than a
+/// socket's receive buffer holds of announcements.
+const HEAR_WAITING_MAX: usize = 4096;
 
 /// The beacon's single task: announces on a timer, hears datagrams, ticks the
 /// liveness table, and obeys update/leave commands. Owning all of it in one
 /// task means no locks.
 struct Task {
     socket: UdpSocket,
+    /// The same socket (a second handle), read without the reactor: see
+    /// [`Task::hear_waiting`].
+    waiting: std::net::UdpSocket,
     target: SocketAddr,
     key: Option<SessionKey>,
     counters: Arc<Counters>,
@@ -483,6 +497,12 @@ impl Task {
                 },
                 _ = announce.tick(), if self.announcing => self.announce().await,
                 _ = check.tick() => {
+                    // Silence is judged on what has arrived, not on what this
+                    // task got round to reading: after it ran late (a starved
+                    // or frozen process), the peers' announcements of the
+                    // meantime wait in the socket, and the tick would
+                    // otherwise find them silent first.
+                    self.hear_waiting(&mut buf);
                     for event in self.liveness.tick(Instant::now().into_std()) {
                         self.emit(event);
                     }
@@ -538,6 +558,21 @@ impl Task {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             self.announce().await;
+        }
+    }
+
+    /// Hears every datagram already in the socket, without waiting for
+    /// more: at most [`HEAR_WAITING_MAX`], so a flood cannot hold the task
+    /// here. Read through [`Task::waiting`], straight from the socket: the
+    /// reactor may not have seen them yet (its readiness comes with its next
+    /// turn, which a timer due at the same time can precede).
+    fn hear_waiting(&mut self, buf: &mut [u8]) {
+        for _ in 0..HEAR_WAITING_MAX {
+            match self.waiting.recv_from(buf) {
+                Ok((len, from)) => self.hear(&buf[..len], from),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(error) => tracing::debug!(%error, "beacon receive failed"),
+            }
         }
     }
 
